@@ -1,0 +1,19 @@
+//! `herald-ipc`: what Herald's processes say to each other, and the channel that carries it.
+//!
+//! This crate owns the wire between processes: the message types a worker sends its siblings
+//! (`Push`, `Delivered`, queries), the control messages between the master and a worker, the
+//! length-prefixed frame format with its hard maximum, and [`Channel`], a non-blocking
+//! Unix-socket endpoint that registers on a mio `Poll` like any socket and bounds what it
+//! buffers for a slow peer.
+//!
+//! It must not know about connections, protocols or the master's supervision logic: it is the
+//! seam where a cross-host bus (Redis, NATS) could later stand in for the sibling mesh.
+#![deny(missing_docs, rust_2018_idioms, unused_imports)]
+
+pub mod channel;
+pub mod codec;
+pub mod msg;
+
+pub use channel::{Channel, ChannelError};
+pub use codec::{CodecError, Wire, FRAME_HEADER, MAX_FRAME};
+pub use msg::{mesh_name, Control, Peer, PeerMsg, Push, Target};

@@ -1,0 +1,335 @@
+//! The messages: worker ↔ worker ([`PeerMsg`], compact binary) and master ↔ worker
+//! ([`Control`], JSON in a frame: rare, and readable in a packet capture).
+
+use crate::codec::{put, CodecError, Reader, Wire};
+use serde::{Deserialize, Serialize};
+
+/// Whom a push is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of each of these uids.
+    Uids(Vec<String>),
+    /// Every logged-in connection.
+    All,
+    /// Every connection of every uid in these groups.
+    Groups(Vec<String>),
+}
+
+/// One push, as the entry worker sends it to each sibling. The payload travels once per
+/// sibling; each sibling frames it once and shares the bytes between its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// Chosen by the entry worker, unique among its pushes in flight; echoed in `Delivered`.
+    pub id: u64,
+    /// Whom to deliver to.
+    pub target: Target,
+    /// Uids left out (GatewayWorker's `exclude`).
+    pub exclude: Vec<String>,
+    /// The message body to put in one WebSocket frame.
+    pub payload: Vec<u8>,
+    /// Binary frame instead of text.
+    pub binary: bool,
+}
+
+/// What siblings say to each other over the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// First frame on a connection: who is calling (so the callee can log and count it).
+    Hello {
+        /// The caller's worker id.
+        worker: u32,
+    },
+    /// Deliver this to your own connections and answer `Delivered`.
+    Push(Push),
+    /// How many connections the sibling wrote the push `id` to.
+    Delivered {
+        /// The push's id.
+        id: u64,
+        /// Connections reached.
+        count: u32,
+    },
+    /// A question for a sibling (a JSON body: presence, counts, group changes, kicks).
+    Query {
+        /// Echoed in the `Answer`.
+        id: u64,
+        /// JSON request.
+        body: Vec<u8>,
+    },
+    /// A sibling's answer to `Query { id }`.
+    Answer {
+        /// The query's id.
+        id: u64,
+        /// JSON answer.
+        body: Vec<u8>,
+    },
+}
+
+const HELLO: u8 = 1;
+const PUSH: u8 = 2;
+const DELIVERED: u8 = 3;
+const QUERY: u8 = 4;
+const ANSWER: u8 = 5;
+
+const T_UIDS: u8 = 0;
+const T_ALL: u8 = 1;
+const T_GROUPS: u8 = 2;
+
+impl Wire for PeerMsg {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            PeerMsg::Hello { worker } => {
+                put::u8(out, HELLO);
+                put::u32(out, *worker);
+            }
+            PeerMsg::Push(p) => {
+                put::u8(out, PUSH);
+                put::u64(out, p.id);
+                match &p.target {
+                    Target::Uids(u) => {
+                        put::u8(out, T_UIDS);
+                        put::strs(out, u);
+                    }
+                    Target::All => put::u8(out, T_ALL),
+                    Target::Groups(g) => {
+                        put::u8(out, T_GROUPS);
+                        put::strs(out, g);
+                    }
+                }
+                put::strs(out, &p.exclude);
+                put::u8(out, p.binary as u8);
+                out.extend_from_slice(&p.payload);
+            }
+            PeerMsg::Delivered { id, count } => {
+                put::u8(out, DELIVERED);
+                put::u64(out, *id);
+                put::u32(out, *count);
+            }
+            PeerMsg::Query { id, body } => {
+                put::u8(out, QUERY);
+                put::u64(out, *id);
+                out.extend_from_slice(body);
+            }
+            PeerMsg::Answer { id, body } => {
+                put::u8(out, ANSWER);
+                put::u64(out, *id);
+                out.extend_from_slice(body);
+            }
+        }
+    }
+
+    fn decode(kind: u8, body: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(body);
+        Ok(match kind {
+            HELLO => PeerMsg::Hello {
+                worker: r.u32("worker")?,
+            },
+            PUSH => {
+                let id = r.u64("id")?;
+                let target = match r.u8("target")? {
+                    T_UIDS => Target::Uids(r.strs("uids")?),
+                    T_ALL => Target::All,
+                    T_GROUPS => Target::Groups(r.strs("groups")?),
+                    other => return Err(CodecError::UnknownKind(other)),
+                };
+                let exclude = r.strs("exclude")?;
+                let binary = r.u8("binary")? != 0;
+                PeerMsg::Push(Push {
+                    id,
+                    target,
+                    exclude,
+                    binary,
+                    payload: r.rest().to_vec(),
+                })
+            }
+            DELIVERED => PeerMsg::Delivered {
+                id: r.u64("id")?,
+                count: r.u32("count")?,
+            },
+            QUERY => PeerMsg::Query {
+                id: r.u64("id")?,
+                body: r.rest().to_vec(),
+            },
+            ANSWER => PeerMsg::Answer {
+                id: r.u64("id")?,
+                body: r.rest().to_vec(),
+            },
+            other => return Err(CodecError::UnknownKind(other)),
+        })
+    }
+}
+
+/// Master ↔ worker control messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Control {
+    /// Master → worker, first frame on the control channel: the whole configuration (kept off
+    /// the command line, where `ps` would show its secrets).
+    Start {
+        /// The configuration as JSON (the worker crate's `Config`).
+        config: serde_json::Value,
+    },
+    /// Master → worker: the live workers, sent at start and whenever the set changes. A worker
+    /// connects to each sibling's mesh socket it is not yet connected to.
+    Peers {
+        /// Every live worker, this one included.
+        peers: Vec<Peer>,
+    },
+    /// Worker → master: every listener is bound and the loop is running.
+    Ready {
+        /// Worker id.
+        worker: u32,
+        /// Worker pid.
+        pid: u32,
+    },
+    /// Worker → master: a listener could not be bound; the worker exits after this.
+    BindFailed {
+        /// Worker id.
+        worker: u32,
+        /// What failed, for the operator.
+        error: String,
+    },
+    /// Master → worker: send your status row.
+    StatusRequest {
+        /// Echoed in the reply.
+        seq: u64,
+    },
+    /// Worker → master: status row (a JSON object).
+    Status {
+        /// The request's seq.
+        seq: u64,
+        /// The row.
+        row: serde_json::Value,
+    },
+    /// Master → worker: list your connections.
+    ConnectionsRequest {
+        /// Echoed in the reply.
+        seq: u64,
+    },
+    /// Worker → master: one JSON object per connection.
+    Connections {
+        /// The request's seq.
+        seq: u64,
+        /// The rows.
+        rows: Vec<serde_json::Value>,
+    },
+    /// Master → worker: close listeners and connections now, then exit.
+    Stop,
+    /// Master → worker: close listeners, keep serving connections until they end or the
+    /// drain timeout passes (then close WebSockets with 1001), then exit.
+    Drain,
+    /// Worker → master: listeners are closed (the accept queue was drained first).
+    ListenersClosed {
+        /// Worker id.
+        worker: u32,
+    },
+}
+
+/// One live worker process, as the master announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Stable worker id (0..count).
+    pub worker: u32,
+    /// Its pid: two processes share an id during a graceful reload, never a pid.
+    pub pid: u32,
+}
+
+/// Name of the abstract Unix socket on which worker `pid` of master `instance` accepts its
+/// siblings. Abstract names need no directory and vanish with the process.
+pub fn mesh_name(instance: u32, pid: u32) -> String {
+    format!("herald-{instance}-{pid}")
+}
+
+const CONTROL: u8 = 100;
+
+impl Wire for Control {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put::u8(out, CONTROL);
+        // Serialising this plain enum to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+
+    fn decode(kind: u8, body: &[u8]) -> Result<Self, CodecError> {
+        if kind != CONTROL {
+            return Err(CodecError::UnknownKind(kind));
+        }
+        serde_json::from_slice(body).map_err(|e| CodecError::Json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{read_frame, write_frame};
+
+    fn round<M: Wire + PartialEq + std::fmt::Debug + Clone>(m: M) {
+        let mut out = Vec::new();
+        write_frame(&m, &mut out).unwrap();
+        let (back, used) = read_frame::<M>(&out).unwrap().unwrap();
+        assert_eq!(used, out.len());
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn peer_messages_round_trip() {
+        round(PeerMsg::Hello { worker: 3 });
+        round(PeerMsg::Push(Push {
+            id: 1 << 40,
+            target: Target::Uids(vec!["u1".into(), "ü2".into()]),
+            exclude: vec!["x".into()],
+            payload: b"{\"uid\":\"u1\"}".to_vec(),
+            binary: false,
+        }));
+        round(PeerMsg::Push(Push {
+            id: 2,
+            target: Target::All,
+            exclude: vec![],
+            payload: vec![0, 1, 2],
+            binary: true,
+        }));
+        round(PeerMsg::Push(Push {
+            id: 3,
+            target: Target::Groups(vec!["g".into()]),
+            exclude: vec![],
+            payload: vec![],
+            binary: false,
+        }));
+        round(PeerMsg::Query {
+            id: 9,
+            body: b"{}".to_vec(),
+        });
+        round(PeerMsg::Answer {
+            id: 9,
+            body: b"[]".to_vec(),
+        });
+    }
+
+    #[test]
+    fn control_round_trip() {
+        round(Control::Ready { worker: 1, pid: 42 });
+        round(Control::Stop);
+        round(Control::Status {
+            seq: 1,
+            row: serde_json::json!({"pid": 1}),
+        });
+    }
+
+    #[test]
+    fn truncated_push_is_an_error() {
+        let mut out = Vec::new();
+        PeerMsg::Push(Push {
+            id: 1,
+            target: Target::Uids(vec!["abc".into()]),
+            exclude: vec![],
+            payload: vec![],
+            binary: false,
+        })
+        .encode(&mut out);
+        // Cut inside the uid list.
+        assert!(PeerMsg::decode(out[0], &out[1..12]).is_err());
+        // A count larger than the body can hold is refused before allocating.
+        let mut evil = vec![0u8; 8];
+        evil.push(0);
+        evil.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(PeerMsg::decode(PUSH, &evil).is_err());
+    }
+}

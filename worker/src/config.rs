@@ -1,0 +1,209 @@
+//! The configuration every process shares: built-in defaults, overridden by a TOML file, then
+//! by command-line flags (`--set KEY=VALUE` reaches every key). The master sends it to each
+//! worker over the control channel as JSON.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use thiserror::Error;
+
+/// A configuration that cannot run.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A listen address is neither `off` nor `HOST:PORT`.
+    #[error("{key}: `{value}` is not an address (HOST:PORT or off)")]
+    BadAddress {
+        /// The key.
+        key: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// A number is out of its range.
+    #[error("{key}: {why}")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Every setting. Durations are seconds (fractions allowed), sizes bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket port for browsers and apps (`off` disables it).
+    pub ws: String,
+    /// Text port: one JSON command per line, for backends (`off` disables it).
+    pub text: String,
+    /// HTTP publish API for backends (`off` disables it).
+    pub http: String,
+    /// Worker processes; 0 means one per CPU.
+    pub workers: usize,
+    /// Pid file of the master (`stop`, `reload`, `status` find it there).
+    pub pid_file: String,
+    /// Where `status` and `connections` write their reports (default: beside the pid file).
+    pub status_file: String,
+    /// Log file for `start -d` (stdout and stderr go there once daemonized).
+    pub log_file: String,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: String,
+    /// After login, send `login success, your uid is UID` (seed 002's reply).
+    pub login_reply: bool,
+    /// Let a logged-in client push `UID:message` / `all:message` (seed 002). Off: any client
+    /// could then push to anyone.
+    pub client_relay: bool,
+    /// Longest text-port line; a longer one closes that backend connection.
+    pub max_line: usize,
+    /// Largest HTTP request body.
+    pub max_body: usize,
+    /// Largest HTTP request head (request line and headers).
+    pub max_header: usize,
+    /// Largest WebSocket frame or message accepted from a client.
+    pub max_frame: usize,
+    /// Output queued for one connection before pushes to it are dropped and counted.
+    pub max_send_buffer: usize,
+    /// How long a push waits for its siblings' answers before replying with what it has.
+    pub ipc_timeout: f64,
+    /// Graceful stop and reload: how long old connections are served before closing with 1001.
+    pub drain_timeout: f64,
+    /// Fast stop: how long the master waits before SIGKILL.
+    pub stop_timeout: f64,
+    /// Bytes one sibling link may buffer before pushes to it count as undeliverable there.
+    pub ipc_max_pending: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ws: "127.0.0.1:1234".into(),
+            text: "127.0.0.1:5678".into(),
+            http: "127.0.0.1:2121".into(),
+            workers: 0,
+            pid_file: "herald.pid".into(),
+            status_file: String::new(),
+            log_file: "herald.log".into(),
+            log_level: "info".into(),
+            login_reply: false,
+            client_relay: false,
+            max_line: 1024 * 1024,
+            max_body: 1024 * 1024,
+            max_header: 16 * 1024,
+            max_frame: 64 * 1024,
+            max_send_buffer: 1024 * 1024,
+            ipc_timeout: 1.0,
+            drain_timeout: 30.0,
+            stop_timeout: 5.0,
+            ipc_max_pending: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The listen addresses, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    /// WebSocket port, if enabled.
+    pub ws: Option<SocketAddr>,
+    /// Text port, if enabled.
+    pub text: Option<SocketAddr>,
+    /// HTTP port, if enabled.
+    pub http: Option<SocketAddr>,
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.eq_ignore_ascii_case("off") || value.is_empty() {
+        return Ok(None);
+    }
+    use std::net::ToSocketAddrs;
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(Some)
+        .ok_or_else(|| ConfigError::BadAddress {
+            key,
+            value: value.into(),
+        })
+}
+
+impl Config {
+    /// Checks every value and parses the addresses.
+    pub fn validate(&self) -> Result<Listeners, ConfigError> {
+        let l = Listeners {
+            ws: parse_addr("ws", &self.ws)?,
+            text: parse_addr("text", &self.text)?,
+            http: parse_addr("http", &self.http)?,
+        };
+        for (key, v) in [
+            ("ipc_timeout", self.ipc_timeout),
+            ("drain_timeout", self.drain_timeout),
+            ("stop_timeout", self.stop_timeout),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    why: format!("{v} is not a duration in seconds"),
+                });
+            }
+        }
+        for (key, v) in [
+            ("max_line", self.max_line),
+            ("max_body", self.max_body),
+            ("max_header", self.max_header),
+            ("max_frame", self.max_frame),
+            ("max_send_buffer", self.max_send_buffer),
+            ("ipc_max_pending", self.ipc_max_pending),
+        ] {
+            if v < 64 {
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    why: format!("{v} bytes is too small (at least 64)"),
+                });
+            }
+        }
+        if self.max_line > 8 * 1024 * 1024 || self.max_body > 8 * 1024 * 1024 {
+            return Err(ConfigError::OutOfRange {
+                key: "max_line",
+                why: "max_line and max_body are at most 8 MiB (a push crosses IPC whole)".into(),
+            });
+        }
+        Ok(l)
+    }
+
+    /// Worker count with 0 resolved to the number of CPUs.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let l = Config::default().validate().unwrap();
+        assert_eq!(l.ws.unwrap().port(), 1234);
+        assert_eq!(l.text.unwrap().port(), 5678);
+        assert_eq!(l.http.unwrap().port(), 2121);
+    }
+
+    #[test]
+    fn off_disables_and_garbage_is_refused() {
+        let c = Config {
+            http: "off".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap().http, None);
+        let c = Config {
+            ws: "nowhere".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
