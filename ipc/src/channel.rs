@@ -64,7 +64,10 @@ impl<Tx: Wire, Rx: Wire> Channel<Tx, Rx> {
     }
 
     /// Wraps a connected std stream, switching it to non-blocking mode.
-    pub fn from_std(stream: std::os::unix::net::UnixStream, max_pending: usize) -> io::Result<Self> {
+    pub fn from_std(
+        stream: std::os::unix::net::UnixStream,
+        max_pending: usize,
+    ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         Ok(Self::new(UnixStream::from_std(stream), max_pending))
     }
@@ -174,7 +177,12 @@ impl<Tx: Wire, Rx: Wire> Channel<Tx, Rx> {
 }
 
 impl<Tx, Rx> Source for Channel<Tx, Rx> {
-    fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
         self.stream.register(registry, token, interests)
     }
     fn reregister(

@@ -169,7 +169,10 @@ mod tests {
 
     #[test]
     fn zero_length_is_an_error() {
-        assert_eq!(read_frame::<PeerMsg>(&[0, 0, 0, 0]).unwrap_err(), CodecError::Empty);
+        assert_eq!(
+            read_frame::<PeerMsg>(&[0, 0, 0, 0]).unwrap_err(),
+            CodecError::Empty
+        );
     }
 
     #[test]

@@ -11,6 +11,14 @@
 #![deny(missing_docs, rust_2018_idioms, unused_imports)]
 
 pub mod config;
+pub mod conn;
+pub mod delivery;
+pub mod event_loop;
+pub mod http;
+pub mod mesh;
+pub mod registry;
+pub mod text;
+pub mod websocket;
 
 pub use config::{Config, ConfigError, Listeners};
 
@@ -50,8 +58,82 @@ pub enum WorkerError {
 pub fn run(
     id: u32,
     instance: u32,
-    control: std::os::unix::net::UnixStream,
+    mut control: std::os::unix::net::UnixStream,
 ) -> Result<(), WorkerError> {
-    let _ = (id, instance, control);
-    Err(WorkerError::Control("not yet built".into()))
+    use herald_ipc::{Channel, Control};
+    let start = read_start(&mut control)?;
+    let Control::Start { config } = start else {
+        return Err(WorkerError::Control(format!(
+            "expected Start, got {start:?}"
+        )));
+    };
+    let cfg: Config = serde_json::from_value(config)
+        .map_err(|e| WorkerError::Control(format!("bad configuration: {e}")))?;
+    let addrs = cfg.validate()?;
+    let mut listeners = [None, None, None];
+    for (i, (what, addr)) in [
+        ("websocket", addrs.ws),
+        ("text", addrs.text),
+        ("http", addrs.http),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(addr) = addr else { continue };
+        match event_loop::bind(addr) {
+            Ok(l) => listeners[i] = Some(l),
+            Err(source) => {
+                let err = WorkerError::Bind { what, addr, source };
+                let _ = send_blocking(
+                    &mut control,
+                    &Control::BindFailed {
+                        worker: id,
+                        error: err.to_string(),
+                    },
+                );
+                return Err(err);
+            }
+        }
+    }
+    let chan = Channel::from_std(control, 1 << 20)?;
+    let mut worker = event_loop::Worker::new(id, instance, cfg, addrs, listeners, chan)?;
+    worker.tell_master(Control::Ready {
+        worker: id,
+        pid: std::process::id(),
+    });
+    log::info!("worker {id} listening (pid {})", std::process::id());
+    worker.run()?;
+    log::info!("worker {id} exiting");
+    Ok(())
+}
+
+/// Reads exactly one frame (the `Start` message) from the still-blocking control socket, so no
+/// byte of the frames after it is consumed before the channel takes over.
+fn read_start(s: &mut std::os::unix::net::UnixStream) -> Result<herald_ipc::Control, WorkerError> {
+    use herald_ipc::{codec, Wire};
+    use std::io::Read;
+    let bad = |e: String| WorkerError::Control(e);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut head = [0u8; codec::FRAME_HEADER];
+    s.read_exact(&mut head)
+        .map_err(|e| bad(format!("reading Start: {e}")))?;
+    let len = u32::from_be_bytes(head) as usize;
+    if len == 0 || len > codec::MAX_FRAME {
+        return Err(bad(format!("Start frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .map_err(|e| bad(format!("reading Start: {e}")))?;
+    herald_ipc::Control::decode(body[0], &body[1..]).map_err(|e| bad(e.to_string()))
+}
+
+fn send_blocking(
+    s: &mut std::os::unix::net::UnixStream,
+    msg: &herald_ipc::Control,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    herald_ipc::codec::write_frame(msg, &mut out).map_err(std::io::Error::other)?;
+    s.write_all(&out)
 }

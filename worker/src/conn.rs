@@ -1,0 +1,166 @@
+//! The connection table's entries: one client or backend socket and its protocol state.
+//!
+//! Sized for hundreds of thousands of idle entries: no buffer is owned while nothing is
+//! pending (`inbuf` holds only an incomplete frame, line or request; `out` only unwritten
+//! output), and per-protocol state that is rarely needed (a fragmented message) is boxed.
+
+use crate::delivery::OutQueue;
+use bytes::Bytes;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// Flag: queued in the worker's flush list for this loop turn.
+pub const DIRTY: u8 = 1;
+/// Flag: close once the output is written (after a close frame, an error response…).
+pub const CLOSING: u8 = 2;
+
+/// Which listener a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The WebSocket port.
+    Ws,
+    /// The text port.
+    Text,
+    /// The HTTP port.
+    Http,
+}
+
+impl Port {
+    /// Name shown by `connections` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Port::Ws => "websocket",
+            Port::Text => "text",
+            Port::Http => "http",
+        }
+    }
+}
+
+/// A message being reassembled from fragments.
+pub struct Fragments {
+    /// Opcode of the first fragment (text or binary).
+    pub opcode: u8,
+    /// Payload so far (bounded by `max_frame`).
+    pub data: Vec<u8>,
+}
+
+/// WebSocket state after the handshake.
+#[derive(Default)]
+pub struct Ws {
+    /// The uid once logged in (shared with the registry's key).
+    pub uid: Option<Rc<str>>,
+    /// An unfinished fragmented message, if one is in progress.
+    pub frag: Option<Box<Fragments>>,
+    /// A close frame was queued: send nothing more.
+    pub close_sent: bool,
+}
+
+/// Text-port state: replies kept in the order of the lines.
+#[derive(Default)]
+pub struct Text {
+    /// One slot per line whose reply is not yet written; `None` while its push is in flight.
+    pub replies: VecDeque<Option<Bytes>>,
+    /// Sequence number of `replies.front()`.
+    pub first_seq: u64,
+}
+
+impl Text {
+    /// Reserves the next reply slot and returns its sequence number.
+    pub fn reserve(&mut self) -> u64 {
+        self.replies.push_back(None);
+        self.first_seq + self.replies.len() as u64 - 1
+    }
+
+    /// Fills slot `seq`; returns the replies now ready to write, in order.
+    pub fn fill(&mut self, seq: u64, reply: Bytes, ready: &mut Vec<Bytes>) {
+        if seq < self.first_seq {
+            return;
+        }
+        if let Some(slot) = self.replies.get_mut((seq - self.first_seq) as usize) {
+            *slot = Some(reply);
+        }
+        while let Some(Some(_)) = self.replies.front() {
+            if let Some(Some(b)) = self.replies.pop_front() {
+                ready.push(b);
+            }
+            self.first_seq += 1;
+        }
+        if self.replies.is_empty() && self.replies.capacity() > 64 {
+            self.replies = VecDeque::new();
+        }
+    }
+}
+
+/// HTTP state: one request handled at a time, so pipelined responses keep their order.
+#[derive(Default)]
+pub struct Http {
+    /// A request's push is in flight; later requests wait in `inbuf`.
+    pub waiting: bool,
+    /// Close after the response in flight (the request asked for it).
+    pub close_after: bool,
+    /// `100 Continue` already sent for the request being received.
+    pub continue_sent: bool,
+}
+
+/// Protocol state.
+pub enum Proto {
+    /// WebSocket port, opening handshake not complete.
+    Handshake,
+    /// WebSocket after the handshake.
+    Ws(Ws),
+    /// Text port.
+    Text(Text),
+    /// HTTP port.
+    Http(Http),
+}
+
+/// One accepted socket.
+pub struct Conn {
+    /// The socket (registered READABLE | WRITABLE once, edge-triggered).
+    pub stream: TcpStream,
+    /// Peer address, for logs and `connections`.
+    pub remote: SocketAddr,
+    /// Unique per worker; guards replies against a slot reused by a newer connection.
+    pub id: u64,
+    /// Which port.
+    pub port: Port,
+    /// Protocol state.
+    pub proto: Proto,
+    /// Unwritten output.
+    pub out: OutQueue,
+    /// Bytes of an incomplete frame, line or request (empty, unallocated, when idle).
+    pub inbuf: Vec<u8>,
+    /// Bytes read, for `connections`.
+    pub bytes_in: u64,
+    /// Bytes written, for `connections`.
+    pub bytes_out: u64,
+    /// [`DIRTY`] and [`CLOSING`].
+    pub flags: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_come_out_in_line_order() {
+        let mut t = Text::default();
+        let a = t.reserve();
+        let b = t.reserve();
+        let c = t.reserve();
+        let mut ready = Vec::new();
+        t.fill(b, Bytes::from_static(b"B"), &mut ready);
+        assert!(ready.is_empty());
+        t.fill(a, Bytes::from_static(b"A"), &mut ready);
+        assert_eq!(
+            ready,
+            vec![Bytes::from_static(b"A"), Bytes::from_static(b"B")]
+        );
+        ready.clear();
+        t.fill(c, Bytes::from_static(b"C"), &mut ready);
+        assert_eq!(ready, vec![Bytes::from_static(b"C")]);
+        assert!(t.replies.is_empty());
+    }
+}

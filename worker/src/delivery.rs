@@ -1,0 +1,190 @@
+//! Delivery: frames encoded once and shared, and each connection's queue of references to them.
+//!
+//! Server-to-client WebSocket frames are unmasked, so the bytes of one message are identical for
+//! every recipient: [`frame`] builds them once into a [`Bytes`], and each recipient's
+//! [`OutQueue`] holds a reference-counted handle, not a copy. A connection's queue is flushed
+//! once per loop turn with `writev`, so every frame queued for it in that turn shares one
+//! system call. An idle connection's queue owns no heap memory.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// WebSocket opcode of a text frame.
+pub const OP_TEXT: u8 = 0x1;
+/// WebSocket opcode of a binary frame.
+pub const OP_BINARY: u8 = 0x2;
+/// WebSocket opcode of a close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// WebSocket opcode of a ping frame.
+pub const OP_PING: u8 = 0x9;
+/// WebSocket opcode of a pong frame.
+pub const OP_PONG: u8 = 0xA;
+
+/// Encodes one final, unmasked server frame with `opcode` around `payload`.
+pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut b = BytesMut::with_capacity(len + 10);
+    b.extend_from_slice(&[0x80 | opcode]);
+    if len < 126 {
+        b.extend_from_slice(&[len as u8]);
+    } else if len <= u16::MAX as usize {
+        b.extend_from_slice(&[126]);
+        b.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        b.extend_from_slice(&[127]);
+        b.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// A close frame with `code` and a short `reason`.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut p = Vec::with_capacity(2 + reason.len());
+    p.extend_from_slice(&code.to_be_bytes());
+    // Control payloads are at most 125 bytes.
+    let r = reason.as_bytes();
+    p.extend_from_slice(&r[..r.len().min(123)]);
+    frame(OP_CLOSE, &p)
+}
+
+/// Most buffers handed to one `writev`.
+const IOV_MAX: usize = 64;
+
+/// Output waiting for one connection: shared frames and small replies, in order.
+#[derive(Default)]
+pub struct OutQueue {
+    /// The buffers; the front one may be partly written (advanced past what was).
+    bufs: VecDeque<Bytes>,
+    /// Bytes queued in all of `bufs`, for the `max_send_buffer` check and `connections`.
+    len: usize,
+}
+
+impl OutQueue {
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a buffer (a reference when it is shared).
+    pub fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        self.bufs.push_back(b);
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)`: all written; `Ok(false)`: the socket is
+    /// full (wait for WRITABLE). Returns bytes written through `written`.
+    pub fn flush<W: Write>(&mut self, w: &mut W, written: &mut u64) -> io::Result<bool> {
+        while !self.bufs.is_empty() {
+            let n = {
+                let mut iov: [IoSlice<'_>; IOV_MAX] = [IoSlice::new(&[]); IOV_MAX];
+                let mut k = 0;
+                for b in self.bufs.iter().take(IOV_MAX) {
+                    iov[k] = IoSlice::new(b);
+                    k += 1;
+                }
+                match w.write_vectored(&iov[..k]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            *written += n as u64;
+            self.consume(n);
+        }
+        // Give the ring's memory back: an idle connection holds none.
+        self.bufs = VecDeque::new();
+        Ok(true)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.bufs.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.bufs = VecDeque::new();
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then says `WouldBlock` once `budget`
+    /// is spent, like a full socket.
+    struct Trickle {
+        got: Vec<u8>,
+        cap: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.cap).min(self.budget);
+            self.got.extend_from_slice(&b[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(&frame(OP_TEXT, b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let f = frame(OP_TEXT, &[b'x'; 200]);
+        assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
+        let f = frame(OP_BINARY, &vec![0; 70_000]);
+        assert_eq!(&f[..2], &[0x82, 127]);
+        assert_eq!(f.len(), 70_010);
+    }
+
+    #[test]
+    fn partial_writes_resume_in_order() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"hello "));
+        q.push(Bytes::from_static(b"world"));
+        let mut w = Trickle {
+            got: vec![],
+            cap: 4,
+            budget: 7,
+        };
+        let mut n = 0;
+        assert!(!q.flush(&mut w, &mut n).unwrap());
+        assert_eq!(q.len(), 4);
+        w.budget = 100;
+        assert!(q.flush(&mut w, &mut n).unwrap());
+        assert_eq!(w.got, b"hello world");
+        assert_eq!(n, 11);
+        assert!(q.is_empty());
+    }
+}

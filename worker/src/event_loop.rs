@@ -1,0 +1,1520 @@
+//! The worker's event loop: one mio `Poll` for the listeners, every connection, the sibling
+//! links and the master's control channel.
+//!
+//! A loop turn: wait for readiness (or the next deadline), handle every event — reading each
+//! socket until `WouldBlock` and handling everything a read brought — then settle expired
+//! pushes, and last flush every connection that got output during the turn, once, with
+//! `writev`. So a broadcast costs one shared frame plus one queue entry per recipient, and all
+//! the frames and replies one connection got in a turn share a system call.
+
+use crate::config::{Config, Listeners};
+use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY};
+use crate::delivery::{close_frame, frame, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::http::{self, Parsed};
+use crate::mesh::{InFlight, Link, Pending, ReplyKind, ReplyTo};
+use crate::registry::Registry;
+use crate::text::{self, Command};
+use crate::websocket::{self, Handshake, WsError};
+use bytes::Bytes;
+use herald_ipc::{mesh_name, Channel, ChannelError, Control, Peer, PeerMsg, Push, Target};
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read};
+use std::os::linux::net::SocketAddrExt;
+use std::time::{Duration, Instant, SystemTime};
+
+const TOK_WS: Token = Token(0);
+const TOK_TEXT: Token = Token(1);
+const TOK_HTTP: Token = Token(2);
+const TOK_CONTROL: Token = Token(3);
+const TOK_MESH: Token = Token(4);
+/// Connection tokens start here: `Token(CONN_BASE + slot)`.
+const CONN_BASE: usize = 16;
+/// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
+const LINK_BASE: usize = 1 << 40;
+
+/// Size of the per-worker read buffer every socket is read into.
+const SCRATCH: usize = 64 * 1024;
+/// Longest uid accepted at login.
+const MAX_UID: usize = 256;
+/// How long accepting pauses after `EMFILE`/`ENFILE`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counters shown by `status`.
+#[derive(Default, Clone, Copy)]
+pub struct Stats {
+    /// Pushes received from backends and relaying clients (not siblings').
+    pub pushes: u64,
+    /// Frames queued to client connections (including siblings' pushes delivered here).
+    pub delivered: u64,
+    /// Frames dropped because a connection's output was over `max_send_buffer`.
+    pub send_fail: u64,
+    /// Sibling answers missing (link full, broken or too slow).
+    pub ipc_undelivered: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed for a protocol or size violation.
+    pub rejected: u64,
+}
+
+/// One worker: everything its loop owns.
+pub struct Worker {
+    /// Stable worker id (0..count).
+    id: u32,
+    /// The master's pid: names the mesh sockets.
+    instance: u32,
+    /// Own pid, cached.
+    pid: u32,
+    cfg: Config,
+    /// Addresses, for `status`.
+    addrs: Listeners,
+    poll: Poll,
+    /// Listeners by port; `None` when disabled or closed by a drain.
+    ws_listener: Option<TcpListener>,
+    text_listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
+    /// Accepting is paused after EMFILE until then.
+    accept_paused_until: Option<Instant>,
+    conns: Slab<Conn>,
+    registry: Registry,
+    /// The per-worker read buffer.
+    scratch: Vec<u8>,
+    /// Connections with output queued this turn.
+    dirty: Vec<usize>,
+    /// Connection ids.
+    next_conn_id: u64,
+    control: Channel<Control, Control>,
+    mesh_listener: UnixListener,
+    links: Slab<Link>,
+    /// Peers the master announced (other than this process).
+    peers: Vec<Peer>,
+    /// When to retry connecting to announced peers we have no link to.
+    reconnect_at: Option<Instant>,
+    inflight: InFlight,
+    stats: Stats,
+    /// qps over the last stats tick.
+    qps: f64,
+    last_tick: Instant,
+    last_tick_pushes: u64,
+    started: SystemTime,
+    /// Set by `Drain`: when to close remaining connections.
+    drain_deadline: Option<Instant>,
+    /// Set by `Stop` or a closed control channel.
+    stop: bool,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn ms(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs.max(0.0))
+}
+
+/// Binds one TCP listener with SO_REUSEPORT, so every worker binds the same port.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
+impl Worker {
+    /// Builds the worker around bound listeners and the control channel.
+    pub fn new(
+        id: u32,
+        instance: u32,
+        cfg: Config,
+        addrs: Listeners,
+        listeners: [Option<TcpListener>; 3],
+        control: Channel<Control, Control>,
+    ) -> io::Result<Worker> {
+        let pid = std::process::id();
+        let name = mesh_name(instance, pid);
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let std_mesh = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        std_mesh.set_nonblocking(true)?;
+        let mesh_listener = UnixListener::from_std(std_mesh);
+        let [ws, text, http] = listeners;
+        let mut w = Worker {
+            id,
+            instance,
+            pid,
+            cfg,
+            addrs,
+            poll: Poll::new()?,
+            ws_listener: ws,
+            text_listener: text,
+            http_listener: http,
+            accept_paused_until: None,
+            conns: Slab::new(),
+            registry: Registry::default(),
+            scratch: vec![0; SCRATCH],
+            dirty: Vec::new(),
+            next_conn_id: 1,
+            control,
+            mesh_listener,
+            links: Slab::new(),
+            peers: Vec::new(),
+            reconnect_at: None,
+            inflight: InFlight::default(),
+            stats: Stats::default(),
+            qps: 0.0,
+            last_tick: Instant::now(),
+            last_tick_pushes: 0,
+            started: SystemTime::now(),
+            drain_deadline: None,
+            stop: false,
+        };
+        let reg = w.poll.registry();
+        if let Some(l) = w.ws_listener.as_mut() {
+            reg.register(l, TOK_WS, Interest::READABLE)?;
+        }
+        if let Some(l) = w.text_listener.as_mut() {
+            reg.register(l, TOK_TEXT, Interest::READABLE)?;
+        }
+        if let Some(l) = w.http_listener.as_mut() {
+            reg.register(l, TOK_HTTP, Interest::READABLE)?;
+        }
+        reg.register(
+            &mut w.control,
+            TOK_CONTROL,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        reg.register(&mut w.mesh_listener, TOK_MESH, Interest::READABLE)?;
+        Ok(w)
+    }
+
+    /// Queues a control message to the master.
+    pub fn tell_master(&mut self, msg: Control) {
+        if let Err(e) = self.control.send(&msg) {
+            log::warn!("cannot queue a message for the master: {e}");
+        }
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        while !self.stop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    TOK_WS => self.accept(Port::Ws),
+                    TOK_TEXT => self.accept(Port::Text),
+                    TOK_HTTP => self.accept(Port::Http),
+                    TOK_CONTROL => self.on_control(),
+                    TOK_MESH => self.accept_mesh(),
+                    Token(t) if t >= LINK_BASE => self.on_link(t - LINK_BASE),
+                    Token(t) if t >= CONN_BASE => {
+                        let slot = t - CONN_BASE;
+                        if ev.is_writable() {
+                            self.mark_dirty(slot);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            self.inflight.expire(now, &mut expired);
+            for p in expired.drain(..) {
+                self.stats.ipc_undelivered += p.waiting as u64;
+                self.settle(p.reply, p.total);
+            }
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept(Port::Ws);
+                self.accept(Port::Text);
+                self.accept(Port::Http);
+            }
+            if self.reconnect_at.is_some_and(|t| t <= now) {
+                self.reconnect_at = None;
+                self.connect_peers();
+            }
+            if now.duration_since(self.last_tick) >= Duration::from_secs(1) {
+                let secs = now.duration_since(self.last_tick).as_secs_f64();
+                self.qps = (self.stats.pushes - self.last_tick_pushes) as f64 / secs;
+                self.last_tick_pushes = self.stats.pushes;
+                self.last_tick = now;
+            }
+            self.flush_all();
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() {
+                    log::info!("drained: no connection left");
+                    break;
+                }
+                if now >= deadline {
+                    log::info!(
+                        "drain timeout: closing {} remaining connections with 1001",
+                        self.conns.len()
+                    );
+                    self.close_all(1001, "server going away");
+                    break;
+                }
+            }
+        }
+        if self.stop {
+            self.close_all(1001, "server stopping");
+        }
+        // Hand the master whatever it was last told (ListenersClosed, a status row).
+        let _ = self.control.flush();
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut t = self.last_tick + Duration::from_secs(1);
+        for d in [
+            self.inflight.next_deadline(),
+            self.accept_paused_until,
+            self.reconnect_at,
+            self.drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            t = t.min(d);
+        }
+        Some(t.saturating_duration_since(now))
+    }
+
+    // ---------------------------------------------------------------- accepting
+
+    fn accept(&mut self, port: Port) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let listener = match port {
+                Port::Ws => self.ws_listener.as_ref(),
+                Port::Text => self.text_listener.as_ref(),
+                Port::Http => self.http_listener.as_ref(),
+            };
+            let Some(listener) = listener else { return };
+            match listener.accept() {
+                Ok((stream, remote)) => self.add_conn(stream, remote, port),
+                Err(e) if would_block(&e) => return,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EMFILE)
+                        || e.raw_os_error() == Some(libc::ENFILE) =>
+                {
+                    // Out of descriptors: the pending connection stays queued in the kernel.
+                    // Pause instead of spinning on a readiness we cannot act on.
+                    log::warn!(
+                        "accept on {} port: {e}; pausing accepts for {:?}",
+                        port.name(),
+                        ACCEPT_BACKOFF
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("accept on {} port: {e}", port.name());
+                }
+            }
+        }
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        remote: std::net::SocketAddr,
+        port: Port,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(CONN_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register connection from {remote}: {e}");
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        self.stats.accepted += 1;
+        entry.insert(Conn {
+            stream,
+            remote,
+            id,
+            port,
+            proto: match port {
+                Port::Ws => Proto::Handshake,
+                Port::Text => Proto::Text(Text::default()),
+                Port::Http => Proto::Http(Http::default()),
+            },
+            out: Default::default(),
+            inbuf: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            flags: 0,
+        });
+        log::debug!("{} connection {id} from {remote}", port.name());
+        // Data may already be there (edge-triggered: no event promised for it).
+        self.on_readable(slot);
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    fn on_readable(&mut self, slot: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING != 0 {
+                // Discard what a closing peer still sends; stop at WouldBlock or EOF.
+                match conn.stream.read(&mut scratch) {
+                    Ok(0) => {
+                        self.close(slot, None);
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        self.close(slot, None);
+                        break;
+                    }
+                }
+            }
+            match conn.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.close(slot, None);
+                    break;
+                }
+                Ok(n) => {
+                    conn.bytes_in += n as u64;
+                    self.on_bytes(slot, &mut scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => {
+                    log::debug!("read from connection in slot {slot}: {e}");
+                    self.close(slot, None);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Handles bytes just read. Works on the bytes in place when nothing was pending, and keeps
+    /// only an incomplete tail with the connection.
+    fn on_bytes(&mut self, slot: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let port = conn.port;
+        let handshake = matches!(conn.proto, Proto::Handshake);
+        let used_inbuf = !buf.is_empty() || handshake || port == Port::Http;
+        let rest = if used_inbuf {
+            buf.extend_from_slice(data);
+            let used = self.consume(slot, &mut buf);
+            buf.drain(..used.min(buf.len()));
+            buf
+        } else {
+            let used = self.consume(slot, data);
+            data[used.min(data.len())..].to_vec()
+        };
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                conn.inbuf = rest;
+                if conn.inbuf.capacity() > conn.inbuf.len() * 2 + 1024 {
+                    conn.inbuf.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    /// Handles what it can of `buf`; returns how many bytes were used.
+    fn consume(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let Some(conn) = self.conns.get(slot) else {
+            return buf.len();
+        };
+        match conn.proto {
+            Proto::Handshake => self.consume_handshake(slot, buf),
+            Proto::Ws(_) => self.consume_ws(slot, buf),
+            Proto::Text(_) => self.consume_text(slot, buf),
+            Proto::Http(_) => self.consume_http(slot, buf),
+        }
+    }
+
+    // ---------------------------------------------------------------- WebSocket
+
+    fn consume_handshake(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        match websocket::handshake(buf, self.cfg.max_header) {
+            Handshake::Partial => 0,
+            Handshake::Reject { response, reason } => {
+                self.reject(slot, reason, response);
+                buf.len()
+            }
+            Handshake::Upgrade {
+                response, consumed, ..
+            } => {
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.proto = Proto::Ws(Ws::default());
+                }
+                self.queue(slot, Bytes::from(response));
+                consumed + self.consume_ws(slot, &mut buf[consumed..])
+            }
+        }
+    }
+
+    fn consume_ws(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            match websocket::parse_frame(&mut buf[pos..], self.cfg.max_frame) {
+                Ok(None) => return pos,
+                Err(e) => {
+                    self.ws_fail(slot, &e);
+                    return buf.len();
+                }
+                Ok(Some((f, used))) => {
+                    let start = pos + f.payload.start;
+                    let end = pos + f.payload.end;
+                    pos += used;
+                    if let Err(e) = self.ws_frame(slot, f.fin, f.opcode, &buf[start..end]) {
+                        self.ws_fail(slot, &e);
+                        return buf.len();
+                    }
+                    match self.conns.get(slot) {
+                        Some(c) if c.flags & CLOSING == 0 => {}
+                        _ => return buf.len(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn ws_fail(&mut self, slot: usize, e: &WsError) {
+        self.stats.rejected += 1;
+        if let Some(c) = self.conns.get(slot) {
+            log::info!(
+                "websocket {} from {}: {e}; closing with {}",
+                c.id,
+                c.remote,
+                e.close_code()
+            );
+        }
+        self.ws_close(slot, e.close_code(), &e.to_string());
+    }
+
+    /// Queues a close frame and closes once it is written.
+    fn ws_close(&mut self, slot: usize, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if let Proto::Ws(ws) = &mut conn.proto {
+            if !ws.close_sent {
+                ws.close_sent = true;
+                self.queue(slot, close_frame(code, reason));
+            }
+        }
+        self.close_after_flush(slot);
+    }
+
+    fn ws_frame(
+        &mut self,
+        slot: usize,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+    ) -> Result<(), WsError> {
+        let max = self.cfg.max_frame;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        let Proto::Ws(ws) = &mut conn.proto else {
+            return Ok(());
+        };
+        match opcode {
+            0x8 => {
+                let code = websocket::close_code(payload)?;
+                let echo = if code == 1000 || payload.is_empty() {
+                    1000
+                } else {
+                    code
+                };
+                self.ws_close(slot, echo, "");
+                Ok(())
+            }
+            0x9 => {
+                if !ws.close_sent {
+                    self.queue(slot, frame(OP_PONG, payload));
+                }
+                Ok(())
+            }
+            0xA => Ok(()),
+            0x0 => {
+                let Some(frag) = ws.frag.as_mut() else {
+                    return Err(WsError::Protocol("continuation without a message"));
+                };
+                if frag.data.len() + payload.len() > max {
+                    return Err(WsError::TooBig);
+                }
+                frag.data.extend_from_slice(payload);
+                if fin {
+                    if let Some(f) = ws.frag.take() {
+                        self.ws_message(slot, f.opcode == OP_TEXT, &f.data)?;
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                if ws.frag.is_some() {
+                    return Err(WsError::Protocol("new message inside a fragmented one"));
+                }
+                if fin {
+                    self.ws_message(slot, opcode == OP_TEXT, payload)
+                } else {
+                    ws.frag = Some(Box::new(Fragments {
+                        opcode,
+                        data: payload.to_vec(),
+                    }));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn ws_message(&mut self, slot: usize, is_text: bool, data: &[u8]) -> Result<(), WsError> {
+        let text = if is_text {
+            Some(std::str::from_utf8(data).map_err(|_| WsError::BadUtf8)?)
+        } else {
+            None
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        let Proto::Ws(ws) = &mut conn.proto else {
+            return Ok(());
+        };
+        match (&ws.uid, text) {
+            (None, None) => {
+                self.stats.rejected += 1;
+                self.ws_close(slot, 1003, "the first message must be the uid, as text");
+            }
+            (None, Some(uid)) => {
+                if uid.is_empty() || uid.len() > MAX_UID || uid.chars().any(char::is_control) {
+                    self.stats.rejected += 1;
+                    self.ws_close(slot, 1008, "invalid uid");
+                    return Ok(());
+                }
+                let rc = self.registry.add(uid, slot as u32);
+                log::debug!(
+                    "websocket {} from {} logged in as {uid}",
+                    conn.id,
+                    conn.remote
+                );
+                ws.uid = Some(rc);
+                if self.cfg.login_reply {
+                    let msg = format!("login success, your uid is {uid}");
+                    self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
+                }
+            }
+            (Some(_), Some(msg)) if self.cfg.client_relay => {
+                // Seed 002: `UID:message` to UID, `all:message` to everyone.
+                if let Some((to, body)) = msg.split_once(':') {
+                    let target = if to == "all" {
+                        Target::All
+                    } else {
+                        Target::Uids(vec![to.to_string()])
+                    };
+                    self.push(
+                        target,
+                        Vec::new(),
+                        body.as_bytes().to_vec(),
+                        false,
+                        ReplyTo::Nobody,
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- text port
+
+    fn consume_text(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
+            if nl > self.cfg.max_line {
+                self.line_too_long(slot);
+                return buf.len();
+            }
+            let line = &buf[pos..pos + nl];
+            pos += nl + 1;
+            self.text_line(slot, line);
+            match self.conns.get(slot) {
+                Some(c) if c.flags & CLOSING == 0 => {}
+                _ => return buf.len(),
+            }
+        }
+        if buf.len() - pos > self.cfg.max_line {
+            self.line_too_long(slot);
+            return buf.len();
+        }
+        pos
+    }
+
+    fn line_too_long(&mut self, slot: usize) {
+        self.stats.rejected += 1;
+        if let Some(c) = self.conns.get(slot) {
+            log::warn!(
+                "text connection {} from {}: line longer than max_line ({} bytes); closing",
+                c.id,
+                c.remote,
+                self.cfg.max_line
+            );
+        }
+        self.close(slot, None);
+    }
+
+    fn text_line(&mut self, slot: usize, line: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let Proto::Text(t) = &mut conn.proto else {
+            return;
+        };
+        let seq = t.reserve();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let reply = |kind| ReplyTo::Text {
+            slot,
+            id,
+            seq,
+            kind,
+        };
+        match text::parse_line(line) {
+            Command::Seed { uid } => {
+                self.push(
+                    Target::Uids(vec![uid]),
+                    Vec::new(),
+                    line.to_vec(),
+                    false,
+                    reply(ReplyKind::OkFail),
+                );
+            }
+            Command::Push {
+                target,
+                exclude,
+                payload,
+            } => {
+                let kind = if target == Target::All {
+                    ReplyKind::AlwaysOk
+                } else {
+                    ReplyKind::OkFail
+                };
+                self.push(target, exclude, payload, false, reply(kind));
+            }
+            Command::Fail(why) => {
+                log::debug!("text connection {id}: {why}; replying fail");
+                self.text_reply(slot, id, seq, Bytes::from_static(b"fail\n"));
+            }
+            Command::Error(e) => {
+                self.text_reply(slot, id, seq, Bytes::from(text::error_reply(&e)));
+            }
+        }
+    }
+
+    fn text_reply(&mut self, slot: usize, id: u64, seq: u64, reply: Bytes) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.id != id {
+            return;
+        }
+        let Proto::Text(t) = &mut conn.proto else {
+            return;
+        };
+        let mut ready = Vec::new();
+        t.fill(seq, reply, &mut ready);
+        for b in ready {
+            self.queue(slot, b);
+        }
+    }
+
+    // ---------------------------------------------------------------- HTTP port
+
+    fn consume_http(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return buf.len();
+            };
+            if conn.flags & CLOSING != 0 {
+                return buf.len();
+            }
+            let Proto::Http(h) = &mut conn.proto else {
+                return buf.len();
+            };
+            if h.waiting || pos == buf.len() {
+                return pos;
+            }
+            match http::parse_request(&buf[pos..], self.cfg.max_header, self.cfg.max_body) {
+                Parsed::Partial { continue_100 } => {
+                    if continue_100 && !h.continue_sent {
+                        h.continue_sent = true;
+                        self.queue(slot, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                    }
+                    return pos;
+                }
+                Parsed::Error { status, reason } => {
+                    self.reject(
+                        slot,
+                        reason,
+                        http::text(status, &format!("{reason}\n"), false),
+                    );
+                    return buf.len();
+                }
+                Parsed::Request(req, used) => {
+                    h.continue_sent = false;
+                    pos += used;
+                    self.http_request(slot, req);
+                }
+            }
+        }
+    }
+
+    fn http_request(&mut self, slot: usize, req: http::Request) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let Proto::Http(h) = &mut conn.proto else {
+            return;
+        };
+        h.close_after = !req.keep_alive;
+        let keep = req.keep_alive;
+        if req.path != "/" {
+            return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
+        }
+        if req.method != "GET" && req.method != "POST" {
+            let r = http::response(
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                b"method not allowed\n",
+                keep,
+                "Allow: GET, POST\r\n",
+            );
+            return self.http_respond(slot, r);
+        }
+        let params = match http::params(&req) {
+            Ok(p) => p,
+            Err(why) => {
+                return self.http_respond(
+                    slot,
+                    http::text("400 Bad Request", &format!("{why}\n"), keep),
+                )
+            }
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("type") != Some("publish") {
+            return self.http_respond(slot, http::text("200 OK", "fail", keep));
+        }
+        let content = http::html_escape(get("content").unwrap_or(""));
+        let to = get("to").unwrap_or("").to_string();
+        h.waiting = true;
+        if to.is_empty() {
+            let reply = ReplyTo::Http {
+                slot,
+                id,
+                kind: ReplyKind::AlwaysOk,
+            };
+            self.push(Target::All, Vec::new(), content.into_bytes(), false, reply);
+        } else {
+            let reply = ReplyTo::Http {
+                slot,
+                id,
+                kind: ReplyKind::Publish,
+            };
+            self.push(
+                Target::Uids(vec![to]),
+                Vec::new(),
+                content.into_bytes(),
+                false,
+                reply,
+            );
+        }
+    }
+
+    /// Writes the response to the request in progress and goes on with pipelined ones.
+    fn http_respond(&mut self, slot: usize, response: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Proto::Http(h) = &mut conn.proto else {
+            return;
+        };
+        h.waiting = false;
+        let close = h.close_after;
+        self.queue(slot, Bytes::from(response));
+        if close {
+            self.close_after_flush(slot);
+        }
+    }
+
+    /// Resumes parsing requests that arrived while a push was in flight.
+    fn http_resume(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.inbuf.is_empty() || conn.flags & CLOSING != 0 {
+            return;
+        }
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let used = self.consume_http(slot, &mut buf);
+        buf.drain(..used.min(buf.len()));
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                conn.inbuf = buf;
+            }
+        }
+    }
+
+    /// Answers with an error response and closes.
+    fn reject(&mut self, slot: usize, reason: &str, response: Vec<u8>) {
+        self.stats.rejected += 1;
+        if let Some(c) = self.conns.get(slot) {
+            log::info!(
+                "{} connection {} from {}: {reason}",
+                c.port.name(),
+                c.id,
+                c.remote
+            );
+        }
+        self.queue(slot, Bytes::from(response));
+        self.close_after_flush(slot);
+    }
+
+    // ---------------------------------------------------------------- pushing
+
+    /// Delivers here, sends to every sibling, and arranges for the outcome to reach `reply`.
+    fn push(
+        &mut self,
+        target: Target,
+        exclude: Vec<String>,
+        payload: Vec<u8>,
+        binary: bool,
+        reply: ReplyTo,
+    ) {
+        self.stats.pushes += 1;
+        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, &payload);
+        let local = self.deliver_local(&target, &exclude, &f);
+        let id = self.inflight.next_id();
+        let msg = PeerMsg::Push(Push {
+            id,
+            target,
+            exclude,
+            payload,
+            binary,
+        });
+        let mut waiting = 0;
+        for (_, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
+            match link.chan.send(&msg) {
+                Ok(()) => {
+                    link.inflight.push_back(id);
+                    link.dirty = true;
+                    waiting += 1;
+                }
+                Err(e) => {
+                    self.stats.ipc_undelivered += 1;
+                    log::warn!("push {id} not sent to worker {}: {e}", link.peer_worker);
+                }
+            }
+        }
+        if waiting == 0 {
+            self.settle(reply, local);
+            return;
+        }
+        let reply = if reply.decided(local) {
+            self.settle(reply, local);
+            ReplyTo::Nobody
+        } else {
+            reply
+        };
+        self.inflight.add(Pending {
+            total: local,
+            waiting,
+            reply,
+            deadline: Instant::now() + ms(self.cfg.ipc_timeout),
+        });
+    }
+
+    /// Queues `f` to every local connection `target` names; returns how many.
+    fn deliver_local(&mut self, target: &Target, exclude: &[String], f: &Bytes) -> u32 {
+        let mut slots: Vec<u32> = Vec::new();
+        match target {
+            Target::Uids(uids) => {
+                for (i, u) in uids.iter().enumerate() {
+                    if exclude.contains(u) || uids[..i].contains(u) {
+                        continue;
+                    }
+                    slots.extend_from_slice(self.registry.get(u));
+                }
+            }
+            Target::All => {
+                slots.reserve(self.registry.connection_count());
+                for (uid, s) in self.registry.iter() {
+                    if exclude.is_empty() || !exclude.iter().any(|e| **e == **uid) {
+                        slots.extend_from_slice(s);
+                    }
+                }
+            }
+            Target::Groups(_) => {}
+        }
+        let mut n = 0;
+        for s in slots {
+            if self.deliver(s as usize, f) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Queues one frame to one logged-in connection, unless its output is over the cap.
+    fn deliver(&mut self, slot: usize, f: &Bytes) -> bool {
+        let cap = self.cfg.max_send_buffer;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if conn.flags & CLOSING != 0 {
+            return false;
+        }
+        if conn.out.len() + f.len() > cap {
+            self.stats.send_fail += 1;
+            return false;
+        }
+        self.stats.delivered += 1;
+        self.queue(slot, f.clone());
+        true
+    }
+
+    /// Sends a push's outcome where it belongs.
+    fn settle(&mut self, reply: ReplyTo, total: u32) {
+        let word = |kind: ReplyKind| -> &'static [u8] {
+            match kind {
+                ReplyKind::AlwaysOk => b"ok",
+                ReplyKind::OkFail if total > 0 => b"ok",
+                ReplyKind::OkFail => b"fail",
+                ReplyKind::Publish if total > 0 => b"ok",
+                ReplyKind::Publish => b"offline",
+            }
+        };
+        match reply {
+            ReplyTo::Nobody => {}
+            ReplyTo::Text {
+                slot,
+                id,
+                seq,
+                kind,
+            } => {
+                let b: &'static [u8] = match word(kind) {
+                    b"ok" => b"ok\n",
+                    _ => b"fail\n",
+                };
+                self.text_reply(slot, id, seq, Bytes::from_static(b));
+            }
+            ReplyTo::Http { slot, id, kind } => {
+                let Some(conn) = self.conns.get(slot) else {
+                    return;
+                };
+                if conn.id != id {
+                    return;
+                }
+                let keep = match &conn.proto {
+                    Proto::Http(h) => !h.close_after,
+                    _ => return,
+                };
+                let body = word(kind);
+                self.http_respond(
+                    slot,
+                    http::response("200 OK", "text/plain; charset=utf-8", body, keep, ""),
+                );
+                self.http_resume(slot);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- output
+
+    fn queue(&mut self, slot: usize, b: Bytes) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.out.push(b);
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & DIRTY == 0 {
+                conn.flags |= DIRTY;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    fn close_after_flush(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.flags |= CLOSING;
+        }
+        self.mark_dirty(slot);
+    }
+
+    fn flush_all(&mut self) {
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let slot = self.dirty[i];
+            i += 1;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.flags &= !DIRTY;
+            match conn.out.flush(&mut conn.stream, &mut conn.bytes_out) {
+                Ok(true) => {
+                    if conn.flags & CLOSING != 0 {
+                        self.close(slot, None);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::debug!("write to connection {}: {e}", conn.id);
+                    self.close(slot, None);
+                }
+            }
+        }
+        self.dirty.clear();
+        for (_, link) in self.links.iter_mut() {
+            if link.dirty {
+                link.dirty = false;
+                if let Err(e) = link.chan.flush() {
+                    log::warn!("link to worker {}: {e}", link.peer_worker);
+                }
+            }
+        }
+        let _ = self.control.flush();
+    }
+
+    /// Removes a connection now.
+    fn close(&mut self, slot: usize, _why: Option<&str>) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        let mut conn = self.conns.remove(slot);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Proto::Ws(ws) = &conn.proto {
+            if let Some(uid) = &ws.uid {
+                self.registry.remove(uid, slot as u32);
+            }
+        }
+        log::debug!(
+            "{} connection {} from {} closed",
+            conn.port.name(),
+            conn.id,
+            conn.remote
+        );
+    }
+
+    /// Stop or drain end: WebSockets get a close frame with `code`, best effort, then all go.
+    fn close_all(&mut self, code: u16, reason: &str) {
+        let f = close_frame(code, reason);
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                if let Proto::Ws(ws) = &mut conn.proto {
+                    if !ws.close_sent {
+                        ws.close_sent = true;
+                        conn.out.push(f.clone());
+                    }
+                }
+                let _ = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
+            }
+            self.close(slot, None);
+        }
+    }
+
+    // ---------------------------------------------------------------- control
+
+    fn on_control(&mut self) {
+        let mut msgs = Vec::new();
+        let res = self.control.receive(&mut msgs);
+        for m in msgs {
+            self.control_msg(m);
+        }
+        match res {
+            Ok(()) => {}
+            Err(ChannelError::Closed) => {
+                log::info!("master is gone; stopping");
+                self.stop = true;
+            }
+            Err(e) => {
+                log::error!("control channel: {e}; stopping");
+                self.stop = true;
+            }
+        }
+        if let Err(e) = self.control.flush() {
+            log::debug!("control flush: {e}");
+        }
+    }
+
+    fn control_msg(&mut self, m: Control) {
+        match m {
+            Control::Peers { peers } => {
+                self.peers = peers.into_iter().filter(|p| p.pid != self.pid).collect();
+                // Drop outbound links to processes that are gone.
+                let gone: Vec<usize> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.outbound && !self.peers.iter().any(|p| p.pid == l.peer_pid))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in gone {
+                    self.drop_link(k, "worker left");
+                }
+                self.connect_peers();
+            }
+            Control::StatusRequest { seq } => {
+                let row = self.status_row();
+                self.tell_master(Control::Status { seq, row });
+            }
+            Control::ConnectionsRequest { seq } => {
+                let rows = self.connection_rows();
+                self.tell_master(Control::Connections { seq, rows });
+            }
+            Control::Stop => {
+                log::info!("stop requested");
+                self.stop = true;
+            }
+            Control::Drain => self.begin_drain(),
+            other => log::warn!("unexpected control message {other:?}"),
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        // Take every connection already queued in the kernel, then close: a closing
+        // SO_REUSEPORT listener resets what is left in its queue (unless tcp_migrate_req).
+        self.accept_paused_until = None;
+        self.accept(Port::Ws);
+        self.accept(Port::Text);
+        self.accept(Port::Http);
+        for l in [
+            self.ws_listener.take(),
+            self.text_listener.take(),
+            self.http_listener.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut l = l;
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.drain_deadline = Some(Instant::now() + ms(self.cfg.drain_timeout));
+        log::info!(
+            "draining: listeners closed, serving {} connections for up to {}s",
+            self.conns.len(),
+            self.cfg.drain_timeout
+        );
+        self.tell_master(Control::ListenersClosed { worker: self.id });
+    }
+
+    fn status_row(&self) -> serde_json::Value {
+        let mut ws = 0;
+        let mut text = 0;
+        let mut http = 0;
+        for (_, c) in self.conns.iter() {
+            match c.port {
+                Port::Ws => ws += 1,
+                Port::Text => text += 1,
+                Port::Http => http += 1,
+            }
+        }
+        let listen: Vec<String> = [
+            ("websocket", self.addrs.ws, self.ws_listener.is_some()),
+            ("text", self.addrs.text, self.text_listener.is_some()),
+            ("http", self.addrs.http, self.http_listener.is_some()),
+        ]
+        .iter()
+        .filter_map(|(n, a, open)| a.filter(|_| *open).map(|a| format!("{n}://{a}")))
+        .collect();
+        let started = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        serde_json::json!({
+            "worker": self.id,
+            "pid": self.pid,
+            "rss_kib": rss_kib(),
+            "listen": listen,
+            "connections": self.conns.len(),
+            "ws": ws,
+            "text": text,
+            "http": http,
+            "logged_in": self.registry.connection_count(),
+            "uids": self.registry.uid_count(),
+            "pushes": self.stats.pushes,
+            "delivered": self.stats.delivered,
+            "send_fail": self.stats.send_fail,
+            "ipc_undelivered": self.stats.ipc_undelivered,
+            "rejected": self.stats.rejected,
+            "accepted": self.stats.accepted,
+            "qps": (self.qps * 10.0).round() / 10.0,
+            "links": self.links.len(),
+            "inflight": self.inflight.len(),
+            "draining": self.drain_deadline.is_some(),
+            "started": started,
+        })
+    }
+
+    fn connection_rows(&self) -> Vec<serde_json::Value> {
+        self.conns
+            .iter()
+            .map(|(_, c)| {
+                let uid = match &c.proto {
+                    Proto::Ws(ws) => ws.uid.as_deref().map(str::to_string),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "worker": self.id,
+                    "id": c.id,
+                    "protocol": c.port.name(),
+                    "uid": uid,
+                    "remote": c.remote.to_string(),
+                    "bytes_in": c.bytes_in,
+                    "bytes_out": c.bytes_out,
+                    "send_queue": c.out.len(),
+                })
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- mesh
+
+    fn connect_peers(&mut self) {
+        let mut retry = false;
+        let peers = self.peers.clone();
+        for p in peers {
+            let linked = self
+                .links
+                .iter()
+                .any(|(_, l)| l.outbound && l.peer_pid == p.pid);
+            if linked {
+                continue;
+            }
+            match self.connect_peer(&p) {
+                Ok(()) => log::debug!("linked to worker {} (pid {})", p.worker, p.pid),
+                Err(e) => {
+                    log::debug!(
+                        "cannot link to worker {} (pid {}) yet: {e}",
+                        p.worker,
+                        p.pid
+                    );
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            self.reconnect_at = Some(Instant::now() + Duration::from_millis(50));
+        }
+    }
+
+    fn connect_peer(&mut self, p: &Peer) -> io::Result<()> {
+        let name = mesh_name(self.instance, p.pid);
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+        let mut chan = Channel::from_std(s, self.cfg.ipc_max_pending)?;
+        chan.send(&PeerMsg::Hello { worker: self.id })
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let entry = self.links.vacant_entry();
+        self.poll.registry().register(
+            &mut chan,
+            Token(LINK_BASE + entry.key()),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Link {
+            chan,
+            outbound: true,
+            peer_pid: p.pid,
+            peer_worker: p.worker,
+            inflight: Default::default(),
+            dirty: true,
+        });
+        Ok(())
+    }
+
+    fn accept_mesh(&mut self) {
+        loop {
+            match self.mesh_listener.accept() {
+                Ok((s, _)) => {
+                    let mut chan = Channel::new(s, self.cfg.ipc_max_pending);
+                    let entry = self.links.vacant_entry();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut chan,
+                        Token(LINK_BASE + entry.key()),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("cannot register a sibling link: {e}");
+                        continue;
+                    }
+                    let key = entry.key();
+                    entry.insert(Link {
+                        chan,
+                        outbound: false,
+                        peer_pid: 0,
+                        peer_worker: u32::MAX,
+                        inflight: Default::default(),
+                        dirty: false,
+                    });
+                    self.on_link(key);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("mesh accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, key: usize) {
+        let mut msgs = Vec::new();
+        let res = match self.links.get_mut(key) {
+            Some(l) => {
+                let r = l.chan.receive(&mut msgs);
+                // WRITABLE after a full socket: write what waits.
+                l.dirty = true;
+                r
+            }
+            None => return,
+        };
+        for m in msgs {
+            self.link_msg(key, m);
+        }
+        if let Err(e) = res {
+            let why = match e {
+                ChannelError::Closed => "closed".to_string(),
+                e => e.to_string(),
+            };
+            self.drop_link(key, &why);
+        }
+    }
+
+    fn link_msg(&mut self, key: usize, m: PeerMsg) {
+        match m {
+            PeerMsg::Hello { worker } => {
+                if let Some(l) = self.links.get_mut(key) {
+                    l.peer_worker = worker;
+                }
+            }
+            PeerMsg::Push(p) => {
+                let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
+                let count = self.deliver_local(&p.target, &p.exclude, &f);
+                if let Some(l) = self.links.get_mut(key) {
+                    l.dirty = true;
+                    if let Err(e) = l.chan.send(&PeerMsg::Delivered { id: p.id, count }) {
+                        log::warn!(
+                            "cannot answer push {} of worker {}: {e}",
+                            p.id,
+                            l.peer_worker
+                        );
+                    }
+                }
+            }
+            PeerMsg::Delivered { id, count } => {
+                if let Some(l) = self.links.get_mut(key) {
+                    if l.inflight.front() == Some(&id) {
+                        l.inflight.pop_front();
+                    } else if let Some(i) = l.inflight.iter().position(|&x| x == id) {
+                        l.inflight.remove(i);
+                    }
+                }
+                self.answered(id, count, true);
+            }
+            PeerMsg::Query { id, .. } => {
+                if let Some(l) = self.links.get_mut(key) {
+                    l.dirty = true;
+                    let _ = l.chan.send(&PeerMsg::Answer {
+                        id,
+                        body: b"null".to_vec(),
+                    });
+                }
+            }
+            PeerMsg::Answer { .. } => {}
+        }
+    }
+
+    /// A sibling answered push `id` (or will never: `answered == false`).
+    fn answered(&mut self, id: u64, count: u32, answered: bool) {
+        let Some(p) = self.inflight.get(id) else {
+            return;
+        };
+        p.total += count;
+        p.waiting = p.waiting.saturating_sub(1);
+        if !answered {
+            self.stats.ipc_undelivered += 1;
+        }
+        let (total, waiting, reply) = (p.total, p.waiting, p.reply);
+        if waiting == 0 {
+            self.inflight.take(id);
+            self.settle(reply, total);
+        } else if reply.decided(total) {
+            p.reply = ReplyTo::Nobody;
+            self.settle(reply, total);
+        }
+    }
+
+    fn drop_link(&mut self, key: usize, why: &str) {
+        if !self.links.contains(key) {
+            return;
+        }
+        let mut l = self.links.remove(key);
+        let _ = self.poll.registry().deregister(&mut l.chan);
+        log::info!(
+            "link {} worker {} (pid {}) ended: {why}",
+            if l.outbound { "to" } else { "from" },
+            l.peer_worker,
+            l.peer_pid
+        );
+        for id in l.inflight.drain(..) {
+            self.answered(id, 0, false);
+        }
+        if l.outbound && self.peers.iter().any(|p| p.pid == l.peer_pid) {
+            self.reconnect_at = Some(Instant::now() + Duration::from_millis(100));
+        }
+    }
+}
+
+/// Resident set size of this process in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4)
+        .unwrap_or(0)
+}

@@ -1,0 +1,445 @@
+//! The HTTP port: request parsing (httparse for the head and chunk sizes), form decoding
+//! (`application/x-www-form-urlencoded` and the `multipart/form-data` that PHP's curl sends for
+//! an array of fields) and the seed's publish API.
+//!
+//! Parsing is a pure function of the bytes received so far, so the event loop can call it again
+//! after every read and a request split across any number of reads parses the same.
+
+use memchr::memmem;
+
+/// A complete request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string (after `?`).
+    pub query: String,
+    /// `Content-Type`, lower-cased.
+    pub content_type: String,
+    /// `Authorization` header value.
+    pub authorization: Option<String>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+/// The parser's answer for the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// More bytes are needed; `continue_100` when the client waits for `100 Continue`.
+    Partial {
+        /// Send `HTTP/1.1 100 Continue` (once) before the client sends its body.
+        continue_100: bool,
+    },
+    /// A whole request and how many bytes it took.
+    Request(Request, usize),
+    /// Malformed or too large: answer with `status` and close.
+    Error {
+        /// Status line tail, e.g. `400 Bad Request`.
+        status: &'static str,
+        /// Why, for the body and the log.
+        reason: &'static str,
+    },
+}
+
+fn err(status: &'static str, reason: &'static str) -> Parsed {
+    Parsed::Error { status, reason }
+}
+
+/// Parses one request from the front of `buf`.
+pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > max_header {
+                return err(
+                    "431 Request Header Fields Too Large",
+                    "request head too large",
+                );
+            }
+            return Parsed::Partial {
+                continue_100: false,
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return err("431 Request Header Fields Too Large", "too many headers")
+        }
+        Err(_) => return err("400 Bad Request", "malformed request"),
+    };
+    if head > max_header {
+        return err(
+            "431 Request Header Fields Too Large",
+            "request head too large",
+        );
+    }
+    let method = req.method.unwrap_or("").to_string();
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.to_string(), String::new()),
+    };
+    let http10 = req.version == Some(0);
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut conn_close = false;
+    let mut conn_keep = false;
+    let mut expect = false;
+    let mut out = Request {
+        method,
+        path,
+        query,
+        ..Request::default()
+    };
+    for h in req.headers.iter() {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            return err("400 Bad Request", "header value is not text");
+        };
+        let v = v.trim();
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let Ok(n) = v.parse::<usize>() else {
+                return err("400 Bad Request", "bad Content-Length");
+            };
+            if content_length.is_some_and(|old| old != n) || content_length.is_some() {
+                // Two Content-Length headers are a request-smuggling shape: refuse them all.
+                return err("400 Bad Request", "duplicate Content-Length");
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if te_seen || !v.eq_ignore_ascii_case("chunked") {
+                return err("400 Bad Request", "unsupported Transfer-Encoding");
+            }
+            te_seen = true;
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in v.split(',') {
+                let t = t.trim();
+                conn_close |= t.eq_ignore_ascii_case("close");
+                conn_keep |= t.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            out.content_type = v.to_ascii_lowercase();
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect = v.eq_ignore_ascii_case("100-continue");
+        }
+    }
+    if chunked && content_length.is_some() {
+        return err(
+            "400 Bad Request",
+            "both Content-Length and Transfer-Encoding",
+        );
+    }
+    out.keep_alive = if http10 { conn_keep } else { !conn_close };
+    let rest = &buf[head..];
+    if chunked {
+        return match dechunk(rest, max_body) {
+            Dechunk::Done(body, used) => {
+                out.body = body;
+                Parsed::Request(out, head + used)
+            }
+            Dechunk::Partial => Parsed::Partial {
+                continue_100: expect,
+            },
+            Dechunk::TooLarge => err("413 Payload Too Large", "request body too large"),
+            Dechunk::Bad => err("400 Bad Request", "malformed chunked body"),
+        };
+    }
+    let len = content_length.unwrap_or(0);
+    if len > max_body {
+        return err("413 Payload Too Large", "request body too large");
+    }
+    if rest.len() < len {
+        return Parsed::Partial {
+            continue_100: expect,
+        };
+    }
+    out.body = rest[..len].to_vec();
+    Parsed::Request(out, head + len)
+}
+
+enum Dechunk {
+    Done(Vec<u8>, usize),
+    Partial,
+    TooLarge,
+    Bad,
+}
+
+fn dechunk(buf: &[u8], max_body: usize) -> Dechunk {
+    let mut pos = 0;
+    let mut body = Vec::new();
+    loop {
+        let (used, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(x)) => x,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() - pos > 1024 {
+                    Dechunk::Bad
+                } else {
+                    Dechunk::Partial
+                }
+            }
+            Err(_) => return Dechunk::Bad,
+        };
+        pos += used;
+        if size == 0 {
+            // Trailer fields, then the empty line.
+            loop {
+                let Some(eol) = memchr::memchr(b'\n', &buf[pos..]) else {
+                    return if buf.len() - pos > 8192 {
+                        Dechunk::Bad
+                    } else {
+                        Dechunk::Partial
+                    };
+                };
+                let line = &buf[pos..pos + eol];
+                pos += eol + 1;
+                if line.is_empty() || line == b"\r" {
+                    return Dechunk::Done(body, pos);
+                }
+            }
+        }
+        let size = size as usize;
+        if body.len().saturating_add(size) > max_body {
+            return Dechunk::TooLarge;
+        }
+        if buf.len() - pos < size + 2 {
+            return Dechunk::Partial;
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size;
+        if &buf[pos..pos + 2] != b"\r\n" {
+            return Dechunk::Bad;
+        }
+        pos += 2;
+    }
+}
+
+/// The request's parameters as the seed reads them: the POST fields if there are any, else the
+/// query string's (`$_POST = $_POST ? $_POST : $_GET`).
+pub fn params(req: &Request) -> Result<Vec<(String, String)>, &'static str> {
+    let mut post = Vec::new();
+    if req.method == "POST" && !req.body.is_empty() {
+        if req.content_type.starts_with("multipart/form-data") {
+            post = multipart(&req.content_type, &req.body)?;
+        } else if req.content_type.is_empty()
+            || req
+                .content_type
+                .starts_with("application/x-www-form-urlencoded")
+        {
+            post = form_urlencoded::parse(&req.body).into_owned().collect();
+        }
+    }
+    if !post.is_empty() {
+        return Ok(post);
+    }
+    Ok(form_urlencoded::parse(req.query.as_bytes())
+        .into_owned()
+        .collect())
+}
+
+fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .next()
+        .map(|b| b.trim_matches('"'))
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+        .ok_or("multipart body without boundary")?;
+    let delim = format!("--{boundary}");
+    let finder = memmem::Finder::new(delim.as_bytes());
+    let mut out = Vec::new();
+    let mut pos = finder.find(body).ok_or("multipart delimiter missing")? + delim.len();
+    loop {
+        let rest = &body[pos..];
+        if rest.starts_with(b"--") {
+            return Ok(out);
+        }
+        let rest = rest.strip_prefix(b"\r\n").ok_or("malformed multipart")?;
+        let start = body.len() - rest.len();
+        let head_end = memmem::find(rest, b"\r\n\r\n").ok_or("malformed multipart part")?;
+        let head =
+            std::str::from_utf8(&rest[..head_end]).map_err(|_| "multipart header is not text")?;
+        let name = head
+            .split("\r\n")
+            .filter(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+            .flat_map(|l| l.split(';'))
+            .filter_map(|p| p.trim().strip_prefix("name="))
+            .map(|n| n.trim_matches('"').to_string())
+            .next()
+            .ok_or("multipart part without name")?;
+        let vstart = start + head_end + 4;
+        let end = finder
+            .find(&body[vstart..])
+            .ok_or("multipart part not terminated")?;
+        let value = &body[vstart..vstart + end];
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        out.push((name, String::from_utf8_lossy(value).into_owned()));
+        pos = vstart + end + delim.len();
+    }
+}
+
+/// PHP's `htmlspecialchars` with its default flags (ENT_QUOTES since PHP 8.1).
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#039;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A response with a body.
+pub fn response(
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &str,
+) -> Vec<u8> {
+    let mut v =
+        format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}{extra}\r\n",
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )
+        .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+/// A plain-text response.
+pub fn text(status: &str, body: &str, keep_alive: bool) -> Vec<u8> {
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+        keep_alive,
+        "",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: &[u8]) -> Parsed {
+        parse_request(b, 8192, 1024)
+    }
+
+    #[test]
+    fn get_with_query() {
+        let head: &[u8] = b"GET /?type=publish&to=u1&content=a%20b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut b = head.to_vec();
+        b.extend_from_slice(b"GET");
+        let Parsed::Request(r, n) = parse(&b) else {
+            panic!()
+        };
+        assert_eq!(n, head.len());
+        assert_eq!(r.path, "/");
+        assert!(r.keep_alive);
+        let p = params(&r).unwrap();
+        assert_eq!(p[2], ("content".into(), "a b".into()));
+    }
+
+    #[test]
+    fn post_form_and_partial_body() {
+        let req = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntype=publish";
+        assert_eq!(
+            parse(&req[..req.len() - 1]),
+            Parsed::Partial {
+                continue_100: false
+            }
+        );
+        let Parsed::Request(r, n) = parse(req) else {
+            panic!()
+        };
+        assert_eq!(n, req.len());
+        assert_eq!(params(&r).unwrap(), vec![("type".into(), "publish".into())]);
+    }
+
+    #[test]
+    fn chunked_body() {
+        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntype=\r\n7\r\npublish\r\n0\r\n\r\n";
+        let Parsed::Request(r, n) = parse(req) else {
+            panic!()
+        };
+        assert_eq!(n, req.len());
+        assert_eq!(r.body, b"type=publish");
+        assert!(matches!(
+            parse(&req[..req.len() - 3]),
+            Parsed::Partial { .. }
+        ));
+    }
+
+    #[test]
+    fn smuggling_shapes_and_limits() {
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Error {
+                status: "400 Bad Request",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+            Parsed::Error {
+                status: "400 Bad Request",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            Parsed::Error {
+                status: "413 Payload Too Large",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n"),
+            Parsed::Error { .. }
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Parsed::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn multipart_like_php_curl() {
+        let body = b"--------------------------abc\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\npublish\r\n--------------------------abc\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nhello\r\nworld\r\n--------------------------abc--\r\n";
+        let r = Request {
+            method: "POST".into(),
+            content_type: "multipart/form-data; boundary=------------------------abc".into(),
+            body: body.to_vec(),
+            ..Request::default()
+        };
+        assert_eq!(
+            params(&r).unwrap(),
+            vec![
+                ("type".into(), "publish".into()),
+                ("content".into(), "hello\r\nworld".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn escaping_like_php() {
+        assert_eq!(
+            html_escape(r#"<a href="x">Tom & 'Jerry'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#039;Jerry&#039;&lt;/a&gt;"
+        );
+    }
+}

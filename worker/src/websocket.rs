@@ -1,0 +1,353 @@
+//! The WebSocket protocol: the opening handshake and the client frame parser.
+//!
+//! The handshake request is parsed with httparse and answered with tungstenite's accept-key
+//! derivation; frame headers are parsed with tungstenite's `FrameHeader`. Everything around
+//! them is Herald's own so that no connection owns a read or write buffer while idle: bytes are
+//! read into the worker's scratch buffer, whole frames are handled in place (unmasked where
+//! they lie), and only an incomplete frame's bytes are kept with the connection.
+
+use std::io::Cursor;
+use thiserror::Error;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// Why a client's frames end the connection, with the close code the RFC asks for.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WsError {
+    /// RFC 6455 violated (unmasked frame, reserved bits or opcode, bad control frame…): 1002.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A frame or a message above `max_frame`: 1009.
+    #[error("message too big")]
+    TooBig,
+    /// A text message (or close reason) that is not UTF-8: 1007.
+    #[error("invalid UTF-8 in text")]
+    BadUtf8,
+}
+
+impl WsError {
+    /// The close code to send.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            WsError::Protocol(_) => 1002,
+            WsError::TooBig => 1009,
+            WsError::BadUtf8 => 1007,
+        }
+    }
+}
+
+/// The opening handshake's outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// The request head is not complete yet.
+    Partial,
+    /// A valid upgrade request.
+    Upgrade {
+        /// The `101 Switching Protocols` response to send.
+        response: Vec<u8>,
+        /// Bytes of the request head (frames may follow in the same read).
+        consumed: usize,
+        /// The request target (path and query), for `?token=`.
+        target: String,
+        /// The `Origin` header, if any.
+        origin: Option<String>,
+    },
+    /// Not a WebSocket upgrade: send `response` and close.
+    Reject {
+        /// A complete HTTP error response.
+        response: Vec<u8>,
+        /// For the log.
+        reason: &'static str,
+    },
+}
+
+/// An HTTP error response with a plain-text body and `Connection: close`.
+pub fn http_error(status: &str, body: &str, extra_headers: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Parses the client's opening handshake from `buf`. A head larger than `max_header` is
+/// refused with 431.
+pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > max_header {
+                return Handshake::Reject {
+                    response: http_error(
+                        "431 Request Header Fields Too Large",
+                        "headers too large\n",
+                        "",
+                    ),
+                    reason: "handshake headers too large",
+                };
+            }
+            return Handshake::Partial;
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Handshake::Reject {
+                response: http_error(
+                    "431 Request Header Fields Too Large",
+                    "too many headers\n",
+                    "",
+                ),
+                reason: "too many handshake headers",
+            }
+        }
+        Err(_) => {
+            return Handshake::Reject {
+                response: http_error("400 Bad Request", "malformed request\n", ""),
+                reason: "malformed handshake request",
+            }
+        }
+    };
+    if consumed > max_header {
+        return Handshake::Reject {
+            response: http_error(
+                "431 Request Header Fields Too Large",
+                "headers too large\n",
+                "",
+            ),
+            reason: "handshake headers too large",
+        };
+    }
+    if req.method != Some("GET") {
+        return Handshake::Reject {
+            response: http_error(
+                "405 Method Not Allowed",
+                "WebSocket upgrade needs GET\n",
+                "Allow: GET\r\n",
+            ),
+            reason: "handshake method is not GET",
+        };
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Handshake::Reject {
+            response: http_error(
+                "426 Upgrade Required",
+                "this port speaks WebSocket\n",
+                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            reason: "not a WebSocket upgrade",
+        };
+    }
+    if header("Sec-WebSocket-Version") != Some("13") {
+        return Handshake::Reject {
+            response: http_error(
+                "426 Upgrade Required",
+                "unsupported WebSocket version\n",
+                "Sec-WebSocket-Version: 13\r\n",
+            ),
+            reason: "unsupported WebSocket version",
+        };
+    }
+    let Some(key) = header("Sec-WebSocket-Key").filter(|k| !k.is_empty()) else {
+        return Handshake::Reject {
+            response: http_error("400 Bad Request", "missing Sec-WebSocket-Key\n", ""),
+            reason: "missing Sec-WebSocket-Key",
+        };
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes();
+    Handshake::Upgrade {
+        response,
+        consumed,
+        target: req.path.unwrap_or("/").to_string(),
+        origin: header("Origin").map(str::to_string),
+    }
+}
+
+/// One parsed client frame; its payload is unmasked in place at `payload` in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// FIN bit.
+    pub fin: bool,
+    /// The opcode nibble (0 continuation, 1 text, 2 binary, 8 close, 9 ping, 10 pong).
+    pub opcode: u8,
+    /// Where the payload lies in the buffer given to [`parse_frame`].
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Parses one client frame at the start of `buf`, unmasking its payload in place.
+/// `Ok(None)`: incomplete, keep the bytes and read more. `Ok(Some((frame, used)))` otherwise.
+pub fn parse_frame(buf: &mut [u8], max_frame: usize) -> Result<Option<(Frame, usize)>, WsError> {
+    let mut cur = Cursor::new(&buf[..]);
+    let (hdr, len) = match FrameHeader::parse(&mut cur) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(WsError::Protocol("malformed frame header")),
+    };
+    let head = cur.position() as usize;
+    if hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
+        return Err(WsError::Protocol("reserved bits set"));
+    }
+    let opcode = match hdr.opcode {
+        OpCode::Data(Data::Continue) => 0,
+        OpCode::Data(Data::Text) => 1,
+        OpCode::Data(Data::Binary) => 2,
+        OpCode::Control(Control::Close) => 8,
+        OpCode::Control(Control::Ping) => 9,
+        OpCode::Control(Control::Pong) => 10,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+            return Err(WsError::Protocol("reserved opcode"))
+        }
+    };
+    if opcode >= 8 && (!hdr.is_final || len > 125) {
+        return Err(WsError::Protocol("fragmented or oversized control frame"));
+    }
+    let Some(mask) = hdr.mask else {
+        return Err(WsError::Protocol("client frame not masked"));
+    };
+    if len > max_frame as u64 {
+        return Err(WsError::TooBig);
+    }
+    let len = len as usize;
+    if buf.len() - head < len {
+        return Ok(None);
+    }
+    let payload = head..head + len;
+    for (i, b) in buf[payload.clone()].iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+    Ok(Some((
+        Frame {
+            fin: hdr.is_final,
+            opcode,
+            payload,
+        },
+        head + len,
+    )))
+}
+
+/// Checks a close frame's payload: empty, or a valid code plus a UTF-8 reason. Returns the code
+/// to echo (1000 when the client sent none).
+pub fn close_code(payload: &[u8]) -> Result<u16, WsError> {
+    match payload.len() {
+        0 => Ok(1000),
+        1 => Err(WsError::Protocol("one-byte close payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                return Err(WsError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(&payload[2..]).map_err(|_| WsError::BadUtf8)?;
+            Ok(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        if payload.len() < 126 {
+            v.push(0x80 | payload.len() as u8);
+        } else {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    #[test]
+    fn handshake_accepts_rfc_example() {
+        let req = b"GET /chat?token=x HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nSec-WebSocket-Version: 13\r\n\r\n\x81";
+        match handshake(req, 8192) {
+            Handshake::Upgrade {
+                response,
+                consumed,
+                target,
+                origin,
+            } => {
+                let r = String::from_utf8(response).unwrap();
+                assert!(r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+                assert_eq!(consumed, req.len() - 1);
+                assert_eq!(target, "/chat?token=x");
+                assert_eq!(origin.as_deref(), Some("http://example.com"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_partial_and_rejects() {
+        assert_eq!(
+            handshake(b"GET / HTTP/1.1\r\nHost: x\r\n", 8192),
+            Handshake::Partial
+        );
+        assert!(matches!(
+            handshake(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 8192),
+            Handshake::Reject { .. }
+        ));
+        assert!(matches!(
+            handshake(&[0xff; 100], 8192),
+            Handshake::Reject { .. }
+        ));
+        let long = vec![b'a'; 9000];
+        assert!(matches!(handshake(&long, 8192), Handshake::Reject { .. }));
+    }
+
+    #[test]
+    fn frames_parse_unmask_and_wait_for_more() {
+        let mut f = masked(1, true, b"uid1");
+        let whole = f.len();
+        assert_eq!(parse_frame(&mut f[..whole - 1], 1024).unwrap(), None);
+        let (fr, used) = parse_frame(&mut f, 1024).unwrap().unwrap();
+        assert_eq!(used, whole);
+        assert_eq!(&f[fr.payload], b"uid1");
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        let mut unmasked = vec![0x81, 2, b'h', b'i'];
+        assert_eq!(
+            parse_frame(&mut unmasked, 1024),
+            Err(WsError::Protocol("client frame not masked"))
+        );
+        let mut reserved = masked(3, true, b"x");
+        assert!(parse_frame(&mut reserved, 1024).is_err());
+        let mut rsv = masked(1, true, b"x");
+        rsv[0] |= 0x40;
+        assert!(parse_frame(&mut rsv, 1024).is_err());
+        let mut big = vec![
+            0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+        ];
+        assert_eq!(parse_frame(&mut big, 1024), Err(WsError::TooBig));
+        let mut ping = masked(9, false, b"x");
+        assert!(parse_frame(&mut ping, 1024).is_err());
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert_eq!(close_code(&[]), Ok(1000));
+        assert!(close_code(&[3]).is_err());
+        assert_eq!(close_code(&[0x03, 0xe8, b'o', b'k']), Ok(1000));
+        assert!(close_code(&[0x03, 0xed]).is_err()); // 1005 is reserved
+        assert_eq!(close_code(&[0x03, 0xe8, 0xff]), Err(WsError::BadUtf8));
+    }
+}
