@@ -70,6 +70,29 @@ pub struct Config {
     pub stop_timeout: f64,
     /// Bytes one sibling link may buffer before pushes to it count as undeliverable there.
     pub ipc_max_pending: usize,
+    /// WebSocket authentication: `uid` (the first frame is the uid, as in the seeds), `hmac`
+    /// or `jwt`. Empty: `uid` when the WebSocket port is on loopback, else start-up fails.
+    pub auth: String,
+    /// Shared secret for `hmac` and `jwt` tokens.
+    pub auth_secret: String,
+    /// A WebSocket must finish its handshake and log in within this time.
+    pub auth_timeout: f64,
+    /// The server pings every WebSocket this often.
+    pub ping_interval: f64,
+    /// A WebSocket (or idle HTTP keep-alive connection) that sent nothing for this long is
+    /// closed.
+    pub idle_timeout: f64,
+    /// Connections one worker accepts at most (0: no limit but the open-file limit).
+    pub max_connections: usize,
+    /// Connections one remote IP may hold in one worker (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to open a WebSocket (exact `scheme://host[:port]`); empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// A connection whose output stays over `max_send_buffer` this long is closed.
+    pub slow_timeout: f64,
+    /// When set, backends must present it: first text-port line `{"cmd":"auth","secret":…}`,
+    /// or `Authorization: Bearer …` on HTTP.
+    pub push_secret: String,
 }
 
 impl Default for Config {
@@ -94,6 +117,16 @@ impl Default for Config {
             drain_timeout: 30.0,
             stop_timeout: 5.0,
             ipc_max_pending: 8 * 1024 * 1024,
+            auth: String::new(),
+            auth_secret: String::new(),
+            auth_timeout: 10.0,
+            ping_interval: 25.0,
+            idle_timeout: 60.0,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
+            slow_timeout: 30.0,
+            push_secret: String::new(),
         }
     }
 }
@@ -137,6 +170,10 @@ impl Config {
             ("ipc_timeout", self.ipc_timeout),
             ("drain_timeout", self.drain_timeout),
             ("stop_timeout", self.stop_timeout),
+            ("auth_timeout", self.auth_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("slow_timeout", self.slow_timeout),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -166,7 +203,46 @@ impl Config {
                 why: "max_line and max_body are at most 8 MiB (a push crosses IPC whole)".into(),
             });
         }
+        self.auth_mode(&l)?;
         Ok(l)
+    }
+
+    /// The WebSocket authentication mode, with the empty default resolved.
+    pub fn auth_mode(&self, l: &Listeners) -> Result<crate::auth::Mode, ConfigError> {
+        use crate::auth::Mode;
+        let mode = match self.auth.as_str() {
+            "uid" => Mode::Uid,
+            "hmac" => Mode::Hmac,
+            "jwt" => Mode::Jwt,
+            "" => match l.ws {
+                Some(a) if !a.ip().is_loopback() => {
+                    return Err(ConfigError::OutOfRange {
+                        key: "auth",
+                        why: format!(
+                            "the WebSocket port {a} is not on loopback, so anyone could claim any uid: \
+                             set auth = \"hmac\" or \"jwt\" with auth_secret, or auth = \"uid\" to accept that"
+                        ),
+                    })
+                }
+                _ => Mode::Uid,
+            },
+            other => {
+                return Err(ConfigError::OutOfRange {
+                    key: "auth",
+                    why: format!("`{other}` is not one of uid, hmac, jwt"),
+                })
+            }
+        };
+        if mode != Mode::Uid && self.auth_secret.len() < 16 {
+            return Err(ConfigError::OutOfRange {
+                key: "auth_secret",
+                why: format!(
+                    "auth = {} needs auth_secret of at least 16 characters",
+                    self.auth
+                ),
+            });
+        }
+        Ok(mode)
     }
 
     /// Worker count with 0 resolved to the number of CPUs.
@@ -205,5 +281,27 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn public_websocket_needs_a_secret() {
+        let c = Config {
+            ws: "0.0.0.0:1234".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            ws: "0.0.0.0:1234".into(),
+            auth: "hmac".into(),
+            auth_secret: "0123456789abcdef".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
+        let c = Config {
+            ws: "0.0.0.0:1234".into(),
+            auth: "uid".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

@@ -60,6 +60,8 @@ pub struct Ws {
 /// Text-port state: replies kept in the order of the lines.
 #[derive(Default)]
 pub struct Text {
+    /// The backend presented `push_secret` (or none is configured).
+    pub authed: bool,
     /// One slot per line whose reply is not yet written; `None` while its push is in flight.
     pub replies: VecDeque<Option<Bytes>>,
     /// Sequence number of `replies.front()`.
@@ -138,6 +140,12 @@ pub struct Conn {
     pub bytes_out: u64,
     /// [`DIRTY`] and [`CLOSING`].
     pub flags: u8,
+    /// When accepted (worker clock ticks): the handshake and login deadline count from here.
+    pub since: u32,
+    /// Last time bytes arrived (ticks): the idle timeout counts from here.
+    pub last_seen: u32,
+    /// Since when pushes to it are being dropped for a full queue (ticks; 0: not slow).
+    pub slow_since: u32,
 }
 
 #[cfg(test)]

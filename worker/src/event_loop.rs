@@ -7,9 +7,10 @@
 //! `writev`. So a broadcast costs one shared frame plus one queue entry per recipient, and all
 //! the frames and replies one connection got in a turn share a system call.
 
+use crate::auth::{self, Auth, Mode};
 use crate::config::{Config, Listeners};
 use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY};
-use crate::delivery::{close_frame, frame, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::delivery::{close_frame, frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::http::{self, Parsed};
 use crate::mesh::{InFlight, Link, Pending, ReplyKind, ReplyTo};
 use crate::registry::Registry;
@@ -20,7 +21,9 @@ use herald_ipc::{mesh_name, Channel, ChannelError, Control, Peer, PeerMsg, Push,
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::io::{self, Read};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,8 +57,26 @@ pub struct Stats {
     pub ipc_undelivered: u64,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections closed for a protocol or size violation.
+    /// Connections closed for a protocol violation (bad frame, bad request, bad uid).
     pub rejected: u64,
+    /// Connections refused at accept: over `max_connections`.
+    pub over_max_connections: u64,
+    /// Connections refused at accept: over `max_connections_per_ip`.
+    pub over_per_ip: u64,
+    /// Handshakes refused for their `Origin`.
+    pub bad_origin: u64,
+    /// Logins refused: bad or expired token (or invalid uid).
+    pub auth_failed: u64,
+    /// Connections closed for not logging in within `auth_timeout`.
+    pub auth_timeout: u64,
+    /// Connections closed after `idle_timeout` of silence.
+    pub idle_closed: u64,
+    /// Connections closed after `slow_timeout` over `max_send_buffer`.
+    pub slow_closed: u64,
+    /// Frames, lines, bodies or heads over their size limit.
+    pub oversize: u64,
+    /// Backend requests refused for a missing or wrong `push_secret`.
+    pub unauthorized: u64,
 }
 
 /// One worker: everything its loop owns.
@@ -102,6 +123,23 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
     /// Set by `Stop` or a closed control channel.
     stop: bool,
+    /// Checks login tokens.
+    auth: Auth,
+    /// The worker clock's origin: ticks are tenths of a second since then.
+    epoch: Instant,
+    /// Ticks at the start of this loop turn.
+    now: u32,
+    /// Next sweep for deadlines (handshake, login, idle, slow).
+    next_sweep: Instant,
+    /// Last time every WebSocket was pinged (ticks).
+    last_ping: u32,
+    /// Connections per remote IP (kept only when `max_connections_per_ip` is set).
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// Seconds to worker clock ticks (tenths of a second).
+fn ticks(secs: f64) -> u32 {
+    (secs * 10.0).ceil().clamp(0.0, u32::MAX as f64) as u32
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -141,6 +179,8 @@ impl Worker {
         std_mesh.set_nonblocking(true)?;
         let mesh_listener = UnixListener::from_std(std_mesh);
         let [ws, text, http] = listeners;
+        let mode = cfg.auth_mode(&addrs).map_err(io::Error::other)?;
+        let auth = Auth::new(mode, &cfg.auth_secret);
         let mut w = Worker {
             id,
             instance,
@@ -170,6 +210,12 @@ impl Worker {
             started: SystemTime::now(),
             drain_deadline: None,
             stop: false,
+            auth,
+            epoch: Instant::now(),
+            now: 0,
+            next_sweep: Instant::now(),
+            last_ping: 0,
+            per_ip: HashMap::new(),
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -209,6 +255,7 @@ impl Worker {
                 }
                 return Err(e);
             }
+            self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
             for ev in events.iter() {
                 match ev.token() {
                     TOK_WS => self.accept(Port::Ws),
@@ -230,6 +277,10 @@ impl Worker {
                 }
             }
             let now = Instant::now();
+            if now >= self.next_sweep {
+                self.sweep();
+                self.next_sweep = now + self.sweep_interval();
+            }
             self.inflight.expire(now, &mut expired);
             for p in expired.drain(..) {
                 self.stats.ipc_undelivered += p.waiting as u64;
@@ -283,6 +334,7 @@ impl Worker {
             self.accept_paused_until,
             self.reconnect_at,
             self.drain_deadline,
+            Some(self.next_sweep),
         ]
         .into_iter()
         .flatten()
@@ -290,6 +342,117 @@ impl Worker {
             t = t.min(d);
         }
         Some(t.saturating_duration_since(now))
+    }
+
+    // ---------------------------------------------------------------- deadlines
+
+    fn forget_ip(&mut self, ip: IpAddr) {
+        if self.cfg.max_connections_per_ip == 0 {
+            return;
+        }
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// How often deadlines are checked: a quarter of the shortest timeout, within 50 ms..1 s.
+    fn sweep_interval(&self) -> Duration {
+        let c = &self.cfg;
+        let shortest = [
+            c.auth_timeout,
+            c.ping_interval,
+            c.idle_timeout,
+            c.slow_timeout,
+        ]
+        .into_iter()
+        .filter(|t| *t > 0.0)
+        .fold(4.0, f64::min);
+        Duration::from_secs_f64((shortest / 4.0).clamp(0.05, 1.0))
+    }
+
+    /// One coarse pass over the connections: handshake and login deadlines, idle and slow
+    /// connections, and the periodic ping (one shared frame for every WebSocket). Costs one
+    /// comparison per connection per sweep; no connection owns a timer.
+    fn sweep(&mut self) {
+        let now = self.now;
+        let auth = ticks(self.cfg.auth_timeout);
+        let idle = ticks(self.cfg.idle_timeout);
+        let slow = ticks(self.cfg.slow_timeout);
+        let ping_due = self.cfg.ping_interval > 0.0
+            && now.wrapping_sub(self.last_ping) >= ticks(self.cfg.ping_interval);
+        if ping_due {
+            self.last_ping = now;
+        }
+        let ping = frame(OP_PING, b"");
+        enum Act {
+            Drop,
+            Close(u16, &'static str),
+            Ping,
+        }
+        let mut acts: Vec<(usize, Act)> = Vec::new();
+        for (slot, c) in self.conns.iter() {
+            if c.flags & CLOSING != 0 {
+                continue;
+            }
+            if c.slow_since != 0 && now.wrapping_sub(c.slow_since) >= slow {
+                acts.push((slot, Act::Drop));
+                continue;
+            }
+            let age = now.wrapping_sub(c.since);
+            let quiet = now.wrapping_sub(c.last_seen);
+            match &c.proto {
+                Proto::Handshake if age >= auth => acts.push((slot, Act::Drop)),
+                Proto::Ws(ws) if ws.uid.is_none() && age >= auth => {
+                    acts.push((slot, Act::Close(1008, "login timeout")))
+                }
+                Proto::Ws(ws) if !ws.close_sent && quiet >= idle => {
+                    acts.push((slot, Act::Close(1001, "idle timeout")))
+                }
+                Proto::Ws(ws) if ping_due && ws.uid.is_some() && !ws.close_sent => {
+                    acts.push((slot, Act::Ping))
+                }
+                Proto::Http(h) if !h.waiting && quiet >= idle => acts.push((slot, Act::Drop)),
+                _ => {}
+            }
+        }
+        for (slot, act) in acts {
+            let Some(c) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let (id, remote) = (c.id, c.remote);
+            match act {
+                Act::Ping => self.queue(slot, ping.clone()),
+                Act::Drop => {
+                    if c.slow_since != 0 {
+                        self.stats.slow_closed += 1;
+                        log::info!(
+                            "connection {id} from {remote}: output over max_send_buffer for slow_timeout; closing"
+                        );
+                    } else if matches!(c.proto, Proto::Handshake) {
+                        self.stats.auth_timeout += 1;
+                        log::info!(
+                            "websocket {id} from {remote}: handshake not finished in time; closing"
+                        );
+                    } else {
+                        self.stats.idle_closed += 1;
+                        log::debug!("http connection {id} from {remote}: idle; closing");
+                    }
+                    self.close(slot, None);
+                }
+                Act::Close(code, why) => {
+                    if code == 1008 {
+                        self.stats.auth_timeout += 1;
+                    } else {
+                        self.stats.idle_closed += 1;
+                    }
+                    log::info!("websocket {id} from {remote}: {why}; closing");
+                    self.ws_close(slot, code, why);
+                }
+            }
+        }
     }
 
     // ---------------------------------------------------------------- accepting
@@ -336,6 +499,40 @@ impl Worker {
         remote: std::net::SocketAddr,
         port: Port,
     ) {
+        let max = self.cfg.max_connections;
+        if max > 0 && self.conns.len() >= max {
+            self.stats.over_max_connections += 1;
+            log::warn!(
+                "{} connection from {remote} refused: max_connections ({max}) reached",
+                port.name()
+            );
+            refuse(
+                &mut stream,
+                port,
+                "503 Service Unavailable",
+                "too many connections",
+            );
+            return;
+        }
+        let per_ip = self.cfg.max_connections_per_ip;
+        if per_ip > 0 {
+            let n = self.per_ip.entry(remote.ip()).or_insert(0);
+            if *n as usize >= per_ip {
+                self.stats.over_per_ip += 1;
+                log::warn!(
+                    "{} connection from {remote} refused: max_connections_per_ip ({per_ip}) reached",
+                    port.name()
+                );
+                refuse(
+                    &mut stream,
+                    port,
+                    "429 Too Many Requests",
+                    "too many connections from this address",
+                );
+                return;
+            }
+            *n += 1;
+        }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
@@ -345,6 +542,7 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register connection from {remote}: {e}");
+            self.forget_ip(remote.ip());
             return;
         }
         let id = self.next_conn_id;
@@ -357,7 +555,10 @@ impl Worker {
             port,
             proto: match port {
                 Port::Ws => Proto::Handshake,
-                Port::Text => Proto::Text(Text::default()),
+                Port::Text => Proto::Text(Text {
+                    authed: self.cfg.push_secret.is_empty(),
+                    ..Text::default()
+                }),
                 Port::Http => Proto::Http(Http::default()),
             },
             out: Default::default(),
@@ -365,6 +566,9 @@ impl Worker {
             bytes_in: 0,
             bytes_out: 0,
             flags: 0,
+            since: self.now,
+            last_seen: self.now,
+            slow_since: 0,
         });
         log::debug!("{} connection {id} from {remote}", port.name());
         // Data may already be there (edge-triggered: no event promised for it).
@@ -399,6 +603,7 @@ impl Worker {
                 }
                 Ok(n) => {
                     conn.bytes_in += n as u64;
+                    conn.last_seen = self.now;
                     self.on_bytes(slot, &mut scratch[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -465,12 +670,50 @@ impl Worker {
                 buf.len()
             }
             Handshake::Upgrade {
-                response, consumed, ..
+                response,
+                consumed,
+                target,
+                origin,
             } => {
+                let allowed = &self.cfg.allowed_origins;
+                if !allowed.is_empty()
+                    && !allowed
+                        .iter()
+                        .any(|a| a == "*" || origin.as_deref() == Some(a.as_str()))
+                {
+                    self.stats.bad_origin += 1;
+                    let r = websocket::http_error("403 Forbidden", "origin not allowed\n", "");
+                    self.reject(slot, "origin not allowed", r);
+                    return buf.len();
+                }
+                // A token in the URL is checked before the upgrade, so a bad one gets a 401.
+                let mut uid = None;
+                if self.auth.mode != Mode::Uid {
+                    if let Some(token) = auth::token_from_target(&target) {
+                        match self.auth.verify(&token, unix_now()) {
+                            Ok(u) => uid = Some(u),
+                            Err(e) => {
+                                self.stats.auth_failed += 1;
+                                let r = websocket::http_error(
+                                    "401 Unauthorized",
+                                    "invalid token\n",
+                                    "",
+                                );
+                                self.reject(slot, &format!("token in URL refused: {e}"), r);
+                                return buf.len();
+                            }
+                        }
+                    }
+                }
                 if let Some(conn) = self.conns.get_mut(slot) {
                     conn.proto = Proto::Ws(Ws::default());
                 }
                 self.queue(slot, Bytes::from(response));
+                if let Some(uid) = uid {
+                    if !self.login(slot, &uid) {
+                        return buf.len();
+                    }
+                }
                 consumed + self.consume_ws(slot, &mut buf[consumed..])
             }
         }
@@ -503,7 +746,11 @@ impl Worker {
     }
 
     fn ws_fail(&mut self, slot: usize, e: &WsError) {
-        self.stats.rejected += 1;
+        if *e == WsError::TooBig {
+            self.stats.oversize += 1;
+        } else {
+            self.stats.rejected += 1;
+        }
         if let Some(c) = self.conns.get(slot) {
             log::info!(
                 "websocket {} from {}: {e}; closing with {}",
@@ -610,24 +857,20 @@ impl Worker {
                 self.stats.rejected += 1;
                 self.ws_close(slot, 1003, "the first message must be the uid, as text");
             }
-            (None, Some(uid)) => {
-                if uid.is_empty() || uid.len() > MAX_UID || uid.chars().any(char::is_control) {
-                    self.stats.rejected += 1;
-                    self.ws_close(slot, 1008, "invalid uid");
-                    return Ok(());
+            (None, Some(token)) => match self.auth.verify(token, unix_now()) {
+                Ok(uid) => {
+                    self.login(slot, &uid);
                 }
-                let rc = self.registry.add(uid, slot as u32);
-                log::debug!(
-                    "websocket {} from {} logged in as {uid}",
-                    conn.id,
-                    conn.remote
-                );
-                ws.uid = Some(rc);
-                if self.cfg.login_reply {
-                    let msg = format!("login success, your uid is {uid}");
-                    self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
+                Err(e) => {
+                    self.stats.auth_failed += 1;
+                    log::info!(
+                        "websocket {} from {}: login refused: {e}",
+                        conn.id,
+                        conn.remote
+                    );
+                    self.ws_close(slot, 4001, "invalid token");
                 }
-            }
+            },
             (Some(_), Some(msg)) if self.cfg.client_relay => {
                 // Seed 002: `UID:message` to UID, `all:message` to everyone.
                 if let Some((to, body)) = msg.split_once(':') {
@@ -648,6 +891,34 @@ impl Worker {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Registers a checked uid for connection `slot`; false (and the connection closing) if
+    /// the uid is not acceptable.
+    fn login(&mut self, slot: usize, uid: &str) -> bool {
+        if uid.is_empty() || uid.len() > MAX_UID || uid.chars().any(char::is_control) {
+            self.stats.auth_failed += 1;
+            self.ws_close(slot, 1008, "invalid uid");
+            return false;
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let Proto::Ws(ws) = &mut conn.proto else {
+            return false;
+        };
+        let rc = self.registry.add(uid, slot as u32);
+        log::debug!(
+            "websocket {} from {} logged in as {uid}",
+            conn.id,
+            conn.remote
+        );
+        ws.uid = Some(rc);
+        if self.cfg.login_reply {
+            let msg = format!("login success, your uid is {uid}");
+            self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
+        }
+        true
     }
 
     // ---------------------------------------------------------------- text port
@@ -675,7 +946,7 @@ impl Worker {
     }
 
     fn line_too_long(&mut self, slot: usize) {
-        self.stats.rejected += 1;
+        self.stats.oversize += 1;
         if let Some(c) = self.conns.get(slot) {
             log::warn!(
                 "text connection {} from {}: line longer than max_line ({} bytes); closing",
@@ -697,6 +968,35 @@ impl Worker {
         };
         let seq = t.reserve();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !t.authed {
+            // The first line must present the push secret; nothing else is read before it.
+            let ok = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .is_some_and(|v| {
+                    v.get("cmd").and_then(|c| c.as_str()) == Some("auth")
+                        && v.get("secret").and_then(|s| s.as_str()).is_some_and(|s| {
+                            auth::secret_eq(s.as_bytes(), self.cfg.push_secret.as_bytes())
+                        })
+                });
+            if ok {
+                t.authed = true;
+                self.text_reply(slot, id, seq, Bytes::from_static(b"ok\n"));
+            } else {
+                self.stats.unauthorized += 1;
+                log::warn!(
+                    "text connection {id} from {}: no valid push secret; closing",
+                    conn.remote
+                );
+                self.text_reply(
+                    slot,
+                    id,
+                    seq,
+                    Bytes::from(text::error_reply("unauthorized")),
+                );
+                self.close_after_flush(slot);
+            }
+            return;
+        }
         let reply = |kind| ReplyTo::Text {
             slot,
             id,
@@ -804,6 +1104,26 @@ impl Worker {
         };
         h.close_after = !req.keep_alive;
         let keep = req.keep_alive;
+        if !self.cfg.push_secret.is_empty() {
+            let given = req
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or("");
+            if !auth::secret_eq(given.as_bytes(), self.cfg.push_secret.as_bytes()) {
+                self.stats.unauthorized += 1;
+                log::warn!("http request from {}: no valid push secret", conn.remote);
+                let r = http::response(
+                    "401 Unauthorized",
+                    "text/plain; charset=utf-8",
+                    b"unauthorized\n",
+                    keep,
+                    "WWW-Authenticate: Bearer\r\n",
+                );
+                return self.http_respond(slot, r);
+            }
+        }
         if req.path != "/" {
             return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
         }
@@ -1001,6 +1321,9 @@ impl Worker {
         }
         if conn.out.len() + f.len() > cap {
             self.stats.send_fail += 1;
+            if conn.slow_since == 0 {
+                conn.slow_since = self.now.max(1);
+            }
             return false;
         }
         self.stats.delivered += 1;
@@ -1094,6 +1417,7 @@ impl Worker {
             conn.flags &= !DIRTY;
             match conn.out.flush(&mut conn.stream, &mut conn.bytes_out) {
                 Ok(true) => {
+                    conn.slow_since = 0;
                     if conn.flags & CLOSING != 0 {
                         self.close(slot, None);
                     }
@@ -1124,6 +1448,7 @@ impl Worker {
         }
         let mut conn = self.conns.remove(slot);
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.forget_ip(conn.remote.ip());
         if let Proto::Ws(ws) = &conn.proto {
             if let Some(uid) = &ws.uid {
                 self.registry.remove(uid, slot as u32);
@@ -1282,6 +1607,15 @@ impl Worker {
             "send_fail": self.stats.send_fail,
             "ipc_undelivered": self.stats.ipc_undelivered,
             "rejected": self.stats.rejected,
+            "over_max_connections": self.stats.over_max_connections,
+            "over_per_ip": self.stats.over_per_ip,
+            "bad_origin": self.stats.bad_origin,
+            "auth_failed": self.stats.auth_failed,
+            "auth_timeout": self.stats.auth_timeout,
+            "idle_closed": self.stats.idle_closed,
+            "slow_closed": self.stats.slow_closed,
+            "oversize": self.stats.oversize,
+            "unauthorized": self.stats.unauthorized,
             "accepted": self.stats.accepted,
             "qps": (self.qps * 10.0).round() / 10.0,
             "links": self.links.len(),
@@ -1508,6 +1842,23 @@ impl Worker {
             self.reconnect_at = Some(Instant::now() + Duration::from_millis(100));
         }
     }
+}
+
+/// Best-effort refusal written straight to a just-accepted socket, which is then dropped.
+fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: &str, why: &str) {
+    let bytes = match port {
+        Port::Text => text::error_reply(why),
+        Port::Ws | Port::Http => websocket::http_error(status, &format!("{why}\n"), ""),
+    };
+    let _ = stream.write(&bytes);
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Resident set size of this process in KiB.

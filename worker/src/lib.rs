@@ -10,6 +10,7 @@
 //! when that channel closes.
 #![deny(missing_docs, rust_2018_idioms, unused_imports)]
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod delivery;

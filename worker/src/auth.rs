@@ -1,0 +1,216 @@
+//! Identity: how a WebSocket connection proves which uid it is, and how backends prove they
+//! may push.
+//!
+//! * `uid` — the seeds' mode: the first text frame *is* the uid. No proof; for loopback or
+//!   trusted networks only.
+//! * `hmac` — the token is `UID.EXPIRY.SIG`, SIG the hex HMAC-SHA256 of `UID.EXPIRY` under the
+//!   shared secret: a PHP backend makes one with a single `hash_hmac` call.
+//! * `jwt` — an HS256 JWT whose `sub` is the uid and whose `exp` is checked.
+//!
+//! Secrets are compared in constant time and never logged; neither is a token.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use thiserror::Error;
+
+/// Why a token was refused (said in the log, with the remote address, never the token).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Not of the mode's shape.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not match.
+    #[error("bad signature")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("expired token")]
+    Expired,
+    /// A JWT that failed validation for another reason.
+    #[error("invalid JWT: {0}")]
+    Jwt(String),
+}
+
+/// The WebSocket authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// First frame is the uid (seed mode).
+    Uid,
+    /// `UID.EXPIRY.HEXSIG` tokens.
+    Hmac,
+    /// HS256 JWT.
+    Jwt,
+}
+
+/// A token checker for one mode and secret.
+pub struct Auth {
+    /// The mode.
+    pub mode: Mode,
+    /// The shared secret (hmac, jwt).
+    secret: Vec<u8>,
+}
+
+/// Longest token accepted; anything longer is malformed without further work.
+const MAX_TOKEN: usize = 4096;
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: serde_json::Value,
+}
+
+impl Auth {
+    /// A checker.
+    pub fn new(mode: Mode, secret: &str) -> Auth {
+        Auth {
+            mode,
+            secret: secret.as_bytes().to_vec(),
+        }
+    }
+
+    /// The uid a login message or token stands for, checked per the mode. `now` is Unix time.
+    pub fn verify(&self, token: &str, now: u64) -> Result<String, AuthError> {
+        if token.len() > MAX_TOKEN {
+            return Err(AuthError::Malformed);
+        }
+        match self.mode {
+            Mode::Uid => Ok(token.to_string()),
+            Mode::Hmac => self.verify_hmac(token, now),
+            Mode::Jwt => self.verify_jwt(token),
+        }
+    }
+
+    fn verify_hmac(&self, token: &str, now: u64) -> Result<String, AuthError> {
+        let mut parts = token.rsplitn(3, '.');
+        let (Some(sig), Some(exp), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(AuthError::Malformed);
+        };
+        let expiry: u64 = exp.parse().map_err(|_| AuthError::Malformed)?;
+        let sig = hex_decode(sig).ok_or(AuthError::Malformed)?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).map_err(|_| AuthError::Malformed)?;
+        mac.update(&token.as_bytes()[..uid.len() + 1 + exp.len()]);
+        mac.verify_slice(&sig)
+            .map_err(|_| AuthError::BadSignature)?;
+        if now > expiry {
+            return Err(AuthError::Expired);
+        }
+        Ok(uid.to_string())
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<String, AuthError> {
+        use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 5;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let data =
+            decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidToken
+                    | ErrorKind::Base64(_)
+                    | ErrorKind::Json(_)
+                    | ErrorKind::Utf8(_) => AuthError::Malformed,
+                    other => AuthError::Jwt(format!("{other:?}")),
+                }
+            })?;
+        match data.claims.sub {
+            serde_json::Value::String(s) if !s.is_empty() => Ok(s),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            _ => Err(AuthError::Malformed),
+        }
+    }
+}
+
+/// `token` from a request target's query string (`/path?token=…`).
+pub fn token_from_target(target: &str) -> Option<String> {
+    let (_, q) = target.split_once('?')?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Constant-time equality (for secrets).
+pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{uid}.{exp}").as_bytes());
+        let sig: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{uid}.{exp}.{sig}")
+    }
+
+    #[test]
+    fn hmac_tokens() {
+        let a = Auth::new(Mode::Hmac, "s3cret");
+        let t = hmac_token("s3cret", "user.1", 2000);
+        assert_eq!(a.verify(&t, 1000), Ok("user.1".into()));
+        assert_eq!(a.verify(&t, 2001), Err(AuthError::Expired));
+        let forged = hmac_token("other", "user.1", 2000);
+        assert_eq!(a.verify(&forged, 1000), Err(AuthError::BadSignature));
+        let swapped = t.replace("user.1", "admin1");
+        assert_eq!(a.verify(&swapped, 1000), Err(AuthError::BadSignature));
+        assert_eq!(a.verify("nodots", 0), Err(AuthError::Malformed));
+        assert_eq!(a.verify("u.x.zz", 0), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn jwt_tokens() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let a = Auth::new(Mode::Jwt, "k");
+        let mk = |key: &str, exp: u64| {
+            encode(
+                &Header::default(),
+                &serde_json::json!({"sub": "u9", "exp": exp}),
+                &EncodingKey::from_secret(key.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert_eq!(a.verify(&mk("k", now + 60), now), Ok("u9".into()));
+        assert_eq!(a.verify(&mk("k", now - 600), now), Err(AuthError::Expired));
+        assert_eq!(
+            a.verify(&mk("x", now + 60), now),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(a.verify("garbage", now), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn query_token_and_secret_compare() {
+        assert_eq!(
+            token_from_target("/?a=1&token=x%2By").as_deref(),
+            Some("x+y")
+        );
+        assert_eq!(token_from_target("/"), None);
+        assert!(secret_eq(b"abc", b"abc"));
+        assert!(!secret_eq(b"abc", b"abd"));
+        assert!(!secret_eq(b"abc", b"ab"));
+    }
+}
