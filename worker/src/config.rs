@@ -93,6 +93,8 @@ pub struct Config {
     /// When set, backends must present it: first text-port line `{"cmd":"auth","secret":…}`,
     /// or `Authorization: Bearer …` on HTTP.
     pub push_secret: String,
+    /// How long a uid's group memberships outlive its last connection.
+    pub group_ttl: f64,
 }
 
 impl Default for Config {
@@ -127,6 +129,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             slow_timeout: 30.0,
             push_secret: String::new(),
+            group_ttl: 300.0,
         }
     }
 }
@@ -174,6 +177,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("slow_timeout", self.slow_timeout),
+            ("group_ttl", self.group_ttl),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {

@@ -11,6 +11,7 @@ use crate::auth::{self, Auth, Mode};
 use crate::config::{Config, Listeners};
 use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY};
 use crate::delivery::{close_frame, frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
+use crate::groups::Groups;
 use crate::http::{self, Parsed};
 use crate::mesh::{InFlight, Link, Pending, ReplyKind, ReplyTo};
 use crate::registry::Registry;
@@ -21,11 +22,15 @@ use herald_ipc::{mesh_name, Channel, ChannelError, Control, Peer, PeerMsg, Push,
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::time::{Duration, Instant, SystemTime};
+
+#[path = "queries.rs"]
+mod queries;
+use queries::{PendingQuery, QReply};
 
 const TOK_WS: Token = Token(0);
 const TOK_TEXT: Token = Token(1);
@@ -135,6 +140,12 @@ pub struct Worker {
     last_ping: u32,
     /// Connections per remote IP (kept only when `max_connections_per_ip` is set).
     per_ip: HashMap<IpAddr, u32>,
+    /// Group membership (replicated in every worker).
+    groups: Groups,
+    /// Queries waiting for siblings, by id, with whether a share is already missing.
+    queries: HashMap<u64, (PendingQuery, bool)>,
+    /// Next query id.
+    next_query_id: u64,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -216,6 +227,9 @@ impl Worker {
             next_sweep: Instant::now(),
             last_ping: 0,
             per_ip: HashMap::new(),
+            groups: Groups::default(),
+            queries: HashMap::new(),
+            next_query_id: 1,
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -282,9 +296,10 @@ impl Worker {
                 self.next_sweep = now + self.sweep_interval();
             }
             self.inflight.expire(now, &mut expired);
+            self.expire_queries(now);
             for p in expired.drain(..) {
                 self.stats.ipc_undelivered += p.waiting as u64;
-                self.settle(p.reply, p.total);
+                self.settle(p.reply, p.total, true);
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -335,6 +350,7 @@ impl Worker {
             self.reconnect_at,
             self.drain_deadline,
             Some(self.next_sweep),
+            self.next_query_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -387,6 +403,7 @@ impl Worker {
             self.last_ping = now;
         }
         let ping = frame(OP_PING, b"");
+        self.groups.expire(now, ticks(self.cfg.group_ttl));
         enum Act {
             Drop,
             Close(u16, &'static str),
@@ -907,6 +924,7 @@ impl Worker {
         let Proto::Ws(ws) = &mut conn.proto else {
             return false;
         };
+        let first_here = self.registry.get(uid).is_empty();
         let rc = self.registry.add(uid, slot as u32);
         log::debug!(
             "websocket {} from {} logged in as {uid}",
@@ -917,6 +935,15 @@ impl Worker {
         if self.cfg.login_reply {
             let msg = format!("login success, your uid is {uid}");
             self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
+        }
+        if first_here {
+            self.groups.arrived(uid);
+            if self.links.iter().any(|(_, l)| l.outbound) {
+                self.query(
+                    serde_json::json!({"q": "groups_of", "uid": uid}),
+                    QReply::LoginSync(uid.to_string()),
+                );
+            }
         }
         true
     }
@@ -1017,14 +1044,16 @@ impl Worker {
                 target,
                 exclude,
                 payload,
+                binary,
             } => {
                 let kind = if target == Target::All {
                     ReplyKind::AlwaysOk
                 } else {
                     ReplyKind::OkFail
                 };
-                self.push(target, exclude, payload, false, reply(kind));
+                self.push(target, exclude, payload, binary, reply(kind));
             }
+            Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
             Command::Fail(why) => {
                 log::debug!("text connection {id}: {why}; replying fail");
                 self.text_reply(slot, id, seq, Bytes::from_static(b"fail\n"));
@@ -1123,6 +1152,10 @@ impl Worker {
                 );
                 return self.http_respond(slot, r);
             }
+        }
+        if req.path.starts_with("/api/") {
+            h.waiting = true;
+            return self.api_request(slot, id, &req);
         }
         if req.path != "/" {
             return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
@@ -1248,6 +1281,7 @@ impl Worker {
             binary,
         });
         let mut waiting = 0;
+        let mut partial = false;
         for (_, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
             match link.chan.send(&msg) {
                 Ok(()) => {
@@ -1256,17 +1290,20 @@ impl Worker {
                     waiting += 1;
                 }
                 Err(e) => {
+                    // Counted, never silent; logged at debug since a stalled sibling would
+                    // otherwise log once per push.
                     self.stats.ipc_undelivered += 1;
-                    log::warn!("push {id} not sent to worker {}: {e}", link.peer_worker);
+                    partial = true;
+                    log::debug!("push {id} not sent to worker {}: {e}", link.peer_worker);
                 }
             }
         }
         if waiting == 0 {
-            self.settle(reply, local);
+            self.settle(reply, local, partial);
             return;
         }
         let reply = if reply.decided(local) {
-            self.settle(reply, local);
+            self.settle(reply, local, partial);
             ReplyTo::Nobody
         } else {
             reply
@@ -1276,6 +1313,7 @@ impl Worker {
             waiting,
             reply,
             deadline: Instant::now() + ms(self.cfg.ipc_timeout),
+            partial,
         });
     }
 
@@ -1299,7 +1337,17 @@ impl Worker {
                     }
                 }
             }
-            Target::Groups(_) => {}
+            Target::Groups(groups) => {
+                let mut seen: HashSet<&str> = HashSet::new();
+                for g in groups {
+                    for u in self.groups.members(g) {
+                        if exclude.contains(u) || !seen.insert(u) {
+                            continue;
+                        }
+                        slots.extend_from_slice(self.registry.get(u));
+                    }
+                }
+            }
         }
         let mut n = 0;
         for s in slots {
@@ -1332,7 +1380,7 @@ impl Worker {
     }
 
     /// Sends a push's outcome where it belongs.
-    fn settle(&mut self, reply: ReplyTo, total: u32) {
+    fn settle(&mut self, reply: ReplyTo, total: u32, partial: bool) {
         let word = |kind: ReplyKind| -> &'static [u8] {
             match kind {
                 ReplyKind::AlwaysOk => b"ok",
@@ -1340,6 +1388,7 @@ impl Worker {
                 ReplyKind::OkFail => b"fail",
                 ReplyKind::Publish if total > 0 => b"ok",
                 ReplyKind::Publish => b"offline",
+                ReplyKind::Count => b"",
             }
         };
         match reply {
@@ -1355,6 +1404,17 @@ impl Worker {
                     _ => b"fail\n",
                 };
                 self.text_reply(slot, id, seq, Bytes::from_static(b));
+            }
+            ReplyTo::Http {
+                slot,
+                id,
+                kind: ReplyKind::Count,
+            } => {
+                let mut v = serde_json::json!({ "delivered": total });
+                if partial {
+                    v["partial"] = serde_json::json!(true);
+                }
+                self.http_json(slot, id, "200 OK", &v);
             }
             ReplyTo::Http { slot, id, kind } => {
                 let Some(conn) = self.conns.get(slot) else {
@@ -1452,6 +1512,9 @@ impl Worker {
         if let Proto::Ws(ws) = &conn.proto {
             if let Some(uid) = &ws.uid {
                 self.registry.remove(uid, slot as u32);
+                if self.registry.get(uid).is_empty() {
+                    self.groups.departed(uid, self.now);
+                }
             }
         }
         log::debug!(
@@ -1790,16 +1853,8 @@ impl Worker {
                 }
                 self.answered(id, count, true);
             }
-            PeerMsg::Query { id, .. } => {
-                if let Some(l) = self.links.get_mut(key) {
-                    l.dirty = true;
-                    let _ = l.chan.send(&PeerMsg::Answer {
-                        id,
-                        body: b"null".to_vec(),
-                    });
-                }
-            }
-            PeerMsg::Answer { .. } => {}
+            PeerMsg::Query { id, body } => self.sibling_query(key, id, &body),
+            PeerMsg::Answer { id, body } => self.sibling_answer(key, id, &body),
         }
     }
 
@@ -1813,13 +1868,14 @@ impl Worker {
         if !answered {
             self.stats.ipc_undelivered += 1;
         }
-        let (total, waiting, reply) = (p.total, p.waiting, p.reply);
+        p.partial |= !answered;
+        let (total, waiting, reply, partial) = (p.total, p.waiting, p.reply, p.partial);
         if waiting == 0 {
             self.inflight.take(id);
-            self.settle(reply, total);
+            self.settle(reply, total, partial);
         } else if reply.decided(total) {
             p.reply = ReplyTo::Nobody;
-            self.settle(reply, total);
+            self.settle(reply, total, partial);
         }
     }
 
@@ -1838,6 +1894,7 @@ impl Worker {
         for id in l.inflight.drain(..) {
             self.answered(id, 0, false);
         }
+        self.queries_link_lost(key);
         if l.outbound && self.peers.iter().any(|p| p.pid == l.peer_pid) {
             self.reconnect_at = Some(Instant::now() + Duration::from_millis(100));
         }

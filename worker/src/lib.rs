@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;
+pub mod groups;
 pub mod http;
 pub mod mesh;
 pub mod registry;

@@ -47,6 +47,8 @@ pub enum ReplyKind {
     AlwaysOk,
     /// `ok` or `offline` (the seed's HTTP publish to a uid).
     Publish,
+    /// `{"delivered":N}` once every worker answered (the JSON API).
+    Count,
 }
 
 impl ReplyTo {
@@ -60,6 +62,7 @@ impl ReplyTo {
         match kind {
             ReplyKind::AlwaysOk => true,
             ReplyKind::OkFail | ReplyKind::Publish => total > 0,
+            ReplyKind::Count => false,
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct Pending {
     pub reply: ReplyTo,
     /// When to stop waiting.
     pub deadline: Instant,
+    /// A sibling's share is missing (link full or broken).
+    pub partial: bool,
 }
 
 /// Pushes in flight, by id.
@@ -177,6 +182,7 @@ mod tests {
             waiting: 1,
             reply: ReplyTo::Nobody,
             deadline,
+            partial: false,
         }
     }
 

@@ -4,7 +4,7 @@
 //! `max_line`, runs the push and keeps the replies in order.
 
 use herald_ipc::Target;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// What a backend asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,7 +23,11 @@ pub enum Command {
         exclude: Vec<String>,
         /// The message.
         payload: Vec<u8>,
+        /// Send as a binary frame (`"binary":true`, data given as base64).
+        binary: bool,
     },
+    /// A whole-server question or group change, as a query request (`{"q": …}`).
+    Query(Value),
     /// Not a JSON object, or a seed line without a uid: replies `fail` (the seed's answer).
     Fail(&'static str),
     /// A malformed `cmd`: replies `{"error":"…"}`.
@@ -79,32 +83,72 @@ pub fn parse_line(line: &[u8]) -> Command {
             Err(e) => return Command::Error(e),
         },
     };
-    let data = || {
-        obj.get("data")
-            .map(data_bytes)
-            .ok_or_else(|| "missing `data`".to_string())
+    let binary = obj.get("binary").and_then(Value::as_bool).unwrap_or(false);
+    let data = || -> Result<Vec<u8>, String> {
+        let d = obj
+            .get("data")
+            .ok_or_else(|| "missing `data`".to_string())?;
+        if binary {
+            use base64::Engine;
+            let b64 = d.as_str().ok_or("binary `data` must be a base64 string")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| "binary `data` is not valid base64".to_string())
+        } else {
+            Ok(data_bytes(d))
+        }
+    };
+    let push = |target: Result<Target, String>| match (target, data()) {
+        (Ok(target), Ok(payload)) => Command::Push {
+            target,
+            exclude: exclude.clone(),
+            payload,
+            binary,
+        },
+        (Err(e), _) | (_, Err(e)) => Command::Error(e),
+    };
+    let field = |k: &str| -> Result<String, String> {
+        match obj.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(v @ Value::Number(_)) => {
+                uid_of(v).ok_or_else(|| format!("`{k}` must be a string"))
+            }
+            Some(_) => Err(format!("`{k}` must be a non-empty string")),
+            None => Err(format!("missing `{k}`")),
+        }
+    };
+    let optional_group = || -> Result<Option<String>, String> {
+        match obj.get("group") {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => field("group").map(Some),
+        }
+    };
+    let query = |q: Result<Value, String>| match q {
+        Ok(v) => Command::Query(v),
+        Err(e) => Command::Error(e),
     };
     match cmd.as_str() {
-        Some("all") => match data() {
-            Ok(payload) => Command::Push {
-                target: Target::All,
-                exclude,
-                payload,
-            },
-            Err(e) => Command::Error(e),
+        Some("all") => push(Ok(Target::All)),
+        Some("push") => match obj.get("to") {
+            None => Command::Error("missing `to`".into()),
+            Some(to) => push(uid_list(to, "to").map(Target::Uids)),
         },
-        Some("push") => {
-            let Some(to) = obj.get("to") else {
-                return Command::Error("missing `to`".into());
-            };
-            match (uid_list(to, "to"), data()) {
-                (Ok(to), Ok(payload)) => Command::Push {
-                    target: Target::Uids(to),
-                    exclude,
-                    payload,
-                },
-                (Err(e), _) | (_, Err(e)) => Command::Error(e),
-            }
+        Some("group") => match obj.get("group") {
+            None => Command::Error("missing `group`".into()),
+            Some(g) => push(uid_list(g, "group").map(Target::Groups)),
+        },
+        Some(q @ ("join" | "leave")) => query((|| {
+            Ok(json!({"q": q, "uid": field("uid")?, "group": field("group")?}))
+        })()),
+        Some("ungroup") => query(field("group").map(|g| json!({"q": "ungroup", "group": g}))),
+        Some("online") => query(field("uid").map(|u| json!({"q": "online", "uid": u}))),
+        Some("count") => {
+            query(optional_group().map(|g| json!({"q": "uids", "group": g, "as": "count"})))
+        }
+        Some("uids") => query(optional_group().map(|g| json!({"q": "uids", "group": g}))),
+        Some("groups") => Command::Query(json!({"q": "groups"})),
+        Some("kick") => {
+            query(field("uid").map(|u| json!({"q": "kick", "uid": u, "data": obj.get("data")})))
         }
         Some(other) => Command::Error(format!("unknown cmd `{other}`")),
         None => Command::Error("`cmd` must be a string".into()),
@@ -150,7 +194,8 @@ mod tests {
             Command::Push {
                 target: Target::All,
                 exclude: vec![],
-                payload: b"hi".to_vec()
+                payload: b"hi".to_vec(),
+                binary: false
             }
         );
         assert_eq!(
@@ -158,7 +203,8 @@ mod tests {
             Command::Push {
                 target: Target::Uids(vec!["a".into(), "b".into()]),
                 exclude: vec![],
-                payload: br#"{"x":1}"#.to_vec()
+                payload: br#"{"x":1}"#.to_vec(),
+                binary: false
             }
         );
         assert!(matches!(
@@ -170,5 +216,32 @@ mod tests {
             Command::Error(_)
         ));
         assert_eq!(error_reply("x"), b"{\"error\":\"x\"}\n");
+        assert_eq!(
+            parse_line(
+                br#"{"cmd":"group","group":"g","data":"AAE=","binary":true,"exclude":["u2"]}"#
+            ),
+            Command::Push {
+                target: Target::Groups(vec!["g".into()]),
+                exclude: vec!["u2".into()],
+                payload: vec![0, 1],
+                binary: true
+            }
+        );
+        assert_eq!(
+            parse_line(br#"{"cmd":"join","uid":"u1","group":"g"}"#),
+            Command::Query(json!({"q":"join","uid":"u1","group":"g"}))
+        );
+        assert!(matches!(
+            parse_line(br#"{"cmd":"join","uid":"u1"}"#),
+            Command::Error(_)
+        ));
+        assert!(matches!(
+            parse_line(br#"{"cmd":"all","data":"!","binary":true}"#),
+            Command::Error(_)
+        ));
+        assert_eq!(
+            parse_line(br#"{"cmd":"count"}"#),
+            Command::Query(json!({"q":"uids","group":null,"as":"count"}))
+        );
     }
 }

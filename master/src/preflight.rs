@@ -1,0 +1,110 @@
+//! Checks and settings done once before any worker is forked: the open-file limit, the
+//! kernel's accept-queue migration for reloads, and whether every port is free (so that a
+//! taken port fails `start` at once, before there is any process to clean up).
+
+use herald_worker::Listeners;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use socket2::{Domain, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use thiserror::Error;
+
+/// A port that cannot be listened on.
+#[derive(Debug, Error)]
+pub enum PreflightError {
+    /// Someone else listens there (or the address is not ours).
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    PortTaken {
+        /// Which port (`ws`, `text`, `http`).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (workers inherit it). Returns the limit
+/// now in force.
+pub fn raise_nofile() -> u64 {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                log::info!("open-file limit raised from {soft} to {hard}");
+                hard
+            }
+            Err(e) => {
+                log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            0
+        }
+    }
+}
+
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Turns on `net.ipv4.tcp_migrate_req` if it is off: the kernel then moves connections queued
+/// on a closing SO_REUSEPORT listener to a sibling listener instead of resetting them.
+pub fn enable_migrate_req() {
+    match std::fs::read_to_string(MIGRATE_REQ) {
+        Ok(v) if v.trim() == "1" => log::debug!("{MIGRATE_REQ} is already 1"),
+        Ok(_) => match std::fs::write(MIGRATE_REQ, "1\n") {
+            Ok(()) => log::info!("set {MIGRATE_REQ} to 1 (queued connections survive reloads)"),
+            Err(e) => log::warn!(
+                "{MIGRATE_REQ} is 0 and cannot be set ({e}): a reload relies on workers draining \
+                 their accept queues (run `sysctl -w net.ipv4.tcp_migrate_req=1` as root)"
+            ),
+        },
+        Err(e) => log::warn!(
+            "{MIGRATE_REQ} unavailable ({e}): this kernel cannot migrate queued connections on reload"
+        ),
+    }
+}
+
+/// The enabled ports, named.
+pub fn ports(l: &Listeners) -> Vec<(&'static str, SocketAddr)> {
+    [("ws", l.ws), ("text", l.text), ("http", l.http)]
+        .into_iter()
+        .filter_map(|(what, addr)| addr.map(|a| (what, a)))
+        .collect()
+}
+
+/// Binds each enabled port once, without SO_REUSEPORT, and lets go: a port another process
+/// listens on (even with SO_REUSEPORT) fails here.
+pub fn check_ports(l: &Listeners) -> Result<(), PreflightError> {
+    for (what, addr) in ports(l) {
+        let taken = |source| PreflightError::PortTaken { what, addr, source };
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(taken)?;
+        sock.set_reuse_address(true).map_err(taken)?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true).map_err(taken)?;
+        }
+        sock.bind(&addr.into()).map_err(taken)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_port_is_reported_taken() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap();
+        let l = Listeners {
+            ws: None,
+            text: Some(addr),
+            http: None,
+        };
+        let err = check_ports(&l).unwrap_err();
+        assert!(err.to_string().contains("(text)"), "{err}");
+        drop(busy);
+        check_ports(&l).unwrap();
+    }
+}

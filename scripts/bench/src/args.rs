@@ -1,0 +1,216 @@
+//! Command-line options of the public modes, parsed by hand (`--name value` pairs).
+
+use std::path::PathBuf;
+
+/// The usage text printed by `--help` (kept in step with the `//!` header of main.rs).
+pub const USAGE: &str = "\
+herald-bench: load and benchmark tool for Herald (loopback only, bounded in time)
+
+USAGE:
+  herald-bench connect   --clients N [--procs P]
+  herald-bench unicast   --clients N --conns K [--rate R] --pushes M
+  herald-bench broadcast --clients N --count B [--spacing-ms S]
+  herald-bench limit     --clients N --count B [--spacing-ms S]
+
+Each run prints exactly one JSON object on stdout; progress goes to stderr.
+
+MODES:
+  connect    open N WebSocket clients, log them in (uid u0..u{N-1}), hold them idle; report the
+             connect rate and the server's RSS/PSS (master + workers) before, after, per client
+  unicast    with N clients, push M lines {\"uid\":\"uX\",\"t\":NS} to random uids through K
+             pipelined text-port connections, flat out or at R pushes/s; report pushes/s, ok/fail,
+             deliveries, losses, latency p50/p99/p99.9/max (us), server CPU per push (us)
+  broadcast  with N clients, B broadcasts of 100 bytes back to back (S=0) or S ms apart; report
+             deliveries/s, per-broadcast completion p50/p99 (us), server CPU per delivery (us)
+  limit      the same as broadcast against a trivial server (one write(2) per delivery of a
+             pre-encoded frame, no WebSocket handshake): the ceiling
+
+OPTIONS:
+  --clients N        WebSocket clients (default 2000)
+  --procs P          client processes (default ceil(N/15000)+1)
+  --conns K          unicast: text-port connections (default 4)
+  --rate R           unicast: pushes per second (default: flat out)
+  --pushes M         unicast: pushes (default 20000)
+  --window W         unicast flat out: unanswered lines per connection (default 256)
+  --count B          broadcast/limit: broadcasts (default 30)
+  --spacing-ms S     broadcast/limit: milliseconds between broadcasts (default 0)
+  --herald PATH      server binary (default target/release/herald, else next to this binary)
+  --workers W        Herald workers (default 1)
+  --json-out FILE    also append the JSON object as one line to FILE
+  --seed S           seed of the random uid choice (default 1)
+  --deadline S       global time limit in seconds; everything is killed after it (default 120)
+  --inflight I       handshakes in progress per client process (default 128)
+  --per-addr A       clients per source address 127.0.0.x at most (default 20000)
+  --settle-ms T      wait at most T ms without progress for the last deliveries (default 2000)
+  --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
+  -h, --help         this text
+";
+
+/// Parsed options.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// `connect`, `unicast`, `broadcast` or `limit`.
+    pub mode: String,
+    /// WebSocket clients.
+    pub clients: usize,
+    /// Client processes, when given.
+    pub procs: Option<usize>,
+    /// Text connections (unicast).
+    pub conns: usize,
+    /// Pushes per second, flat out when `None`.
+    pub rate: Option<f64>,
+    /// Pushes (unicast).
+    pub pushes: u64,
+    /// Unanswered lines per connection, flat out.
+    pub window: usize,
+    /// Broadcasts.
+    pub count: usize,
+    /// Milliseconds between broadcasts.
+    pub spacing_ms: u64,
+    /// Herald binary, when given.
+    pub herald: Option<PathBuf>,
+    /// Herald workers.
+    pub workers: usize,
+    /// File to append the result line to.
+    pub json_out: Option<PathBuf>,
+    /// Random seed.
+    pub seed: u64,
+    /// Global deadline in seconds.
+    pub deadline_s: f64,
+    /// Handshakes in progress per client process.
+    pub inflight: usize,
+    /// Clients per source address at most.
+    pub per_addr: usize,
+    /// Settle time for the last deliveries.
+    pub settle_ms: u64,
+    /// `connect`: idle time before the memory is measured.
+    pub hold_ms: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            mode: String::new(),
+            clients: 2000,
+            procs: None,
+            conns: 4,
+            rate: None,
+            pushes: 20_000,
+            window: 256,
+            count: 30,
+            spacing_ms: 0,
+            herald: None,
+            workers: 1,
+            json_out: None,
+            seed: 1,
+            deadline_s: 120.0,
+            inflight: 128,
+            per_addr: 20_000,
+            settle_ms: 2000,
+            hold_ms: 500,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Print the usage.
+    Help,
+    /// Run a mode.
+    Run(Box<Opts>),
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Parsed, String> {
+    let mut o = Opts::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" || a == "help" {
+            return Ok(Parsed::Help);
+        }
+        if !a.starts_with("--") {
+            if !o.mode.is_empty() {
+                return Err(format!("unexpected argument {a}"));
+            }
+            o.mode = a.clone();
+            continue;
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{a} needs a value"))?
+            .as_str();
+        let bad = |e: &dyn std::fmt::Display| format!("{a} {v}: {e}");
+        match a.as_str() {
+            "--clients" => o.clients = v.parse().map_err(|e| bad(&e))?,
+            "--procs" => o.procs = Some(v.parse().map_err(|e| bad(&e))?),
+            "--conns" => o.conns = v.parse().map_err(|e| bad(&e))?,
+            "--rate" => o.rate = Some(v.parse().map_err(|e| bad(&e))?),
+            "--pushes" => o.pushes = v.parse().map_err(|e| bad(&e))?,
+            "--window" => o.window = v.parse().map_err(|e| bad(&e))?,
+            "--count" => o.count = v.parse().map_err(|e| bad(&e))?,
+            "--spacing-ms" => o.spacing_ms = v.parse().map_err(|e| bad(&e))?,
+            "--herald" => o.herald = Some(PathBuf::from(v)),
+            "--workers" => o.workers = v.parse().map_err(|e| bad(&e))?,
+            "--json-out" => o.json_out = Some(PathBuf::from(v)),
+            "--seed" => o.seed = v.parse().map_err(|e| bad(&e))?,
+            "--deadline" => o.deadline_s = v.parse().map_err(|e| bad(&e))?,
+            "--inflight" => o.inflight = v.parse().map_err(|e| bad(&e))?,
+            "--per-addr" => o.per_addr = v.parse().map_err(|e| bad(&e))?,
+            "--settle-ms" => o.settle_ms = v.parse().map_err(|e| bad(&e))?,
+            "--hold-ms" => o.hold_ms = v.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown option {a} (see --help)")),
+        }
+    }
+    match o.mode.as_str() {
+        "connect" | "unicast" | "broadcast" | "limit" => {}
+        "" => return Err("no mode given (see --help)".into()),
+        m => return Err(format!("unknown mode {m} (see --help)")),
+    }
+    if o.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    if o.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err("--rate must be positive".into());
+    }
+    if o.conns == 0 || o.window == 0 || o.per_addr == 0 || o.workers == 0 {
+        return Err("--conns, --window, --per-addr and --workers must be at least 1".into());
+    }
+    if o.clients.div_ceil(o.per_addr) > 254 {
+        return Err("too many clients for 254 source addresses at --per-addr".into());
+    }
+    if o.deadline_s.is_nan() || o.deadline_s <= 0.0 || o.deadline_s > 3600.0 {
+        return Err("--deadline must be in (0, 3600] seconds".into());
+    }
+    Ok(Parsed::Run(Box::new(o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Parsed, String> {
+        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_a_unicast_line() {
+        let Ok(Parsed::Run(o)) = p("unicast --clients 10 --conns 2 --rate 500 --pushes 7") else {
+            panic!("not parsed");
+        };
+        assert_eq!(o.mode, "unicast");
+        assert_eq!((o.clients, o.conns, o.pushes), (10, 2, 7));
+        assert_eq!(o.rate, Some(500.0));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert!(p("").is_err());
+        assert!(p("dance").is_err());
+        assert!(p("connect --clients").is_err());
+        assert!(p("connect --clients x").is_err());
+        assert!(p("connect --bogus 1").is_err());
+        assert!(p("unicast --rate 0").is_err());
+        assert!(matches!(p("connect --help"), Ok(Parsed::Help)));
+    }
+}

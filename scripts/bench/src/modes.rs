@@ -1,0 +1,420 @@
+//! The four public modes: each starts its server (Herald, or the `limit` server), connects the
+//! client processes, measures, and returns the one JSON object the run prints.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::args::Opts;
+use crate::clients::{ClientPool, ConnectOutcome, PoolConfig};
+use crate::limit::LimitServer;
+use crate::procstat::{self, Sample};
+use crate::push;
+use crate::server::Herald;
+use crate::util::{self, mono_ns, quantile, r3};
+
+/// Time limits of one run, as monotonic nanoseconds.
+#[derive(Clone, Copy)]
+pub struct Deadlines {
+    /// Everything must be over by then (the watchdog kills at this time).
+    pub all: u64,
+    /// Clients not logged in by then count as failed.
+    pub connect: u64,
+}
+
+impl Deadlines {
+    /// A time `margin_ns` before the end, or a quarter of the time left, whichever is later:
+    /// what remains after it is for collecting the results.
+    fn before_end(&self, margin_ns: u64) -> u64 {
+        let left = self.all.saturating_sub(mono_ns());
+        self.all - margin_ns.min(left / 4)
+    }
+}
+
+/// Runs the mode named in `o.mode`.
+pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    match o.mode.as_str() {
+        "connect" => connect(o, d),
+        "unicast" => unicast(o, d),
+        "broadcast" => broadcast(o, d),
+        "limit" => limit(o, d),
+        m => Err(format!("unknown mode {m}")),
+    }
+}
+
+/// The Herald binary: `--herald`, else `target/release/herald` under the current directory, else
+/// next to this binary, else in the workspace this tool was built from.
+fn herald_path(o: &Opts) -> PathBuf {
+    if let Some(p) = &o.herald {
+        return p.clone();
+    }
+    let mut candidates = vec![PathBuf::from("target/release/herald")];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        candidates.push(dir.join("herald"));
+    }
+    candidates.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/release/herald"
+    )));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone())
+}
+
+/// Client processes to use: `--procs`, else ceil(N/15000)+1.
+fn procs(o: &Opts) -> usize {
+    o.procs.unwrap_or(o.clients.div_ceil(15_000) + 1).max(1)
+}
+
+/// Spawns the client processes for `ws` and logs every client in.
+fn connect_pool(
+    o: &Opts,
+    d: Deadlines,
+    ws: std::net::SocketAddrV4,
+    raw: bool,
+) -> Result<(ClientPool, ConnectOutcome), String> {
+    let mut pool = ClientPool::spawn(&PoolConfig {
+        ws,
+        clients: o.clients,
+        procs: procs(o),
+        per_addr: o.per_addr,
+        inflight: o.inflight,
+        raw,
+        connect_deadline_ns: d.connect,
+    })?;
+    util::progress(&format!("connecting {} clients", o.clients));
+    let c = pool.connect()?;
+    util::progress(&format!(
+        "{} connected, {} failed in {:.2} s",
+        c.connected,
+        c.failed,
+        c.elapsed_ns as f64 / 1e9
+    ));
+    for e in c.errors.iter().take(5) {
+        util::progress(&format!("  client error: {e}"));
+    }
+    if c.connected == 0 {
+        return Err(format!(
+            "no client could connect and log in; first errors: {:?}",
+            c.errors.iter().take(3).collect::<Vec<_>>()
+        ));
+    }
+    Ok((pool, c))
+}
+
+/// The fields every result carries.
+fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Value> {
+    let secs = c.elapsed_ns as f64 / 1e9;
+    let mut m = Map::new();
+    m.insert("mode".into(), json!(o.mode));
+    m.insert("server".into(), json!(server));
+    m.insert("clients".into(), json!(o.clients));
+    if server == "herald" {
+        m.insert("workers".into(), json!(o.workers));
+    }
+    m.insert("client_procs".into(), json!(procs(o)));
+    m.insert("connected".into(), json!(c.connected));
+    m.insert("failed_connects".into(), json!(c.failed));
+    m.insert("connect_s".into(), json!(r3(secs)));
+    m.insert(
+        "connects_per_s".into(),
+        json!(if secs > 0.0 {
+            (c.connected as f64 / secs).round()
+        } else {
+            0.0
+        }),
+    );
+    m
+}
+
+/// CPU of the server between two samples, in microseconds per `unit` (two figures: utime+stime
+/// from `/proc/PID/stat`, and the finer schedstat run time).
+fn cpu_per(s0: &Sample, s1: &Sample, units: u64) -> (f64, f64) {
+    if units == 0 {
+        return (0.0, 0.0);
+    }
+    let per = |a: u64, b: u64| r3(b.saturating_sub(a) as f64 / 1e3 / units as f64);
+    (per(s0.cpu_ns, s1.cpu_ns), per(s0.sched_ns, s1.sched_ns))
+}
+
+/// `connect`: memory per idle logged-in client.
+fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let herald = Herald::start(&herald_path(o), o.workers)?;
+    let before = herald.sample();
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    // Hold the clients idle (and let the server finish what the logins started) first.
+    std::thread::sleep(Duration::from_millis(o.hold_ms));
+    let after = herald.sample();
+    let mut m = base(o, "herald", &c);
+    m.insert("hold_ms".into(), json!(o.hold_ms));
+    m.insert("clients_closed".into(), json!(pool.stat_sum("closed")?));
+    let n = c.connected.max(1) as f64;
+    m.insert("server_procs".into(), json!(after.procs));
+    m.insert("rss_before".into(), json!(before.rss));
+    m.insert("rss_after".into(), json!(after.rss));
+    m.insert("pss_before".into(), json!(before.pss));
+    m.insert("pss_after".into(), json!(after.pss));
+    m.insert(
+        "rss_per_conn".into(),
+        json!(r3((after.rss as f64 - before.rss as f64) / n)),
+    );
+    m.insert(
+        "pss_per_conn".into(),
+        json!(r3((after.pss as f64 - before.pss as f64) / n)),
+    );
+    m.insert(
+        "server_cpu_connect_us_per_conn".into(),
+        json!(cpu_per(&before, &after, c.connected).1),
+    );
+    pool.shutdown();
+    drop(herald);
+    Ok(Value::Object(m))
+}
+
+/// `unicast`: pushes to random uids through pipelined text connections.
+fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let herald = Herald::start(&herald_path(o), o.workers)?;
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    let mut m = base(o, "herald", &c);
+    pool.ask("reset")?;
+    let s0 = herald.sample();
+    util::progress(&format!(
+        "pushing {} through {} connections {}",
+        o.pushes,
+        o.conns,
+        o.rate
+            .map(|r| format!("at {r}/s"))
+            .unwrap_or_else(|| "flat out".into())
+    ));
+    let out = push::unicast(&push::UnicastPlan {
+        text: herald.text,
+        conns: o.conns,
+        rate: o.rate,
+        pushes: o.pushes,
+        clients: o.clients as u64,
+        window: o.window,
+        seed: o.seed,
+        deadline_ns: d.before_end(10_000_000_000),
+    })?;
+    let delivered = pool.wait_for(
+        "uni",
+        out.ok_t.len() as u64,
+        Duration::from_millis(o.settle_ms),
+        d.before_end(5_000_000_000),
+    )?;
+    let s1 = herald.sample();
+    util::progress(&format!(
+        "{} sent, {} ok, {} fail, {} delivered",
+        out.sent,
+        out.ok_t.len(),
+        out.fail,
+        delivered
+    ));
+    let reports = pool.ask("report")?;
+    let mut lat = Vec::with_capacity(delivered as usize);
+    let mut seen = HashSet::with_capacity(delivered as usize);
+    let mut misrouted = 0;
+    let mut other = 0;
+    let mut closed = 0;
+    for r in &reports {
+        let ts = r["uni_t"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let rs = r["uni_r"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        for (t, rcv) in ts.iter().zip(rs) {
+            let (t, rcv) = (t.as_u64().unwrap_or(0), rcv.as_u64().unwrap_or(0));
+            lat.push(rcv.saturating_sub(t));
+            seen.insert(t);
+        }
+        misrouted += r["misrouted"].as_u64().unwrap_or(0);
+        other += r["other"].as_u64().unwrap_or(0);
+        closed += r["closed"].as_u64().unwrap_or(0);
+    }
+    lat.sort_unstable();
+    let losses = out.ok_t.iter().filter(|t| !seen.contains(t)).count();
+    let secs = out.t_last_reply.saturating_sub(out.t_first) as f64 / 1e9;
+    let us = |q: f64| r3(quantile(&lat, q) as f64 / 1e3);
+    let (cpu, sched) = cpu_per(&s0, &s1, out.sent);
+    m.insert("conns".into(), json!(o.conns));
+    m.insert("rate".into(), json!(o.rate));
+    m.insert("pushes".into(), json!(out.sent));
+    m.insert("ok".into(), json!(out.ok_t.len()));
+    m.insert("fail".into(), json!(out.fail));
+    m.insert("bad_answers".into(), json!(out.other));
+    m.insert("unanswered".into(), json!(out.unanswered));
+    m.insert("deliveries".into(), json!(lat.len()));
+    m.insert("duplicates".into(), json!(lat.len() - seen.len()));
+    m.insert("misrouted".into(), json!(misrouted));
+    m.insert("other_frames".into(), json!(other));
+    m.insert("clients_closed".into(), json!(closed));
+    m.insert("losses".into(), json!(losses));
+    m.insert(
+        "pushes_per_s".into(),
+        json!(if secs > 0.0 {
+            (out.sent as f64 / secs).round()
+        } else {
+            0.0
+        }),
+    );
+    m.insert("elapsed_s".into(), json!(r3(secs)));
+    m.insert("latency_p50_us".into(), json!(us(0.5)));
+    m.insert("latency_p99_us".into(), json!(us(0.99)));
+    m.insert("latency_p999_us".into(), json!(us(0.999)));
+    m.insert("latency_max_us".into(), json!(us(1.0)));
+    m.insert("server_cpu_us_per_push".into(), json!(cpu));
+    m.insert("server_cpu_sched_us_per_push".into(), json!(sched));
+    m.insert("server_rss".into(), json!(s1.rss));
+    pool.shutdown();
+    drop(herald);
+    Ok(Value::Object(m))
+}
+
+/// Figures of a finished series of broadcasts, from the clients' reports.
+fn broadcast_figures(
+    m: &mut Map<String, Value>,
+    reports: &[Value],
+    sent: &[u64],
+    expected_each: u64,
+    s0: &Sample,
+    s1: &Sample,
+) {
+    // Per broadcast: deliveries, first and last receive time.
+    let mut per: Vec<(u64, u64, u64)> = vec![(0, u64::MAX, 0); sent.len()];
+    for r in reports {
+        for e in r["bc"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let f = |i: usize| e.get(i).and_then(Value::as_u64).unwrap_or(0);
+            let idx = f(0) as usize;
+            if let Some(p) = per.get_mut(idx) {
+                p.0 += f(1);
+                p.1 = p.1.min(f(2));
+                p.2 = p.2.max(f(3));
+            }
+        }
+    }
+    let deliveries: u64 = per.iter().map(|p| p.0).sum();
+    let closed: u64 = reports
+        .iter()
+        .map(|r| r["closed"].as_u64().unwrap_or(0))
+        .sum();
+    m.insert("clients_closed".into(), json!(closed));
+    let mut completion: Vec<u64> = Vec::new();
+    let mut first: Vec<u64> = Vec::new();
+    let mut last_recv = 0;
+    for (p, &t) in per.iter().zip(sent) {
+        if p.0 > 0 {
+            completion.push(p.2.saturating_sub(t));
+            first.push(p.1.saturating_sub(t));
+            last_recv = last_recv.max(p.2);
+        }
+    }
+    completion.sort_unstable();
+    first.sort_unstable();
+    let t0 = sent.first().copied().unwrap_or(0);
+    let secs = last_recv.saturating_sub(t0) as f64 / 1e9;
+    let us = |v: &[u64], q: f64| r3(quantile(v, q) as f64 / 1e3);
+    let (cpu, sched) = cpu_per(s0, s1, deliveries);
+    let expected = expected_each * sent.len() as u64;
+    m.insert("broadcasts".into(), json!(sent.len()));
+    m.insert("expected".into(), json!(expected));
+    m.insert("deliveries".into(), json!(deliveries));
+    m.insert("missing".into(), json!(expected.saturating_sub(deliveries)));
+    m.insert(
+        "deliveries_per_s".into(),
+        json!(if secs > 0.0 {
+            (deliveries as f64 / secs).round()
+        } else {
+            0.0
+        }),
+    );
+    m.insert("elapsed_s".into(), json!(r3(secs)));
+    m.insert("completion_p50_us".into(), json!(us(&completion, 0.5)));
+    m.insert("completion_p99_us".into(), json!(us(&completion, 0.99)));
+    m.insert("completion_max_us".into(), json!(us(&completion, 1.0)));
+    m.insert("first_delivery_p50_us".into(), json!(us(&first, 0.5)));
+    m.insert("server_cpu_us_per_delivery".into(), json!(cpu));
+    m.insert("server_cpu_sched_us_per_delivery".into(), json!(sched));
+    m.insert("server_rss".into(), json!(s1.rss));
+}
+
+/// `broadcast`: B broadcasts through Herald's text port.
+fn broadcast(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let herald = Herald::start(&herald_path(o), o.workers)?;
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    let mut m = base(o, "herald", &c);
+    pool.ask("reset")?;
+    let s0 = herald.sample();
+    util::progress(&format!(
+        "{} broadcasts, {} ms apart",
+        o.count, o.spacing_ms
+    ));
+    let (sent, ok) = push::broadcasts(herald.text, o.count, Duration::from_millis(o.spacing_ms))?;
+    let got = pool.wait_for(
+        "bc",
+        c.connected * o.count as u64,
+        Duration::from_millis(o.settle_ms),
+        d.before_end(5_000_000_000),
+    )?;
+    let s1 = herald.sample();
+    util::progress(&format!("{ok} ok answers, {got} deliveries"));
+    let reports = pool.ask("report")?;
+    m.insert("count".into(), json!(o.count));
+    m.insert("spacing_ms".into(), json!(o.spacing_ms));
+    m.insert("ok".into(), json!(ok));
+    broadcast_figures(&mut m, &reports, &sent, c.connected, &s0, &s1);
+    pool.shutdown();
+    drop(herald);
+    Ok(Value::Object(m))
+}
+
+/// `limit`: the same broadcasts done by the trivial one-write-per-delivery server.
+fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let nofile = util::raise_nofile();
+    if o.clients as u64 + 64 > nofile {
+        return Err(format!(
+            "limit: {} clients do not fit in one process's open-file limit {nofile}",
+            o.clients
+        ));
+    }
+    let mut ls = LimitServer::spawn()?;
+    let ws = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.port);
+    let (mut pool, c) = connect_pool(o, d, ws, true)?;
+    let accepted = ls.wait_accepted(c.connected, d.connect)?;
+    let mut m = base(o, "limit", &c);
+    m.insert("accepted".into(), json!(accepted));
+    pool.ask("reset")?;
+    let pid = ls.pid();
+    let s0 = procstat::sample(&[pid]);
+    util::progress(&format!(
+        "limit: {} broadcasts, {} ms apart",
+        o.count, o.spacing_ms
+    ));
+    let mut sent = Vec::with_capacity(o.count);
+    for i in 0..o.count {
+        let t = mono_ns();
+        ls.broadcast(&push::bc_data(i, t))?;
+        sent.push(t);
+        if o.spacing_ms > 0 && i + 1 < o.count {
+            std::thread::sleep(Duration::from_millis(o.spacing_ms));
+        }
+    }
+    let got = pool.wait_for(
+        "bc",
+        accepted * o.count as u64,
+        Duration::from_millis(o.settle_ms),
+        d.before_end(5_000_000_000),
+    )?;
+    let s1 = procstat::sample(&[pid]);
+    util::progress(&format!("limit: {got} deliveries"));
+    let reports = pool.ask("report")?;
+    m.insert("count".into(), json!(o.count));
+    m.insert("spacing_ms".into(), json!(o.spacing_ms));
+    broadcast_figures(&mut m, &reports, &sent, accepted, &s0, &s1);
+    pool.shutdown();
+    ls.stop();
+    Ok(Value::Object(m))
+}

@@ -1,0 +1,62 @@
+//! End-to-end check of the bench's own machinery, without Herald: the `limit` mode spawns its
+//! trivial server and two client processes, and every broadcast must reach every client. Only
+//! counts are asserted, never timings.
+
+use std::process::Command;
+
+/// Runs the bench binary with `args` and parses the one JSON object it prints.
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(args)
+        .output()
+        .expect("run herald-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON line expected: {stdout}"
+    );
+    serde_json::from_str(stdout.trim()).expect("JSON object")
+}
+
+#[test]
+fn limit_mode_delivers_every_broadcast_to_every_client() {
+    let v = run(&[
+        "limit",
+        "--clients",
+        "300",
+        "--count",
+        "5",
+        "--procs",
+        "2",
+        "--deadline",
+        "60",
+    ]);
+    assert_eq!(v["mode"], "limit");
+    assert_eq!(v["connected"], 300, "{v}");
+    assert_eq!(v["accepted"], 300, "{v}");
+    assert_eq!(v["deliveries"], 1500, "{v}");
+    assert_eq!(v["missing"], 0, "{v}");
+    assert_eq!(v["client_procs"], 2);
+}
+
+#[test]
+fn errors_are_one_json_object_with_a_nonzero_exit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args([
+            "connect",
+            "--clients",
+            "10",
+            "--herald",
+            "/nonexistent/herald",
+        ])
+        .output()
+        .expect("run herald-bench");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("not found"),
+        "{v}"
+    );
+}
