@@ -13,6 +13,8 @@ use std::rc::Rc;
 
 /// Flag: queued in the worker's flush list for this loop turn.
 pub const DIRTY: u8 = 1;
+/// Flag: registered for WRITABLE because a flush left output behind.
+pub const WANT_WRITE: u8 = 4;
 /// Flag: close once the output is written (after a close frame, an error response…).
 pub const CLOSING: u8 = 2;
 

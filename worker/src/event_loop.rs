@@ -9,7 +9,7 @@
 
 use crate::auth::{self, Auth, Mode};
 use crate::config::{Config, Listeners};
-use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY};
+use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY, WANT_WRITE};
 use crate::delivery::{close_frame, frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::groups::Groups;
 use crate::http::{self, Parsed};
@@ -553,11 +553,11 @@ impl Worker {
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(CONN_BASE + slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE)
+        {
             log::warn!("cannot register connection from {remote}: {e}");
             self.forget_ip(remote.ip());
             return;
@@ -896,13 +896,7 @@ impl Worker {
                     } else {
                         Target::Uids(vec![to.to_string()])
                     };
-                    self.push(
-                        target,
-                        Vec::new(),
-                        body.as_bytes().to_vec(),
-                        false,
-                        ReplyTo::Nobody,
-                    );
+                    self.push(target, Vec::new(), body.as_bytes(), false, ReplyTo::Nobody);
                 }
             }
             _ => {}
@@ -1035,7 +1029,7 @@ impl Worker {
                 self.push(
                     Target::Uids(vec![uid]),
                     Vec::new(),
-                    line.to_vec(),
+                    line,
                     false,
                     reply(ReplyKind::OkFail),
                 );
@@ -1051,7 +1045,7 @@ impl Worker {
                 } else {
                     ReplyKind::OkFail
                 };
-                self.push(target, exclude, payload, binary, reply(kind));
+                self.push(target, exclude, &payload, binary, reply(kind));
             }
             Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
             Command::Fail(why) => {
@@ -1192,7 +1186,7 @@ impl Worker {
                 id,
                 kind: ReplyKind::AlwaysOk,
             };
-            self.push(Target::All, Vec::new(), content.into_bytes(), false, reply);
+            self.push(Target::All, Vec::new(), content.as_bytes(), false, reply);
         } else {
             let reply = ReplyTo::Http {
                 slot,
@@ -1202,7 +1196,7 @@ impl Worker {
             self.push(
                 Target::Uids(vec![to]),
                 Vec::new(),
-                content.into_bytes(),
+                content.as_bytes(),
                 false,
                 reply,
             );
@@ -1265,19 +1259,23 @@ impl Worker {
         &mut self,
         target: Target,
         exclude: Vec<String>,
-        payload: Vec<u8>,
+        payload: &[u8],
         binary: bool,
         reply: ReplyTo,
     ) {
         self.stats.pushes += 1;
-        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, &payload);
+        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, &f);
+        if !self.links.iter().any(|(_, l)| l.outbound) {
+            self.settle(reply, local, false);
+            return;
+        }
         let id = self.inflight.next_id();
         let msg = PeerMsg::Push(Push {
             id,
             target,
             exclude,
-            payload,
+            payload: payload.to_vec(),
             binary,
         });
         let mut waiting = 0;
@@ -1480,9 +1478,31 @@ impl Worker {
                     conn.slow_since = 0;
                     if conn.flags & CLOSING != 0 {
                         self.close(slot, None);
+                    } else if conn.flags & WANT_WRITE != 0 {
+                        conn.flags &= !WANT_WRITE;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(CONN_BASE + slot),
+                            Interest::READABLE,
+                        );
                     }
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    // The socket is full: ask for WRITABLE until the queue drains. Only slow
+                    // connections pay for it; the common case writes at once and never gets
+                    // a writable event per write.
+                    if conn.flags & WANT_WRITE == 0 {
+                        conn.flags |= WANT_WRITE;
+                        if let Err(e) = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(CONN_BASE + slot),
+                            Interest::READABLE | Interest::WRITABLE,
+                        ) {
+                            log::debug!("reregister connection {}: {e}", conn.id);
+                            self.close(slot, None);
+                        }
+                    }
+                }
                 Err(e) => {
                     log::debug!("write to connection {}: {e}", conn.id);
                     self.close(slot, None);

@@ -633,7 +633,7 @@ impl Worker {
             id,
             kind: ReplyKind::Count,
         };
-        self.push(target, exclude, payload, binary, reply);
+        self.push(target, exclude, &payload, binary, reply);
         Ok(())
     }
 }
