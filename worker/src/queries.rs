@@ -430,43 +430,6 @@ impl Worker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merging_and_rendering() {
-        let req = json!({"q":"uids","as":"count"});
-        let m = merge(
-            &req,
-            &[
-                json!({"connections":2,"uids":["a","b"]}),
-                json!({"connections":1,"uids":["b"]}),
-            ],
-        );
-        assert_eq!(
-            render_text(&req, &m, false),
-            b"{\"connections\":3,\"uids\":2}\n"
-        );
-        let req = json!({"q":"uids"});
-        assert_eq!(render_text(&req, &m, false), b"[\"a\",\"b\"]\n");
-        let req = json!({"q":"groups"});
-        let m = merge(
-            &req,
-            &[
-                json!({"groups":{"g":["a"]}}),
-                json!({"groups":{"g":["b","a"]}}),
-            ],
-        );
-        assert_eq!(render_text(&req, &m, false), b"{\"g\":2}\n");
-        let req = json!({"q":"online"});
-        let m = merge(&req, &[json!({"connections":0}), json!({"connections":1})]);
-        assert_eq!(render_text(&req, &m, true), b"1\n");
-        let (_, v) = render_http(&req, &m, true);
-        assert_eq!(v, json!({"online":true,"connections":1,"partial":true}));
-    }
-}
-
 /// Percent-decodes one path segment.
 fn segment(s: &str) -> String {
     form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
@@ -635,5 +598,42 @@ impl Worker {
         };
         self.push(target, exclude, &payload, binary, reply);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_and_rendering() {
+        let req = json!({"q":"uids","as":"count"});
+        let m = merge(
+            &req,
+            &[
+                json!({"connections":2,"uids":["a","b"]}),
+                json!({"connections":1,"uids":["b"]}),
+            ],
+        );
+        assert_eq!(
+            render_text(&req, &m, false),
+            b"{\"connections\":3,\"uids\":2}\n"
+        );
+        let req = json!({"q":"uids"});
+        assert_eq!(render_text(&req, &m, false), b"[\"a\",\"b\"]\n");
+        let req = json!({"q":"groups"});
+        let m = merge(
+            &req,
+            &[
+                json!({"groups":{"g":["a"]}}),
+                json!({"groups":{"g":["b","a"]}}),
+            ],
+        );
+        assert_eq!(render_text(&req, &m, false), b"{\"g\":2}\n");
+        let req = json!({"q":"online"});
+        let m = merge(&req, &[json!({"connections":0}), json!({"connections":1})]);
+        assert_eq!(render_text(&req, &m, true), b"1\n");
+        let (_, v) = render_http(&req, &m, true);
+        assert_eq!(v, json!({"online":true,"connections":1,"partial":true}));
     }
 }
