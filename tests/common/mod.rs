@@ -365,6 +365,8 @@ pub struct Builder {
     http: bool,
     sets: Vec<String>,
     env: Vec<(String, String)>,
+    /// Hard and soft RLIMIT_NOFILE for the server (None: inherited).
+    nofile: Option<u64>,
 }
 
 impl Default for Builder {
@@ -376,6 +378,7 @@ impl Default for Builder {
             http: true,
             sets: Vec::new(),
             env: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -413,6 +416,12 @@ impl Builder {
     /// `--text off`.
     pub fn no_text(mut self) -> Self {
         self.text = false;
+        self
+    }
+
+    /// Caps the server's open files (hard and soft limit), to exercise `EMFILE`.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
 
@@ -493,6 +502,23 @@ impl Builder {
         };
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+            // `lim` is a plain value copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let group = Group::spawn(&mut cmd).map_err(|e| format!("spawn {BIN}: {e}"))?;
         let mut server = Server {

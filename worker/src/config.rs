@@ -95,6 +95,10 @@ pub struct Config {
     pub push_secret: String,
     /// How long a uid's group memberships outlive its last connection.
     pub group_ttl: f64,
+    /// When started as root: the user workers switch to once their ports are bound.
+    pub user: String,
+    /// When started as root: the group workers switch to (default: the user's own group).
+    pub group: String,
 }
 
 impl Default for Config {
@@ -130,6 +134,8 @@ impl Default for Config {
             slow_timeout: 30.0,
             push_secret: String::new(),
             group_ttl: 300.0,
+            user: String::new(),
+            group: String::new(),
         }
     }
 }

@@ -15,6 +15,11 @@ use std::rc::Rc;
 pub const DIRTY: u8 = 1;
 /// Flag: registered for WRITABLE because a flush left output behind.
 pub const WANT_WRITE: u8 = 4;
+/// Flag: not reading: its output, input or pending replies are at their bound (the peer is
+/// sending faster than it reads or than its requests complete).
+pub const READ_PAUSED: u8 = 8;
+/// Flag: in the worker's resume list (read again next loop turn).
+pub const RESUME: u8 = 16;
 /// Flag: close once the output is written (after a close frame, an error response…).
 pub const CLOSING: u8 = 2;
 

@@ -9,7 +9,9 @@
 
 use crate::auth::{self, Auth, Mode};
 use crate::config::{Config, Listeners};
-use crate::conn::{Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY, WANT_WRITE};
+use crate::conn::{
+    Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE,
+};
 use crate::delivery::{close_frame, frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::groups::Groups;
 use crate::http::{self, Parsed};
@@ -44,6 +46,12 @@ const LINK_BASE: usize = 1 << 40;
 
 /// Size of the per-worker read buffer every socket is read into.
 const SCRATCH: usize = 64 * 1024;
+/// Bytes read from one connection per readiness before others get a turn; the rest is read
+/// next loop turn (its readiness is remembered in the resume list: edge-triggered epoll will
+/// not report it again).
+const READ_BUDGET: usize = 4 * SCRATCH;
+/// Replies a text connection may have in flight before it is read no further.
+const MAX_PENDING_REPLIES: usize = 16 * 1024;
 /// Longest uid accepted at login.
 const MAX_UID: usize = 256;
 /// How long accepting pauses after `EMFILE`/`ENFILE`.
@@ -146,6 +154,24 @@ pub struct Worker {
     queries: HashMap<u64, (PendingQuery, bool)>,
     /// Next query id.
     next_query_id: u64,
+    /// Accepting hit EMFILE/ENFILE and has not succeeded since (logged once per episode).
+    emfile: bool,
+    /// Connections to read again next turn (budget spent, or backpressure lifted).
+    resume: Vec<usize>,
+}
+
+/// Whether a connection must not be read now: its queued output is over `max_send_buffer`
+/// (a client sending pings, or requests, faster than it reads answers), its unparsed input is
+/// over what one frame, line or request may take, or too many of its replies are in flight.
+fn read_blocked(c: &Conn, cfg: &Config) -> bool {
+    let max_in = cfg
+        .max_line
+        .max(cfg.max_frame)
+        .max(cfg.max_header + cfg.max_body)
+        + SCRATCH;
+    c.out.len() > cfg.max_send_buffer
+        || c.inbuf.len() > max_in
+        || matches!(&c.proto, Proto::Text(t) if t.replies.len() > MAX_PENDING_REPLIES)
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -230,6 +256,8 @@ impl Worker {
             groups: Groups::default(),
             queries: HashMap::new(),
             next_query_id: 1,
+            emfile: false,
+            resume: Vec::new(),
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -270,6 +298,12 @@ impl Worker {
                 return Err(e);
             }
             self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
+            for slot in std::mem::take(&mut self.resume) {
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.flags &= !RESUME;
+                }
+                self.on_readable(slot);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     TOK_WS => self.accept(Port::Ws),
@@ -342,6 +376,9 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
+        if !self.resume.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let mut t = self.last_tick + Duration::from_secs(1);
         for d in [
@@ -398,7 +435,7 @@ impl Worker {
         let idle = ticks(self.cfg.idle_timeout);
         let slow = ticks(self.cfg.slow_timeout);
         let ping_due = self.cfg.ping_interval > 0.0
-            && now.wrapping_sub(self.last_ping) >= ticks(self.cfg.ping_interval);
+            && now.saturating_sub(self.last_ping) >= ticks(self.cfg.ping_interval);
         if ping_due {
             self.last_ping = now;
         }
@@ -414,12 +451,12 @@ impl Worker {
             if c.flags & CLOSING != 0 {
                 continue;
             }
-            if c.slow_since != 0 && now.wrapping_sub(c.slow_since) >= slow {
+            if c.slow_since != 0 && now.saturating_sub(c.slow_since) >= slow {
                 acts.push((slot, Act::Drop));
                 continue;
             }
-            let age = now.wrapping_sub(c.since);
-            let quiet = now.wrapping_sub(c.last_seen);
+            let age = now.saturating_sub(c.since);
+            let quiet = now.saturating_sub(c.last_seen);
             match &c.proto {
                 Proto::Handshake if age >= auth => acts.push((slot, Act::Drop)),
                 Proto::Ws(ws) if ws.uid.is_none() && age >= auth => {
@@ -486,19 +523,29 @@ impl Worker {
             };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, remote)) => self.add_conn(stream, remote, port),
+                Ok((stream, remote)) => {
+                    if self.emfile {
+                        self.emfile = false;
+                        log::info!("accepting again: descriptors are available");
+                    }
+                    self.add_conn(stream, remote, port)
+                }
                 Err(e) if would_block(&e) => return,
                 Err(e)
                     if e.raw_os_error() == Some(libc::EMFILE)
                         || e.raw_os_error() == Some(libc::ENFILE) =>
                 {
                     // Out of descriptors: the pending connection stays queued in the kernel.
-                    // Pause instead of spinning on a readiness we cannot act on.
-                    log::warn!(
-                        "accept on {} port: {e}; pausing accepts for {:?}",
-                        port.name(),
-                        ACCEPT_BACKOFF
-                    );
+                    // Pause instead of spinning on a readiness we cannot act on; say so once
+                    // per episode, not every retry.
+                    if !self.emfile {
+                        self.emfile = true;
+                        log::warn!(
+                            "accept on {} port: {e}; pausing accepts, retrying every {:?}",
+                            port.name(),
+                            ACCEPT_BACKOFF
+                        );
+                    }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
@@ -596,7 +643,22 @@ impl Worker {
 
     fn on_readable(&mut self, slot: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut budget = READ_BUDGET;
         while let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                if read_blocked(conn, &self.cfg) {
+                    // Backpressure: read again once its output drains or its requests finish.
+                    conn.flags |= READ_PAUSED;
+                    break;
+                }
+                if budget == 0 {
+                    if conn.flags & RESUME == 0 {
+                        conn.flags |= RESUME;
+                        self.resume.push(slot);
+                    }
+                    break;
+                }
+            }
             if conn.flags & CLOSING != 0 {
                 // Discard what a closing peer still sends; stop at WouldBlock or EOF.
                 match conn.stream.read(&mut scratch) {
@@ -621,6 +683,7 @@ impl Worker {
                 Ok(n) => {
                     conn.bytes_in += n as u64;
                     conn.last_seen = self.now;
+                    budget = budget.saturating_sub(n);
                     self.on_bytes(slot, &mut scratch[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -976,7 +1039,8 @@ impl Worker {
                 self.cfg.max_line
             );
         }
-        self.close(slot, None);
+        // Replies already due for earlier lines are written first.
+        self.close_after_flush(slot);
     }
 
     fn text_line(&mut self, slot: usize, line: &[u8]) {
@@ -1137,10 +1201,15 @@ impl Worker {
             if !auth::secret_eq(given.as_bytes(), self.cfg.push_secret.as_bytes()) {
                 self.stats.unauthorized += 1;
                 log::warn!("http request from {}: no valid push secret", conn.remote);
+                let (ctype, body): (&str, &[u8]) = if req.path.starts_with("/api/") {
+                    ("application/json", b"{\"error\":\"unauthorized\"}\n")
+                } else {
+                    ("text/plain; charset=utf-8", b"unauthorized\n")
+                };
                 let r = http::response(
                     "401 Unauthorized",
-                    "text/plain; charset=utf-8",
-                    b"unauthorized\n",
+                    ctype,
+                    body,
                     keep,
                     "WWW-Authenticate: Bearer\r\n",
                 );
@@ -1237,9 +1306,15 @@ impl Worker {
         }
     }
 
-    /// Answers with an error response and closes.
+    /// Answers with an error response and closes. A 413 or 431 counts as `oversize`, the rest
+    /// as `rejected`.
     fn reject(&mut self, slot: usize, reason: &str, response: Vec<u8>) {
-        self.stats.rejected += 1;
+        if response.starts_with(b"HTTP/1.1 413") || response.starts_with(b"HTTP/1.1 431") {
+            self.stats.oversize += 1;
+        } else if !response.starts_with(b"HTTP/1.1 401") && !response.starts_with(b"HTTP/1.1 403") {
+            // 401 and 403 have their own counters (auth_failed, bad_origin).
+            self.stats.rejected += 1;
+        }
         if let Some(c) = self.conns.get(slot) {
             log::info!(
                 "{} connection {} from {}: {reason}",
@@ -1267,7 +1342,9 @@ impl Worker {
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, &f);
         if !self.links.iter().any(|(_, l)| l.outbound) {
-            self.settle(reply, local, false);
+            let missing = self.unlinked_peers();
+            self.stats.ipc_undelivered += missing as u64;
+            self.settle(reply, local, missing > 0);
             return;
         }
         let id = self.inflight.next_id();
@@ -1279,7 +1356,7 @@ impl Worker {
             binary,
         });
         let mut waiting = 0;
-        let mut partial = false;
+        let mut partial = self.unlinked_peers() > 0;
         for (_, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
             match link.chan.send(&msg) {
                 Ok(()) => {
@@ -1473,7 +1550,15 @@ impl Worker {
                 continue;
             };
             conn.flags &= !DIRTY;
-            match conn.out.flush(&mut conn.stream, &mut conn.bytes_out) {
+            let res = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
+            if conn.flags & READ_PAUSED != 0 && !read_blocked(conn, &self.cfg) {
+                conn.flags &= !READ_PAUSED;
+                if conn.flags & RESUME == 0 {
+                    conn.flags |= RESUME;
+                    self.resume.push(slot);
+                }
+            }
+            match res {
                 Ok(true) => {
                     conn.slow_since = 0;
                     if conn.flags & CLOSING != 0 {
@@ -1731,6 +1816,20 @@ impl Worker {
     }
 
     // ---------------------------------------------------------------- mesh
+
+    /// Siblings the master announced that have no outbound link yet (starting, reconnecting):
+    /// a push or query cannot reach them, and says so.
+    fn unlinked_peers(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| {
+                !self
+                    .links
+                    .iter()
+                    .any(|(_, l)| l.outbound && l.peer_pid == p.pid)
+            })
+            .count()
+    }
 
     fn connect_peers(&mut self) {
         let mut retry = false;

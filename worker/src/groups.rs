@@ -101,7 +101,7 @@ impl Groups {
         let old: Vec<String> = self
             .absent_since
             .iter()
-            .filter(|(_, &t)| now.wrapping_sub(t) >= ttl)
+            .filter(|(_, &t)| now.saturating_sub(t) >= ttl)
             .map(|(u, _)| u.clone())
             .collect();
         for uid in old {

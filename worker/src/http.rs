@@ -172,32 +172,51 @@ enum Dechunk {
     Bad,
 }
 
+/// Longest chunk-size line (size and extensions) accepted, complete or not.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Longest trailer line accepted, complete or not.
+const MAX_TRAILER_LINE: usize = 8192;
+/// Chunk framing, extensions and trailers may add `max_body` plus this many bytes to a body:
+/// without a bound on the total, one-byte chunks with long extensions, or endless trailers,
+/// would make the server buffer forever.
+const CHUNK_OVERHEAD: usize = 4096;
+
 fn dechunk(buf: &[u8], max_body: usize) -> Dechunk {
     let mut pos = 0;
     let mut body = Vec::new();
+    // The same limits whatever the reads' boundaries: a line is measured, complete or not,
+    // and the total is checked as bytes arrive.
+    let over_total = |pos: usize| pos > max_body.saturating_mul(2).saturating_add(CHUNK_OVERHEAD);
     loop {
+        if over_total(pos) {
+            return Dechunk::TooLarge;
+        }
+        let line_len = memchr::memchr(b'\n', &buf[pos..]).map(|i| i + 1);
+        if line_len.unwrap_or(buf.len() - pos) > MAX_CHUNK_LINE {
+            return Dechunk::Bad;
+        }
         let (used, size) = match httparse::parse_chunk_size(&buf[pos..]) {
             Ok(httparse::Status::Complete(x)) => x,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() - pos > 1024 {
-                    Dechunk::Bad
-                } else {
-                    Dechunk::Partial
-                }
-            }
+            Ok(httparse::Status::Partial) => return Dechunk::Partial,
             Err(_) => return Dechunk::Bad,
         };
         pos += used;
         if size == 0 {
             // Trailer fields, then the empty line.
             loop {
+                if over_total(pos) {
+                    return Dechunk::TooLarge;
+                }
                 let Some(eol) = memchr::memchr(b'\n', &buf[pos..]) else {
-                    return if buf.len() - pos > 8192 {
+                    return if buf.len() - pos > MAX_TRAILER_LINE {
                         Dechunk::Bad
                     } else {
                         Dechunk::Partial
                     };
                 };
+                if eol + 1 > MAX_TRAILER_LINE {
+                    return Dechunk::Bad;
+                }
                 let line = &buf[pos..pos + eol];
                 pos += eol + 1;
                 if line.is_empty() || line == b"\r" {
@@ -368,6 +387,23 @@ mod tests {
         };
         assert_eq!(n, req.len());
         assert_eq!(params(&r).unwrap(), vec![("type".into(), "publish".into())]);
+    }
+
+    #[test]
+    fn chunked_framing_is_bounded_whatever_the_reads() {
+        // Endless trailer fields: refused once past the bound, not buffered forever.
+        let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        for _ in 0..2000 {
+            req.extend_from_slice(b"X: y\r\n");
+        }
+        assert!(matches!(parse(&req), Parsed::Error { .. }));
+        // A long chunk extension is refused whether or not its line is complete.
+        let mut long = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 1100));
+        let cut = long.len();
+        long.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert!(matches!(parse(&long), Parsed::Error { .. }));
+        assert!(matches!(parse(&long[..cut]), Parsed::Error { .. }));
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum WorkerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Switching user or group failed.
+    #[error("dropping privileges: {0}")]
+    Privileges(String),
     /// The event loop failed.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
@@ -98,7 +101,8 @@ pub fn run(
         }
     }
     let chan = Channel::from_std(control, 1 << 20)?;
-    let mut worker = event_loop::Worker::new(id, instance, cfg, addrs, listeners, chan)?;
+    let mut worker = event_loop::Worker::new(id, instance, cfg.clone(), addrs, listeners, chan)?;
+    drop_privileges(&cfg.user, &cfg.group)?;
     worker.tell_master(Control::Ready {
         worker: id,
         pid: std::process::id(),
@@ -106,6 +110,44 @@ pub fn run(
     log::info!("worker {id} listening (pid {})", std::process::id());
     worker.run()?;
     log::info!("worker {id} exiting");
+    Ok(())
+}
+
+/// Switches to `user` (and `group`, else the user's primary group) once every socket is bound,
+/// so privileged ports can be used without running the event loop as root.
+fn drop_privileges(user: &str, group: &str) -> Result<(), WorkerError> {
+    use nix::unistd::{setgid, setgroups, setuid, Group, User};
+    if user.is_empty() && group.is_empty() {
+        return Ok(());
+    }
+    let fail = |what: String| WorkerError::Privileges(what);
+    let u = if user.is_empty() {
+        None
+    } else {
+        Some(
+            User::from_name(user)
+                .map_err(|e| fail(format!("looking up user {user}: {e}")))?
+                .ok_or_else(|| fail(format!("no user named {user}")))?,
+        )
+    };
+    let gid = if group.is_empty() {
+        u.as_ref().map(|u| u.gid)
+    } else {
+        Some(
+            Group::from_name(group)
+                .map_err(|e| fail(format!("looking up group {group}: {e}")))?
+                .ok_or_else(|| fail(format!("no group named {group}")))?
+                .gid,
+        )
+    };
+    if let Some(gid) = gid {
+        setgroups(&[gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
+        setgid(gid).map_err(|e| fail(format!("setgid: {e}")))?;
+    }
+    if let Some(u) = u {
+        setuid(u.uid).map_err(|e| fail(format!("setuid to {}: {e}", u.name)))?;
+        log::info!("running as user {} (uid {})", u.name, u.uid);
+    }
     Ok(())
 }
 

@@ -422,9 +422,20 @@ impl Worker {
             Proto::Http(h) => !h.close_after,
             _ => return,
         };
-        let mut body = v.to_string().into_bytes();
+        let (body, allow) = match v.get("allow").and_then(Value::as_str) {
+            Some(a) => {
+                // Said in the header, not in the documented body.
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("allow");
+                }
+                (v.to_string(), format!("Allow: {a}\r\n"))
+            }
+            None => (v.to_string(), String::new()),
+        };
+        let mut body = body.into_bytes();
         body.push(b'\n');
-        let r = http::response(status, "application/json", &body, keep, "");
+        let r = http::response(status, "application/json", &body, keep, &allow);
         self.http_respond(slot, r);
         self.http_resume(slot);
     }
@@ -440,6 +451,14 @@ fn segment(s: &str) -> String {
 
 fn api_error(status: &'static str, msg: &str) -> (&'static str, Value) {
     (status, json!({ "error": msg }))
+}
+
+/// A 405 whose JSON names the allowed method; `http_json` turns `allow` into the header.
+fn not_allowed(m: &str, path: &str, allow: &str) -> (&'static str, Value) {
+    (
+        "405 Method Not Allowed",
+        json!({ "error": format!("{m} is not allowed on {path}"), "allow": allow }),
+    )
 }
 
 impl Worker {
@@ -522,21 +541,13 @@ impl Worker {
                 );
                 Ok(())
             }
-            (
-                _,
-                ["push"]
-                | ["groups", _, "members"]
-                | ["groups", _, "members", _]
-                | ["groups", _]
-                | ["online", _]
-                | ["uids"]
-                | ["groups"]
-                | ["stats"]
-                | ["kick", _],
-            ) => Err(api_error(
-                "405 Method Not Allowed",
-                &format!("{m} is not allowed on {path}"),
-            )),
+            (_, ["push"] | ["groups", _, "members"] | ["kick", _]) => {
+                Err(not_allowed(m, path, "POST"))
+            }
+            (_, ["groups", _, "members", _] | ["groups", _]) => Err(not_allowed(m, path, "DELETE")),
+            (_, ["online", _] | ["uids"] | ["groups"] | ["stats"]) => {
+                Err(not_allowed(m, path, "GET"))
+            }
             _ => Err(api_error(
                 "404 Not Found",
                 &format!("no such endpoint: {path}"),

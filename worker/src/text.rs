@@ -81,6 +81,11 @@ fn fast_seed(line: &[u8]) -> Option<Command> {
     if *first != b'{' {
         return None;
     }
+    // Skipped fields are not checked for UTF-8 by the parser, and the line becomes a text
+    // frame: check it whole (fast), as the full parser would have.
+    if std::str::from_utf8(line).is_err() {
+        return Some(Command::Fail("not UTF-8"));
+    }
     let head: Head<'_> = serde_json::from_slice(line).ok()?;
     if head.cmd.is_some() {
         return None;
@@ -219,6 +224,10 @@ mod tests {
         assert!(matches!(parse_line(br#"{"uid":null}"#), Command::Fail(_)));
         assert!(matches!(parse_line(br#"{"percent":1}"#), Command::Fail(_)));
         assert!(matches!(parse_line(b"\0\xff"), Command::Fail(_)));
+        assert!(matches!(
+            parse_line(b"{\"uid\":\"w\",\"x\":\"\xc3\"}"),
+            Command::Fail(_)
+        ));
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! Running out of file descriptors: a worker at its open-file limit must neither spin on a
+//! listener it cannot accept from nor stop serving once descriptors free up.
+
+mod common;
+
+use common::*;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command: state is index 0, utime 11, stime 12.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[test]
+fn emfile_neither_spins_nor_wedges() {
+    // 64 descriptors: a handful for listeners, the mesh, logs and control; the rest for clients.
+    let server = Server::builder().nofile(64).login_reply().start();
+    let worker = *server.worker_pids().iter().next().expect("a worker");
+    // Hold more connections than the worker can accept.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", server.text)) {
+            held.push(s);
+        }
+    }
+    let log_says_paused = wait_until(Duration::from_secs(5), || {
+        server.log().contains("pausing accepts")
+    });
+    assert!(
+        log_says_paused,
+        "worker never hit EMFILE:\n{}",
+        server.log()
+    );
+    // While the queue stays full, the worker must idle, not spin: over one second it may use a
+    // few ticks for its 100 ms retries, nowhere near a busy loop's ~100.
+    let before = cpu_ticks(worker);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(worker) - before;
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(
+        (used as f64) < 30.0 * elapsed,
+        "worker used {used} ticks in {elapsed:.2}s while out of descriptors"
+    );
+    // Free the descriptors: the worker serves again, with the right bytes.
+    drop(held);
+    let mut c = server.login_acked("after-emfile");
+    server.push_until_ok(
+        b"{\"uid\":\"after-emfile\",\"n\":1}\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        c.try_recv_text(Duration::from_secs(5)).as_deref(),
+        Some(r#"{"uid":"after-emfile","n":1}"#)
+    );
+}
