@@ -1220,6 +1220,23 @@ impl Worker {
             h.waiting = true;
             return self.api_request(slot, id, &req);
         }
+        if req.path == "/metrics" {
+            if req.method != "GET" {
+                let r = http::response(
+                    "405 Method Not Allowed",
+                    "text/plain; charset=utf-8",
+                    b"method not allowed\n",
+                    keep,
+                    "Allow: GET\r\n",
+                );
+                return self.http_respond(slot, r);
+            }
+            h.waiting = true;
+            return self.query(
+                serde_json::json!({"q": "stats"}),
+                QReply::Metrics { slot, id },
+            );
+        }
         if req.path != "/" {
             return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
         }

@@ -30,6 +30,96 @@ pub enum QReply {
     },
     /// A uid logged in here: adopt the groups its siblings know for it.
     LoginSync(String),
+    /// `GET /metrics` on HTTP connection `slot`: the stats in Prometheus text format.
+    Metrics {
+        /// Slot.
+        slot: usize,
+        /// Connection id.
+        id: u64,
+    },
+}
+
+/// Prometheus text exposition of every worker's status row: counters end in `_total`,
+/// gauges do not; each sample is labelled with its worker.
+pub fn render_metrics(merged: &Value, partial: bool) -> String {
+    const COUNTERS: &[(&str, &str)] = &[
+        (
+            "pushes",
+            "Pushes received from backends and relaying clients",
+        ),
+        ("delivered", "Frames queued to client connections"),
+        (
+            "send_fail",
+            "Frames dropped for a connection over max_send_buffer",
+        ),
+        (
+            "ipc_undelivered",
+            "Sibling answers missing (link full, broken or too slow)",
+        ),
+        ("accepted", "Connections accepted"),
+        ("rejected", "Connections closed for a protocol violation"),
+        (
+            "over_max_connections",
+            "Connections refused over max_connections",
+        ),
+        (
+            "over_per_ip",
+            "Connections refused over max_connections_per_ip",
+        ),
+        (
+            "bad_origin",
+            "WebSocket handshakes refused for their Origin",
+        ),
+        ("auth_failed", "Logins refused"),
+        (
+            "auth_timeout",
+            "Connections closed for not logging in in time",
+        ),
+        ("idle_closed", "Connections closed after idle_timeout"),
+        (
+            "slow_closed",
+            "Connections closed after slow_timeout over max_send_buffer",
+        ),
+        (
+            "oversize",
+            "Frames, lines, bodies or heads over their limit",
+        ),
+        (
+            "unauthorized",
+            "Backend requests without a valid push_secret",
+        ),
+    ];
+    const GAUGES: &[(&str, &str)] = &[
+        ("connections", "Open connections"),
+        ("logged_in", "Logged-in WebSocket connections"),
+        ("uids", "Distinct uids with a connection in the worker"),
+        ("rss_kib", "Resident memory of the worker in KiB"),
+        ("inflight", "Pushes waiting for sibling answers"),
+    ];
+    let workers = merged["workers"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, key: &str| {
+        out.push_str(&format!(
+            "# HELP herald_{name} {help}\n# TYPE herald_{name} {kind}\n"
+        ));
+        for w in &workers {
+            if let (Some(id), Some(v)) = (w.get("worker"), w.get(key).and_then(Value::as_u64)) {
+                out.push_str(&format!("herald_{name}{{worker=\"{id}\"}} {v}\n"));
+            }
+        }
+    };
+    for (k, help) in COUNTERS {
+        family(&format!("{k}_total"), help, "counter", k);
+    }
+    for (k, help) in GAUGES {
+        family(k, help, "gauge", k);
+    }
+    out.push_str(&format!(
+        "# HELP herald_workers_answered Workers whose figures are included\n# TYPE herald_workers_answered gauge\nherald_workers_answered {}\n# HELP herald_partial 1 when a worker did not answer in time\n# TYPE herald_partial gauge\nherald_partial {}\n",
+        workers.len(),
+        partial as u8
+    ));
+    out
 }
 
 /// A query waiting for siblings.
@@ -394,6 +484,25 @@ impl Worker {
             QReply::Http { slot, id } => {
                 let (status, v) = render_http(&q.req, &merged, partial);
                 self.http_json(slot, id, status, &v);
+            }
+            QReply::Metrics { slot, id } => {
+                let Some(conn) = self.conns.get(slot) else {
+                    return;
+                };
+                if conn.id != id {
+                    return;
+                }
+                let keep = matches!(&conn.proto, Proto::Http(h) if !h.close_after);
+                let body = render_metrics(&merged, partial);
+                let r = http::response(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                    keep,
+                    "",
+                );
+                self.http_respond(slot, r);
+                self.http_resume(slot);
             }
             QReply::LoginSync(uid) => {
                 if self.registry.get(&uid).is_empty() {
