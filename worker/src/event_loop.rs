@@ -158,6 +158,10 @@ pub struct Worker {
     emfile: bool,
     /// Connections to read again next turn (budget spent, or backpressure lifted).
     resume: Vec<usize>,
+    /// Recipient slots of the push being delivered (kept to avoid an allocation per push).
+    slots_buf: Vec<u32>,
+    /// Text replies ready to write (kept to avoid an allocation per reply).
+    ready_buf: Vec<Bytes>,
 }
 
 /// Whether a connection must not be read now: its queued output is over `max_send_buffer`
@@ -258,6 +262,8 @@ impl Worker {
             next_query_id: 1,
             emfile: false,
             resume: Vec::new(),
+            slots_buf: Vec::new(),
+            ready_buf: Vec::new(),
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -1132,11 +1138,12 @@ impl Worker {
         let Proto::Text(t) = &mut conn.proto else {
             return;
         };
-        let mut ready = Vec::new();
+        let mut ready = std::mem::take(&mut self.ready_buf);
         t.fill(seq, reply, &mut ready);
-        for b in ready {
+        for b in ready.drain(..) {
             self.queue(slot, b);
         }
+        self.ready_buf = ready;
     }
 
     // ---------------------------------------------------------------- HTTP port
@@ -1411,7 +1418,9 @@ impl Worker {
 
     /// Queues `f` to every local connection `target` names; returns how many.
     fn deliver_local(&mut self, target: &Target, exclude: &[String], f: &Bytes) -> u32 {
-        let mut slots: Vec<u32> = Vec::new();
+        // Reused between pushes: no allocation per push for the recipient list.
+        let mut slots = std::mem::take(&mut self.slots_buf);
+        slots.clear();
         match target {
             Target::Uids(uids) => {
                 for (i, u) in uids.iter().enumerate() {
@@ -1442,11 +1451,15 @@ impl Worker {
             }
         }
         let mut n = 0;
-        for s in slots {
+        for &s in &slots {
             if self.deliver(s as usize, f) {
                 n += 1;
             }
         }
+        if slots.capacity() > 64 * 1024 {
+            slots = Vec::new();
+        }
+        self.slots_buf = slots;
         n
     }
 
