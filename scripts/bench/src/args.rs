@@ -11,6 +11,7 @@ USAGE:
   herald-bench unicast   --clients N --conns K [--rate R] --pushes M
   herald-bench broadcast --clients N --count B [--spacing-ms S]
   herald-bench limit     --clients N --count B [--spacing-ms S]
+  herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -24,12 +25,19 @@ MODES:
              deliveries/s, per-broadcast completion p50/p99 (us), server CPU per delivery (us)
   limit      the same as broadcast against a trivial server (one write(2) per delivery of a
              pre-encoded frame, no WebSocket handshake): the ceiling
+  churn      keep about N clients connected while opening R new ones per second and closing R
+             random ones per second for S seconds, pushing P/s to connected uids; report connects
+             attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
+             more, never received), server RSS/PSS at baseline, peak and 2 s after all left
 
 OPTIONS:
   --clients N        WebSocket clients (default 2000)
   --procs P          client processes (default ceil(N/15000)+1)
   --conns K          unicast: text-port connections (default 4)
-  --rate R           unicast: pushes per second (default: flat out)
+  --rate R           unicast: pushes per second (default: flat out);
+                     churn: connects (and disconnects) per second (default 2000)
+  --seconds S        churn: duration in seconds (default 60)
+  --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
   --window W         unicast flat out: unanswered lines per connection (default 256)
   --count B          broadcast/limit: broadcasts (default 30)
@@ -43,6 +51,8 @@ OPTIONS:
   --per-addr A       clients per source address 127.0.0.x at most (default 20000)
   --settle-ms T      wait at most T ms without progress for the last deliveries (default 2000)
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
+  --server-wrap CMD  start Herald under CMD (split at spaces), e.g. "valgrind --tool=callgrind"
+  --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
   -h, --help         this text
 ";
 
@@ -85,6 +95,14 @@ pub struct Opts {
     pub settle_ms: u64,
     /// `connect`: idle time before the memory is measured.
     pub hold_ms: u64,
+    /// `churn`: duration in seconds.
+    pub seconds: f64,
+    /// `churn`: pushes per second.
+    pub push_rate: f64,
+    /// A command (split at spaces) that Herald is started under, e.g. valgrind.
+    pub server_wrap: Vec<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
+    pub stop_grace_ms: u64,
 }
 
 impl Default for Opts {
@@ -108,6 +126,10 @@ impl Default for Opts {
             per_addr: 20_000,
             settle_ms: 2000,
             hold_ms: 500,
+            seconds: 60.0,
+            push_rate: 1000.0,
+            server_wrap: Vec::new(),
+            stop_grace_ms: 3000,
         }
     }
 }
@@ -159,11 +181,15 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--per-addr" => o.per_addr = v.parse().map_err(|e| bad(&e))?,
             "--settle-ms" => o.settle_ms = v.parse().map_err(|e| bad(&e))?,
             "--hold-ms" => o.hold_ms = v.parse().map_err(|e| bad(&e))?,
+            "--seconds" => o.seconds = v.parse().map_err(|e| bad(&e))?,
+            "--push-rate" => o.push_rate = v.parse().map_err(|e| bad(&e))?,
+            "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
+            "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown option {a} (see --help)")),
         }
     }
     match o.mode.as_str() {
-        "connect" | "unicast" | "broadcast" | "limit" => {}
+        "connect" | "unicast" | "broadcast" | "limit" | "churn" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }
@@ -178,6 +204,16 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     if o.clients.div_ceil(o.per_addr) > 254 {
         return Err("too many clients for 254 source addresses at --per-addr".into());
+    }
+    if !(o.seconds.is_finite() && o.seconds > 0.0 && o.push_rate.is_finite() && o.push_rate >= 0.0)
+    {
+        return Err("--seconds must be positive and --push-rate not negative".into());
+    }
+    if o.mode == "churn" && o.seconds + 30.0 > o.deadline_s {
+        return Err(format!(
+            "churn: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
+            o.deadline_s, o.seconds
+        ));
     }
     if o.deadline_s.is_nan() || o.deadline_s <= 0.0 || o.deadline_s > 3600.0 {
         return Err("--deadline must be in (0, 3600] seconds".into());
@@ -212,5 +248,20 @@ mod tests {
         assert!(p("connect --bogus 1").is_err());
         assert!(p("unicast --rate 0").is_err());
         assert!(matches!(p("connect --help"), Ok(Parsed::Help)));
+        assert!(p("churn --seconds 0").is_err());
+        assert!(p("churn --seconds 100").is_err());
+        assert!(p("churn --push-rate -1").is_err());
+    }
+
+    #[test]
+    fn parses_a_churn_line() {
+        let Ok(Parsed::Run(o)) =
+            p("churn --clients 50 --rate 300 --seconds 5 --push-rate 40 --server-wrap valgrind")
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(o.mode, "churn");
+        assert_eq!((o.clients, o.rate, o.seconds, o.push_rate), (50, Some(300.0), 5.0, 40.0));
+        assert_eq!(o.server_wrap, vec!["valgrind"]);
     }
 }

@@ -12,7 +12,9 @@
 //! each with one JSON line on stdout: `hello` at start (unprompted), then
 //! `connect` → `{"connected","failed","t_done","errors"}` once every client is logged in or has
 //! failed; `stat` → counts so far; `reset` → forget what was recorded; `report` → everything
-//! recorded; `quit` (or end of input) → exit.
+//! recorded; `quit` (or end of input) → exit. The `churn` mode adds
+//! `churn RATE PUSH_RATE SECONDS TEXT UID_FIRST UID_STRIDE SEED` (answered when the churn is over,
+//! see `churn.rs`) and `leave` → close every connection, `{"left"}`.
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -28,8 +30,14 @@ use serde_json::{json, Value};
 use crate::util::{self, mono_ns, Rng, Victim};
 use crate::ws;
 
+mod churn;
+
 /// Token of the command pipe (stdin) in a client process.
 const STDIN: Token = Token(usize::MAX - 1);
+/// Token of the text-port connection that a churning client process pushes through.
+const TEXT: Token = Token(usize::MAX - 2);
+/// `Conn::ready_pos` of a connection that is not in the ready list.
+const NOT_READY: usize = usize::MAX;
 
 /// Settings of one client process, from its command line.
 #[derive(Clone, Debug)]
@@ -125,6 +133,8 @@ struct Conn {
     inbuf: Vec<u8>,
     /// Bytes not yet written (request, login frame, pongs); empty almost always.
     out: Vec<u8>,
+    /// Index in `ClientProc::ready` while logged in, else `NOT_READY`.
+    ready_pos: usize,
 }
 
 /// What a client process measured.
@@ -375,6 +385,10 @@ struct ClientProc {
     cmd_buf: Vec<u8>,
     /// Masks for client frames.
     rng: Rng,
+    /// Local indexes of the logged-in connections, in no order (for random choices).
+    ready: Vec<usize>,
+    /// The churn in progress (`churn` command), if any.
+    churn: Option<churn::Churn>,
 }
 
 /// Runs a client process (the hidden `_clients` subcommand) until `quit` or end of input.
@@ -413,6 +427,8 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
         rec: Recorder::default(),
         scratch: vec![0; 64 * 1024],
         cmd_buf: Vec::new(),
+        ready: Vec::new(),
+        churn: None,
     };
     reply(&json!({"hello": true, "pid": std::process::id()}))?;
     p.run()
@@ -434,7 +450,12 @@ impl ClientProc {
             if self.started {
                 self.open_more();
             }
-            match self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            self.churn_tick()?;
+            let timeout = self
+                .churn
+                .as_ref()
+                .map_or(Duration::from_millis(50), |c| c.next_timeout(mono_ns()));
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("_clients: poll: {e}")),
@@ -444,6 +465,8 @@ impl ClientProc {
                     if !self.commands()? {
                         return Ok(());
                     }
+                } else if ev.token() == TEXT {
+                    self.churn_text_event()?;
                 } else {
                     self.on_conn(ev.token().0);
                 }
@@ -457,31 +480,37 @@ impl ClientProc {
         while self.inflight < self.cfg.inflight && self.next_open < self.cfg.count {
             let i = self.next_open;
             self.next_open += 1;
-            let g = self.cfg.first + i;
-            let src = Ipv4Addr::new(127, 0, 0, 1 + (g % self.cfg.addrs) as u8);
-            let opened = open_socket(src, self.cfg.ws).and_then(|mut sock| {
-                self.poll.registry().register(
-                    &mut sock,
-                    Token(i),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(sock)
-            });
-            match opened {
-                Ok(sock) => {
-                    self.inflight += 1;
-                    self.conns[i] = Some(Conn {
-                        sock,
-                        uid: g as u64,
-                        state: St::Connecting,
-                        inbuf: Vec::new(),
-                        out: Vec::new(),
-                    });
-                }
-                Err(e) => {
-                    self.failed += 1;
-                    self.note_error(format!("connect from {src}: {e}"));
-                }
+            self.open_slot(i, (self.cfg.first + i) as u64);
+        }
+    }
+
+    /// Opens connection `i` (an empty slot of `conns`) for client `u{g}`, from source address
+    /// `127.0.0.{1 + g % addrs}`; a failure counts as a failed client.
+    fn open_slot(&mut self, i: usize, g: u64) {
+        let src = Ipv4Addr::new(127, 0, 0, 1 + (g % self.cfg.addrs as u64) as u8);
+        let opened = open_socket(src, self.cfg.ws).and_then(|mut sock| {
+            self.poll.registry().register(
+                &mut sock,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        match opened {
+            Ok(sock) => {
+                self.inflight += 1;
+                self.conns[i] = Some(Conn {
+                    sock,
+                    uid: g,
+                    state: St::Connecting,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    ready_pos: NOT_READY,
+                });
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.note_error(format!("connect from {src}: {e}"));
             }
         }
     }
@@ -549,6 +578,7 @@ impl ClientProc {
             self.inflight -= 1;
             self.connected += 1;
             self.t_done = mono_ns();
+            self.ready_add(i);
         }
         if let Some(why) = drop {
             self.drop_conn(i, why);
@@ -557,7 +587,7 @@ impl ClientProc {
 
     /// Closes connection `i` and counts it as failed (before login) or closed (after).
     fn drop_conn(&mut self, i: usize, why: String) {
-        let Some(mut c) = self.conns.get_mut(i).and_then(|c| c.take()) else {
+        let Some(mut c) = self.take_conn(i) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut c.sock);
@@ -569,6 +599,35 @@ impl ClientProc {
             self.t_done = mono_ns();
         }
         self.note_error(format!("client u{}: {why}", c.uid));
+    }
+
+    /// Puts logged-in connection `i` on the ready list.
+    fn ready_add(&mut self, i: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(i) {
+            if c.ready_pos == NOT_READY {
+                c.ready_pos = self.ready.len();
+                self.ready.push(i);
+            }
+        }
+    }
+
+    /// Takes connection `i` out of its slot and off the ready list, and notes when it closed
+    /// for the churn's accounting. The caller deregisters and drops it.
+    fn take_conn(&mut self, i: usize) -> Option<Conn> {
+        let c = self.conns.get_mut(i)?.take()?;
+        let pos = c.ready_pos;
+        if pos < self.ready.len() {
+            self.ready.swap_remove(pos);
+            if let Some(&moved) = self.ready.get(pos) {
+                if let Some(Some(m)) = self.conns.get_mut(moved) {
+                    m.ready_pos = pos;
+                }
+            }
+        }
+        if let Some(ch) = self.churn.as_mut() {
+            ch.note_closed(i, mono_ns());
+        }
+        Some(c)
     }
 
     /// Answers `connect` once every client is logged in or failed, or at the connect deadline.
@@ -585,9 +644,9 @@ impl ClientProc {
             self.note_error(format!("{pending} clients not logged in by the deadline"));
             self.failed += pending;
             self.next_open = self.cfg.count;
-            for slot in self.conns.iter_mut() {
-                if slot.as_ref().is_some_and(|c| c.state != St::Ready) {
-                    if let Some(mut c) = slot.take() {
+            for i in 0..self.conns.len() {
+                if self.conns[i].as_ref().is_some_and(|c| c.state != St::Ready) {
+                    if let Some(mut c) = self.take_conn(i) {
                         let _ = self.poll.registry().deregister(&mut c.sock);
                     }
                 }
@@ -661,6 +720,11 @@ impl ClientProc {
                     }))?;
                 }
                 "quit" => return Ok(false),
+                "leave" => {
+                    let left = self.leave();
+                    reply(&json!({"left": left}))?;
+                }
+                c if c.starts_with("churn ") => self.start_churn(c)?,
                 "" => {}
                 other => reply(&json!({"error": format!("unknown command {other}")}))?,
             }
@@ -686,6 +750,9 @@ pub struct PoolConfig {
     pub raw: bool,
     /// Monotonic deadline for logging in.
     pub connect_deadline_ns: u64,
+    /// Connections opened over the whole run (more than `clients` when churning): the source
+    /// addresses are chosen so that each carries at most `per_addr` of them.
+    pub total_connects: usize,
 }
 
 /// One spawned client process, seen from the parent.
@@ -724,7 +791,11 @@ impl ClientPool {
     pub fn spawn(cfg: &PoolConfig) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let procs = cfg.procs.clamp(1, cfg.clients.max(1));
-        let addrs = cfg.clients.div_ceil(cfg.per_addr.max(1)).clamp(1, 254);
+        let addrs = cfg
+            .total_connects
+            .max(cfg.clients)
+            .div_ceil(cfg.per_addr.max(1))
+            .clamp(1, 254);
         let mut pool = ClientPool { procs: Vec::new() };
         let mut first = 0;
         for p in 0..procs {
@@ -803,6 +874,21 @@ impl ClientPool {
     pub fn ask(&mut self, cmd: &str) -> Result<Vec<Value>, String> {
         self.send_all(cmd)?;
         (0..self.procs.len()).map(|i| self.read(i)).collect()
+    }
+
+    /// Sends `cmd(i)` to process `i`, for every process, and returns every answer.
+    pub fn ask_each(&mut self, cmd: impl Fn(usize) -> String) -> Result<Vec<Value>, String> {
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            writeln!(p.stdin, "{}", cmd(i))
+                .and_then(|_| p.stdin.flush())
+                .map_err(|e| format!("client process {i}: {e}"))?;
+        }
+        (0..self.procs.len()).map(|i| self.read(i)).collect()
+    }
+
+    /// How many client processes there are.
+    pub fn len(&self) -> usize {
+        self.procs.len()
     }
 
     /// Connects and logs in every client; returns when all are in or failed.

@@ -5,7 +5,9 @@
 //! herald-bench unicast   --clients N --conns K [--rate R] --pushes M
 //! herald-bench broadcast --clients N --count B [--spacing-ms S]
 //! herald-bench limit     --clients N --count B [--spacing-ms S]
+//! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
+//!         --server-wrap CMD  --stop-grace-ms G
 //! ```
 //!
 //! Each run starts its own server — `herald start --workers W --ws … --text … --http …
@@ -30,12 +32,21 @@
 //!   delivery.
 //! * `limit` — the same broadcasts from a server that `write`s one pre-encoded 100-byte frame per
 //!   socket per broadcast (one syscall per delivery; no handshake): the ceiling.
+//! * `churn` — about N clients stay connected while each second R new ones connect and R random
+//!   ones leave, for S seconds, with P pushes per second to connected uids (through one text
+//!   connection per client process); connects attempted/failed, disconnects, pushes ok/fail,
+//!   losses (`ok`, the client stayed connected 1 s more, never received), and server RSS/PSS at
+//!   baseline, peak and 2 s after every client left (`memory_return_pct`). See `churn.rs`.
+//!
+//! `--server-wrap CMD` starts Herald under a wrapper (`scripts/profile` uses valgrind's
+//! callgrind); `--stop-grace-ms` gives it time to write its output after SIGTERM.
 //!
 //! Every run is bounded: a watchdog kills every process it started and exits with status 3
 //! after `--deadline` seconds (default 120); errors print `{"mode":…,"error":…}` and exit 1.
 //! Only loopback addresses are ever used. See `--help` for every option.
 
 mod args;
+mod churn;
 mod clients;
 mod limit;
 mod modes;

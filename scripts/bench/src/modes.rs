@@ -1,5 +1,6 @@
-//! The four public modes: each starts its server (Herald, or the `limit` server), connects the
-//! client processes, measures, and returns the one JSON object the run prints.
+//! The public modes: each starts its server (Herald, or the `limit` server), connects the client
+//! processes, measures, and returns the one JSON object the run prints. `churn` lives in
+//! `churn.rs`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use crate::clients::{ClientPool, ConnectOutcome, PoolConfig};
 use crate::limit::LimitServer;
 use crate::procstat::{self, Sample};
 use crate::push;
-use crate::server::Herald;
+use crate::server::{Herald, Launch};
 use crate::util::{self, mono_ns, quantile, r3};
 
 /// Time limits of one run, as monotonic nanoseconds.
@@ -40,6 +41,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "unicast" => unicast(o, d),
         "broadcast" => broadcast(o, d),
         "limit" => limit(o, d),
+        "churn" => crate::churn::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -68,17 +70,31 @@ fn herald_path(o: &Opts) -> PathBuf {
         .unwrap_or_else(|| candidates[0].clone())
 }
 
+/// Starts Herald as the options say (binary, workers, wrapper, stop grace).
+pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
+    Herald::start(
+        &herald_path(o),
+        o.workers,
+        &Launch {
+            wrap: o.server_wrap.clone(),
+            stop_grace_ms: o.stop_grace_ms,
+        },
+    )
+}
+
 /// Client processes to use: `--procs`, else ceil(N/15000)+1.
-fn procs(o: &Opts) -> usize {
+pub(crate) fn procs(o: &Opts) -> usize {
     o.procs.unwrap_or(o.clients.div_ceil(15_000) + 1).max(1)
 }
 
-/// Spawns the client processes for `ws` and logs every client in.
-fn connect_pool(
+/// Spawns the client processes for `ws` and logs every client in; `total_connects` is how many
+/// connections the whole run will open (it spreads them over source addresses).
+pub(crate) fn connect_pool(
     o: &Opts,
     d: Deadlines,
     ws: std::net::SocketAddrV4,
     raw: bool,
+    total_connects: usize,
 ) -> Result<(ClientPool, ConnectOutcome), String> {
     let mut pool = ClientPool::spawn(&PoolConfig {
         ws,
@@ -88,6 +104,7 @@ fn connect_pool(
         inflight: o.inflight,
         raw,
         connect_deadline_ns: d.connect,
+        total_connects,
     })?;
     util::progress(&format!("connecting {} clients", o.clients));
     let c = pool.connect()?;
@@ -110,7 +127,7 @@ fn connect_pool(
 }
 
 /// The fields every result carries.
-fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Value> {
+pub(crate) fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Value> {
     let secs = c.elapsed_ns as f64 / 1e9;
     let mut m = Map::new();
     m.insert("mode".into(), json!(o.mode));
@@ -136,7 +153,7 @@ fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Value> {
 
 /// CPU of the server between two samples, in microseconds per `unit` (two figures: utime+stime
 /// from `/proc/PID/stat`, and the finer schedstat run time).
-fn cpu_per(s0: &Sample, s1: &Sample, units: u64) -> (f64, f64) {
+pub(crate) fn cpu_per(s0: &Sample, s1: &Sample, units: u64) -> (f64, f64) {
     if units == 0 {
         return (0.0, 0.0);
     }
@@ -146,9 +163,9 @@ fn cpu_per(s0: &Sample, s1: &Sample, units: u64) -> (f64, f64) {
 
 /// `connect`: memory per idle logged-in client.
 fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let herald = Herald::start(&herald_path(o), o.workers)?;
+    let herald = start_herald(o)?;
     let before = herald.sample();
-    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false, o.clients)?;
     // Hold the clients idle (and let the server finish what the logins started) first.
     std::thread::sleep(Duration::from_millis(o.hold_ms));
     let after = herald.sample();
@@ -180,8 +197,8 @@ fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
 
 /// `unicast`: pushes to random uids through pipelined text connections.
 fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let herald = Herald::start(&herald_path(o), o.workers)?;
-    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    let herald = start_herald(o)?;
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false, o.clients)?;
     let mut m = base(o, "herald", &c);
     pool.ask("reset")?;
     let s0 = herald.sample();
@@ -343,8 +360,8 @@ fn broadcast_figures(
 
 /// `broadcast`: B broadcasts through Herald's text port.
 fn broadcast(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let herald = Herald::start(&herald_path(o), o.workers)?;
-    let (mut pool, c) = connect_pool(o, d, herald.ws, false)?;
+    let herald = start_herald(o)?;
+    let (mut pool, c) = connect_pool(o, d, herald.ws, false, o.clients)?;
     let mut m = base(o, "herald", &c);
     pool.ask("reset")?;
     let s0 = herald.sample();
@@ -382,7 +399,7 @@ fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
     }
     let mut ls = LimitServer::spawn()?;
     let ws = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.port);
-    let (mut pool, c) = connect_pool(o, d, ws, true)?;
+    let (mut pool, c) = connect_pool(o, d, ws, true, o.clients)?;
     let accepted = ls.wait_accepted(c.connected, d.connect)?;
     let mut m = base(o, "limit", &c);
     m.insert("accepted".into(), json!(accepted));

@@ -1,6 +1,8 @@
 //! Starting and stopping the real server: `herald start` on free loopback ports with its own
 //! temporary directory, in its own process group (so the group can be killed whole, even on
 //! error, by the kill list or a signal), waiting until its ports answer and its workers exist.
+//! It can be started under a wrapper command (`--server-wrap`, e.g. valgrind for `scripts/profile`),
+//! which gets more time to start and, on stop, to exit after SIGTERM (`--stop-grace-ms`).
 
 use std::fs;
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
@@ -53,6 +55,15 @@ pub fn free_ports() -> Result<[u16; 3], String> {
     Ok(ports)
 }
 
+/// How to launch Herald beyond its own options.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// A command and its arguments that Herald runs under (empty: run it directly).
+    pub wrap: Vec<String>,
+    /// Milliseconds between SIGTERM and SIGKILL on stop.
+    pub stop_grace_ms: u64,
+}
+
 /// A running Herald.
 pub struct Herald {
     /// The master process.
@@ -67,11 +78,14 @@ pub struct Herald {
     dir: PathBuf,
     /// Set once stopped.
     stopped: bool,
+    /// Milliseconds between SIGTERM and SIGKILL on stop.
+    stop_grace_ms: u64,
 }
 
 impl Herald {
-    /// Starts `bin` with `workers` workers and waits until it serves (at most 20 s).
-    pub fn start(bin: &Path, workers: usize) -> Result<Self, String> {
+    /// Starts `bin` with `workers` workers and waits until it serves (at most 20 s, or 180 s
+    /// under a wrapper).
+    pub fn start(bin: &Path, workers: usize, launch: &Launch) -> Result<Self, String> {
         if !bin.exists() {
             return Err(format!(
                 "herald binary {} not found (build it with `cargo build --release -p herald` \
@@ -88,7 +102,14 @@ impl Herald {
         let log2 = log.try_clone().map_err(|e| format!("herald.log: {e}"))?;
         let ws = SocketAddrV4::new([127, 0, 0, 1].into(), pw);
         let text = SocketAddrV4::new([127, 0, 0, 1].into(), pt);
-        let mut cmd = Command::new(bin);
+        let mut cmd = match launch.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("start")
             .args(["--workers", &workers.to_string()])
             .args(["--ws", &ws.to_string()])
@@ -125,8 +146,10 @@ impl Herald {
             text,
             dir,
             stopped: false,
+            stop_grace_ms: launch.stop_grace_ms,
         };
-        h.wait_ready(workers)?;
+        let ready_s = if launch.wrap.is_empty() { 20 } else { 180 };
+        h.wait_ready(workers, ready_s)?;
         Ok(h)
     }
 
@@ -142,9 +165,9 @@ impl Herald {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    /// Waits until both ports accept and `workers` worker processes exist.
-    fn wait_ready(&mut self, workers: usize) -> Result<(), String> {
-        let until = mono_ns() + 20_000_000_000;
+    /// Waits until both ports accept and `workers` worker processes exist (at most `secs`).
+    fn wait_ready(&mut self, workers: usize, secs: u64) -> Result<(), String> {
+        let until = mono_ns() + secs * 1_000_000_000;
         let mut ports_ok_at = None;
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -171,7 +194,7 @@ impl Herald {
             }
             if mono_ns() > until {
                 return Err(format!(
-                    "herald did not open its ports within 20 s; log:\n{}",
+                    "herald did not open its ports within {secs} s; log:\n{}",
                     self.log_tail()
                 ));
             }
@@ -187,14 +210,15 @@ impl Herald {
         procstat::sample_tree(self.pid())
     }
 
-    /// Stops the server: SIGTERM to the group, SIGKILL after 3 s; removes the temporary dir.
+    /// Stops the server: SIGTERM to the group, SIGKILL after the grace time; removes the
+    /// temporary dir.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         util::signal_victim(self.victim, libc::SIGTERM);
-        let until = mono_ns() + 3_000_000_000;
+        let until = mono_ns() + self.stop_grace_ms * 1_000_000;
         while matches!(self.child.try_wait(), Ok(None)) && mono_ns() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
