@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod delivery;
+pub mod engineio;
 pub mod event_loop;
 pub mod groups;
 pub mod http;

@@ -51,7 +51,7 @@ OPTIONS:
   --per-addr A       clients per source address 127.0.0.x at most (default 20000)
   --settle-ms T      wait at most T ms without progress for the last deliveries (default 2000)
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
-  --server-wrap CMD  start Herald under CMD (split at spaces), e.g. "valgrind --tool=callgrind"
+  --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
   --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
   -h, --help         this text
 ";
@@ -261,7 +261,10 @@ mod tests {
             panic!("not parsed");
         };
         assert_eq!(o.mode, "churn");
-        assert_eq!((o.clients, o.rate, o.seconds, o.push_rate), (50, Some(300.0), 5.0, 40.0));
+        assert_eq!(
+            (o.clients, o.rate, o.seconds, o.push_rate),
+            (50, Some(300.0), 5.0, 40.0)
+        );
         assert_eq!(o.server_wrap, vec!["valgrind"]);
     }
 }

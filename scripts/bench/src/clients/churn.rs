@@ -216,7 +216,11 @@ impl Churn {
         while let Some(nl) = self.inbuf[pos..].iter().position(|&b| b == b'\n') {
             let line = &self.inbuf[pos..pos + nl];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            match self.waiting.pop_front().and_then(|k| self.pushes.get_mut(k)) {
+            match self
+                .waiting
+                .pop_front()
+                .and_then(|k| self.pushes.get_mut(k))
+            {
                 Some(p) => {
                     p.ack = now;
                     p.ok = line == b"ok";
@@ -384,7 +388,7 @@ impl ClientProc {
                 continue;
             }
             let i = self.ready[ch.rng.below(self.ready.len() as u64) as usize];
-            let graceful = ch.closes % 2 == 0;
+            let graceful = ch.closes.is_multiple_of(2);
             ch.graceful += u64::from(graceful);
             self.disconnect(i, graceful);
             ch.note_closed(i, now);
@@ -520,12 +524,12 @@ mod tests {
         let s = 1_000_000_000;
         let p = |slot, t, ack, ok| Push { slot, t, ack, ok };
         let pushes = [
-            p(0, 1, 10, true),        // slot 0 open: counted, received
-            p(0, 2, 11, true),        // counted, lost
-            p(1, 3, 12, true),        // slot 1 closed 0.5 s after: not counted, not received
-            p(1, 4, 13, false),       // fail, client left soon
-            p(0, 5, 14, false),       // fail while connected
-            p(2, 6, 0, false),        // unanswered
+            p(0, 1, 10, true),         // slot 0 open: counted, received
+            p(0, 2, 11, true),         // counted, lost
+            p(1, 3, 12, true),         // slot 1 closed 0.5 s after: not counted, not received
+            p(1, 4, 13, false),        // fail, client left soon
+            p(0, 5, 14, false),        // fail while connected
+            p(2, 6, 0, false),         // unanswered
             p(1, 7, 12 + s / 2, true), // ok after close: not counted
         ];
         let closed_at = [u64::MAX, 12 + s / 2, u64::MAX];
