@@ -1153,42 +1153,29 @@ impl Master {
     }
 
     fn start_status(&mut self) {
-        if self.status.is_some() {
-            return;
+        if self.status.is_none() {
+            let g = self.start_gather(|seq| Control::StatusRequest { seq });
+            self.status = Some(g);
+            self.finish_gathers(false);
         }
-        self.seq += 1;
-        let seq = self.seq;
-        let mut answers = BTreeMap::new();
-        for (t, a) in self.askable() {
-            if self.send(t, &Control::StatusRequest { seq }) {
-                answers.insert(
-                    t.0,
-                    Answer {
-                        worker: a.worker,
-                        pid: a.pid,
-                        state: a.state,
-                        reply: None,
-                    },
-                );
-            }
-        }
-        self.status = Some(Gather {
-            seq,
-            deadline: Instant::now() + GATHER_TIMEOUT,
-            answers,
-        });
-        self.finish_gathers(false);
     }
 
     fn start_connections(&mut self) {
-        if self.connections.is_some() {
-            return;
+        if self.connections.is_none() {
+            let g = self.start_gather(|seq| Control::ConnectionsRequest { seq });
+            self.connections = Some(g);
+            self.finish_gathers(false);
         }
+    }
+
+    /// Sends the request `make(seq)` to every worker that can answer and returns the gather
+    /// that collects their replies until `GATHER_TIMEOUT`.
+    fn start_gather<T>(&mut self, make: impl Fn(u64) -> Control) -> Gather<T> {
         self.seq += 1;
         let seq = self.seq;
         let mut answers = BTreeMap::new();
         for (t, a) in self.askable() {
-            if self.send(t, &Control::ConnectionsRequest { seq }) {
+            if self.send(t, &make(seq)) {
                 answers.insert(
                     t.0,
                     Answer {
@@ -1200,12 +1187,11 @@ impl Master {
                 );
             }
         }
-        self.connections = Some(Gather {
+        Gather {
             seq,
             deadline: Instant::now() + GATHER_TIMEOUT,
             answers,
-        });
-        self.finish_gathers(false);
+        }
     }
 
     /// Where `status` writes: `status_file`, or beside the pid file.

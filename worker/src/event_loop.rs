@@ -1522,15 +1522,8 @@ impl Worker {
                 self.http_json(slot, id, "200 OK", &v);
             }
             ReplyTo::Http { slot, id, kind } => {
-                let Some(conn) = self.conns.get(slot) else {
+                let Some(keep) = self.http_keep_alive(slot, id) else {
                     return;
-                };
-                if conn.id != id {
-                    return;
-                }
-                let keep = match &conn.proto {
-                    Proto::Http(h) => !h.close_after,
-                    _ => return,
                 };
                 let body = word(kind);
                 self.http_respond(
@@ -1539,6 +1532,16 @@ impl Worker {
                 );
                 self.http_resume(slot);
             }
+        }
+    }
+
+    /// Whether HTTP connection `slot` stays open after its response; `None` when the slot no
+    /// longer holds HTTP connection `id` (it closed, and the slot may be reused).
+    fn http_keep_alive(&self, slot: usize, id: u64) -> Option<bool> {
+        let conn = self.conns.get(slot).filter(|c| c.id == id)?;
+        match &conn.proto {
+            Proto::Http(h) => Some(!h.close_after),
+            _ => None,
         }
     }
 

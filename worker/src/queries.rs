@@ -486,13 +486,9 @@ impl Worker {
                 self.http_json(slot, id, status, &v);
             }
             QReply::Metrics { slot, id } => {
-                let Some(conn) = self.conns.get(slot) else {
+                let Some(keep) = self.http_keep_alive(slot, id) else {
                     return;
                 };
-                if conn.id != id {
-                    return;
-                }
-                let keep = matches!(&conn.proto, Proto::Http(h) if !h.close_after);
                 let body = render_metrics(&merged, partial);
                 let r = http::response(
                     "200 OK",
@@ -521,15 +517,8 @@ impl Worker {
     /// Writes a JSON response to HTTP connection `slot` (if still connection `id`) and goes on
     /// with its pipelined requests.
     pub(super) fn http_json(&mut self, slot: usize, id: u64, status: &str, v: &Value) {
-        let Some(conn) = self.conns.get(slot) else {
+        let Some(keep) = self.http_keep_alive(slot, id) else {
             return;
-        };
-        if conn.id != id {
-            return;
-        }
-        let keep = match &conn.proto {
-            Proto::Http(h) => !h.close_after,
-            _ => return,
         };
         let (body, allow) = match v.get("allow").and_then(Value::as_str) {
             Some(a) => {
