@@ -82,6 +82,7 @@ fn start(a: StartArgs) -> Result<(), CommandError> {
             ws: a.ws.clone(),
             text: a.text.clone(),
             http: a.http.clone(),
+            socketio: a.socketio.clone(),
             workers: a.workers,
             pid_file: a.locate.pid_file.clone(),
             log_level: a.log_level.clone(),

@@ -53,6 +53,8 @@ pub struct Flags {
     pub text: Option<String>,
     /// `--http ADDR`.
     pub http: Option<String>,
+    /// `--socketio ADDR`.
+    pub socketio: Option<String>,
     /// `--workers N`.
     pub workers: Option<usize>,
     /// `--pid-file PATH`.
@@ -136,6 +138,9 @@ pub fn load(s: &Sources) -> Result<Config, LoadError> {
     }
     if let Some(v) = &f.http {
         config.http = v.clone();
+    }
+    if let Some(v) = &f.socketio {
+        config.socketio = v.clone();
     }
     if let Some(v) = f.workers {
         config.workers = v;

@@ -81,6 +81,9 @@ struct StartArgs {
     /// HTTP push API listen address (HOST:PORT, or off).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Socket.IO listen address for socket.io clients, v2 and v4 (HOST:PORT, or off).
+    #[arg(long, value_name = "ADDR")]
+    socketio: Option<String>,
     /// Number of worker processes (0: one per CPU).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,

@@ -532,6 +532,8 @@ fn second_start_with_the_same_pid_file_refuses() {
         &format!("127.0.0.1:{}", ports[1]),
         "--http",
         &format!("127.0.0.1:{}", ports[2]),
+        "--socketio",
+        "off",
         "--pid-file",
     ])
     .arg(&srv.pid_file)
@@ -579,6 +581,8 @@ fn port_already_taken_fails_at_once_and_leaves_no_process() {
         &format!("127.0.0.1:{taken_port}"),
         "--http",
         &format!("127.0.0.1:{}", ports[1]),
+        "--socketio",
+        "off",
         "--pid-file",
     ])
     .arg(dir.path.join("herald.pid"))

@@ -439,7 +439,15 @@ fn start_must_fail(args: &[&str]) -> String {
     let mut cmd = Command::new(BIN);
     cmd.arg("start")
         .args(args)
-        .args(["--text", "off", "--http", "off", "--pid-file"])
+        .args([
+            "--text",
+            "off",
+            "--http",
+            "off",
+            "--socketio",
+            "off",
+            "--pid-file",
+        ])
         .arg(&pid_file)
         .current_dir(&dir.path)
         .env_remove("NOTIFY_SOCKET");

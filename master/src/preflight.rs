@@ -68,10 +68,15 @@ pub fn enable_migrate_req() {
 
 /// The enabled ports, named.
 pub fn ports(l: &Listeners) -> Vec<(&'static str, SocketAddr)> {
-    [("ws", l.ws), ("text", l.text), ("http", l.http)]
-        .into_iter()
-        .filter_map(|(what, addr)| addr.map(|a| (what, a)))
-        .collect()
+    [
+        ("ws", l.ws),
+        ("text", l.text),
+        ("http", l.http),
+        ("socketio", l.socketio),
+    ]
+    .into_iter()
+    .filter_map(|(what, addr)| addr.map(|a| (what, a)))
+    .collect()
 }
 
 /// Binds each enabled port once, without SO_REUSEPORT, and lets go: a port another process
@@ -101,6 +106,7 @@ mod tests {
             ws: None,
             text: Some(addr),
             http: None,
+            socketio: None,
         };
         let err = check_ports(&l).unwrap_err();
         assert!(err.to_string().contains("(text)"), "{err}");

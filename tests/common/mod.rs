@@ -367,6 +367,8 @@ pub struct Builder {
     env: Vec<(String, String)>,
     /// Hard and soft RLIMIT_NOFILE for the server (None: inherited).
     nofile: Option<u64>,
+    /// Serve the Socket.IO port (off by default in tests).
+    socketio: bool,
 }
 
 impl Default for Builder {
@@ -379,6 +381,7 @@ impl Default for Builder {
             sets: Vec::new(),
             env: Vec::new(),
             nofile: None,
+            socketio: false,
         }
     }
 }
@@ -419,6 +422,12 @@ impl Builder {
         self
     }
 
+    /// `--socketio` on a free port (see `Server::socketio`).
+    pub fn socketio(mut self) -> Self {
+        self.socketio = true;
+        self
+    }
+
     /// Caps the server's open files (hard and soft limit), to exercise `EMFILE`.
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
@@ -454,7 +463,7 @@ impl Builder {
 
     fn try_start(&self) -> Result<Server, String> {
         let dir = TempDir::new();
-        let ports = free_ports(3);
+        let ports = free_ports(4);
         let (ws, text, http) = (ports[0], ports[1], ports[2]);
         let pid_file = dir.path.join("herald.pid");
         let log_path = dir.path.join("stderr.log");
@@ -475,6 +484,8 @@ impl Builder {
             addr(self.text, text),
             "--http".into(),
             addr(self.http, http),
+            "--socketio".into(),
+            addr(self.socketio, ports[3]),
             "--pid-file".into(),
             pid_file.to_string_lossy().into_owned(),
         ];
@@ -526,6 +537,7 @@ impl Builder {
             ws,
             text,
             http,
+            socketio: ports[3],
             workers: self.workers,
             pid_file,
             log_path,
@@ -533,11 +545,16 @@ impl Builder {
             dir,
         };
         let deadline = Instant::now() + START_DEADLINE;
-        let mut pending: Vec<u16> = [(self.ws, ws), (self.text, text), (self.http, http)]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, p)| *p)
-            .collect();
+        let mut pending: Vec<u16> = [
+            (self.ws, ws),
+            (self.text, text),
+            (self.http, http),
+            (self.socketio, ports[3]),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| *p)
+        .collect();
         loop {
             if let Some(st) = server.group.try_wait() {
                 return Err(format!(
@@ -604,6 +621,8 @@ pub struct Server {
     pub text: u16,
     /// HTTP port.
     pub http: u16,
+    /// Socket.IO port (served only when the builder asked for it).
+    pub socketio: u16,
     /// Requested worker count.
     pub workers: usize,
     /// `--pid-file`.

@@ -37,6 +37,8 @@ pub struct Config {
     pub text: String,
     /// HTTP publish API for backends (`off` disables it).
     pub http: String,
+    /// Socket.IO port for socket.io clients v2 and v4 (`off` disables it).
+    pub socketio: String,
     /// Worker processes; 0 means one per CPU.
     pub workers: usize,
     /// Pid file of the master (`stop`, `reload`, `status` find it there).
@@ -107,6 +109,7 @@ impl Default for Config {
             ws: "127.0.0.1:1234".into(),
             text: "127.0.0.1:5678".into(),
             http: "127.0.0.1:2121".into(),
+            socketio: "127.0.0.1:2120".into(),
             workers: 0,
             pid_file: "herald.pid".into(),
             status_file: String::new(),
@@ -149,6 +152,8 @@ pub struct Listeners {
     pub text: Option<SocketAddr>,
     /// HTTP port, if enabled.
     pub http: Option<SocketAddr>,
+    /// Socket.IO port, if enabled.
+    pub socketio: Option<SocketAddr>,
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -174,6 +179,7 @@ impl Config {
             ws: parse_addr("ws", &self.ws)?,
             text: parse_addr("text", &self.text)?,
             http: parse_addr("http", &self.http)?,
+            socketio: parse_addr("socketio", &self.socketio)?,
         };
         for (key, v) in [
             ("ipc_timeout", self.ipc_timeout),

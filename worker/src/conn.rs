@@ -32,6 +32,8 @@ pub enum Port {
     Text,
     /// The HTTP port.
     Http,
+    /// The Socket.IO port (Engine.IO polling requests and WebSocket transports).
+    Sio,
 }
 
 impl Port {
@@ -41,6 +43,7 @@ impl Port {
             Port::Ws => "websocket",
             Port::Text => "text",
             Port::Http => "http",
+            Port::Sio => "socketio",
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Ws {
     pub frag: Option<Box<Fragments>>,
     /// A close frame was queued: send nothing more.
     pub close_sent: bool,
+    /// The Socket.IO session this WebSocket carries (Engine.IO packets, not a uid login).
+    pub session: Option<u32>,
 }
 
 /// Text-port state: replies kept in the order of the lines.
@@ -111,6 +116,8 @@ pub struct Http {
     pub close_after: bool,
     /// `100 Continue` already sent for the request being received.
     pub continue_sent: bool,
+    /// The Socket.IO session whose long-poll GET this connection holds.
+    pub poll_for: Option<u32>,
 }
 
 /// Protocol state.

@@ -28,17 +28,23 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::linux::net::SocketAddrExt;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 #[path = "queries.rs"]
 mod queries;
 use queries::{PendingQuery, QReply};
+#[path = "socketio.rs"]
+mod socketio;
+use socketio::{Sio, SESSION_BIT};
 
 const TOK_WS: Token = Token(0);
 const TOK_TEXT: Token = Token(1);
 const TOK_HTTP: Token = Token(2);
 const TOK_CONTROL: Token = Token(3);
 const TOK_MESH: Token = Token(4);
+const TOK_SIO: Token = Token(5);
+const TOK_HANDOFF: Token = Token(6);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -90,6 +96,10 @@ pub struct Stats {
     pub oversize: u64,
     /// Backend requests refused for a missing or wrong `push_secret`.
     pub unauthorized: u64,
+    /// Socket.IO connections handed to the worker owning their session.
+    pub handed_off: u64,
+    /// Socket.IO connections adopted from a sibling.
+    pub adopted: u64,
 }
 
 /// One worker: everything its loop owns.
@@ -108,6 +118,7 @@ pub struct Worker {
     ws_listener: Option<TcpListener>,
     text_listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
+    sio_listener: Option<TcpListener>,
     /// Accepting is paused after EMFILE until then.
     accept_paused_until: Option<Instant>,
     conns: Slab<Conn>,
@@ -162,6 +173,8 @@ pub struct Worker {
     slots_buf: Vec<u32>,
     /// Text replies ready to write (kept to avoid an allocation per reply).
     ready_buf: Vec<Bytes>,
+    /// Socket.IO sessions and the handoff socket.
+    sio: Sio,
 }
 
 /// Whether a connection must not be read now: its queued output is over `max_send_buffer`
@@ -210,7 +223,7 @@ impl Worker {
         instance: u32,
         cfg: Config,
         addrs: Listeners,
-        listeners: [Option<TcpListener>; 3],
+        listeners: [Option<TcpListener>; 4],
         control: Channel<Control, Control>,
     ) -> io::Result<Worker> {
         let pid = std::process::id();
@@ -219,7 +232,7 @@ impl Worker {
         let std_mesh = std::os::unix::net::UnixListener::bind_addr(&addr)?;
         std_mesh.set_nonblocking(true)?;
         let mesh_listener = UnixListener::from_std(std_mesh);
-        let [ws, text, http] = listeners;
+        let [ws, text, http, sio_l] = listeners;
         let mode = cfg.auth_mode(&addrs).map_err(io::Error::other)?;
         let auth = Auth::new(mode, &cfg.auth_secret);
         let mut w = Worker {
@@ -232,6 +245,7 @@ impl Worker {
             ws_listener: ws,
             text_listener: text,
             http_listener: http,
+            sio_listener: sio_l,
             accept_paused_until: None,
             conns: Slab::new(),
             registry: Registry::default(),
@@ -264,6 +278,7 @@ impl Worker {
             resume: Vec::new(),
             slots_buf: Vec::new(),
             ready_buf: Vec::new(),
+            sio: Sio::new(instance, pid)?,
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -274,6 +289,12 @@ impl Worker {
         }
         if let Some(l) = w.http_listener.as_mut() {
             reg.register(l, TOK_HTTP, Interest::READABLE)?;
+        }
+        if let Some(l) = w.sio_listener.as_mut() {
+            reg.register(l, TOK_SIO, Interest::READABLE)?;
+        }
+        if let Some(h) = w.sio.handoff.as_mut() {
+            reg.register(h, TOK_HANDOFF, Interest::READABLE)?;
         }
         reg.register(
             &mut w.control,
@@ -317,6 +338,8 @@ impl Worker {
                     TOK_HTTP => self.accept(Port::Http),
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
+                    TOK_SIO => self.accept(Port::Sio),
+                    TOK_HANDOFF => self.sio_adopt(),
                     Token(t) if t >= LINK_BASE => self.on_link(t - LINK_BASE),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
@@ -355,6 +378,7 @@ impl Worker {
                 let secs = now.duration_since(self.last_tick).as_secs_f64();
                 self.qps = (self.stats.pushes - self.last_tick_pushes) as f64 / secs;
                 self.last_tick_pushes = self.stats.pushes;
+                self.sio_tick();
                 self.last_tick = now;
             }
             self.flush_all();
@@ -447,6 +471,7 @@ impl Worker {
         }
         let ping = frame(OP_PING, b"");
         self.groups.expire(now, ticks(self.cfg.group_ttl));
+        self.sio_sweep(ping_due);
         enum Act {
             Drop,
             Close(u16, &'static str),
@@ -465,7 +490,7 @@ impl Worker {
             let quiet = now.saturating_sub(c.last_seen);
             match &c.proto {
                 Proto::Handshake if age >= auth => acts.push((slot, Act::Drop)),
-                Proto::Ws(ws) if ws.uid.is_none() && age >= auth => {
+                Proto::Ws(ws) if ws.uid.is_none() && ws.session.is_none() && age >= auth => {
                     acts.push((slot, Act::Close(1008, "login timeout")))
                 }
                 Proto::Ws(ws) if !ws.close_sent && quiet >= idle => {
@@ -526,6 +551,7 @@ impl Worker {
                 Port::Ws => self.ws_listener.as_ref(),
                 Port::Text => self.text_listener.as_ref(),
                 Port::Http => self.http_listener.as_ref(),
+                Port::Sio => self.sio_listener.as_ref(),
             };
             let Some(listener) = listener else { return };
             match listener.accept() {
@@ -563,11 +589,18 @@ impl Worker {
         }
     }
 
-    fn add_conn(
+    fn add_conn(&mut self, stream: mio::net::TcpStream, remote: std::net::SocketAddr, port: Port) {
+        self.add_conn_with(stream, remote, port, None);
+    }
+
+    /// Adds a connection; `initial` holds bytes already read from it (a connection handed
+    /// over by a sibling), handled before the socket is read.
+    fn add_conn_with(
         &mut self,
         mut stream: mio::net::TcpStream,
         remote: std::net::SocketAddr,
         port: Port,
+        initial: Option<&mut Vec<u8>>,
     ) {
         let max = self.cfg.max_connections;
         if max > 0 && self.conns.len() >= max {
@@ -629,7 +662,7 @@ impl Worker {
                     authed: self.cfg.push_secret.is_empty(),
                     ..Text::default()
                 }),
-                Port::Http => Proto::Http(Http::default()),
+                Port::Http | Port::Sio => Proto::Http(Http::default()),
             },
             out: Default::default(),
             inbuf: Vec::new(),
@@ -641,6 +674,9 @@ impl Worker {
             slow_since: 0,
         });
         log::debug!("{} connection {id} from {remote}", port.name());
+        if let Some(bytes) = initial {
+            self.on_bytes(slot, bytes);
+        }
         // Data may already be there (edge-triggered: no event promised for it).
         self.on_readable(slot);
     }
@@ -713,7 +749,7 @@ impl Worker {
         let mut buf = std::mem::take(&mut conn.inbuf);
         let port = conn.port;
         let handshake = matches!(conn.proto, Proto::Handshake);
-        let used_inbuf = !buf.is_empty() || handshake || port == Port::Http;
+        let used_inbuf = !buf.is_empty() || handshake || port == Port::Http || port == Port::Sio;
         let rest = if used_inbuf {
             buf.extend_from_slice(data);
             let used = self.consume(slot, &mut buf);
@@ -938,6 +974,12 @@ impl Worker {
         let Proto::Ws(ws) = &mut conn.proto else {
             return Ok(());
         };
+        if let Some(idx) = ws.session {
+            if let Some(t) = text {
+                self.sio_ws_message(slot, idx as usize, t);
+            }
+            return Ok(());
+        }
         match (&ws.uid, text) {
             (None, None) => {
                 self.stats.rejected += 1;
@@ -1157,8 +1199,12 @@ impl Worker {
             if conn.flags & CLOSING != 0 {
                 return buf.len();
             }
-            let Proto::Http(h) = &mut conn.proto else {
-                return buf.len();
+            let port = conn.port;
+            let h = match &mut conn.proto {
+                Proto::Http(h) => h,
+                // The Socket.IO port upgraded this connection: frames may follow at once.
+                Proto::Ws(_) => return pos + self.consume_ws(slot, &mut buf[pos..]),
+                _ => return buf.len(),
             };
             if h.waiting || pos == buf.len() {
                 return pos;
@@ -1181,8 +1227,17 @@ impl Worker {
                 }
                 Parsed::Request(req, used) => {
                     h.continue_sent = false;
+                    let start = pos;
                     pos += used;
-                    self.http_request(slot, req);
+                    if port == Port::Sio {
+                        let id = conn.id;
+                        if self.sio_request(slot, id, req, &buf[start..]) {
+                            // Handed to the session's worker, with every byte from here on.
+                            return buf.len();
+                        }
+                    } else {
+                        self.http_request(slot, req);
+                    }
                 }
             }
         }
@@ -1364,7 +1419,7 @@ impl Worker {
     ) {
         self.stats.pushes += 1;
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
-        let local = self.deliver_local(&target, &exclude, &f);
+        let local = self.deliver_local(&target, &exclude, &f, payload, binary);
         if !self.links.iter().any(|(_, l)| l.outbound) {
             let missing = self.unlinked_peers();
             self.stats.ipc_undelivered += missing as u64;
@@ -1417,7 +1472,14 @@ impl Worker {
     }
 
     /// Queues `f` to every local connection `target` names; returns how many.
-    fn deliver_local(&mut self, target: &Target, exclude: &[String], f: &Bytes) -> u32 {
+    fn deliver_local(
+        &mut self,
+        target: &Target,
+        exclude: &[String],
+        f: &Bytes,
+        payload: &[u8],
+        binary: bool,
+    ) -> u32 {
         // Reused between pushes: no allocation per push for the recipient list.
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
@@ -1451,7 +1513,29 @@ impl Worker {
             }
         }
         let mut n = 0;
+        // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
+        let mut sio: Option<Option<(Rc<str>, Bytes)>> = None;
         for &s in &slots {
+            if s & SESSION_BIT != 0 {
+                let enc = sio.get_or_insert_with(|| {
+                    let text = std::str::from_utf8(payload).ok().filter(|_| !binary)?;
+                    let m = crate::engineio::event_message(
+                        "/",
+                        "new_msg",
+                        &[serde_json::Value::from(text)],
+                    );
+                    let f = frame(OP_TEXT, m.as_bytes());
+                    Some((Rc::from(m.as_str()), f))
+                });
+                if let Some((m, f)) = enc {
+                    let (m, f) = (m.clone(), f.clone());
+                    if self.sio_send((s & !SESSION_BIT) as usize, m, Some(&f)) {
+                        self.stats.delivered += 1;
+                        n += 1;
+                    }
+                }
+                continue;
+            }
             if self.deliver(s as usize, f) {
                 n += 1;
             }
@@ -1575,6 +1659,7 @@ impl Worker {
     }
 
     fn flush_all(&mut self) {
+        self.sio_flush();
         let mut i = 0;
         while i < self.dirty.len() {
             let slot = self.dirty[i];
@@ -1647,6 +1732,9 @@ impl Worker {
         let mut conn = self.conns.remove(slot);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.forget_ip(conn.remote.ip());
+        if conn.port == Port::Sio {
+            self.sio_conn_closed(slot, &conn);
+        }
         if let Proto::Ws(ws) = &conn.proto {
             if let Some(uid) = &ws.uid {
                 self.registry.remove(uid, slot as u32);
@@ -1752,6 +1840,7 @@ impl Worker {
             self.ws_listener.take(),
             self.text_listener.take(),
             self.http_listener.take(),
+            self.sio_listener.take(),
         ]
         .into_iter()
         .flatten()
@@ -1772,17 +1861,20 @@ impl Worker {
         let mut ws = 0;
         let mut text = 0;
         let mut http = 0;
+        let mut sio = 0;
         for (_, c) in self.conns.iter() {
             match c.port {
                 Port::Ws => ws += 1,
                 Port::Text => text += 1,
                 Port::Http => http += 1,
+                Port::Sio => sio += 1,
             }
         }
         let listen: Vec<String> = [
             ("websocket", self.addrs.ws, self.ws_listener.is_some()),
             ("text", self.addrs.text, self.text_listener.is_some()),
             ("http", self.addrs.http, self.http_listener.is_some()),
+            ("socketio", self.addrs.socketio, self.sio_listener.is_some()),
         ]
         .iter()
         .filter_map(|(n, a, open)| a.filter(|_| *open).map(|a| format!("{n}://{a}")))
@@ -1801,6 +1893,8 @@ impl Worker {
             "ws": ws,
             "text": text,
             "http": http,
+            "socketio": sio,
+            "sessions": self.sio.sessions.len(),
             "logged_in": self.registry.connection_count(),
             "uids": self.registry.uid_count(),
             "pushes": self.stats.pushes,
@@ -1817,6 +1911,8 @@ impl Worker {
             "slow_closed": self.stats.slow_closed,
             "oversize": self.stats.oversize,
             "unauthorized": self.stats.unauthorized,
+            "handed_off": self.stats.handed_off,
+            "adopted": self.stats.adopted,
             "accepted": self.stats.accepted,
             "qps": (self.qps * 10.0).round() / 10.0,
             "links": self.links.len(),
@@ -1983,7 +2079,7 @@ impl Worker {
             }
             PeerMsg::Push(p) => {
                 let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
-                let count = self.deliver_local(&p.target, &p.exclude, &f);
+                let count = self.deliver_local(&p.target, &p.exclude, &f, &p.payload, p.binary);
                 if let Some(l) = self.links.get_mut(key) {
                     l.dirty = true;
                     if let Err(e) = l.chan.send(&PeerMsg::Delivered { id: p.id, count }) {
@@ -2057,7 +2153,7 @@ impl Worker {
 fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: &str, why: &str) {
     let bytes = match port {
         Port::Text => text::error_reply(why),
-        Port::Ws | Port::Http => websocket::http_error(status, &format!("{why}\n"), ""),
+        Port::Ws | Port::Http | Port::Sio => websocket::http_error(status, &format!("{why}\n"), ""),
     };
     let _ = stream.write(&bytes);
 }

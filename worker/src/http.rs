@@ -20,6 +20,16 @@ pub struct Request {
     pub content_type: String,
     /// `Authorization` header value.
     pub authorization: Option<String>,
+    /// `Origin` header value (Socket.IO's CORS answers echo it).
+    pub origin: Option<String>,
+    /// `Upgrade: websocket` was asked for (the Socket.IO port upgrades such requests).
+    pub upgrade: bool,
+    /// `Sec-WebSocket-Key`, for the upgrade.
+    pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Version` is 13.
+    pub ws_version_ok: bool,
+    /// `Access-Control-Request-Headers`, for a CORS preflight.
+    pub request_headers: Option<String>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
@@ -127,6 +137,18 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             out.content_type = v.to_ascii_lowercase();
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            out.upgrade = v
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            out.ws_key = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            out.ws_version_ok = v == "13";
+        } else if name.eq_ignore_ascii_case("access-control-request-headers") {
+            out.request_headers = Some(v.to_string());
         } else if name.eq_ignore_ascii_case("expect") {
             expect = v.eq_ignore_ascii_case("100-continue");
         }

@@ -76,11 +76,12 @@ pub fn run(
     let cfg: Config = serde_json::from_value(config)
         .map_err(|e| WorkerError::Control(format!("bad configuration: {e}")))?;
     let addrs = cfg.validate()?;
-    let mut listeners = [None, None, None];
+    let mut listeners = [None, None, None, None];
     for (i, (what, addr)) in [
         ("websocket", addrs.ws),
         ("text", addrs.text),
         ("http", addrs.http),
+        ("socketio", addrs.socketio),
     ]
     .into_iter()
     .enumerate()

@@ -30,6 +30,8 @@ pub enum QReply {
     },
     /// A uid logged in here: adopt the groups its siblings know for it.
     LoginSync(String),
+    /// The once-a-second count of uids and pages for Socket.IO's `update_online_count`.
+    OnlineCount,
     /// `GET /metrics` on HTTP connection `slot`: the stats in Prometheus text format.
     Metrics {
         /// Slot.
@@ -353,6 +355,17 @@ impl Worker {
                     .filter(|d| !d.is_null())
                     .map(text::data_bytes);
                 for &slot in &slots {
+                    if slot & SESSION_BIT != 0 {
+                        let idx = (slot & !SESSION_BIT) as usize;
+                        if let Some(d) = data.as_deref().and_then(|d| std::str::from_utf8(d).ok()) {
+                            let m =
+                                crate::engineio::event_message("/", "new_msg", &[Value::from(d)]);
+                            self.sio_send(idx, std::rc::Rc::from(m.as_str()), None);
+                            self.sio_flush();
+                        }
+                        self.sio_close(idx, "kicked");
+                        continue;
+                    }
                     if let Some(d) = &data {
                         self.queue(slot as usize, frame(OP_TEXT, d));
                     }
@@ -500,6 +513,7 @@ impl Worker {
                 self.http_respond(slot, r);
                 self.http_resume(slot);
             }
+            QReply::OnlineCount => self.sio_online(&merged),
             QReply::LoginSync(uid) => {
                 if self.registry.get(&uid).is_empty() {
                     return;

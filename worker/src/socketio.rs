@@ -1,0 +1,837 @@
+//! The Socket.IO port: Engine.IO sessions over HTTP long-polling and WebSocket, the
+//! `login` / `new_msg` / `update_online_count` events of the seeds' web page, and routing of a
+//! session's requests to the worker that owns it.
+//!
+//! DESIGN — requests spread by SO_REUSEPORT: every worker serves the port, and a session lives
+//! in the worker that answered its handshake; its id carries that worker's pid. A request
+//! (a poll, a POST, the WebSocket upgrade) that lands on another worker is not relayed
+//! message by message: the TCP connection itself, with the bytes already read, is handed to
+//! the owner over a Unix datagram socket (`SCM_RIGHTS`), and the owner serves it from then on
+//! as if it had accepted it. One mechanism covers polling and the upgrade, adds no copy per
+//! message, and keeps a session's state in one place. A sid whose owner is gone gets the
+//! protocol's "Session ID unknown", and the client opens a new session.
+//!
+//! Sessions share the one registry with plain WebSockets (`SESSION_BIT | index`), so every
+//! push from the text port, the HTTP API or a sibling reaches them as a `new_msg` event,
+//! encoded once per push and shared.
+
+use super::*;
+use crate::engineio::{
+    self, connect_message, decode_packet, decode_payload, decode_sio, event_message, open_packet,
+    push_payload, EioVersion, ErrorCode, Handshake as EioHandshake, PacketType, SidGen, SioType,
+    Transport,
+};
+use serde_json::Value;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+
+/// Registry entries with this bit are Socket.IO sessions, not connection slots.
+pub const SESSION_BIT: u32 = 1 << 31;
+/// Largest POST payload a client may send (announced as `maxPayload`).
+const MAX_PAYLOAD: usize = 100_000;
+/// Largest request handed to another worker in one datagram.
+const MAX_HANDOFF: usize = 128 * 1024;
+/// Milliseconds a v4 client waits for a ping after `pingInterval` before giving up.
+const PING_TIMEOUT_MS: u64 = 20_000;
+
+/// One Engine.IO session.
+pub struct Session {
+    /// Its id (also the registry's key in `sids`).
+    pub sid: Rc<str>,
+    /// Engine.IO 3 (socket.io-client 2) or 4 (3.x, 4.x).
+    pub version: EioVersion,
+    /// The uid once `login` was received.
+    pub uid: Option<Rc<str>>,
+    /// Joined the default namespace (v3: at once; v4: after the client's `40`).
+    pub connected: bool,
+    /// Encoded packets waiting for the next poll.
+    pub queue: Vec<Rc<str>>,
+    /// Bytes in `queue` (bounded by `max_send_buffer`).
+    pub queued: usize,
+    /// The held long-poll GET: (connection slot, connection id).
+    pub poll: Option<(usize, u64)>,
+    /// The WebSocket transport once upgraded (or from the start).
+    pub ws: Option<(usize, u64)>,
+    /// A WebSocket that sent `2probe` and has not yet sent `5`.
+    pub probe: Option<(usize, u64)>,
+    /// Last sign of life (worker clock ticks).
+    pub last_seen: u32,
+    /// The page's Origin, echoed in CORS headers.
+    pub origin: Option<String>,
+    /// In the flush list.
+    pub dirty: bool,
+}
+
+/// The Socket.IO state of a worker.
+pub struct Sio {
+    /// Sessions by index (the registry holds `SESSION_BIT | index`).
+    pub sessions: Slab<Session>,
+    /// Session index by sid.
+    pub sids: HashMap<Rc<str>, usize>,
+    /// Session ids carrying this worker's pid.
+    pub gen: SidGen,
+    /// Sessions with packets for a held poll.
+    pub dirty: Vec<usize>,
+    /// Receives connections handed over by siblings.
+    pub handoff: Option<mio::net::UnixDatagram>,
+    /// The last `update_online_count` text sent.
+    pub online_text: String,
+    /// A count query is in flight.
+    pub online_asked: bool,
+}
+
+/// Abstract name of worker `pid`'s handoff socket.
+pub fn handoff_name(instance: u32, pid: u32) -> String {
+    format!("herald-{instance}-{pid}-fd")
+}
+
+impl Sio {
+    /// State for worker `pid` of master `instance`; binds the handoff socket.
+    pub fn new(instance: u32, pid: u32) -> io::Result<Sio> {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(
+            handoff_name(instance, pid).as_bytes(),
+        )?;
+        let s = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+        s.set_nonblocking(true)?;
+        Ok(Sio {
+            sessions: Slab::new(),
+            sids: HashMap::new(),
+            gen: SidGen::new(pid & engineio::MAX_SID_WORKER),
+            dirty: Vec::new(),
+            handoff: Some(mio::net::UnixDatagram::from_std(s)),
+            online_text: String::new(),
+            online_asked: false,
+        })
+    }
+}
+
+fn cors(origin: Option<&str>) -> String {
+    engineio::cors_headers(origin)
+        .into_iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect()
+}
+
+fn eio_error(code: ErrorCode, origin: Option<&str>, keep: bool) -> Vec<u8> {
+    let status = if code.status() == 403 {
+        "403 Forbidden"
+    } else {
+        "400 Bad Request"
+    };
+    http::response(
+        status,
+        "application/json",
+        code.body().as_bytes(),
+        keep,
+        &cors(origin),
+    )
+}
+
+impl Worker {
+    /// A request on the Socket.IO port. `raw` is the request's bytes and everything after
+    /// it (for a handoff). Returns true when the connection was handed to another worker.
+    pub(super) fn sio_request(
+        &mut self,
+        slot: usize,
+        id: u64,
+        req: http::Request,
+        raw: &[u8],
+    ) -> bool {
+        let keep = req.keep_alive;
+        let origin = req.origin.clone();
+        if !engineio::is_engine_path(&req.path, engineio::DEFAULT_PATH) {
+            self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
+            return false;
+        }
+        if req.method == "OPTIONS" {
+            let h: String =
+                engineio::preflight_headers(origin.as_deref(), req.request_headers.as_deref())
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}: {v}\r\n"))
+                    .collect();
+            self.http_respond(
+                slot,
+                http::response("204 No Content", "text/plain", b"", keep, &h),
+            );
+            return false;
+        }
+        let q = match engineio::parse_query(&req.query) {
+            Ok(q) => q,
+            Err(code) => {
+                self.http_respond(slot, eio_error(code, origin.as_deref(), keep));
+                return false;
+            }
+        };
+        let Some(sid) = q.sid.clone() else {
+            // A handshake.
+            if req.method != "GET" {
+                self.http_respond(
+                    slot,
+                    eio_error(ErrorCode::BadHandshakeMethod, origin.as_deref(), keep),
+                );
+                return false;
+            }
+            match q.transport {
+                Transport::Polling => self.sio_open_polling(slot, q.version, origin, keep),
+                Transport::Websocket => self.sio_open_ws(slot, id, &req, q.version, None),
+            }
+            return false;
+        };
+        let owner = engineio::sid_worker(&sid).unwrap_or(0);
+        if owner != self.pid & engineio::MAX_SID_WORKER {
+            return self.sio_handoff(slot, owner, raw, origin.as_deref(), keep);
+        }
+        let Some(&idx) = self.sio.sids.get(sid.as_str()) else {
+            self.http_respond(
+                slot,
+                eio_error(ErrorCode::UnknownSid, origin.as_deref(), keep),
+            );
+            return false;
+        };
+        self.sio.sessions[idx].last_seen = self.now;
+        match (q.transport, req.method.as_str()) {
+            (Transport::Websocket, _) => self.sio_open_ws(slot, id, &req, q.version, Some(idx)),
+            (Transport::Polling, "GET") => self.sio_poll(slot, id, idx, keep),
+            (Transport::Polling, "POST") => {
+                let octet = req.content_type.starts_with("application/octet-stream");
+                match decode_payload(
+                    self.sio.sessions[idx].version,
+                    &req.body,
+                    octet,
+                    MAX_PAYLOAD,
+                ) {
+                    Ok(packets) => {
+                        for p in packets {
+                            self.sio_packet(idx, p);
+                        }
+                        let r = http::response(
+                            "200 OK",
+                            "text/html",
+                            b"ok",
+                            keep,
+                            &cors(origin.as_deref()),
+                        );
+                        self.http_respond(slot, r);
+                    }
+                    Err(e) => {
+                        log::info!("socket.io session {sid}: bad payload: {e}");
+                        self.http_respond(
+                            slot,
+                            eio_error(ErrorCode::BadRequest, origin.as_deref(), keep),
+                        );
+                        self.sio_close(idx, "parse error");
+                    }
+                }
+            }
+            _ => self.http_respond(
+                slot,
+                eio_error(ErrorCode::BadRequest, origin.as_deref(), keep),
+            ),
+        }
+        false
+    }
+
+    fn sio_new_session(&mut self, version: EioVersion, origin: Option<String>) -> usize {
+        let sid: Rc<str> = Rc::from(self.sio.gen.next_sid());
+        let idx = self.sio.sessions.insert(Session {
+            sid: sid.clone(),
+            version,
+            uid: None,
+            // Socket.IO 2 (Engine.IO 3) joins the default namespace at once; 3+ waits for `40`.
+            connected: version == EioVersion::V3,
+            queue: Vec::new(),
+            queued: 0,
+            poll: None,
+            ws: None,
+            probe: None,
+            last_seen: self.now,
+            origin,
+            dirty: false,
+        });
+        self.sio.sids.insert(sid, idx);
+        idx
+    }
+
+    fn sio_open_text(&self, idx: usize, transport: Transport) -> String {
+        let s = &self.sio.sessions[idx];
+        open_packet(
+            s.version,
+            &EioHandshake {
+                sid: &s.sid,
+                upgrades: engineio::upgrades_from(transport),
+                ping_interval_ms: (self.cfg.ping_interval * 1000.0) as u64,
+                ping_timeout_ms: PING_TIMEOUT_MS,
+                max_payload: MAX_PAYLOAD as u64,
+            },
+        )
+    }
+
+    fn sio_open_polling(
+        &mut self,
+        slot: usize,
+        version: EioVersion,
+        origin: Option<String>,
+        keep: bool,
+    ) {
+        let idx = self.sio_new_session(version, origin.clone());
+        let mut body = String::new();
+        push_payload(
+            version,
+            &mut body,
+            &self.sio_open_text(idx, Transport::Polling),
+        );
+        if version == EioVersion::V3 {
+            push_payload(version, &mut body, "40");
+        }
+        let r = http::response(
+            "200 OK",
+            engineio::CONTENT_TYPE_TEXT,
+            body.as_bytes(),
+            keep,
+            &cors(origin.as_deref()),
+        );
+        self.http_respond(slot, r);
+    }
+
+    /// Upgrades connection `slot` to WebSocket for a new session (`idx` None) or as the probe
+    /// of an existing polling session.
+    fn sio_open_ws(
+        &mut self,
+        slot: usize,
+        id: u64,
+        req: &http::Request,
+        version: EioVersion,
+        idx: Option<usize>,
+    ) {
+        let (Some(key), true, true) = (req.ws_key.as_deref(), req.upgrade, req.ws_version_ok)
+        else {
+            self.http_respond(
+                slot,
+                eio_error(ErrorCode::BadRequest, req.origin.as_deref(), false),
+            );
+            return;
+        };
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let fresh = idx.is_none();
+        let idx = match idx {
+            Some(i) => {
+                if self.sio.sessions[i].ws.is_some() || self.sio.sessions[i].probe.is_some() {
+                    self.http_respond(
+                        slot,
+                        eio_error(ErrorCode::BadRequest, req.origin.as_deref(), false),
+                    );
+                    return;
+                }
+                i
+            }
+            None => self.sio_new_session(version, req.origin.clone()),
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.proto = Proto::Ws(Ws {
+            session: Some(idx as u32),
+            ..Ws::default()
+        });
+        self.queue(slot, Bytes::from(response));
+        if fresh {
+            // A WebSocket-only session: the open packet (and v3's connect) go as frames.
+            self.sio.sessions[idx].ws = Some((slot, id));
+            let open = self.sio_open_text(idx, Transport::Websocket);
+            self.queue(slot, frame(OP_TEXT, open.as_bytes()));
+            if version == EioVersion::V3 {
+                self.queue(slot, frame(OP_TEXT, b"40"));
+            }
+        } else {
+            self.sio.sessions[idx].probe = Some((slot, id));
+        }
+    }
+
+    /// A long-poll GET: answered at once if packets wait, else held until some arrive.
+    fn sio_poll(&mut self, slot: usize, id: u64, idx: usize, keep: bool) {
+        let s = &mut self.sio.sessions[idx];
+        if s.poll.is_some() || s.ws.is_some() {
+            let origin = s.origin.clone();
+            self.http_respond(
+                slot,
+                eio_error(ErrorCode::BadRequest, origin.as_deref(), keep),
+            );
+            return;
+        }
+        s.poll = Some((slot, id));
+        if !s.queue.is_empty() && !s.dirty {
+            s.dirty = true;
+            self.sio.dirty.push(idx);
+        }
+        if let Some(Proto::Http(h)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {
+            h.waiting = true;
+            h.poll_for = Some(idx as u32);
+        }
+    }
+
+    /// Sends one encoded packet to a session: on its WebSocket, or queued for its next poll.
+    pub(super) fn sio_send(
+        &mut self,
+        idx: usize,
+        packet: Rc<str>,
+        ws_frame: Option<&Bytes>,
+    ) -> bool {
+        let cap = self.cfg.max_send_buffer;
+        let Some(s) = self.sio.sessions.get_mut(idx) else {
+            return false;
+        };
+        if let Some((slot, _)) = s.ws {
+            let f = match ws_frame {
+                Some(f) => f.clone(),
+                None => frame(OP_TEXT, packet.as_bytes()),
+            };
+            let over = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.out.len() + f.len() > cap);
+            if over {
+                self.stats.send_fail += 1;
+                return false;
+            }
+            self.queue(slot, f);
+            return true;
+        }
+        if s.queued + packet.len() > cap {
+            self.stats.send_fail += 1;
+            return false;
+        }
+        s.queued += packet.len();
+        s.queue.push(packet);
+        if s.poll.is_some() && !s.dirty {
+            s.dirty = true;
+            self.sio.dirty.push(idx);
+        }
+        true
+    }
+
+    /// Answers every held poll that has packets (once per loop turn).
+    pub(super) fn sio_flush(&mut self) {
+        for idx in std::mem::take(&mut self.sio.dirty) {
+            let Some(s) = self.sio.sessions.get_mut(idx) else {
+                continue;
+            };
+            s.dirty = false;
+            let Some((slot, id)) = s.poll else { continue };
+            if s.queue.is_empty() {
+                continue;
+            }
+            s.poll = None;
+            let mut body = String::with_capacity(s.queued + 8 * s.queue.len());
+            for p in s.queue.drain(..) {
+                push_payload(s.version, &mut body, &p);
+            }
+            s.queued = 0;
+            let origin = s.origin.clone();
+            self.sio_answer_poll(slot, id, body, origin.as_deref());
+        }
+    }
+
+    fn sio_answer_poll(&mut self, slot: usize, id: u64, body: String, origin: Option<&str>) {
+        let Some(keep) = self.http_keep_alive(slot, id) else {
+            return;
+        };
+        if let Some(Proto::Http(h)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {
+            h.poll_for = None;
+        }
+        let r = http::response(
+            "200 OK",
+            engineio::CONTENT_TYPE_TEXT,
+            body.as_bytes(),
+            keep,
+            &cors(origin),
+        );
+        self.http_respond(slot, r);
+        self.http_resume(slot);
+    }
+
+    /// One Engine.IO packet from a session's client.
+    fn sio_packet(&mut self, idx: usize, p: engineio::Packet) {
+        let Some(s) = self.sio.sessions.get_mut(idx) else {
+            return;
+        };
+        s.last_seen = self.now;
+        let version = s.version;
+        match p.kind {
+            PacketType::Ping => {
+                // v3: the client's heartbeat. (The probe is handled on the WebSocket.)
+                self.sio_send(idx, Rc::from("3"), None);
+            }
+            PacketType::Pong | PacketType::Noop | PacketType::Open => {}
+            PacketType::Close => self.sio_close(idx, "client closed"),
+            PacketType::Upgrade => {}
+            PacketType::Message => {
+                let Some(text) = p.as_text() else { return };
+                match decode_sio(text, MAX_PAYLOAD) {
+                    Ok(pkt) => match pkt.kind {
+                        SioType::Connect => {
+                            let sid = s.sid.clone();
+                            s.connected = true;
+                            let m = connect_message(version, &pkt.nsp, &sid);
+                            self.sio_send(idx, Rc::from(m.as_str()), None);
+                            self.sio_online_to(idx);
+                        }
+                        SioType::Disconnect => self.sio_close(idx, "client namespace disconnect"),
+                        SioType::Event => match pkt.into_event() {
+                            Ok(ev) => self.sio_event(idx, ev),
+                            Err(e) => log::debug!("socket.io: {e}"),
+                        },
+                        _ => {}
+                    },
+                    Err(e) => {
+                        log::info!("socket.io session {}: {e}; closing", s.sid);
+                        self.sio_close(idx, "parse error");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sio_event(&mut self, idx: usize, ev: engineio::Event) {
+        if ev.name != "login" {
+            return;
+        }
+        let Some(s) = self.sio.sessions.get(idx) else {
+            return;
+        };
+        if s.uid.is_some() {
+            return;
+        }
+        let token = match ev.args.first() {
+            Some(Value::String(t)) => t.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return,
+        };
+        match self.auth.verify(&token, unix_now()) {
+            Ok(uid)
+                if !uid.is_empty()
+                    && uid.len() <= MAX_UID
+                    && !uid.chars().any(char::is_control) =>
+            {
+                let first_here = self.registry.get(&uid).is_empty();
+                let rc = self.registry.add(&uid, SESSION_BIT | idx as u32);
+                if let Some(s) = self.sio.sessions.get_mut(idx) {
+                    s.uid = Some(rc);
+                }
+                if first_here {
+                    self.groups.arrived(&uid);
+                }
+                if let Some(id) = ev.id {
+                    let ack = engineio::ack_message(&ev.nsp, id, &[]);
+                    self.sio_send(idx, Rc::from(ack.as_str()), None);
+                }
+                // Counts changed: the next tick tells everyone.
+                self.sio.online_text.clear();
+            }
+            _ => {
+                self.stats.auth_failed += 1;
+                let m = engineio::connect_error_message(
+                    self.sio.sessions[idx].version,
+                    "/",
+                    "invalid token",
+                );
+                self.sio_send(idx, Rc::from(m.as_str()), None);
+            }
+        }
+    }
+
+    /// A text frame on a session's WebSocket.
+    pub(super) fn sio_ws_message(&mut self, slot: usize, idx: usize, text: &str) {
+        let Some(s) = self.sio.sessions.get_mut(idx) else {
+            return;
+        };
+        let version = s.version;
+        let Ok(p) = decode_packet(version, text) else {
+            self.sio_close(idx, "parse error");
+            return;
+        };
+        s.last_seen = self.now;
+        let id = self.conns.get(slot).map(|c| c.id).unwrap_or(0);
+        if s.probe == Some((slot, id)) {
+            if p.is_probe_ping() {
+                // Let a pending poll return so the client can pause polling.
+                let held = s.poll.take();
+                let origin = s.origin.clone();
+                self.queue(slot, frame(OP_TEXT, b"3probe"));
+                if let Some((pslot, pid)) = held {
+                    let mut body = String::new();
+                    push_payload(version, &mut body, "6");
+                    self.sio_answer_poll(pslot, pid, body, origin.as_deref());
+                }
+                return;
+            }
+            if p.kind == PacketType::Upgrade {
+                s.probe = None;
+                s.ws = Some((slot, id));
+                // Whatever waited for a poll goes on the WebSocket now.
+                let queued: Vec<Rc<str>> = s.queue.drain(..).collect();
+                s.queued = 0;
+                for q in queued {
+                    self.queue(slot, frame(OP_TEXT, q.as_bytes()));
+                }
+                return;
+            }
+        }
+        self.sio_packet(idx, p);
+    }
+
+    /// Ends a session: out of the registry and the sid map; its transports closed.
+    pub(super) fn sio_close(&mut self, idx: usize, why: &str) {
+        if !self.sio.sessions.contains(idx) {
+            return;
+        }
+        let s = self.sio.sessions.remove(idx);
+        self.sio.sids.remove(&s.sid);
+        log::debug!("socket.io session {} closed: {why}", s.sid);
+        if let Some(uid) = &s.uid {
+            self.registry.remove(uid, SESSION_BIT | idx as u32);
+            if self.registry.get(uid).is_empty() {
+                self.groups.departed(uid, self.now);
+            }
+            self.sio.online_text.clear();
+        }
+        if let Some((slot, id)) = s.poll {
+            let mut body = String::new();
+            push_payload(s.version, &mut body, "1");
+            self.sio_answer_poll(slot, id, body, s.origin.as_deref());
+        }
+        for (slot, id) in [s.ws, s.probe].into_iter().flatten() {
+            if self.conns.get(slot).is_some_and(|c| c.id == id) {
+                if let Some(Proto::Ws(ws)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {
+                    ws.session = None;
+                }
+                self.ws_close(slot, 1000, "");
+            }
+        }
+    }
+
+    /// A connection closed: detach it from its session.
+    pub(super) fn sio_conn_closed(&mut self, slot: usize, conn: &Conn) {
+        match &conn.proto {
+            Proto::Ws(ws) => {
+                if let Some(idx) = ws.session {
+                    let idx = idx as usize;
+                    let Some(s) = self.sio.sessions.get_mut(idx) else {
+                        return;
+                    };
+                    if s.probe == Some((slot, conn.id)) {
+                        s.probe = None;
+                    } else if s.ws == Some((slot, conn.id)) {
+                        s.ws = None;
+                        self.sio_close(idx, "transport closed");
+                    }
+                }
+            }
+            Proto::Http(h) => {
+                if let Some(idx) = h.poll_for {
+                    if let Some(s) = self.sio.sessions.get_mut(idx as usize) {
+                        if s.poll == Some((slot, conn.id)) {
+                            s.poll = None;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sweep: heartbeats (v4: the server pings) and sessions that went silent.
+    pub(super) fn sio_sweep(&mut self, ping_due: bool) {
+        let limit = ticks(self.cfg.ping_interval) + ticks(PING_TIMEOUT_MS as f64 / 1000.0) + 20;
+        let now = self.now;
+        let mut dead = Vec::new();
+        let mut ping = Vec::new();
+        for (idx, s) in self.sio.sessions.iter_mut() {
+            if s.poll.is_some() {
+                s.last_seen = now;
+            }
+            if now.saturating_sub(s.last_seen) > limit {
+                dead.push(idx);
+            } else if ping_due && s.version == EioVersion::V4 {
+                ping.push(idx);
+            }
+        }
+        for idx in dead {
+            self.sio_close(idx, "ping timeout");
+        }
+        let p: Rc<str> = Rc::from("2");
+        let f = frame(OP_TEXT, b"2");
+        for idx in ping {
+            self.sio_send(idx, p.clone(), Some(&f));
+        }
+    }
+
+    /// Once a second: the whole server's online figures, for `update_online_count`.
+    pub(super) fn sio_tick(&mut self) {
+        if self.sio.sessions.is_empty() || self.sio.online_asked {
+            return;
+        }
+        self.sio.online_asked = true;
+        self.query(serde_json::json!({"q": "uids"}), QReply::OnlineCount);
+    }
+
+    /// The merged counts arrived: tell every connected session if they changed.
+    pub(super) fn sio_online(&mut self, merged: &Value) {
+        self.sio.online_asked = false;
+        let uids = merged["uids"].as_array().map_or(0, Vec::len);
+        let pages = merged["connections"].as_u64().unwrap_or(0);
+        let text = format!("当前<b>{uids}</b>人在线，共打开<b>{pages}</b>个页面");
+        if text == self.sio.online_text {
+            return;
+        }
+        self.sio.online_text = text;
+        let m: Rc<str> = Rc::from(
+            event_message(
+                "/",
+                "update_online_count",
+                &[Value::from(self.sio.online_text.as_str())],
+            )
+            .as_str(),
+        );
+        let f = frame(OP_TEXT, m.as_bytes());
+        let targets: Vec<usize> = self
+            .sio
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(i, _)| i)
+            .collect();
+        for idx in targets {
+            self.sio_send(idx, m.clone(), Some(&f));
+        }
+    }
+
+    /// A session that just joined learns the current figures at once.
+    fn sio_online_to(&mut self, idx: usize) {
+        if self.sio.online_text.is_empty() {
+            return;
+        }
+        let m = event_message(
+            "/",
+            "update_online_count",
+            &[Value::from(self.sio.online_text.as_str())],
+        );
+        self.sio_send(idx, Rc::from(m.as_str()), None);
+    }
+
+    /// Hands connection `slot` (with `raw`, the bytes read and not yet served) to worker
+    /// `owner_pid`. Returns true when it was handed over (the slot is then gone).
+    fn sio_handoff(
+        &mut self,
+        slot: usize,
+        owner: u32,
+        raw: &[u8],
+        origin: Option<&str>,
+        keep: bool,
+    ) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let known = self
+            .peers
+            .iter()
+            .any(|p| p.pid & engineio::MAX_SID_WORKER == owner);
+        let sent = known && raw.len() <= MAX_HANDOFF && {
+            let pid = self
+                .peers
+                .iter()
+                .find(|p| p.pid & engineio::MAX_SID_WORKER == owner)
+                .map(|p| p.pid)
+                .unwrap_or(owner);
+            let (Some(conn), Some(sock)) = (self.conns.get(slot), self.sio.handoff.as_ref()) else {
+                return false;
+            };
+            let fd = conn.stream.as_raw_fd();
+            let res = UnixAddr::new_abstract(handoff_name(self.instance, pid).as_bytes()).and_then(
+                |addr| {
+                    sendmsg(
+                        sock.as_raw_fd(),
+                        &[io::IoSlice::new(raw)],
+                        &[ControlMessage::ScmRights(&[fd])],
+                        MsgFlags::MSG_DONTWAIT,
+                        Some(&addr),
+                    )
+                },
+            );
+            match res {
+                Ok(_) => true,
+                Err(e) => {
+                    log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
+                    false
+                }
+            }
+        };
+        if !sent {
+            self.http_respond(slot, eio_error(ErrorCode::UnknownSid, origin, keep));
+            return false;
+        }
+        self.stats.handed_off += 1;
+        // The owner has its own descriptor for the socket now: forget ours quietly.
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.out.clear();
+        }
+        self.close(slot, None);
+        true
+    }
+
+    /// Connections handed over by siblings: adopt each, with the bytes already read.
+    pub(super) fn sio_adopt(&mut self) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let Some(sock) = self.sio.handoff.as_ref() else {
+            return;
+        };
+        let raw_sock = sock.as_raw_fd();
+        let mut buf = vec![0u8; MAX_HANDOFF];
+        loop {
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let (n, fds) = {
+                let mut iov = [io::IoSliceMut::new(&mut buf)];
+                match recvmsg::<()>(
+                    raw_sock,
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Ok(m) => {
+                        let mut fds = Vec::new();
+                        if let Ok(cm) = m.cmsgs() {
+                            for c in cm {
+                                if let ControlMessageOwned::ScmRights(v) = c {
+                                    fds.extend(v);
+                                }
+                            }
+                        }
+                        (m.bytes, fds)
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        log::warn!("handoff socket: {e}");
+                        return;
+                    }
+                }
+            };
+            for fd in fds {
+                // SAFETY: `fd` arrived in SCM_RIGHTS just now: a new descriptor that this process
+                // owns and nothing else refers to.
+                let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+                if std_stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let remote = match std_stream.peer_addr() {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                };
+                let stream = mio::net::TcpStream::from_std(std_stream);
+                self.stats.adopted += 1;
+                let mut bytes = buf[..n].to_vec();
+                self.add_conn_with(stream, remote, Port::Sio, Some(&mut bytes));
+            }
+        }
+    }
+}
