@@ -115,6 +115,7 @@ impl Herald {
             .args(["--ws", &ws.to_string()])
             .args(["--text", &text.to_string()])
             .args(["--http", &format!("127.0.0.1:{ph}")])
+            .args(["--socketio", "off"])
             .arg("--pid-file")
             .arg(dir.join("herald.pid"))
             .args(["--set", "login_reply=true"])

@@ -1,0 +1,258 @@
+//! The Socket.IO port (issue 7) with the real `socket.io-client` packages, 2.x (Engine.IO 3)
+//! and 4.x (Engine.IO 4), under Node: every transport choice (polling then upgrade,
+//! WebSocket only, polling only), logging in as the seed's page does, receiving `new_msg`
+//! from the seed's HTTP publish API and from the text port, and `update_online_count`, with
+//! three workers so a session's requests land on workers that do not own it (their
+//! connections are handed over; the test checks that this happened).
+//!
+//! Node and `scripts/node/node_modules` are required under CI (`.ci/run` installs them);
+//! elsewhere the tests print a skip note when they are missing.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn node_ready() -> bool {
+    require("node", have_program("node"))
+        && require(
+            "socket.io-client packages (npm ci in scripts/node)",
+            workspace_root()
+                .join("scripts/node/node_modules/socket.io-client-v4/package.json")
+                .exists()
+                && workspace_root()
+                    .join("scripts/node/node_modules/socket.io-client-v2/package.json")
+                    .exists(),
+        )
+}
+
+/// One `node scripts/node/sio-client.js` process and the lines it prints.
+struct SioClient {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl SioClient {
+    fn spawn(version: &str, transports: &str, port: u16, uid: &str) -> SioClient {
+        let mut child = Command::new("node")
+            .arg(workspace_root().join("scripts/node/sio-client.js"))
+            .args([
+                version,
+                transports,
+                &format!("http://127.0.0.1:{port}"),
+                uid,
+                "0",
+                "60000",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        SioClient {
+            child,
+            lines: rx,
+            name: format!("{version}/{transports}/{uid}"),
+        }
+    }
+
+    /// Waits for a line starting with `word`, returning it; panics at the deadline.
+    fn wait_for(&self, word: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.split(' ').next() == Some(word) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("{}: no `{word}` line within {limit:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits for an `online` line whose page count is `pages`.
+    fn wait_online(&self, pages: usize, limit: Duration) {
+        let want = format!("共打开<b>{pages}</b>个页面");
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("online ") && l.ends_with(&want) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{}: no online count of {pages} pages within {limit:?}",
+                    self.name
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for SioClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish(srv: &Server, to: &str, content: &str) -> String {
+    let body = format!("type=publish&to={to}&content={content}");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = srv.http(req.as_bytes());
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Sum of a status counter over the workers, from `GET /api/stats`.
+fn stat(srv: &Server, key: &str) -> u64 {
+    let r = srv.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("stats JSON");
+    v["totals"][key]
+        .as_u64()
+        .or_else(|| {
+            v["workers"]
+                .as_array()
+                .map(|w| w.iter().filter_map(|r| r[key].as_u64()).sum())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn seed_page_clients_v2_and_v4_on_every_transport_across_three_workers() {
+    if !node_ready() {
+        return;
+    }
+    let srv = Server::builder().workers(3).socketio().start();
+    srv.wait_mesh();
+    let mut clients = Vec::new();
+    for version in ["v2", "v4"] {
+        for transports in ["default", "websocket", "polling"] {
+            for n in 0..2 {
+                let uid = format!("{version}-{transports}-{n}");
+                clients.push((
+                    uid.clone(),
+                    SioClient::spawn(version, transports, srv.socketio, &uid),
+                ));
+            }
+        }
+    }
+    for (_, c) in &clients {
+        c.wait_for("connect", Duration::from_secs(30));
+    }
+    // Every page is counted, on every page (logins may still be on their way: wait for it).
+    for (_, c) in &clients {
+        c.wait_online(clients.len(), Duration::from_secs(20));
+    }
+    // The seed's publish API reaches each uid as `new_msg`, HTML-escaped, whichever worker
+    // the request entered and whichever worker owns the session.
+    for (uid, c) in &clients {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = publish(&srv, uid, "hi%20%3Cb%3E");
+            if r == "ok" {
+                break;
+            }
+            assert_eq!(r, "offline");
+            assert!(Instant::now() < deadline, "{uid} never online");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            c.wait_for("new_msg", Duration::from_secs(10)),
+            "new_msg hi &lt;b&gt;"
+        );
+    }
+    // The text port reaches them too (one registry), and a broadcast reaches all.
+    let (uid0, c0) = &clients[0];
+    let line = format!("{{\"uid\":\"{uid0}\",\"percent\":\"88%\"}}\n");
+    assert_eq!(srv.text_push(line.as_bytes()), b"ok\n");
+    assert_eq!(
+        c0.wait_for("new_msg", Duration::from_secs(10)),
+        format!("new_msg {}", line.trim_end())
+    );
+    assert_eq!(publish(&srv, "", "all"), "ok");
+    for (_, c) in &clients {
+        assert_eq!(
+            c.wait_for("new_msg", Duration::from_secs(10)),
+            "new_msg all"
+        );
+    }
+    assert_eq!(publish(&srv, "nobody", "x"), "offline");
+    // SO_REUSEPORT spread the sessions' requests: some reached a worker that did not own the
+    // session and were handed over.
+    assert!(stat(&srv, "handed_off") > 0, "no request was handed over");
+    assert_eq!(stat(&srv, "handed_off"), stat(&srv, "adopted"));
+    // A page that goes away (its WebSocket closes) leaves the counts.
+    let (_, gone) = clients
+        .iter()
+        .position(|(u, _)| u == "v4-websocket-0")
+        .map(|i| clients.remove(i))
+        .expect("client");
+    drop(gone);
+    for (_, c) in &clients {
+        c.wait_online(clients.len(), Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn malformed_engine_io_requests_get_protocol_errors() {
+    let srv = Server::builder().workers(2).socketio().start();
+    let ask = |req: &[u8]| http(srv.socketio, req);
+    let r = ask(b"GET /socket.io/?EIO=9&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body,
+        br#"{"code":5,"message":"Unsupported protocol version"}"#
+    );
+    let r = ask(b"GET /socket.io/?EIO=4&transport=carrier-pigeon HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, br#"{"code":0,"message":"Transport unknown"}"#);
+    let r = ask(b"GET /socket.io/?EIO=4&transport=polling&sid=nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, br#"{"code":1,"message":"Session ID unknown"}"#);
+    let r = ask(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 404);
+    // A real handshake, then garbage in its POST: refused, and the session is gone.
+    let r = ask(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: http://page.example\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("http://page.example")
+    );
+    let body = String::from_utf8(r.body).expect("utf-8");
+    assert!(body.starts_with("0{\"sid\":\""), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body[1..]).expect("open packet");
+    let sid = v["sid"].as_str().expect("sid").to_string();
+    assert_eq!(v["upgrades"], serde_json::json!(["websocket"]));
+    let bad = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n9zz"
+    );
+    // Whichever worker gets it, the owner answers (the connection is handed over).
+    let r = ask(bad.as_bytes());
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let again =
+        format!("GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        ask(again.as_bytes()).body,
+        br#"{"code":1,"message":"Session ID unknown"}"#
+    );
+    // The port still serves.
+    let r = ask(b"GET /socket.io/?EIO=3&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body).expect("utf-8");
+    assert!(
+        body.ends_with("2:40"),
+        "v3 joins the namespace at once: {body}"
+    );
+}
