@@ -191,6 +191,28 @@ fn seed_page_clients_v2_and_v4_on_every_transport_across_three_workers() {
         );
     }
     assert_eq!(publish(&srv, "nobody", "x"), "offline");
+    // The seed's PHP backend call (curl, multipart) from scripts/socketio/send.php.
+    if require("php with curl", have_program("php")) {
+        let (uid1, c1) = &clients[1];
+        let url = format!("http://127.0.0.1:{}/", srv.http);
+        let out = run_with_limit(
+            Command::new("php").args([
+                workspace_root()
+                    .join("scripts/socketio/send.php")
+                    .to_string_lossy()
+                    .as_ref(),
+                uid1,
+                "数据",
+                &url,
+            ]),
+            Duration::from_secs(20),
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "'ok'\n");
+        assert_eq!(
+            c1.wait_for("new_msg", Duration::from_secs(10)),
+            "new_msg 数据"
+        );
+    }
     // SO_REUSEPORT spread the sessions' requests: some reached a worker that did not own the
     // session and were handed over.
     assert!(stat(&srv, "handed_off") > 0, "no request was handed over");
@@ -209,8 +231,17 @@ fn seed_page_clients_v2_and_v4_on_every_transport_across_three_workers() {
 
 #[test]
 fn malformed_engine_io_requests_get_protocol_errors() {
-    let srv = Server::builder().workers(2).socketio().start();
+    let client_js = workspace_root().join("scripts/herald.toml.example");
+    let srv = Server::builder()
+        .workers(2)
+        .socketio()
+        .set(&format!("socketio_client={}", client_js.display()))
+        .start();
     let ask = |req: &[u8]| http(srv.socketio, req);
+    // The configured client build is served where the seed's page loads it from.
+    let r = ask(b"GET /socket.io/socket.io.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, std::fs::read(&client_js).expect("read"));
     let r = ask(b"GET /socket.io/?EIO=9&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 400);
     assert_eq!(

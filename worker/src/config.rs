@@ -97,6 +97,10 @@ pub struct Config {
     pub push_secret: String,
     /// How long a uid's group memberships outlive its last connection.
     pub group_ttl: f64,
+    /// A socket.io client build (e.g. `…/socket.io-client/dist/socket.io.js`) served at
+    /// `/socket.io/socket.io.js` on the Socket.IO port, as the seed's page loads it; empty:
+    /// not served.
+    pub socketio_client: String,
     /// When started as root: the user workers switch to once their ports are bound.
     pub user: String,
     /// When started as root: the group workers switch to (default: the user's own group).
@@ -137,6 +141,7 @@ impl Default for Config {
             slow_timeout: 30.0,
             push_secret: String::new(),
             group_ttl: 300.0,
+            socketio_client: String::new(),
             user: String::new(),
             group: String::new(),
         }

@@ -139,6 +139,10 @@ impl Worker {
     ) -> bool {
         let keep = req.keep_alive;
         let origin = req.origin.clone();
+        if req.path == "/socket.io/socket.io.js" && req.method == "GET" {
+            self.sio_client_js(slot, keep, origin.as_deref());
+            return false;
+        }
         if !engineio::is_engine_path(&req.path, engineio::DEFAULT_PATH) {
             self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
             return false;
@@ -229,6 +233,31 @@ impl Worker {
             ),
         }
         false
+    }
+
+    /// Serves the configured socket.io client build, as the reference server does for pages.
+    fn sio_client_js(&mut self, slot: usize, keep: bool, origin: Option<&str>) {
+        let path = &self.cfg.socketio_client;
+        let body = if path.is_empty() {
+            None
+        } else {
+            match std::fs::read(path) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    log::warn!("socketio_client {path}: {e}");
+                    None
+                }
+            }
+        };
+        let r = match body {
+            Some(b) => http::response("200 OK", "application/javascript", &b, keep, &cors(origin)),
+            None => http::text(
+                "404 Not Found",
+                "socket.io client not configured (socketio_client)\n",
+                keep,
+            ),
+        };
+        self.http_respond(slot, r);
     }
 
     fn sio_new_session(&mut self, version: EioVersion, origin: Option<String>) -> usize {
