@@ -53,11 +53,17 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 const IOV_MAX: usize = 64;
 
 /// Output waiting for one connection: shared frames and small replies, in order.
+///
+/// The first buffer is kept inline: a connection that gets one frame per loop turn (a push, a
+/// broadcast) queues and writes it without allocating, and an idle connection owns no heap
+/// memory at all.
 #[derive(Default)]
 pub struct OutQueue {
-    /// The buffers; the front one may be partly written (advanced past what was).
-    bufs: VecDeque<Bytes>,
-    /// Bytes queued in all of `bufs`, for the `max_send_buffer` check and `connections`.
+    /// The oldest buffer, possibly partly written (advanced past what was).
+    first: Option<Bytes>,
+    /// The buffers after `first`, in order (allocated only when two or more wait).
+    rest: VecDeque<Bytes>,
+    /// Bytes queued in all of them, for the `max_send_buffer` check and `connections`.
     len: usize,
 }
 
@@ -78,45 +84,59 @@ impl OutQueue {
             return;
         }
         self.len += b.len();
-        self.bufs.push_back(b);
+        if self.first.is_none() {
+            self.first = Some(b);
+        } else {
+            self.rest.push_back(b);
+        }
     }
 
     /// Writes as much as the socket takes. `Ok(true)`: all written; `Ok(false)`: the socket is
-    /// full (wait for WRITABLE). Returns bytes written through `written`.
+    /// full (wait for WRITABLE). Adds the bytes written to `written`.
     pub fn flush<W: Write>(&mut self, w: &mut W, written: &mut u64) -> io::Result<bool> {
-        while !self.bufs.is_empty() {
-            let n = {
-                let mut iov: [IoSlice<'_>; IOV_MAX] = [IoSlice::new(&[]); IOV_MAX];
-                let mut k = 0;
-                for b in self.bufs.iter().take(IOV_MAX) {
-                    iov[k] = IoSlice::new(b);
-                    k += 1;
-                }
-                match w.write_vectored(&iov[..k]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+        loop {
+            let res = match (&self.first, self.rest.is_empty()) {
+                (None, _) => break,
+                // One buffer: a plain write.
+                (Some(f), true) => w.write(f),
+                (Some(f), false) => {
+                    let mut iov: [IoSlice<'_>; IOV_MAX] = [IoSlice::new(&[]); IOV_MAX];
+                    iov[0] = IoSlice::new(f);
+                    let mut k = 1;
+                    for b in self.rest.iter().take(IOV_MAX - 1) {
+                        iov[k] = IoSlice::new(b);
+                        k += 1;
+                    }
+                    w.write_vectored(&iov[..k])
                 }
             };
-            *written += n as u64;
-            self.consume(n);
+            match res {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    *written += n as u64;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         // Give the ring's memory back: an idle connection holds none.
-        self.bufs = VecDeque::new();
+        if self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
         Ok(true)
     }
 
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.bufs.front_mut() else {
+            let Some(front) = self.first.as_mut() else {
                 return;
             };
             if front.len() <= n {
                 n -= front.len();
-                self.bufs.pop_front();
+                self.first = self.rest.pop_front();
             } else {
                 front.advance(n);
                 n = 0;
@@ -126,7 +146,8 @@ impl OutQueue {
 
     /// Drops everything queued.
     pub fn clear(&mut self) {
-        self.bufs = VecDeque::new();
+        self.first = None;
+        self.rest = VecDeque::new();
         self.len = 0;
     }
 }
@@ -166,6 +187,22 @@ mod tests {
         let f = frame(OP_BINARY, &vec![0; 70_000]);
         assert_eq!(&f[..2], &[0x82, 127]);
         assert_eq!(f.len(), 70_010);
+    }
+
+    #[test]
+    fn one_buffer_needs_no_ring() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"frame"));
+        assert_eq!(q.rest.capacity(), 0);
+        let mut w = Trickle {
+            got: vec![],
+            cap: 2,
+            budget: 100,
+        };
+        let mut n = 0;
+        assert!(q.flush(&mut w, &mut n).unwrap());
+        assert_eq!(w.got, b"frame");
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub struct Worker {
     ready_buf: Vec<Bytes>,
     /// Socket.IO sessions and the handoff socket.
     sio: Sio,
+    /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
+    trim_mark: usize,
 }
 
 /// Whether a connection must not be read now: its queued output is over `max_send_buffer`
@@ -279,6 +281,7 @@ impl Worker {
             slots_buf: Vec::new(),
             ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
+            trim_mark: 0,
         };
         let reg = w.poll.registry();
         if let Some(l) = w.ws_listener.as_mut() {
@@ -456,6 +459,32 @@ impl Worker {
         Duration::from_secs_f64((shortest / 4.0).clamp(0.05, 1.0))
     }
 
+    /// After a peak of connections, return the tables' spare room and the allocator's free
+    /// pages to the system, so memory goes back to its baseline when the clients leave.
+    fn give_back_memory(&mut self) {
+        let mut shrunk = false;
+        if self.conns.capacity() > 2 * self.conns.len() + 1024 {
+            self.conns.shrink_to_fit();
+            shrunk = true;
+        }
+        shrunk |= self.registry.shrink();
+        if self.per_ip.capacity() > 2 * self.per_ip.len() + 1024 {
+            self.per_ip.shrink_to_fit();
+            shrunk = true;
+        }
+        let n = self.conns.len();
+        if shrunk || n + 1000 < self.trim_mark {
+            // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps and
+            // in free pages; it touches no live allocation.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            self.trim_mark = n;
+        } else if n > self.trim_mark {
+            self.trim_mark = n;
+        }
+    }
+
     /// One coarse pass over the connections: handshake and login deadlines, idle and slow
     /// connections, and the periodic ping (one shared frame for every WebSocket). Costs one
     /// comparison per connection per sweep; no connection owns a timer.
@@ -471,6 +500,7 @@ impl Worker {
         }
         let ping = frame(OP_PING, b"");
         self.groups.expire(now, ticks(self.cfg.group_ttl));
+        self.give_back_memory();
         self.sio_sweep(ping_due);
         enum Act {
             Drop,

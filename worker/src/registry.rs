@@ -54,6 +54,15 @@ impl Registry {
         self.uids.iter()
     }
 
+    /// Gives back table space left over from a peak (called from the sweep).
+    pub fn shrink(&mut self) -> bool {
+        if self.uids.capacity() > 2 * self.uids.len() + 1024 {
+            self.uids.shrink_to_fit();
+            return true;
+        }
+        false
+    }
+
     /// Distinct uids with at least one connection here.
     pub fn uid_count(&self) -> usize {
         self.uids.len()
