@@ -60,3 +60,33 @@ fn emfile_neither_spins_nor_wedges() {
         Some(r#"{"uid":"after-emfile","n":1}"#)
     );
 }
+
+#[test]
+fn workers_drop_privileges_after_binding() {
+    // Only root can switch users; elsewhere there is nothing to check.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let server = Server::builder()
+        .workers(2)
+        .set("user=\"nobody\"")
+        .login_reply()
+        .start();
+    for pid in server.worker_pids() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
+            "worker {pid} still has root: {uid_line}"
+        );
+    }
+    // The master keeps root (to restart workers on privileged ports); workers serve.
+    let mut c = server.login_acked("unprivileged");
+    assert_eq!(server.text_push(b"{\"uid\":\"unprivileged\"}\n"), b"ok\n");
+    assert_eq!(
+        c.try_recv_text(Duration::from_secs(5)).as_deref(),
+        Some(r#"{"uid":"unprivileged"}"#)
+    );
+}

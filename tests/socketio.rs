@@ -287,3 +287,61 @@ fn malformed_engine_io_requests_get_protocol_errors() {
         "v3 joins the namespace at once: {body}"
     );
 }
+
+/// `UID.EXPIRY.SIG` as a PHP backend makes it with one `hash_hmac` call.
+fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{uid}.{exp}").as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{uid}.{exp}.{sig}")
+}
+
+#[test]
+fn login_event_carries_a_checked_token_in_hmac_mode() {
+    if !node_ready() {
+        return;
+    }
+    let secret = "socket-io-test-secret-0123456789";
+    let srv = Server::builder()
+        .socketio()
+        .set("auth=\"hmac\"")
+        .set(&format!("auth_secret=\"{secret}\""))
+        .start();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let good = SioClient::spawn(
+        "v4",
+        "websocket",
+        srv.socketio,
+        &hmac_token(secret, "alice", exp),
+    );
+    let forged = SioClient::spawn(
+        "v2",
+        "polling",
+        srv.socketio,
+        &hmac_token("wrong", "mallory", exp),
+    );
+    good.wait_for("connect", Duration::from_secs(30));
+    forged.wait_for("connect", Duration::from_secs(30));
+    // The token's uid is logged in; the forged one is not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publish(&srv, "alice", "secret-ok") != "ok" {
+        assert!(Instant::now() < deadline, "alice never logged in");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        good.wait_for("new_msg", Duration::from_secs(10)),
+        "new_msg secret-ok"
+    );
+    assert_eq!(publish(&srv, "mallory", "x"), "offline");
+    assert!(stat(&srv, "auth_failed") >= 1);
+}
