@@ -27,8 +27,6 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -55,19 +53,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-/// `UID.EXPIRY.SIG`, SIG the lowercase hex HMAC-SHA256 of `UID.EXPIRY` under `secret`.
-fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(format!("{uid}.{exp}").as_bytes());
-    let sig: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{uid}.{exp}.{sig}")
 }
 
 /// A JWT with `claims`, signed with `alg` under `secret`.

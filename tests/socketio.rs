@@ -288,20 +288,6 @@ fn malformed_engine_io_requests_get_protocol_errors() {
     );
 }
 
-/// `UID.EXPIRY.SIG` as a PHP backend makes it with one `hash_hmac` call.
-fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(format!("{uid}.{exp}").as_bytes());
-    let sig: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{uid}.{exp}.{sig}")
-}
-
 #[test]
 fn login_event_carries_a_checked_token_in_hmac_mode() {
     if !node_ready() {
