@@ -93,6 +93,16 @@ fn fast_seed(line: &[u8]) -> Option<Command> {
     let Some(raw) = head.uid else {
         return Some(Command::Fail("no uid"));
     };
+    // The usual uid is a plain string: borrow it from the line (one allocation, the uid).
+    if let Ok(uid) = serde_json::from_str::<&str>(raw.get()) {
+        return Some(if uid.is_empty() {
+            Command::Fail("no uid")
+        } else {
+            Command::Seed {
+                uid: uid.to_string(),
+            }
+        });
+    }
     let v: Value = serde_json::from_str(raw.get()).ok()?;
     Some(match uid_of(&v) {
         Some(uid) => Command::Seed { uid },
