@@ -12,18 +12,6 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// Proves the server still works: a push on a fresh text connection reaches `client` (`uid`).
-fn still_serves(srv: &Server, client: &mut Ws, uid: &str, n: u32) {
-    let line = format!("{{\"uid\":\"{uid}\",\"alive\":{n}}}");
-    assert_eq!(
-        srv.text_push(format!("{line}\n").as_bytes()),
-        b"ok\n",
-        "server no longer answers pushes\n{}",
-        srv.log()
-    );
-    assert_eq!(client.recv_text(REPLY), line);
-}
-
 /// Writes `bytes` in pieces, stopping quietly at the first error (the server may close first).
 fn write_until_error(stream: &mut TcpStream, bytes: &[u8]) {
     stream.set_write_timeout(Some(REPLY)).ok();
@@ -62,7 +50,7 @@ fn two_mib_line_closes_that_connection_only() {
     good.send(b"{\"uid\":\"watcher\",\"n\":1}\n");
     assert_eq!(good.read_lines(1, REPLY), b"ok\n");
     assert_eq!(client.recv_text(REPLY), "{\"uid\":\"watcher\",\"n\":1}");
-    still_serves(&srv, &mut client, "watcher", 2);
+    srv.still_serves(&mut client, "watcher", 2);
 }
 
 #[test]
@@ -78,7 +66,7 @@ fn two_mib_without_any_newline_closes_too() {
         "2 MiB without newline did not close the connection"
     );
     assert!(got.is_empty(), "{}", show(&got));
-    still_serves(&srv, &mut client, "w", 1);
+    srv.still_serves(&mut client, "w", 1);
 }
 
 #[test]
@@ -101,7 +89,7 @@ fn max_line_setting_is_honoured() {
     );
     assert!(got.is_empty(), "{}", show(&got));
     client.expect_silence(Duration::from_millis(100));
-    still_serves(&srv, &mut client, "m", 1);
+    srv.still_serves(&mut client, "m", 1);
 }
 
 /// Deterministic pseudo-random bytes (xorshift), with every byte value represented.
@@ -140,7 +128,7 @@ fn binary_garbage_on_text_port_fails_each_line() {
         client.recv_text(REPLY),
         "{\"uid\":\"g\",\"after\":\"garbage\"}"
     );
-    still_serves(&srv, &mut client, "g", 1);
+    srv.still_serves(&mut client, "g", 1);
 }
 
 #[test]
@@ -166,7 +154,7 @@ fn binary_garbage_on_ws_port_closes_that_connection() {
             show(&got)
         );
     }
-    still_serves(&srv, &mut client, "g", 1);
+    srv.still_serves(&mut client, "g", 1);
 
     // Garbage after a good handshake and login (not valid frames: unmasked, reserved opcode).
     let mut victim = srv.login_acked("victim");
@@ -176,7 +164,7 @@ fn binary_garbage_on_ws_port_closes_that_connection() {
         victim.closed_within(REPLY),
         "invalid frames did not close the connection"
     );
-    still_serves(&srv, &mut client, "g", 2);
+    srv.still_serves(&mut client, "g", 2);
     // The victim is gone from the registry.
     assert!(
         wait_until(Duration::from_secs(3), || srv
@@ -205,7 +193,7 @@ fn binary_garbage_on_http_port_is_400() {
         Eof::Open,
         "connection kept open after a 400 for garbage"
     );
-    still_serves(&srv, &mut client, "g", 1);
+    srv.still_serves(&mut client, "g", 1);
     assert_eq!(srv.http(&get("/?type=publish&to=g&content=y")).text(), "ok");
     assert_eq!(client.recv_text(REPLY), "y");
 }
@@ -225,7 +213,7 @@ fn ws_client_disconnecting_mid_frame() {
     std::thread::sleep(Duration::from_millis(50));
     drop(stream);
     drop(half);
-    still_serves(&srv, &mut client, "stay", 1);
+    srv.still_serves(&mut client, "stay", 1);
     assert!(
         wait_until(Duration::from_secs(3), || srv
             .text_push(b"{\"uid\":\"half\"}\n")
@@ -242,9 +230,9 @@ fn ws_client_disconnecting_mid_frame() {
     // Vanishing before sending the uid (connected, never logged in).
     let anon = srv.ws_connect();
     drop(anon);
-    still_serves(&srv, &mut client, "stay", 2);
+    srv.still_serves(&mut client, "stay", 2);
     let mut newcomer = srv.login_acked("newcomer");
-    still_serves(&srv, &mut newcomer, "newcomer", 3);
+    srv.still_serves(&mut newcomer, "newcomer", 3);
 }
 
 #[test]
@@ -262,5 +250,5 @@ fn text_client_disconnecting_mid_line() {
     quick.send(b"{\"uid\":\"t\",\"then\":\"gone\"}\n");
     drop(quick);
     assert_eq!(client.recv_text(REPLY), "{\"uid\":\"t\",\"then\":\"gone\"}");
-    still_serves(&srv, &mut client, "t", 1);
+    srv.still_serves(&mut client, "t", 1);
 }

@@ -184,18 +184,6 @@ fn wait_counter(
     }
 }
 
-/// A push on a fresh text connection reaches `client` (`uid`) with exactly these bytes.
-fn still_serves(srv: &Server, client: &mut Ws, uid: &str, n: u32) {
-    let line = format!("{{\"uid\":\"{uid}\",\"alive\":{n}}}");
-    assert_eq!(
-        srv.text_push(format!("{line}\n").as_bytes()),
-        b"ok\n",
-        "server no longer answers pushes\n{}",
-        srv.log()
-    );
-    assert_eq!(client.recv_text(REPLY), line);
-}
-
 /// A masked client frame (7-, 16- or 64-bit length as needed).
 fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
@@ -533,7 +521,7 @@ fn hmac_first_frame_valid_logs_in_forged_tampered_expired_are_refused_with_4001(
         );
     }
     // Only the real alice receives pushes for alice.
-    still_serves(&srv, &mut alice, "alice", 1);
+    srv.still_serves(&mut alice, "alice", 1);
     let c = wait_counter(&mut srv, "auth_failed", cases.len() as u64, REPLY);
     assert!(c["auth_failed"] >= cases.len() as u64);
     // Refusals are logged with the remote address, never with the token or the secret.
@@ -772,7 +760,7 @@ fn no_login_and_unfinished_handshakes_are_closed_after_auth_timeout() {
         trickled.is_some(),
         "a handshake trickling a byte every 100 ms was never closed"
     );
-    still_serves(&srv, &mut keeper, "keeper", 1);
+    srv.still_serves(&mut keeper, "keeper", 1);
     wait_counter(&mut srv, "auth_timeout", 3, REPLY);
 }
 
@@ -813,7 +801,7 @@ fn pings_keep_answering_clients_and_silent_ones_are_closed_after_idle_timeout() 
         pings >= 3,
         "only {pings} pings in 2.5 s with ping_interval=0.3"
     );
-    still_serves(&srv, &mut alive, "alive", 1);
+    srv.still_serves(&mut alive, "alive", 1);
 
     let ((code, reason, silent_pings), after) = watcher.join().expect("watcher");
     assert_eq!(code, 1001, "silent client closed with {code} {reason:?}");
@@ -861,8 +849,8 @@ fn frames_and_messages_over_max_frame_are_closed_with_1009() {
         .send(Message::binary(vec![1u8; 1024]))
         .expect("send");
     fits.roundtrip();
-    still_serves(&srv, &mut fits, "fits", 1);
-    still_serves(&srv, &mut watcher, "watcher", 2);
+    srv.still_serves(&mut fits, "fits", 1);
+    srv.still_serves(&mut watcher, "watcher", 2);
     wait_counter(&mut srv, "oversize", 2, REPLY);
 }
 
@@ -883,7 +871,7 @@ fn text_lines_over_max_line_close_the_connection() {
     );
     assert!(got.is_empty(), "reply to an over-long line: {}", show(&got));
     watcher.expect_silence(Duration::from_millis(200));
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
     wait_counter(&mut srv, "oversize", 1, REPLY);
 }
 
@@ -929,7 +917,7 @@ fn http_bodies_over_max_body_get_413_and_heads_over_max_header_get_431() {
     let mut w = Raw::connect(srv.ws);
     let _ = w.send(&upgrade_request("/", &pad));
     assert_eq!(w.head(REPLY).0, 431, "handshake with a 1.1 KB header");
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
 }
 
 /// The limits' counter: bodies and heads over their limit should count in `oversize` like
@@ -1471,7 +1459,7 @@ fn protocol_violations_get_their_close_codes() {
     r.send(&masked(true, 0x1, &[0xff])).expect("send");
     assert_eq!(r.close_frame(REPLY).0, 1007, "bad UTF-8 login");
 
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
     assert_eq!(srv.worker_pids(), workers, "a worker was replaced");
     wait_counter(&mut srv, "rejected", cases.len() as u64, REPLY);
 }
@@ -1512,7 +1500,7 @@ fn a_two_to_the_62_length_field_is_1009_without_a_memory_spike() {
         after < before + 8 * 1024,
         "worker RSS went from {before} KiB to {after} KiB after oversized length fields"
     );
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
     wait_counter(&mut srv, "oversize", 3, REPLY);
 }
 
@@ -1580,7 +1568,7 @@ fn http_request_smuggling_shapes_are_400_and_nothing_behind_them_runs() {
         );
     }
     watcher.expect_silence(Duration::from_millis(300));
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
 }
 
 #[test]
@@ -1686,7 +1674,7 @@ fn ten_thousand_connections_opened_and_dropped_at_once() {
         "only {opened} connections opened ({failed} failed)"
     );
     // The server still answers, with the right bytes, and lets go of every socket.
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
     assert!(
         wait_until(Duration::from_secs(10), || {
             workers.iter().map(|p| fds(*p)).sum::<usize>() <= baseline + 8
@@ -1695,7 +1683,7 @@ fn ten_thousand_connections_opened_and_dropped_at_once() {
         workers.iter().map(|p| fds(*p)).sum::<usize>()
     );
     assert_eq!(srv.worker_pids(), workers, "a worker was replaced");
-    still_serves(&srv, &mut watcher, "watcher", 2);
+    srv.still_serves(&mut watcher, "watcher", 2);
     // Exact bytes of a larger push, too.
     let payload: String = (0..4000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -1726,7 +1714,7 @@ fn invalid_utf8_in_a_seed_line_is_refused_not_pushed_as_a_text_frame() {
             show(&reply)
         );
     }
-    still_serves(&srv, &mut watcher, "watcher", 1);
+    srv.still_serves(&mut watcher, "watcher", 1);
 }
 
 /// A client that floods ping frames and never reads must neither stall the worker (the other
@@ -1737,6 +1725,7 @@ fn a_client_flooding_pings_without_reading_neither_stalls_the_worker_nor_grows_i
     let mut watcher = srv.login_acked("watcher");
     let before = workers_rss_kib(&srv);
     let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Both log in before either floods (a flood can stall the other's handshake).
     let clients: Vec<Raw> = (0..2)
         .map(|i| Raw::login(srv.ws, &format!("flood{i}")))
@@ -1745,6 +1734,7 @@ fn a_client_flooding_pings_without_reading_neither_stalls_the_worker_nor_grows_i
         .into_iter()
         .map(|mut flood| {
             let stop = stop.clone();
+            let flooded = flooded.clone();
             std::thread::spawn(move || {
                 let ping = masked(true, 0x9, b"0123456789abcdef0123456789abcdef");
                 let batch: Vec<u8> = ping.repeat(65536 / ping.len());
@@ -1756,7 +1746,10 @@ fn a_client_flooding_pings_without_reading_neither_stalls_the_worker_nor_grows_i
                 let mut sent = 0usize;
                 while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(6) {
                     match flood.s.write(&batch) {
-                        Ok(n) => sent += n,
+                        Ok(n) => {
+                            sent += n;
+                            flooded.fetch_add(n, Ordering::SeqCst);
+                        }
                         Err(e)
                             if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                         Err(_) => break,
@@ -1766,7 +1759,12 @@ fn a_client_flooding_pings_without_reading_neither_stalls_the_worker_nor_grows_i
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Push only once the flood is under way: both flooders have written 4 MiB between them.
+    assert!(
+        wait_until(Duration::from_secs(5), || flooded.load(Ordering::SeqCst)
+            >= 4 << 20),
+        "the flood never got going"
+    );
     // While the flood goes on, a push on another connection is answered and delivered.
     let line = "{\"uid\":\"watcher\",\"during\":\"flood\"}";
     let mut t = TextConn::connect(srv.text);

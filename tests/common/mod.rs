@@ -748,6 +748,19 @@ impl Server {
         probe.close();
     }
 
+    /// Proves the server still works: a push on a fresh text connection reaches `client`
+    /// (logged in as `uid`) with exactly these bytes.
+    pub fn still_serves(&self, client: &mut Ws, uid: &str, n: u32) {
+        let line = format!("{{\"uid\":\"{uid}\",\"alive\":{n}}}");
+        assert_eq!(
+            self.text_push(format!("{line}\n").as_bytes()),
+            b"ok\n",
+            "server no longer answers pushes\n{}",
+            self.log()
+        );
+        assert_eq!(client.recv_text(REPLY), line);
+    }
+
     /// Runs `herald ARGS --pid-file F` and returns its output, reaping the master meanwhile (a
     /// command that waits for the master to vanish would otherwise wait on our zombie). Panics
     /// if the command runs longer than `limit`.
@@ -760,19 +773,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut g = Group::spawn(&mut cmd).expect("spawn herald cli");
-        // Read the pipes on threads so a chatty command cannot block on a full pipe.
-        let mut out = g.child.stdout.take().expect("stdout");
-        let mut err = g.child.stderr.take().expect("stderr");
-        let t_out = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = out.read_to_end(&mut v);
-            v
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
+        let (t_out, t_err) = read_pipes(&mut g);
         let deadline = Instant::now() + limit;
         let status = loop {
             self.group.try_wait();
@@ -1330,6 +1331,26 @@ pub fn require(what: &str, present: bool) -> bool {
     false
 }
 
+/// Reads a child's stdout and stderr on threads, so a chatty command cannot block on a full
+/// pipe; join the handles for the bytes.
+fn read_pipes(
+    g: &mut Group,
+) -> (
+    std::thread::JoinHandle<Vec<u8>>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    }
+    let out = g.child.stdout.take().expect("stdout");
+    let err = g.child.stderr.take().expect("stderr");
+    (drain(out), drain(err))
+}
+
 /// Runs a command to completion with a time limit, in its own process group (killed on
 /// timeout).
 pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
@@ -1337,18 +1358,7 @@ pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut g = Group::spawn(cmd).expect("spawn");
-    let mut out = g.child.stdout.take().expect("stdout");
-    let mut err = g.child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let (t_out, t_err) = read_pipes(&mut g);
     let status = g
         .wait_timeout(limit)
         .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
@@ -1369,17 +1379,6 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 
-/// An `hmac`-mode token, `UID.EXPIRY.SIG` with SIG the lowercase hex HMAC-SHA256 of
-/// `UID.EXPIRY` under `secret`: what a PHP backend makes with one `hash_hmac` call.
-pub fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(format!("{uid}.{exp}").as_bytes());
-    let sig: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{uid}.{exp}.{sig}")
-}
+/// `hmac`-mode tokens, made as a PHP backend makes them (one `hash_hmac` call).
+#[allow(unused_imports)] // not every test file makes tokens
+pub use herald_worker::auth::hmac_token;

@@ -121,6 +121,26 @@ impl Auth {
     }
 }
 
+/// An `hmac`-mode token for `uid` expiring at `exp` (Unix seconds): `UID.EXPIRY.SIG`, SIG the
+/// lowercase hex HMAC-SHA256 of `UID.EXPIRY` under `secret` (what PHP's
+/// `hash_hmac('sha256', "$uid.$exp", $secret)` gives), for backends written in Rust and tests.
+pub fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
+    let payload = format!("{uid}.{exp}");
+    // HMAC accepts keys of any length, so this cannot fail.
+    let sig: String = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(payload.as_bytes());
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+        Err(_) => String::new(),
+    };
+    format!("{payload}.{sig}")
+}
+
 /// `token` from a request target's query string (`/path?token=…`).
 pub fn token_from_target(target: &str) -> Option<String> {
     let (_, q) = target.split_once('?')?;
@@ -150,18 +170,6 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{uid}.{exp}").as_bytes());
-        let sig: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{uid}.{exp}.{sig}")
-    }
 
     #[test]
     fn hmac_tokens() {

@@ -193,6 +193,26 @@ fn read_blocked(c: &Conn, cfg: &Config) -> bool {
         || matches!(&c.proto, Proto::Text(t) if t.replies.len() > MAX_PENDING_REPLIES)
 }
 
+/// Which `status` counter a refused request moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Malformed or not allowed: `rejected`.
+    Protocol,
+    /// Over a size limit (413, 431): `oversize`.
+    Oversize,
+    /// The caller already counted it (`auth_failed`, `bad_origin`).
+    Counted,
+}
+
+impl Refusal {
+    fn for_status(status: u16) -> Refusal {
+        match status {
+            413 | 431 => Refusal::Oversize,
+            _ => Refusal::Protocol,
+        }
+    }
+}
+
 /// Seconds to worker clock ticks (tenths of a second).
 fn ticks(secs: f64) -> u32 {
     (secs * 10.0).ceil().clamp(0.0, u32::MAX as f64) as u32
@@ -296,9 +316,7 @@ impl Worker {
         if let Some(l) = w.sio_listener.as_mut() {
             reg.register(l, TOK_SIO, Interest::READABLE)?;
         }
-        if let Some(h) = w.sio.handoff.as_mut() {
-            reg.register(h, TOK_HANDOFF, Interest::READABLE)?;
-        }
+        reg.register(&mut w.sio.handoff, TOK_HANDOFF, Interest::READABLE)?;
         reg.register(
             &mut w.control,
             TOK_CONTROL,
@@ -555,7 +573,7 @@ impl Worker {
                         self.stats.idle_closed += 1;
                         log::debug!("http connection {id} from {remote}: idle; closing");
                     }
-                    self.close(slot, None);
+                    self.close(slot);
                 }
                 Act::Close(code, why) => {
                     if code == 1008 {
@@ -735,21 +753,21 @@ impl Worker {
                 // Discard what a closing peer still sends; stop at WouldBlock or EOF.
                 match conn.stream.read(&mut scratch) {
                     Ok(0) => {
-                        self.close(slot, None);
+                        self.close(slot);
                         break;
                     }
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if would_block(&e) => break,
                     Err(_) => {
-                        self.close(slot, None);
+                        self.close(slot);
                         break;
                     }
                 }
             }
             match conn.stream.read(&mut scratch) {
                 Ok(0) => {
-                    self.close(slot, None);
+                    self.close(slot);
                     break;
                 }
                 Ok(n) => {
@@ -762,7 +780,7 @@ impl Worker {
                 Err(e) if would_block(&e) => break,
                 Err(e) => {
                     log::debug!("read from connection in slot {slot}: {e}");
-                    self.close(slot, None);
+                    self.close(slot);
                     break;
                 }
             }
@@ -817,8 +835,12 @@ impl Worker {
     fn consume_handshake(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         match websocket::handshake(buf, self.cfg.max_header) {
             Handshake::Partial => 0,
-            Handshake::Reject { response, reason } => {
-                self.reject(slot, reason, response);
+            Handshake::Reject {
+                status,
+                response,
+                reason,
+            } => {
+                self.reject(slot, reason, response, Refusal::for_status(status));
                 buf.len()
             }
             Handshake::Upgrade {
@@ -835,7 +857,7 @@ impl Worker {
                 {
                     self.stats.bad_origin += 1;
                     let r = websocket::http_error("403 Forbidden", "origin not allowed\n", "");
-                    self.reject(slot, "origin not allowed", r);
+                    self.reject(slot, "origin not allowed", r, Refusal::Counted);
                     return buf.len();
                 }
                 // A token in the URL is checked before the upgrade, so a bad one gets a 401.
@@ -851,7 +873,12 @@ impl Worker {
                                     "invalid token\n",
                                     "",
                                 );
-                                self.reject(slot, &format!("token in URL refused: {e}"), r);
+                                self.reject(
+                                    slot,
+                                    &format!("token in URL refused: {e}"),
+                                    r,
+                                    Refusal::Counted,
+                                );
                                 return buf.len();
                             }
                         }
@@ -1248,10 +1275,12 @@ impl Worker {
                     return pos;
                 }
                 Parsed::Error { status, reason } => {
+                    let code = status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(400);
                     self.reject(
                         slot,
                         reason,
                         http::text(status, &format!("{reason}\n"), false),
+                        Refusal::for_status(code),
                     );
                     return buf.len();
                 }
@@ -1415,14 +1444,12 @@ impl Worker {
         }
     }
 
-    /// Answers with an error response and closes. A 413 or 431 counts as `oversize`, the rest
-    /// as `rejected`.
-    fn reject(&mut self, slot: usize, reason: &str, response: Vec<u8>) {
-        if response.starts_with(b"HTTP/1.1 413") || response.starts_with(b"HTTP/1.1 431") {
-            self.stats.oversize += 1;
-        } else if !response.starts_with(b"HTTP/1.1 401") && !response.starts_with(b"HTTP/1.1 403") {
-            // 401 and 403 have their own counters (auth_failed, bad_origin).
-            self.stats.rejected += 1;
+    /// Answers with an error response and closes, moving the counter `why` names.
+    fn reject(&mut self, slot: usize, reason: &str, response: Vec<u8>, why: Refusal) {
+        match why {
+            Refusal::Oversize => self.stats.oversize += 1,
+            Refusal::Protocol => self.stats.rejected += 1,
+            Refusal::Counted => {}
         }
         if let Some(c) = self.conns.get(slot) {
             log::info!(
@@ -1710,7 +1737,7 @@ impl Worker {
                 Ok(true) => {
                     conn.slow_since = 0;
                     if conn.flags & CLOSING != 0 {
-                        self.close(slot, None);
+                        self.close(slot);
                     } else if conn.flags & WANT_WRITE != 0 {
                         conn.flags &= !WANT_WRITE;
                         let _ = self.poll.registry().reregister(
@@ -1732,13 +1759,13 @@ impl Worker {
                             Interest::READABLE | Interest::WRITABLE,
                         ) {
                             log::debug!("reregister connection {}: {e}", conn.id);
-                            self.close(slot, None);
+                            self.close(slot);
                         }
                     }
                 }
                 Err(e) => {
                     log::debug!("write to connection {}: {e}", conn.id);
-                    self.close(slot, None);
+                    self.close(slot);
                 }
             }
         }
@@ -1755,7 +1782,7 @@ impl Worker {
     }
 
     /// Removes a connection now.
-    fn close(&mut self, slot: usize, _why: Option<&str>) {
+    fn close(&mut self, slot: usize) {
         if !self.conns.contains(slot) {
             return;
         }
@@ -1795,7 +1822,7 @@ impl Worker {
                 }
                 let _ = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
             }
-            self.close(slot, None);
+            self.close(slot);
         }
     }
 

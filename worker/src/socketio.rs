@@ -73,7 +73,7 @@ pub struct Sio {
     /// Sessions with packets for a held poll.
     pub dirty: Vec<usize>,
     /// Receives connections handed over by siblings.
-    pub handoff: Option<mio::net::UnixDatagram>,
+    pub handoff: mio::net::UnixDatagram,
     /// The last `update_online_count` text sent.
     pub online_text: String,
     /// A count query is in flight.
@@ -98,7 +98,7 @@ impl Sio {
             sids: HashMap::new(),
             gen: SidGen::new(pid & engineio::MAX_SID_WORKER),
             dirty: Vec::new(),
-            handoff: Some(mio::net::UnixDatagram::from_std(s)),
+            handoff: mio::net::UnixDatagram::from_std(s),
             online_text: String::new(),
             online_asked: false,
         })
@@ -761,40 +761,36 @@ impl Worker {
         keep: bool,
     ) -> bool {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-        let known = self
+        let owner_pid = self
             .peers
             .iter()
-            .any(|p| p.pid & engineio::MAX_SID_WORKER == owner);
-        let sent = known && raw.len() <= MAX_HANDOFF && {
-            let pid = self
-                .peers
-                .iter()
-                .find(|p| p.pid & engineio::MAX_SID_WORKER == owner)
-                .map(|p| p.pid)
-                .unwrap_or(owner);
-            let (Some(conn), Some(sock)) = (self.conns.get(slot), self.sio.handoff.as_ref()) else {
-                return false;
-            };
-            let fd = conn.stream.as_raw_fd();
-            let res = UnixAddr::new_abstract(handoff_name(self.instance, pid).as_bytes()).and_then(
-                |addr| {
-                    sendmsg(
-                        sock.as_raw_fd(),
-                        &[io::IoSlice::new(raw)],
-                        &[ControlMessage::ScmRights(&[fd])],
-                        MsgFlags::MSG_DONTWAIT,
-                        Some(&addr),
-                    )
-                },
-            );
-            match res {
-                Ok(_) => true,
-                Err(e) => {
-                    log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
-                    false
+            .find(|p| p.pid & engineio::MAX_SID_WORKER == owner)
+            .map(|p| p.pid);
+        let sent = raw.len() <= MAX_HANDOFF
+            && owner_pid.is_some_and(|pid| {
+                let Some(conn) = self.conns.get(slot) else {
+                    return false;
+                };
+                let sock = &self.sio.handoff;
+                let fd = conn.stream.as_raw_fd();
+                let res = UnixAddr::new_abstract(handoff_name(self.instance, pid).as_bytes())
+                    .and_then(|addr| {
+                        sendmsg(
+                            sock.as_raw_fd(),
+                            &[io::IoSlice::new(raw)],
+                            &[ControlMessage::ScmRights(&[fd])],
+                            MsgFlags::MSG_DONTWAIT,
+                            Some(&addr),
+                        )
+                    });
+                match res {
+                    Ok(_) => true,
+                    Err(e) => {
+                        log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
+                        false
+                    }
                 }
-            }
-        };
+            });
         if !sent {
             self.http_respond(slot, eio_error(ErrorCode::UnknownSid, origin, keep));
             return false;
@@ -804,17 +800,14 @@ impl Worker {
         if let Some(c) = self.conns.get_mut(slot) {
             c.out.clear();
         }
-        self.close(slot, None);
+        self.close(slot);
         true
     }
 
     /// Connections handed over by siblings: adopt each, with the bytes already read.
     pub(super) fn sio_adopt(&mut self) {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        let Some(sock) = self.sio.handoff.as_ref() else {
-            return;
-        };
-        let raw_sock = sock.as_raw_fd();
+        let raw_sock = self.sio.handoff.as_raw_fd();
         let mut buf = vec![0u8; MAX_HANDOFF];
         loop {
             let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);

@@ -54,6 +54,8 @@ pub enum Handshake {
     },
     /// Not a WebSocket upgrade: send `response` and close.
     Reject {
+        /// The response's status code (431 counts as oversize, the rest as rejected).
+        status: u16,
         /// A complete HTTP error response.
         response: Vec<u8>,
         /// For the log.
@@ -70,6 +72,19 @@ pub fn http_error(status: &str, body: &str, extra_headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A refusal: `status_line` (e.g. `431 Request Header Fields Too Large`), a plain-text body,
+/// extra header lines, and the reason for the log.
+fn refuse(status_line: &str, body: &str, extra: &str, reason: &'static str) -> Handshake {
+    Handshake::Reject {
+        status: status_line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(400),
+        response: http_error(status_line, body, extra),
+        reason,
+    }
+}
+
 /// Parses the client's opening handshake from `buf`. A head larger than `max_header` is
 /// refused with 431.
 pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
@@ -79,53 +94,47 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > max_header {
-                return Handshake::Reject {
-                    response: http_error(
-                        "431 Request Header Fields Too Large",
-                        "headers too large\n",
-                        "",
-                    ),
-                    reason: "handshake headers too large",
-                };
+                return refuse(
+                    "431 Request Header Fields Too Large",
+                    "headers too large\n",
+                    "",
+                    "handshake headers too large",
+                );
             }
             return Handshake::Partial;
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Handshake::Reject {
-                response: http_error(
-                    "431 Request Header Fields Too Large",
-                    "too many headers\n",
-                    "",
-                ),
-                reason: "too many handshake headers",
-            }
+            return refuse(
+                "431 Request Header Fields Too Large",
+                "too many headers\n",
+                "",
+                "too many handshake headers",
+            )
         }
         Err(_) => {
-            return Handshake::Reject {
-                response: http_error("400 Bad Request", "malformed request\n", ""),
-                reason: "malformed handshake request",
-            }
+            return refuse(
+                "400 Bad Request",
+                "malformed request\n",
+                "",
+                "malformed handshake request",
+            )
         }
     };
     if consumed > max_header {
-        return Handshake::Reject {
-            response: http_error(
-                "431 Request Header Fields Too Large",
-                "headers too large\n",
-                "",
-            ),
-            reason: "handshake headers too large",
-        };
+        return refuse(
+            "431 Request Header Fields Too Large",
+            "headers too large\n",
+            "",
+            "handshake headers too large",
+        );
     }
     if req.method != Some("GET") {
-        return Handshake::Reject {
-            response: http_error(
-                "405 Method Not Allowed",
-                "WebSocket upgrade needs GET\n",
-                "Allow: GET\r\n",
-            ),
-            reason: "handshake method is not GET",
-        };
+        return refuse(
+            "405 Method Not Allowed",
+            "WebSocket upgrade needs GET\n",
+            "Allow: GET\r\n",
+            "handshake method is not GET",
+        );
     }
     let header = |name: &str| {
         req.headers
@@ -138,30 +147,28 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
-        return Handshake::Reject {
-            response: http_error(
-                "426 Upgrade Required",
-                "this port speaks WebSocket\n",
-                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-            ),
-            reason: "not a WebSocket upgrade",
-        };
+        return refuse(
+            "426 Upgrade Required",
+            "this port speaks WebSocket\n",
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            "not a WebSocket upgrade",
+        );
     }
     if header("Sec-WebSocket-Version") != Some("13") {
-        return Handshake::Reject {
-            response: http_error(
-                "426 Upgrade Required",
-                "unsupported WebSocket version\n",
-                "Sec-WebSocket-Version: 13\r\n",
-            ),
-            reason: "unsupported WebSocket version",
-        };
+        return refuse(
+            "426 Upgrade Required",
+            "unsupported WebSocket version\n",
+            "Sec-WebSocket-Version: 13\r\n",
+            "unsupported WebSocket version",
+        );
     }
     let Some(key) = header("Sec-WebSocket-Key").filter(|k| !k.is_empty()) else {
-        return Handshake::Reject {
-            response: http_error("400 Bad Request", "missing Sec-WebSocket-Key\n", ""),
-            reason: "missing Sec-WebSocket-Key",
-        };
+        return refuse(
+            "400 Bad Request",
+            "missing Sec-WebSocket-Key\n",
+            "",
+            "missing Sec-WebSocket-Key",
+        );
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
