@@ -1556,6 +1556,9 @@ impl Worker {
                         slots.extend_from_slice(s);
                     }
                 }
+                // In table order, not the map's: sockets accepted together sit together in
+                // the kernel's tables and in ours, so a broadcast walks memory in order.
+                slots.sort_unstable();
             }
             Target::Groups(groups) => {
                 let mut seen: HashSet<&str> = HashSet::new();
