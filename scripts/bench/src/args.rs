@@ -11,6 +11,7 @@ USAGE:
   herald-bench unicast   --clients N --conns K [--rate R] --pushes M
   herald-bench broadcast --clients N --count B [--spacing-ms S]
   herald-bench limit     --clients N --count B [--spacing-ms S]
+  herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
@@ -25,6 +26,9 @@ MODES:
              deliveries/s, per-broadcast completion p50/p99 (us), server CPU per delivery (us)
   limit      the same as broadcast against a trivial server (one write(2) per delivery of a
              pre-encoded frame, no WebSocket handshake): the ceiling
+  limit-unicast  the same as unicast against that trivial server: each line is framed as it is
+             and written to one client (one write(2) per push, no parsing, no login), and
+             answered ok; the floor of a unicast push (its misrouted count is not reported)
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -59,7 +63,7 @@ OPTIONS:
 /// Parsed options.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `connect`, `unicast`, `broadcast` or `limit`.
+    /// `connect`, `unicast`, `broadcast`, `limit`, `limit-unicast` or `churn`.
     pub mode: String,
     /// WebSocket clients.
     pub clients: usize,
@@ -189,7 +193,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         }
     }
     match o.mode.as_str() {
-        "connect" | "unicast" | "broadcast" | "limit" | "churn" => {}
+        "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

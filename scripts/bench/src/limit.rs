@@ -6,10 +6,17 @@
 //! Each accepted client gets one `login success` frame, so that clients know they were accepted
 //! (that is outside the measured broadcasts).
 //!
+//! It also listens on a text port, the floor of a unicast push (`limit-unicast`): each line
+//! `{"uid":"uN",…}` that a backend connection brings is framed as it is and written to accepted
+//! socket `N mod count` (one `write` per push; which client gets it does not matter for the
+//! floor, only that every push costs one delivery), and answered `ok\n`; the answers to all the
+//! lines of one read go back in one `write`. No JSON parsing, no registry, no WebSocket login.
+//!
 //! Pipe protocol on stdin: `count` → `{"accepted":N}`; `b DATA` → broadcast DATA (no answer);
-//! `quit` or end of input → exit. At start it prints `{"hello":true,"port":P,"pid":PID}`.
+//! `quit` or end of input → exit. At start it prints
+//! `{"hello":true,"port":P,"text":T,"pid":PID}`.
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -27,6 +34,20 @@ use crate::ws;
 const LISTENER: Token = Token(usize::MAX - 2);
 /// Token of the command pipe.
 const STDIN: Token = Token(usize::MAX - 1);
+/// Token of the text listening socket.
+const TEXT_LISTENER: Token = Token(usize::MAX - 3);
+/// Tokens of text connections start here (client sockets count up from 0).
+const TEXT_BASE: usize = 1 << 40;
+
+/// One backend connection on the text port.
+struct Backend {
+    /// The socket.
+    sock: TcpStream,
+    /// A line not complete yet.
+    partial: Vec<u8>,
+    /// Answers not written yet (the backend stopped reading).
+    out: Vec<u8>,
+}
 
 /// One accepted client.
 struct Peer {
@@ -60,10 +81,19 @@ pub fn child_main() -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("_limit-server: {e}"))?
         .port();
+    let mut text_listener =
+        TcpListener::bind(addr).map_err(|e| format!("_limit-server: bind text: {e}"))?;
+    let text_port = text_listener
+        .local_addr()
+        .map_err(|e| format!("_limit-server: {e}"))?
+        .port();
     let mut poll = Poll::new().map_err(|e| format!("_limit-server: poll: {e}"))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| format!("_limit-server: register: {e}"))?;
+    poll.registry()
+        .register(&mut text_listener, TEXT_LISTENER, Interest::READABLE)
+        .map_err(|e| format!("_limit-server: register text: {e}"))?;
     // SAFETY: fcntl on our own stdin; only the non-blocking flag of our read end changes.
     unsafe {
         let fl = libc::fcntl(0, libc::F_GETFL);
@@ -72,9 +102,14 @@ pub fn child_main() -> Result<(), String> {
     poll.registry()
         .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
         .map_err(|e| format!("_limit-server: register stdin: {e}"))?;
-    reply(&json!({"hello": true, "port": port, "pid": std::process::id(), "nofile": nofile}))?;
+    reply(
+        &json!({"hello": true, "port": port, "text": text_port, "pid": std::process::id(),
+                  "nofile": nofile}),
+    )?;
 
     let mut peers: Vec<Option<Peer>> = Vec::new();
+    let mut backends: Vec<Option<Backend>> = Vec::new();
+    let mut scratch = vec![0u8; 64 * 1024];
     let mut cmd_buf: Vec<u8> = Vec::new();
     let mut frame: Vec<u8> = Vec::with_capacity(128);
     let mut login: Vec<u8> = Vec::new();
@@ -89,6 +124,16 @@ pub fn child_main() -> Result<(), String> {
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => accept_all(&listener, &mut peers, &login),
+                TEXT_LISTENER => accept_backends(&poll, &text_listener, &mut backends),
+                Token(t) if (TEXT_BASE..2 * TEXT_BASE).contains(&t) => {
+                    let j = t - TEXT_BASE;
+                    let Some(Some(b)) = backends.get_mut(j) else {
+                        continue;
+                    };
+                    if serve_backend(&poll, b, &mut peers, &mut scratch, &mut frame).is_err() {
+                        backends[j] = None;
+                    }
+                }
                 STDIN => {
                     if !read_commands(&mut cmd_buf)? {
                         return Ok(());
@@ -148,6 +193,93 @@ fn accept_all(listener: &TcpListener, peers: &mut Vec<Option<Peer>>, login: &[u8
     }
 }
 
+/// Accepts every pending backend connection.
+fn accept_backends(poll: &Poll, listener: &TcpListener, backends: &mut Vec<Option<Backend>>) {
+    loop {
+        match listener.accept() {
+            Ok((mut sock, _)) => {
+                let _ = sock.set_nodelay(true);
+                let token = Token(TEXT_BASE + backends.len());
+                if poll
+                    .registry()
+                    .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                    .is_ok()
+                {
+                    backends.push(Some(Backend {
+                        sock,
+                        partial: Vec::new(),
+                        out: Vec::new(),
+                    }));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() != ErrorKind::WouldBlock {
+                    eprintln!("_limit-server: accept text: {e}");
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Reads what backend `b` sent until `WouldBlock`; every complete line is written to one client
+/// as a frame and answered `ok`. `Err` when the backend is gone.
+fn serve_backend(
+    poll: &Poll,
+    b: &mut Backend,
+    peers: &mut [Option<Peer>],
+    scratch: &mut [u8],
+    frame: &mut Vec<u8>,
+) -> io::Result<()> {
+    flush_backend(b)?;
+    loop {
+        let n = match b.sock.read(scratch) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let joined;
+        let data: &[u8] = if b.partial.is_empty() {
+            &scratch[..n]
+        } else {
+            joined = [std::mem::take(&mut b.partial).as_slice(), &scratch[..n]].concat();
+            &joined
+        };
+        let mut pos = 0;
+        while let Some(nl) = data[pos..].iter().position(|&c| c == b'\n') {
+            let line = &data[pos..pos + nl];
+            pos += nl + 1;
+            let live = peers.len().max(1);
+            let to =
+                crate::clients::number_after(line, b"\"uid\":\"u").unwrap_or(0) as usize % live;
+            frame.clear();
+            ws::encode_server_text(line, frame);
+            unicast(poll, peers, to, frame);
+            b.out.extend_from_slice(b"ok\n");
+        }
+        b.partial.extend_from_slice(&data[pos..]);
+        flush_backend(b)?;
+    }
+}
+
+/// Writes a backend's pending answers, as far as its socket takes them.
+fn flush_backend(b: &mut Backend) -> io::Result<()> {
+    while !b.out.is_empty() {
+        match b.sock.write(&b.out) {
+            Ok(n) => {
+                b.out.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads available command bytes; `Ok(false)` at end of input.
 fn read_commands(buf: &mut Vec<u8>) -> Result<bool, String> {
     let mut chunk = [0u8; 8192];
@@ -171,18 +303,26 @@ fn read_commands(buf: &mut Vec<u8>) -> Result<bool, String> {
 
 /// Writes `frame` to every peer: one `write` each, the rest queued if the socket is full.
 fn broadcast(poll: &Poll, peers: &mut [Option<Peer>], frame: &[u8]) {
-    for (i, slot) in peers.iter_mut().enumerate() {
-        let Some(p) = slot else { continue };
-        if !p.pending.is_empty() {
-            p.pending.extend_from_slice(frame);
-            continue;
-        }
-        match p.sock.write(frame) {
-            Ok(n) if n == frame.len() => {}
-            Ok(n) => queue(poll, i, p, &frame[n..]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => queue(poll, i, p, frame),
-            Err(_) => *slot = None,
-        }
+    for i in 0..peers.len() {
+        unicast(poll, peers, i, frame);
+    }
+}
+
+/// Writes `frame` to peer `i` in one `write`, the rest queued if the socket is full.
+fn unicast(poll: &Poll, peers: &mut [Option<Peer>], i: usize, frame: &[u8]) {
+    let Some(slot) = peers.get_mut(i) else {
+        return;
+    };
+    let Some(p) = slot else { return };
+    if !p.pending.is_empty() {
+        p.pending.extend_from_slice(frame);
+        return;
+    }
+    match p.sock.write(frame) {
+        Ok(n) if n == frame.len() => {}
+        Ok(n) => queue(poll, i, p, &frame[n..]),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => queue(poll, i, p, frame),
+        Err(_) => *slot = None,
     }
 }
 
@@ -224,6 +364,8 @@ pub struct LimitServer {
     victim: Victim,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
+    /// Its text port (127.0.0.1), for `limit-unicast`.
+    pub text: u16,
 }
 
 impl LimitServer {
@@ -251,9 +393,11 @@ impl LimitServer {
             stdout: BufReader::new(stdout),
             victim,
             port: 0,
+            text: 0,
         };
         let hello = s.read()?;
         s.port = hello["port"].as_u64().ok_or("limit server: no port")? as u16;
+        s.text = hello["text"].as_u64().ok_or("limit server: no text port")? as u16;
         Ok(s)
     }
 

@@ -5,6 +5,7 @@
 //! herald-bench unicast   --clients N --conns K [--rate R] --pushes M
 //! herald-bench broadcast --clients N --count B [--spacing-ms S]
 //! herald-bench limit     --clients N --count B [--spacing-ms S]
+//! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
@@ -32,6 +33,9 @@
 //!   delivery.
 //! * `limit` — the same broadcasts from a server that `write`s one pre-encoded 100-byte frame per
 //!   socket per broadcast (one syscall per delivery; no handshake): the ceiling.
+//! * `limit-unicast` — the `unicast` pushes through that server's text port: each line framed as
+//!   it is and written to one client, answered `ok` (one syscall per push, nothing parsed): the
+//!   floor of a unicast push.
 //! * `churn` — about N clients stay connected while each second R new ones connect and R random
 //!   ones leave, for S seconds, with P pushes per second to connected uids (through one text
 //!   connection per client process); connects attempted/failed, disconnects, pushes ok/fail,

@@ -41,6 +41,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "unicast" => unicast(o, d),
         "broadcast" => broadcast(o, d),
         "limit" => limit(o, d),
+        "limit-unicast" => limit_unicast(o, d),
         "churn" => crate::churn::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
@@ -200,8 +201,40 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let herald = start_herald(o)?;
     let (mut pool, c) = connect_pool(o, d, herald.ws, false, o.clients)?;
     let mut m = base(o, "herald", &c);
+    unicast_run(o, d, &mut pool, herald.text, &mut m, || herald.sample())?;
+    pool.shutdown();
+    drop(herald);
+    Ok(Value::Object(m))
+}
+
+/// `limit-unicast`: the same pushes through the trivial server's text port (one `write` per
+/// push, no parsing, no registry): the floor of a unicast push on this machine.
+fn limit_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let (ls, mut pool, c) = limit_pool(o, d)?;
+    let mut m = base(o, "limit", &c);
+    let pid = ls.pid();
+    let text = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.text);
+    let run = unicast_run(o, d, &mut pool, text, &mut m, || procstat::sample(&[pid]));
+    pool.shutdown();
+    ls.stop();
+    run?;
+    // The floor writes each push to an arbitrary client: "misrouted" means nothing here.
+    m.remove("misrouted");
+    Ok(Value::Object(m))
+}
+
+/// Pushes `o.pushes` lines through `text` while `pool`'s clients receive them, and adds the
+/// unicast figures to `m`; `sample` reads the server's CPU.
+fn unicast_run(
+    o: &Opts,
+    d: Deadlines,
+    pool: &mut ClientPool,
+    text: std::net::SocketAddrV4,
+    m: &mut Map<String, Value>,
+    sample: impl Fn() -> Sample,
+) -> Result<(), String> {
     pool.ask("reset")?;
-    let s0 = herald.sample();
+    let s0 = sample();
     util::progress(&format!(
         "pushing {} through {} connections {}",
         o.pushes,
@@ -211,7 +244,7 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
             .unwrap_or_else(|| "flat out".into())
     ));
     let out = push::unicast(&push::UnicastPlan {
-        text: herald.text,
+        text,
         conns: o.conns,
         rate: o.rate,
         pushes: o.pushes,
@@ -226,7 +259,7 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
         Duration::from_millis(o.settle_ms),
         d.before_end(5_000_000_000),
     )?;
-    let s1 = herald.sample();
+    let s1 = sample();
     util::progress(&format!(
         "{} sent, {} ok, {} fail, {} delivered",
         out.sent,
@@ -286,9 +319,7 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     m.insert("server_cpu_us_per_push".into(), json!(cpu));
     m.insert("server_cpu_sched_us_per_push".into(), json!(sched));
     m.insert("server_rss".into(), json!(s1.rss));
-    pool.shutdown();
-    drop(herald);
-    Ok(Value::Object(m))
+    Ok(())
 }
 
 /// Figures of a finished series of broadcasts, from the clients' reports.
@@ -388,8 +419,9 @@ fn broadcast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     Ok(Value::Object(m))
 }
 
-/// `limit`: the same broadcasts done by the trivial one-write-per-delivery server.
-fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
+/// Starts the `limit` server and connects `o.clients` plain clients to it; returns the server,
+/// the clients and the outcome of connecting (its `connected` is what the server accepted).
+fn limit_pool(o: &Opts, d: Deadlines) -> Result<(LimitServer, ClientPool, ConnectOutcome), String> {
     let nofile = util::raise_nofile();
     if o.clients as u64 + 64 > nofile {
         return Err(format!(
@@ -399,8 +431,15 @@ fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
     }
     let mut ls = LimitServer::spawn()?;
     let ws = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.port);
-    let (mut pool, c) = connect_pool(o, d, ws, true, o.clients)?;
-    let accepted = ls.wait_accepted(c.connected, d.connect)?;
+    let (pool, mut c) = connect_pool(o, d, ws, true, o.clients)?;
+    c.connected = ls.wait_accepted(c.connected, d.connect)?;
+    Ok((ls, pool, c))
+}
+
+/// `limit`: the same broadcasts done by the trivial one-write-per-delivery server.
+fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let (mut ls, mut pool, c) = limit_pool(o, d)?;
+    let accepted = c.connected;
     let mut m = base(o, "limit", &c);
     m.insert("accepted".into(), json!(accepted));
     pool.ask("reset")?;
