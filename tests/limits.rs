@@ -90,3 +90,45 @@ fn workers_drop_privileges_after_binding() {
         Some(r#"{"uid":"unprivileged"}"#)
     );
 }
+
+/// The worker's environment entry `GLIBC_TUNABLES`, if any.
+fn worker_tunables(server: &Server) -> Vec<String> {
+    server
+        .worker_pids()
+        .into_iter()
+        .map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            env.split(|&b| b == 0)
+                .filter_map(|kv| kv.strip_prefix(b"GLIBC_TUNABLES="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .next()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn workers_run_without_the_allocator_thread_cache() {
+    // Its cached chunks would pin heap pages after a peak (see master/src/spawn.rs).
+    let server = Server::builder().workers(2).start();
+    let seen = worker_tunables(&server);
+    assert_eq!(seen.len(), 2);
+    for t in &seen {
+        assert_eq!(t, "glibc.malloc.tcache_count=0");
+    }
+    // An operator's own setting wins. (Merging with other tunables is unit-tested in the
+    // master: glibc rewrites a list of several in the process's own environment block, so
+    // /proc/PID/environ does not show it whole.)
+    let server = Server::builder()
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")
+        .login_reply()
+        .start();
+    assert_eq!(worker_tunables(&server), ["glibc.malloc.tcache_count=3"]);
+    // And the worker serves.
+    let mut c = server.login_acked("tuned");
+    assert_eq!(server.text_push(b"{\"uid\":\"tuned\"}\n"), b"ok\n");
+    assert_eq!(
+        c.try_recv_text(Duration::from_secs(5)).as_deref(),
+        Some(r#"{"uid":"tuned"}"#)
+    );
+}

@@ -218,6 +218,15 @@ fn ticks(secs: f64) -> u32 {
     (secs * 10.0).ceil().clamp(0.0, u32::MAX as f64) as u32
 }
 
+/// Drops the room of an empty work list grown past a few pages by a peak; whether it did.
+fn shrink_idle<T>(v: &mut Vec<T>) -> bool {
+    if v.is_empty() && v.capacity() * std::mem::size_of::<T>() > 16 * 1024 {
+        *v = Vec::new();
+        return true;
+    }
+    false
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -486,6 +495,11 @@ impl Worker {
             shrunk = true;
         }
         shrunk |= self.registry.shrink();
+        // Work lists are reused from turn to turn; one sized by a peak keeps its room.
+        shrunk |= shrink_idle(&mut self.dirty)
+            | shrink_idle(&mut self.resume)
+            | shrink_idle(&mut self.slots_buf)
+            | shrink_idle(&mut self.ready_buf);
         if self.per_ip.capacity() > 2 * self.per_ip.len() + 1024 {
             self.per_ip.shrink_to_fit();
             shrunk = true;

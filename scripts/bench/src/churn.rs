@@ -229,6 +229,12 @@ fn insert_memory(
     m.insert("pss_baseline".into(), json!(baseline.pss));
     m.insert("pss_peak".into(), json!(peak.1.max(baseline.pss)));
     m.insert("pss_after".into(), json!(after.pss));
+    m.insert("anon_baseline".into(), json!(baseline.anon));
+    m.insert("anon_after".into(), json!(after.anon));
+    m.insert(
+        "anon_return_pct".into(),
+        json!(return_pct(baseline.anon, after.anon)),
+    );
     m.insert("memory_samples".into(), json!(peak.2));
     m.insert(
         "memory_return_pct".into(),

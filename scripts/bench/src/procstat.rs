@@ -52,6 +52,9 @@ pub struct Sample {
     pub rss: u64,
     /// Sum of proportional set sizes, bytes.
     pub pss: u64,
+    /// Sum of anonymous resident memory (heap, stacks: what a leak grows), bytes; the rest of
+    /// `rss` is file-backed (the binary's and libraries' pages as they are first used).
+    pub anon: u64,
     /// Sum of utime+stime, nanoseconds (clock-tick resolution).
     pub cpu_ns: u64,
     /// Sum of the run time of every thread from schedstat, nanoseconds.
@@ -81,9 +84,10 @@ pub fn sample(pids: &[i32]) -> Sample {
             .sum();
         s.cpu_ns += ticks * 1_000_000_000 / tck;
         if let Ok(roll) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-            let (rss, pss) = parse_rollup(&roll);
+            let (rss, pss, anon) = parse_rollup(&roll);
             s.rss += rss;
             s.pss += pss;
+            s.anon += anon;
         }
         if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
@@ -101,9 +105,10 @@ pub fn sample(pids: &[i32]) -> Sample {
 }
 
 /// RSS and PSS in bytes from the text of `smaps_rollup`.
-fn parse_rollup(text: &str) -> (u64, u64) {
+fn parse_rollup(text: &str) -> (u64, u64, u64) {
     let mut rss = 0;
     let mut pss = 0;
+    let mut anon = 0;
     for line in text.lines() {
         let mut it = line.split_whitespace();
         let key = it.next().unwrap_or("");
@@ -111,10 +116,11 @@ fn parse_rollup(text: &str) -> (u64, u64) {
         match key {
             "Rss:" => rss = kb * 1024,
             "Pss:" => pss = kb * 1024,
+            "Anonymous:" => anon = kb * 1024,
             _ => {}
         }
     }
-    (rss, pss)
+    (rss, pss, anon)
 }
 
 #[cfg(test)]
@@ -125,8 +131,8 @@ mod tests {
     fn rollup_parsing() {
         let t =
             "00400000-7ffd [rollup]\nRss:                3200 kB\nPss:                1100 kB\n\
-                 Pss_Anon:            900 kB\n";
-        assert_eq!(parse_rollup(t), (3200 * 1024, 1100 * 1024));
+                 Pss_Anon:            900 kB\nAnonymous:          1000 kB\n";
+        assert_eq!(parse_rollup(t), (3200 * 1024, 1100 * 1024, 1000 * 1024));
     }
 
     #[test]
