@@ -6,7 +6,7 @@
 //! once per loop turn with `writev`, so every frame queued for it in that turn shares one
 //! system call. An idle connection's queue owns no heap memory.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
@@ -22,21 +22,31 @@ pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
 /// Encodes one final, unmasked server frame with `opcode` around `payload`.
+///
+/// The buffer is allocated at its exact size, so the `Bytes` owns it directly: no separate
+/// shared header is allocated unless the frame goes to more than one connection.
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
-    let mut b = BytesMut::with_capacity(len + 10);
-    b.extend_from_slice(&[0x80 | opcode]);
-    if len < 126 {
-        b.extend_from_slice(&[len as u8]);
-    } else if len <= u16::MAX as usize {
-        b.extend_from_slice(&[126]);
-        b.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        b.extend_from_slice(&[127]);
-        b.extend_from_slice(&(len as u64).to_be_bytes());
+    let header = match len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    let mut b = Vec::with_capacity(header + len);
+    b.push(0x80 | opcode);
+    match header {
+        2 => b.push(len as u8),
+        4 => {
+            b.push(126);
+            b.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            b.push(127);
+            b.extend_from_slice(&(len as u64).to_be_bytes());
+        }
     }
     b.extend_from_slice(payload);
-    b.freeze()
+    Bytes::from(b)
 }
 
 /// A close frame with `code` and a short `reason`.
@@ -51,6 +61,10 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 
 /// Most buffers handed to one `writev`.
 const IOV_MAX: usize = 64;
+/// Buffers up to this size are copied together when more wait than one `writev` takes.
+const SMALL: usize = 1024;
+/// Most bytes copied together that way.
+const COALESCE_MAX: usize = 64 * 1024;
 
 /// Output waiting for one connection: shared frames and small replies, in order.
 ///
@@ -94,6 +108,9 @@ impl OutQueue {
     /// Writes as much as the socket takes. `Ok(true)`: all written; `Ok(false)`: the socket is
     /// full (wait for WRITABLE). Adds the bytes written to `written`.
     pub fn flush<W: Write>(&mut self, w: &mut W, written: &mut u64) -> io::Result<bool> {
+        if self.rest.len() >= IOV_MAX {
+            self.coalesce();
+        }
         loop {
             let res = match (&self.first, self.rest.is_empty()) {
                 (None, _) => break,
@@ -126,6 +143,27 @@ impl OutQueue {
             self.rest = VecDeque::new();
         }
         Ok(true)
+    }
+
+    /// Copies the small buffers at the front into one, so that a backend's hundreds of `ok`
+    /// replies of one turn go out in one write instead of one `writev` per 64 of them. A copy
+    /// of a few hundred bytes costs far less than a system call.
+    fn coalesce(&mut self) {
+        let mut merged: Vec<u8> = Vec::new();
+        while let Some(f) = &self.first {
+            if f.len() > SMALL || merged.len() + f.len() > COALESCE_MAX {
+                break;
+            }
+            merged.extend_from_slice(f);
+            self.first = self.rest.pop_front();
+        }
+        if merged.is_empty() {
+            return;
+        }
+        if let Some(f) = self.first.take() {
+            self.rest.push_front(f);
+        }
+        self.first = Some(Bytes::from(merged));
     }
 
     fn consume(&mut self, mut n: usize) {
@@ -187,6 +225,14 @@ mod tests {
         let f = frame(OP_BINARY, &vec![0; 70_000]);
         assert_eq!(&f[..2], &[0x82, 127]);
         assert_eq!(f.len(), 70_010);
+        assert_eq!(&frame(OP_TEXT, &[1; 125])[..2], &[0x81, 125]);
+        assert_eq!(&frame(OP_TEXT, &[1; 126])[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(&frame(OP_TEXT, &[1; 65_535])[..4], &[0x81, 126, 255, 255]);
+        assert_eq!(
+            &frame(OP_TEXT, &[1; 65_536])[..10],
+            &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
+        assert_eq!(&frame(OP_PING, b"")[..], &[0x89, 0]);
     }
 
     #[test]
@@ -202,6 +248,57 @@ mod tests {
         let mut n = 0;
         assert!(q.flush(&mut w, &mut n).unwrap());
         assert_eq!(w.got, b"frame");
+        assert!(q.is_empty());
+    }
+
+    /// Counts the calls that reach the socket.
+    struct Counting {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl Write for Counting {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            self.got.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.got.extend_from_slice(b);
+                n += b.len();
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn many_small_buffers_share_one_write() {
+        let mut q = OutQueue::default();
+        let mut want = Vec::new();
+        for i in 0..300 {
+            let r: &'static [u8] = if i % 2 == 0 { b"ok\n" } else { b"fail\n" };
+            q.push(Bytes::from_static(r));
+            want.extend_from_slice(r);
+        }
+        // A big frame after them keeps its place and is not copied.
+        let big = Bytes::from(vec![7u8; 5000]);
+        q.push(big.clone());
+        want.extend_from_slice(&big);
+        let mut w = Counting {
+            got: vec![],
+            calls: 0,
+        };
+        let mut n = 0;
+        assert!(q.flush(&mut w, &mut n).unwrap());
+        assert_eq!(w.got, want);
+        assert_eq!(n as usize, want.len());
+        assert_eq!(w.calls, 1);
         assert!(q.is_empty());
     }
 
