@@ -218,6 +218,26 @@ fn ticks(secs: f64) -> u32 {
     (secs * 10.0).ceil().clamp(0.0, u32::MAX as f64) as u32
 }
 
+/// Whom a push is for: a target as the mesh carries it, or one uid borrowed from the line or
+/// request that named it (the seeds' hot path: no allocation unless a sibling must be told).
+pub(crate) enum To<'a> {
+    /// Uids, everyone or groups.
+    Target(Target),
+    /// One uid.
+    Uid(&'a str),
+}
+
+impl To<'_> {
+    /// Everyone.
+    pub(crate) const ALL: To<'static> = To::Target(Target::All);
+}
+
+impl From<Target> for To<'_> {
+    fn from(t: Target) -> Self {
+        To::Target(t)
+    }
+}
+
 /// Drops the room of an empty work list grown past a few pages by a peak; whether it did.
 fn shrink_idle<T>(v: &mut Vec<T>) -> bool {
     if v.is_empty() && v.capacity() * std::mem::size_of::<T>() > 16 * 1024 {
@@ -1089,7 +1109,13 @@ impl Worker {
                     } else {
                         Target::Uids(vec![to.to_string()])
                     };
-                    self.push(target, Vec::new(), body.as_bytes(), false, ReplyTo::Nobody);
+                    self.push(
+                        target.into(),
+                        Vec::new(),
+                        body.as_bytes(),
+                        false,
+                        ReplyTo::Nobody,
+                    );
                 }
             }
             _ => {}
@@ -1221,7 +1247,7 @@ impl Worker {
         match text::parse_line(line) {
             Command::Seed { uid } => {
                 self.push(
-                    Target::Uids(vec![uid]),
+                    To::Uid(&uid),
                     Vec::new(),
                     line,
                     false,
@@ -1239,7 +1265,7 @@ impl Worker {
                 } else {
                     ReplyKind::OkFail
                 };
-                self.push(target, exclude, &payload, binary, reply(kind));
+                self.push(target.into(), exclude, &payload, binary, reply(kind));
             }
             Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
             Command::Fail(why) => {
@@ -1418,20 +1444,14 @@ impl Worker {
                 id,
                 kind: ReplyKind::AlwaysOk,
             };
-            self.push(Target::All, Vec::new(), content.as_bytes(), false, reply);
+            self.push(To::ALL, Vec::new(), content.as_bytes(), false, reply);
         } else {
             let reply = ReplyTo::Http {
                 slot,
                 id,
                 kind: ReplyKind::Publish,
             };
-            self.push(
-                Target::Uids(vec![to]),
-                Vec::new(),
-                content.as_bytes(),
-                false,
-                reply,
-            );
+            self.push(To::Uid(&to), Vec::new(), content.as_bytes(), false, reply);
         }
     }
 
@@ -1493,7 +1513,7 @@ impl Worker {
     /// Delivers here, sends to every sibling, and arranges for the outcome to reach `reply`.
     fn push(
         &mut self,
-        target: Target,
+        target: To<'_>,
         exclude: Vec<String>,
         payload: &[u8],
         binary: bool,
@@ -1509,6 +1529,10 @@ impl Worker {
             return;
         }
         let id = self.inflight.next_id();
+        let target = match target {
+            To::Target(t) => t,
+            To::Uid(u) => Target::Uids(vec![u.to_owned()]),
+        };
         let msg = PeerMsg::Push(Push {
             id,
             target,
@@ -1556,7 +1580,7 @@ impl Worker {
     /// Queues `f` to every local connection `target` names; returns how many.
     fn deliver_local(
         &mut self,
-        target: &Target,
+        target: &To<'_>,
         exclude: &[String],
         f: Bytes,
         payload: &[u8],
@@ -1566,7 +1590,12 @@ impl Worker {
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
         match target {
-            Target::Uids(uids) => {
+            To::Uid(u) => {
+                if !exclude.iter().any(|e| e == u) {
+                    slots.extend_from_slice(self.registry.get(u));
+                }
+            }
+            To::Target(Target::Uids(uids)) => {
                 for (i, u) in uids.iter().enumerate() {
                     if exclude.contains(u) || uids[..i].contains(u) {
                         continue;
@@ -1574,7 +1603,7 @@ impl Worker {
                     slots.extend_from_slice(self.registry.get(u));
                 }
             }
-            Target::All => {
+            To::Target(Target::All) => {
                 slots.reserve(self.registry.connection_count());
                 for (uid, s) in self.registry.iter() {
                     if exclude.is_empty() || !exclude.iter().any(|e| **e == **uid) {
@@ -1585,7 +1614,7 @@ impl Worker {
                 // the kernel's tables and in ours, so a broadcast walks memory in order.
                 slots.sort_unstable();
             }
-            Target::Groups(groups) => {
+            To::Target(Target::Groups(groups)) => {
                 let mut seen: HashSet<&str> = HashSet::new();
                 for g in groups {
                     for u in self.groups.members(g) {
@@ -2169,7 +2198,8 @@ impl Worker {
             }
             PeerMsg::Push(p) => {
                 let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
-                let count = self.deliver_local(&p.target, &p.exclude, f, &p.payload, p.binary);
+                let count =
+                    self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
                 if let Some(l) = self.links.get_mut(key) {
                     l.dirty = true;
                     if let Err(e) = l.chan.send(&PeerMsg::Delivered { id: p.id, count }) {

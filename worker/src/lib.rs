@@ -20,6 +20,7 @@ pub mod groups;
 pub mod http;
 pub mod mesh;
 pub mod registry;
+pub mod seedscan;
 pub mod text;
 pub mod websocket;
 

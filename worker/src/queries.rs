@@ -719,7 +719,7 @@ impl Worker {
             id,
             kind: ReplyKind::Count,
         };
-        self.push(target, exclude, &payload, binary, reply);
+        self.push(target.into(), exclude, &payload, binary, reply);
         Ok(())
     }
 }

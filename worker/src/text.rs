@@ -3,17 +3,21 @@
 //! This module only turns a line into a [`Command`]; the event loop splits lines, enforces
 //! `max_line`, runs the push and keeps the replies in order.
 
+use std::borrow::Cow;
+
 use herald_ipc::Target;
 use serde_json::{json, Value};
 
+use crate::seedscan::{self, Scan};
+
 /// What a backend asked for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<'a> {
     /// The seeds' form `{"uid":"u1",…}`: the whole line (without its ending) goes to `uid`.
     /// Replies `ok` or `fail`.
     Seed {
-        /// The uid.
-        uid: String,
+        /// The uid, borrowed from the line when it is a plain string (the usual case).
+        uid: Cow<'a, str>,
     },
     /// `{"cmd":"push"|"all",…}`: `payload` to `target`. Replies `ok` or `fail` (`all`: `ok`).
     Push {
@@ -75,8 +79,19 @@ struct Head<'a> {
 }
 
 /// Seed lines (`{"uid":…}` without `cmd`) without building a JSON tree; `None` sends the line
-/// to the general parser (which also gives the right answer for anything unusual).
-fn fast_seed(line: &[u8]) -> Option<Command> {
+/// to the general parser (which also gives the right answer for anything unusual). The usual
+/// line is settled by the one-pass scanner; what it is unsure of goes through serde.
+fn fast_seed(line: &[u8]) -> Option<Command<'_>> {
+    match seedscan::scan(line) {
+        Scan::Uid("") | Scan::NoUid => Some(Command::Fail("no uid")),
+        Scan::Uid(uid) => Some(Command::Seed { uid: uid.into() }),
+        Scan::Cmd => None,
+        Scan::Unsure => serde_seed(line),
+    }
+}
+
+/// [`fast_seed`] with serde: parses only the fields that decide, borrowed from the line.
+fn serde_seed(line: &[u8]) -> Option<Command<'_>> {
     let first = line.iter().find(|b| !b.is_ascii_whitespace())?;
     if *first != b'{' {
         return None;
@@ -93,25 +108,23 @@ fn fast_seed(line: &[u8]) -> Option<Command> {
     let Some(raw) = head.uid else {
         return Some(Command::Fail("no uid"));
     };
-    // The usual uid is a plain string: borrow it from the line (one allocation, the uid).
+    // The usual uid is a plain string: borrow it from the line.
     if let Ok(uid) = serde_json::from_str::<&str>(raw.get()) {
         return Some(if uid.is_empty() {
             Command::Fail("no uid")
         } else {
-            Command::Seed {
-                uid: uid.to_string(),
-            }
+            Command::Seed { uid: uid.into() }
         });
     }
     let v: Value = serde_json::from_str(raw.get()).ok()?;
     Some(match uid_of(&v) {
-        Some(uid) => Command::Seed { uid },
+        Some(uid) => Command::Seed { uid: uid.into() },
         None => Command::Fail("no uid"),
     })
 }
 
 /// Parses one line (without `\n`; a trailing `\r` is ignored).
-pub fn parse_line(line: &[u8]) -> Command {
+pub fn parse_line(line: &[u8]) -> Command<'_> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if let Some(c) = fast_seed(line) {
         return c;
@@ -121,7 +134,7 @@ pub fn parse_line(line: &[u8]) -> Command {
     };
     let Some(cmd) = obj.get("cmd") else {
         return match obj.get("uid").and_then(uid_of) {
-            Some(uid) => Command::Seed { uid },
+            Some(uid) => Command::Seed { uid: uid.into() },
             None => Command::Fail("no uid"),
         };
     };
@@ -296,5 +309,64 @@ mod tests {
             parse_line(br#"{"cmd":"count"}"#),
             Command::Query(json!({"q":"uids","group":null,"as":"count"}))
         );
+    }
+
+    /// Whatever the scanner settles, serde settles the same way: mutated seed lines (bytes
+    /// replaced, inserted, removed, from JSON's own alphabet) compared one by one.
+    #[test]
+    fn scanner_agrees_with_serde() {
+        let seeds: [&[u8]; 6] = [
+            br#"{"uid":"u1","t":123}"#,
+            br#"{"uid":"abc","content":"x\/y\u00e9\n","n":[1,-2.5e+3,{"a":null}],"ok":true}"#,
+            br#"{"cmd":"all","data":"hi"}"#,
+            br#" {"to":"x", "percent":"88%" ,"uid" : "u2"} "#,
+            br#"{"uid":123,"x":false}"#,
+            br#"{}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ \tu0129eE.-+tfnrlabd\x01/";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut settled, mut total) = (0, 0);
+        for seed in seeds {
+            for _ in 0..20_000 {
+                let mut line = seed.to_vec();
+                for _ in 0..1 + next(3) {
+                    let c = alphabet[next(alphabet.len())];
+                    let at = next(line.len() + 1);
+                    match next(3) {
+                        0 if at < line.len() => line[at] = c,
+                        1 => line.insert(at, c),
+                        _ if at < line.len() => {
+                            line.remove(at);
+                        }
+                        _ => line.push(c),
+                    }
+                }
+                total += 1;
+                let want = serde_seed(&line);
+                let show = String::from_utf8_lossy(&line).into_owned();
+                match seedscan::scan(&line) {
+                    Scan::Unsure => continue,
+                    Scan::Uid("") | Scan::NoUid => {
+                        assert_eq!(want, Some(Command::Fail("no uid")), "{show}")
+                    }
+                    Scan::Uid(u) => {
+                        assert_eq!(want, Some(Command::Seed { uid: u.into() }), "{show}")
+                    }
+                    Scan::Cmd => {
+                        let head: Head<'_> = serde_json::from_slice(&line).expect(&show);
+                        assert!(head.cmd.is_some(), "{show}");
+                    }
+                }
+                settled += 1;
+            }
+        }
+        // The comparison means something only if the scanner settles many of them.
+        assert!(settled > total / 10, "{settled} of {total}");
     }
 }
