@@ -160,42 +160,39 @@ impl<'a> Scanner<'a> {
             b'"' => self.string().map(|_| ()),
             b'{' => {
                 self.i += 1;
-                self.ws();
-                if self.eat(b'}').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',').is_none() {
-                        return self.eat(b'}');
-                    }
-                }
+                self.items(b'}', |s| {
+                    s.string()?;
+                    s.ws();
+                    s.eat(b':')?;
+                    s.ws();
+                    s.value(depth + 1)
+                })
             }
             b'[' => {
                 self.i += 1;
-                self.ws();
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',').is_none() {
-                        return self.eat(b']');
-                    }
-                }
+                self.items(b']', |s| s.value(depth + 1))
             }
             b't' => self.word(b"true"),
             b'f' => self.word(b"false"),
             b'n' => self.word(b"null"),
             _ => self.number(),
+        }
+    }
+
+    /// The comma-separated items of an object or array, after its opening bracket, through
+    /// `close`.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.eat(close).is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            item(self)?;
+            self.ws();
+            if self.eat(b',').is_none() {
+                return self.eat(close);
+            }
         }
     }
 
