@@ -208,6 +208,10 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "server_cpu_us_per_connect".into(),
         json!(modes::cpu_per(&s0, &s1, opened).1),
     );
+    m.insert(
+        "steal_pct".into(),
+        json!(crate::procstat::steal_pct(&s0, &s1)),
+    );
     insert_memory(&mut m, &baseline, (rss_peak, pss_peak, samples), &after);
     m.insert("errors".into(), json!(errors));
     pool.shutdown();

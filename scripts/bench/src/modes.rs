@@ -318,6 +318,7 @@ fn unicast_run(
     m.insert("latency_max_us".into(), json!(us(1.0)));
     m.insert("server_cpu_us_per_push".into(), json!(cpu));
     m.insert("server_cpu_sched_us_per_push".into(), json!(sched));
+    m.insert("steal_pct".into(), json!(procstat::steal_pct(&s0, &s1)));
     m.insert("server_rss".into(), json!(s1.rss));
     Ok(())
 }
@@ -386,6 +387,7 @@ fn broadcast_figures(
     m.insert("first_delivery_p50_us".into(), json!(us(&first, 0.5)));
     m.insert("server_cpu_us_per_delivery".into(), json!(cpu));
     m.insert("server_cpu_sched_us_per_delivery".into(), json!(sched));
+    m.insert("steal_pct".into(), json!(procstat::steal_pct(s0, s1)));
     m.insert("server_rss".into(), json!(s1.rss));
 }
 

@@ -59,6 +59,37 @@ pub struct Sample {
     pub cpu_ns: u64,
     /// Sum of the run time of every thread from schedstat, nanoseconds.
     pub sched_ns: u64,
+    /// The whole machine's CPU time so far, in clock ticks over all CPUs (`/proc/stat`).
+    pub machine_ticks: u64,
+    /// Of that, time the hypervisor gave to others while this machine wanted to run ("steal").
+    pub steal_ticks: u64,
+}
+
+/// Share of the machine's CPU time between two samples that the hypervisor took away, in
+/// percent: on a shared virtual machine, a latency tail in milliseconds with a high figure here
+/// is the host's doing, not the server's.
+pub fn steal_pct(s0: &Sample, s1: &Sample) -> f64 {
+    let total = s1.machine_ticks.saturating_sub(s0.machine_ticks);
+    if total == 0 {
+        return 0.0;
+    }
+    let steal = s1.steal_ticks.saturating_sub(s0.steal_ticks);
+    (steal as f64 * 1000.0 / total as f64).round() / 10.0
+}
+
+/// (all ticks, steal ticks) from the `cpu` line of `/proc/stat`.
+fn machine_cpu(text: &str) -> (u64, u64) {
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total = v.iter().take(8).sum();
+    (total, v.get(7).copied().unwrap_or(0))
 }
 
 /// Reads memory and CPU of `root` and all its descendants.
@@ -71,6 +102,9 @@ pub fn sample(pids: &[i32]) -> Sample {
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut s = Sample::default();
+    if let Ok(stat) = fs::read_to_string("/proc/stat") {
+        (s.machine_ticks, s.steal_ticks) = machine_cpu(&stat);
+    }
     for &pid in pids {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
@@ -133,6 +167,25 @@ mod tests {
             "00400000-7ffd [rollup]\nRss:                3200 kB\nPss:                1100 kB\n\
                  Pss_Anon:            900 kB\nAnonymous:          1000 kB\n";
         assert_eq!(parse_rollup(t), (3200 * 1024, 1100 * 1024, 1000 * 1024));
+    }
+
+    #[test]
+    fn machine_cpu_line() {
+        let t = "cpu  100 0 50 800 10 0 20 20 5 0\ncpu0 1 2 3\n";
+        assert_eq!(machine_cpu(t), (1000, 20));
+        let (s0, s1) = (
+            Sample {
+                machine_ticks: 1000,
+                steal_ticks: 20,
+                ..Sample::default()
+            },
+            Sample {
+                machine_ticks: 2000,
+                steal_ticks: 135,
+                ..Sample::default()
+            },
+        );
+        assert_eq!(steal_pct(&s0, &s1), 11.5);
     }
 
     #[test]
