@@ -20,6 +20,17 @@ use std::time::{Duration, Instant};
 
 /// Opens `n` WebSocket clients with uids `{prefix}{i}`, all logins sent before any reply is
 /// awaited; returns them once every login reply has arrived.
+/// Pushes `line` on a fresh text connection: it must answer `ok` and reach `client`.
+fn push_reaches(srv: &Server, client: &mut Ws, line: &str, when: &str) {
+    assert_eq!(
+        show(&srv.text_push(format!("{line}\n").as_bytes())),
+        show(b"ok\n"),
+        "push {line} {when}\n{}",
+        srv.log()
+    );
+    assert_eq!(client.recv_text(REPLY), line);
+}
+
 fn login_many(srv: &Server, n: usize, prefix: &str) -> Vec<Ws> {
     let mut clients: Vec<Ws> = (0..n)
         .map(|i| {
@@ -277,19 +288,38 @@ fn sigkill_of_a_worker_drops_only_its_clients_and_it_is_replaced() {
             );
         }
     }
-    // Every other client keeps receiving, straight away.
-    for (i, c) in clients.iter_mut().enumerate() {
-        if owner_of[i] != victim {
-            let line = format!("{{\"uid\":\"k{i}\",\"phase\":1}}");
-            assert_eq!(
-                show(&srv.text_push(format!("{line}\n").as_bytes())),
-                show(b"ok\n"),
-                "push to surviving client #{i} right after the kill\n{}",
-                srv.log()
-            );
-            assert_eq!(c.recv_text(REPLY), line);
+    // Every other client keeps receiving, straight away and while the replacement starts:
+    // pushes go on fresh text connections until 300 ms after the new worker exists, so some
+    // land on it while it is still learning of its siblings; each must find its uid.
+    let survivors: Vec<usize> = (0..clients.len())
+        .filter(|&i| owner_of[i] != victim)
+        .collect();
+    let started = Instant::now();
+    let mut replaced_at: Option<Instant> = None;
+    let mut n = 0;
+    while replaced_at.is_none_or(|r| r.elapsed() < Duration::from_millis(300)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no replacement worker after {n} pushes\n{}",
+            srv.log()
+        );
+        let i = survivors[n % survivors.len()];
+        let line = format!("{{\"uid\":\"k{i}\",\"phase\":1,\"n\":{n}}}");
+        push_reaches(
+            &srv,
+            &mut clients[i],
+            &line,
+            "to a surviving client after the kill",
+        );
+        n += 1;
+        if replaced_at.is_none() {
+            let now = srv.worker_pids();
+            if now.len() == 4 && !now.contains(&victim) {
+                replaced_at = Some(Instant::now());
+            }
         }
     }
+    eprintln!("{n} pushes while the worker was replaced");
     // A new worker appears (within a second, by the issue; 5 s allowed here).
     let t = Instant::now();
     let replaced = wait_until(Duration::from_secs(5), || {
@@ -322,6 +352,48 @@ fn sigkill_of_a_worker_drops_only_its_clients_and_it_is_replaced() {
         assert_eq!(srv.text_push(format!("{line}\n").as_bytes()), b"ok\n");
         assert_eq!(c.recv_text(REPLY), line);
     }
+}
+
+/// A worker that has just started does not know its siblings until the master's list of
+/// workers arrives; a push it took then would reach nobody and answer `fail` for a uid that is
+/// online elsewhere. The master is frozen the moment the replacement of a killed worker appears,
+/// so that list cannot come; pushes on fresh text connections (some land on the newcomer) must
+/// still all answer `ok` once the master runs again.
+#[test]
+fn a_fresh_worker_takes_no_push_before_it_knows_its_siblings() {
+    let srv = Server::builder().workers(3).login_reply().start();
+    srv.wait_mesh();
+    let mut clients = login_many(&srv, 12, "f");
+    let master = srv.master_pid();
+    let before = srv.worker_pids();
+    let victim = *before.iter().next().expect("a worker");
+    let owners = Owners::snapshot(&before);
+    let survivors: Vec<usize> = (0..clients.len())
+        .filter(|&i| owners.owner(clients[i].tcp()) != Some(victim))
+        .collect();
+    signal(victim, libc::SIGKILL);
+    let appeared = wait_until(Duration::from_secs(5), || {
+        children_of(master).iter().any(|p| !before.contains(p))
+    });
+    assert!(appeared, "no replacement worker\n{}", srv.log());
+    signal(master, libc::SIGSTOP);
+    // Whatever happens below, the master runs again.
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            signal(self.0, libc::SIGCONT);
+        }
+    }
+    let resume = Resume(master);
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        drop(resume);
+    });
+    for (n, &i) in survivors.iter().cycle().take(24).enumerate() {
+        let line = format!("{{\"uid\":\"f{i}\",\"n\":{n}}}");
+        push_reaches(&srv, &mut clients[i], &line, "while the replacement starts");
+    }
+    let _ = thaw.join();
 }
 
 /// Result of the connection loop run during a reload.

@@ -11,11 +11,15 @@
 //!   is, and browsers close the connection on a text frame that is not UTF-8);
 //! - a query command carries a non-empty `q`;
 //! - an error reply built from `Command::Error` is exactly one line of JSON `{"error": …}`
-//!   that round-trips the message, so no client-controlled text can inject a second reply line.
+//!   that round-trips the message, so no client-controlled text can inject a second reply line;
+//! - whatever the one-pass seed scanner (`herald_worker::seedscan`) settles, serde settles the
+//!   same way: the line parses, `cmd` and `uid` are present or not as the scanner says, and the
+//!   uid is the same string.
 #![no_main]
 
 use herald_ipc::Target;
-use herald_worker::text::{error_reply, parse_line, Command};
+use herald_worker::seedscan::{scan, Scan};
+use herald_worker::text::{error_reply, parse_line, Command, Head};
 use libfuzzer_sys::fuzz_target;
 
 fn check(line: &[u8], cmd: &Command) {
@@ -111,7 +115,29 @@ mod serde_like {
     }
 }
 
+fn scanner_agrees(line: &[u8]) {
+    let found = scan(line);
+    if found == Scan::Unsure {
+        return;
+    }
+    let head: Head<'_> = match serde_json::from_slice(line) {
+        Ok(h) => h,
+        Err(e) => panic!("scanner settled {found:?} on a line serde rejects ({e}): {line:?}"),
+    };
+    match found {
+        Scan::Cmd => assert!(head.cmd.is_some(), "no cmd for serde: {line:?}"),
+        Scan::NoUid => assert!(head.cmd.is_none() && head.uid.is_none(), "{line:?}"),
+        Scan::Uid(u) => {
+            assert!(head.cmd.is_none(), "cmd for serde: {line:?}");
+            let raw = head.uid.map(|r| r.get()).unwrap_or("");
+            assert_eq!(serde_json::from_str::<&str>(raw).ok(), Some(u), "{line:?}");
+        }
+        Scan::Unsure => {}
+    }
+}
+
 fuzz_target!(|line: &[u8]| {
+    scanner_agrees(line);
     let cmd = parse_line(line);
     check(line, &cmd);
     assert_eq!(parse_line(line), cmd, "parse_line is not deterministic");

@@ -50,6 +50,9 @@ const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
 const LINK_BASE: usize = 1 << 40;
 
+/// How long a new worker waits for the master's list of workers before accepting anyway.
+const MESH_WAIT: Duration = Duration::from_secs(2);
+
 /// Size of the per-worker read buffer every socket is read into.
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per readiness before others get a turn; the rest is read
@@ -121,6 +124,13 @@ pub struct Worker {
     sio_listener: Option<TcpListener>,
     /// Accepting is paused after EMFILE until then.
     accept_paused_until: Option<Instant>,
+    /// The master has said which workers are alive (its first `Peers`), and this worker has
+    /// linked to them. Until then connections wait in the kernel's accept queue: a push taken
+    /// by a fresh worker that does not know its siblings yet would reach nobody and answer
+    /// `fail` for a uid that is online elsewhere.
+    mesh_known: bool,
+    /// Accept anyway after this, should the master's word not come.
+    mesh_wait_until: Instant,
     conns: Slab<Conn>,
     registry: Registry,
     /// The per-worker read buffer.
@@ -298,6 +308,8 @@ impl Worker {
             http_listener: http,
             sio_listener: sio_l,
             accept_paused_until: None,
+            mesh_known: false,
+            mesh_wait_until: Instant::now() + MESH_WAIT,
             conns: Slab::new(),
             registry: Registry::default(),
             scratch: vec![0; SCRATCH],
@@ -420,9 +432,15 @@ impl Worker {
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
-                self.accept(Port::Ws);
-                self.accept(Port::Text);
-                self.accept(Port::Http);
+                self.accept_all();
+            }
+            if !self.mesh_known && now >= self.mesh_wait_until {
+                log::warn!(
+                    "no list of workers from the master within {} s; accepting connections anyway",
+                    MESH_WAIT.as_secs()
+                );
+                self.mesh_known = true;
+                self.accept_all();
             }
             if self.reconnect_at.is_some_and(|t| t <= now) {
                 self.reconnect_at = None;
@@ -468,6 +486,7 @@ impl Worker {
         for d in [
             self.inflight.next_deadline(),
             self.accept_paused_until,
+            (!self.mesh_known).then_some(self.mesh_wait_until),
             self.reconnect_at,
             self.drain_deadline,
             Some(self.next_sweep),
@@ -628,8 +647,15 @@ impl Worker {
 
     // ---------------------------------------------------------------- accepting
 
+    /// Takes what waits on every port.
+    fn accept_all(&mut self) {
+        for port in [Port::Ws, Port::Text, Port::Http, Port::Sio] {
+            self.accept(port);
+        }
+    }
+
     fn accept(&mut self, port: Port) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || !self.mesh_known {
             return;
         }
         loop {
@@ -1927,6 +1953,10 @@ impl Worker {
                     self.drop_link(k, "worker left");
                 }
                 self.connect_peers();
+                if !self.mesh_known {
+                    self.mesh_known = true;
+                    self.accept_all();
+                }
             }
             Control::StatusRequest { seq } => {
                 let row = self.status_row();
@@ -1952,9 +1982,8 @@ impl Worker {
         // Take every connection already queued in the kernel, then close: a closing
         // SO_REUSEPORT listener resets what is left in its queue (unless tcp_migrate_req).
         self.accept_paused_until = None;
-        self.accept(Port::Ws);
-        self.accept(Port::Text);
-        self.accept(Port::Http);
+        self.mesh_known = true;
+        self.accept_all();
         for l in [
             self.ws_listener.take(),
             self.text_listener.take(),

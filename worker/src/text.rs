@@ -69,13 +69,16 @@ fn uid_list(v: &Value, key: &str) -> Result<Vec<String>, String> {
 }
 
 /// The two fields that decide a line's kind, borrowed from the line. Every other field is
-/// skipped without being built, so the seeds' lines (the hot path) allocate nothing to parse.
+/// skipped without being built, so the seeds' lines allocate nothing to parse. Public for the
+/// fuzz target, which holds the scanner to what serde sees through it.
 #[derive(serde::Deserialize)]
-struct Head<'a> {
+pub struct Head<'a> {
+    /// The raw `cmd` value, if any.
     #[serde(borrow, default)]
-    cmd: Option<&'a serde_json::value::RawValue>,
+    pub cmd: Option<&'a serde_json::value::RawValue>,
+    /// The raw `uid` value, if any.
     #[serde(borrow, default)]
-    uid: Option<&'a serde_json::value::RawValue>,
+    pub uid: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Seed lines (`{"uid":…}` without `cmd`) without building a JSON tree; `None` sends the line
