@@ -215,8 +215,16 @@ fn check_handshake(buf: &[u8]) -> Option<usize> {
             assert!(buf.len() <= MAX_HEADER, "a partial head over the limit");
             None
         }
-        Handshake::Reject { response, reason } => {
+        Handshake::Reject {
+            response,
+            reason,
+            status,
+        } => {
             assert!(response.starts_with(b"HTTP/1.1 4"), "bad reject response");
+            assert!(
+                response.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+                "status {status} is not the response's"
+            );
             assert!(response.windows(4).any(|w| w == b"\r\n\r\n"));
             assert!(!reason.is_empty());
             None
