@@ -1787,3 +1787,43 @@ fn a_client_flooding_pings_without_reading_neither_stalls_the_worker_nor_grows_i
     );
     assert_eq!(watcher.recv_text(REPLY), line);
 }
+
+#[test]
+fn pings_are_spread_over_the_interval_not_sent_in_one_burst() {
+    // ping_interval=1 with these defaults gives a 250 ms sweep: a quarter of the connections
+    // per sweep. All at once, 10,000 pings would hold up pushes for tens of milliseconds.
+    let srv = Server::builder()
+        .set("ping_interval=1")
+        .login_reply()
+        .start();
+    let clients: Vec<Ws> = (0..8).map(|i| srv.login_acked(&format!("p{i}"))).collect();
+    let start = Instant::now();
+    let firsts: Vec<Duration> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || loop {
+                match c.recv(Duration::from_secs(3)) {
+                    Ok(Message::Ping(_)) => return start.elapsed(),
+                    Ok(_) => {}
+                    Err(e) => panic!("no ping within 3 s: {e:?}"),
+                }
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("reader"))
+        .collect();
+    let (min, max) = (
+        firsts.iter().min().copied().unwrap_or_default(),
+        firsts.iter().max().copied().unwrap_or_default(),
+    );
+    assert!(
+        max < Duration::from_millis(1600),
+        "a connection waited {max:?} for its first ping"
+    );
+    assert!(
+        max - min >= Duration::from_millis(300),
+        "the first pings of 8 connections came within {:?} of each other: {firsts:?}",
+        max - min
+    );
+}

@@ -165,8 +165,10 @@ pub struct Worker {
     now: u32,
     /// Next sweep for deadlines (handshake, login, idle, slow).
     next_sweep: Instant,
-    /// Last time every WebSocket was pinged (ticks).
+    /// Last time the heartbeat was due (ticks): Socket.IO sessions are pinged all at once.
     last_ping: u32,
+    /// Sweeps so far: which slice of the WebSockets the next sweep pings.
+    ping_sweeps: usize,
     /// Connections per remote IP (kept only when `max_connections_per_ip` is set).
     per_ip: HashMap<IpAddr, u32>,
     /// Group membership (replicated in every worker).
@@ -333,6 +335,7 @@ impl Worker {
             now: 0,
             next_sweep: Instant::now(),
             last_ping: 0,
+            ping_sweeps: 0,
             per_ip: HashMap::new(),
             groups: Groups::default(),
             queries: HashMap::new(),
@@ -573,6 +576,17 @@ impl Worker {
         if ping_due {
             self.last_ping = now;
         }
+        // WebSockets are pinged a slice per sweep, each every `ping_interval`: 10,000
+        // connections pinged at once would hold up pushes for one write each (tens of ms).
+        let slices = if self.cfg.ping_interval > 0.0 {
+            (self.cfg.ping_interval / self.sweep_interval().as_secs_f64())
+                .round()
+                .max(1.0) as usize
+        } else {
+            0
+        };
+        let slice = self.ping_sweeps % slices.max(1);
+        self.ping_sweeps = self.ping_sweeps.wrapping_add(1);
         let ping = frame(OP_PING, b"");
         self.groups.expire(now, ticks(self.cfg.group_ttl));
         self.give_back_memory();
@@ -601,7 +615,12 @@ impl Worker {
                 Proto::Ws(ws) if !ws.close_sent && quiet >= idle => {
                     acts.push((slot, Act::Close(1001, "idle timeout")))
                 }
-                Proto::Ws(ws) if ping_due && ws.uid.is_some() && !ws.close_sent => {
+                Proto::Ws(ws)
+                    if slices > 0
+                        && slot % slices == slice
+                        && ws.uid.is_some()
+                        && !ws.close_sent =>
+                {
                     acts.push((slot, Act::Ping))
                 }
                 Proto::Http(h) if !h.waiting && quiet >= idle => acts.push((slot, Act::Drop)),
