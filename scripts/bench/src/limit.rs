@@ -232,7 +232,7 @@ fn serve_backend(
     scratch: &mut [u8],
     frame: &mut Vec<u8>,
 ) -> io::Result<()> {
-    flush_backend(b)?;
+    write_pending(&mut b.sock, &mut b.out)?;
     loop {
         let n = match b.sock.read(scratch) {
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
@@ -261,23 +261,8 @@ fn serve_backend(
             b.out.extend_from_slice(b"ok\n");
         }
         b.partial.extend_from_slice(&data[pos..]);
-        flush_backend(b)?;
+        write_pending(&mut b.sock, &mut b.out)?;
     }
-}
-
-/// Writes a backend's pending answers, as far as its socket takes them.
-fn flush_backend(b: &mut Backend) -> io::Result<()> {
-    while !b.out.is_empty() {
-        match b.sock.write(&b.out) {
-            Ok(n) => {
-                b.out.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Reads available command bytes; `Ok(false)` at end of input.
@@ -339,10 +324,15 @@ fn queue(poll: &Poll, i: usize, p: &mut Peer, rest: &[u8]) {
 
 /// Writes pending bytes after `WRITABLE`.
 fn finish(p: &mut Peer) -> io::Result<()> {
-    while !p.pending.is_empty() {
-        match p.sock.write(&p.pending) {
+    write_pending(&mut p.sock, &mut p.pending)
+}
+
+/// Writes `pending` as far as `sock` takes it; what is written leaves `pending`.
+fn write_pending(sock: &mut TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+    while !pending.is_empty() {
+        match sock.write(pending) {
             Ok(n) => {
-                p.pending.drain(..n);
+                pending.drain(..n);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
