@@ -117,6 +117,22 @@ fn placed(srv: &Server, per_worker: usize) -> Vec<Vec<Ws>> {
     out
 }
 
+/// Two clients on each of three workers, logged in as `uids` in worker order (the first two on
+/// worker 0, the next two on worker 1, the last two on worker 2).
+fn two_per_worker(srv: &Server, uids: [&str; 6]) -> [Ws; 6] {
+    let mut clients: Vec<Ws> = placed(srv, 2).into_iter().flatten().collect();
+    for (ws, uid) in clients.iter_mut().zip(uids) {
+        login(ws, uid);
+    }
+    let tcps: Vec<&TcpStream> = clients.iter().map(Ws::tcp).collect();
+    let by = assert_spread(srv, &tcps);
+    eprintln!("clients per worker: {by:?}");
+    match <[Ws; 6]>::try_from(clients) {
+        Ok(six) => six,
+        Err(v) => panic!("{} clients placed, not 6", v.len()),
+    }
+}
+
 /// How many of `conns` each worker holds; asserts they are on every worker.
 fn assert_spread(srv: &Server, conns: &[&TcpStream]) -> BTreeMap<u32, usize> {
     let owners = Owners::snapshot(&srv.worker_pids());
@@ -493,34 +509,9 @@ impl Api {
 #[test]
 fn text_port_every_command_across_three_workers() {
     let srv = start3(&[]);
-    let mut by_worker = placed(&srv, 2);
     // Worker 0: a, d. Worker 1: a (again), b. Worker 2: c, "123" (a numeric uid).
-    let (mut w2, mut w1, mut w0) = (
-        by_worker.pop().unwrap(),
-        by_worker.pop().unwrap(),
-        by_worker.pop().unwrap(),
-    );
-    let mut a1 = w0.pop().unwrap();
-    let mut d = w0.pop().unwrap();
-    let mut a2 = w1.pop().unwrap();
-    let mut b = w1.pop().unwrap();
-    let mut c = w2.pop().unwrap();
-    let mut n123 = w2.pop().unwrap();
-    for (ws, uid) in [
-        (&mut a1, "a"),
-        (&mut d, "d"),
-        (&mut a2, "a"),
-        (&mut b, "b"),
-        (&mut c, "c"),
-        (&mut n123, "123"),
-    ] {
-        login(ws, uid);
-    }
-    let by = assert_spread(
-        &srv,
-        &[a1.tcp(), d.tcp(), a2.tcp(), b.tcp(), c.tcp(), n123.tcp()],
-    );
-    eprintln!("clients per worker: {by:?}");
+    let [mut a1, mut d, mut a2, mut b, mut c, mut n123] =
+        two_per_worker(&srv, ["a", "d", "a", "b", "c", "123"]);
 
     let mut tc = text_conn(&srv);
     let mut q = |line: &str| cmd(&mut tc, line);
@@ -737,33 +728,9 @@ fn text_port_every_command_across_three_workers() {
 fn http_api_every_endpoint_conforms_to_openapi() {
     let mut api = Api::load();
     let srv = start3(&[]);
-    let mut by_worker = placed(&srv, 2);
     // Worker 0: h1, h3. Worker 1: h1 (again), h4. Worker 2: h2, h5.
-    let (mut w2, mut w1, mut w0) = (
-        by_worker.pop().unwrap(),
-        by_worker.pop().unwrap(),
-        by_worker.pop().unwrap(),
-    );
-    let mut h1a = w0.pop().unwrap();
-    let mut h3 = w0.pop().unwrap();
-    let mut h1b = w1.pop().unwrap();
-    let mut h4 = w1.pop().unwrap();
-    let mut h2 = w2.pop().unwrap();
-    let mut h5 = w2.pop().unwrap();
-    for (ws, uid) in [
-        (&mut h1a, "h1"),
-        (&mut h3, "h3"),
-        (&mut h1b, "h1"),
-        (&mut h4, "h4"),
-        (&mut h2, "h2"),
-        (&mut h5, "h 5/x"),
-    ] {
-        login(ws, uid);
-    }
-    assert_spread(
-        &srv,
-        &[h1a.tcp(), h3.tcp(), h1b.tcp(), h4.tcp(), h2.tcp(), h5.tcp()],
-    );
+    let [mut h1a, mut h3, mut h1b, mut h4, mut h2, mut h5] =
+        two_per_worker(&srv, ["h1", "h3", "h1", "h4", "h2", "h 5/x"]);
     let mut call = |m: &str, target: &str, body: Option<&str>| api.call(&srv, m, target, body);
 
     // Presence and lists.

@@ -27,7 +27,7 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
@@ -113,8 +113,12 @@ fn close_of(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> {
 
 /// Sum of the workers' VmRSS in KiB.
 fn workers_rss_kib(srv: &Server) -> u64 {
-    srv.worker_pids()
-        .iter()
+    rss_kib(&srv.worker_pids())
+}
+
+/// Sum of the VmRSS of `pids` in KiB (processes gone count as 0).
+fn rss_kib(pids: &BTreeSet<u32>) -> u64 {
+    pids.iter()
         .filter_map(|pid| {
             let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             s.lines()
@@ -1201,19 +1205,7 @@ fn clients_that_never_read_do_not_raise_memory_past_the_cap_and_count_send_fail(
         std::thread::spawn(move || {
             let mut peak = 0;
             while !done.load(Ordering::SeqCst) {
-                let rss: u64 = pids
-                    .iter()
-                    .filter_map(|pid| {
-                        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                        s.lines()
-                            .find(|l| l.starts_with("VmRSS:"))?
-                            .split_whitespace()
-                            .nth(1)?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .sum();
-                peak = peak.max(rss);
+                peak = peak.max(rss_kib(&pids));
                 std::thread::sleep(Duration::from_millis(5));
             }
             peak

@@ -157,11 +157,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
     m.insert("churn_connects_failed".into(), json!(failed));
     m.insert(
         "churn_connects_per_s".into(),
-        json!(if secs > 0.0 {
-            (opened as f64 / secs).round()
-        } else {
-            0.0
-        }),
+        json!(util::per_s(opened, secs)),
     );
     m.insert("churn_logged_in".into(), json!(sum(&answers, "logged_in")));
     m.insert("connects_behind_max".into(), json!(sum(&answers, "behind")));

@@ -143,11 +143,7 @@ pub(crate) fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Va
     m.insert("connect_s".into(), json!(r3(secs)));
     m.insert(
         "connects_per_s".into(),
-        json!(if secs > 0.0 {
-            (c.connected as f64 / secs).round()
-        } else {
-            0.0
-        }),
+        json!(util::per_s(c.connected, secs)),
     );
     m
 }
@@ -303,14 +299,7 @@ fn unicast_run(
     m.insert("other_frames".into(), json!(other));
     m.insert("clients_closed".into(), json!(closed));
     m.insert("losses".into(), json!(losses));
-    m.insert(
-        "pushes_per_s".into(),
-        json!(if secs > 0.0 {
-            (out.sent as f64 / secs).round()
-        } else {
-            0.0
-        }),
-    );
+    m.insert("pushes_per_s".into(), json!(util::per_s(out.sent, secs)));
     m.insert("elapsed_s".into(), json!(r3(secs)));
     m.insert("latency_p50_us".into(), json!(us(0.5)));
     m.insert("latency_p99_us".into(), json!(us(0.99)));
@@ -374,11 +363,7 @@ fn broadcast_figures(
     m.insert("missing".into(), json!(expected.saturating_sub(deliveries)));
     m.insert(
         "deliveries_per_s".into(),
-        json!(if secs > 0.0 {
-            (deliveries as f64 / secs).round()
-        } else {
-            0.0
-        }),
+        json!(util::per_s(deliveries, secs)),
     );
     m.insert("elapsed_s".into(), json!(r3(secs)));
     m.insert("completion_p50_us".into(), json!(us(&completion, 0.5)));

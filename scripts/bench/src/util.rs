@@ -82,6 +82,15 @@ pub fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// `n` events over `secs` seconds as a whole rate per second (0 when no time passed).
+pub fn per_s(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        (n as f64 / secs).round()
+    } else {
+        0.0
+    }
+}
+
 /// What to kill on the way out: a pid, and whether it leads a process group to kill whole.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Victim {
@@ -153,6 +162,13 @@ pub fn progress(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(per_s(100_000, 1.25), 80_000.0);
+        assert_eq!(per_s(3, 2.0), 2.0);
+        assert_eq!(per_s(5, 0.0), 0.0);
+    }
 
     #[test]
     fn quantiles_nearest_rank() {
