@@ -1,4 +1,4 @@
-//! Fuzz target for the HTTP port's request path: `herald_worker::http::parse_request`,
+//! Fuzz target for the HTTP port's request path: `herald_worker::proto::http::parse_request`,
 //! `params` and `html_escape`.
 //!
 //! Input layout: byte 0 picks the `max_header` limit, byte 1 the `max_body` limit (small ones
@@ -23,7 +23,7 @@
 //! run that looks past them: `HERALD_FUZZ_ALLOW=http-buffer-bound,http-split`.
 #![no_main]
 
-use herald_worker::http::{html_escape, params, parse_request, Parsed};
+use herald_worker::proto::http::{html_escape, params, parse_request, Parsed};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

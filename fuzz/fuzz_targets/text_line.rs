@@ -1,4 +1,4 @@
-//! Fuzz target for the text port's line parser, `herald_worker::text::parse_line`.
+//! Fuzz target for the text port's line parser, `herald_worker::proto::text::parse_line`.
 //!
 //! The input is one line as the event loop hands it over (without its `\n`; it may hold any
 //! bytes, NUL and invalid UTF-8 included). Asserted, besides "never panics":
@@ -12,14 +12,14 @@
 //! - a query command carries a non-empty `q`;
 //! - an error reply built from `Command::Error` is exactly one line of JSON `{"error": …}`
 //!   that round-trips the message, so no client-controlled text can inject a second reply line;
-//! - whatever the one-pass seed scanner (`herald_worker::seedscan`) settles, serde settles the
+//! - whatever the one-pass seed scanner (`herald_worker::proto::seedscan`) settles, serde settles the
 //!   same way: the line parses, `cmd` and `uid` are present or not as the scanner says, and the
 //!   uid is the same string.
 #![no_main]
 
 use herald_ipc::Target;
-use herald_worker::seedscan::{scan, Scan};
-use herald_worker::text::{error_reply, parse_line, Command, Head};
+use herald_worker::proto::seedscan::{scan, Scan};
+use herald_worker::proto::text::{error_reply, parse_line, Command, Head};
 use libfuzzer_sys::fuzz_target;
 
 fn check(line: &[u8], cmd: &Command) {

@@ -1,4 +1,4 @@
-//! Fuzz target for the WebSocket path: `herald_worker::websocket::handshake`, `parse_frame`
+//! Fuzz target for the WebSocket path: `herald_worker::proto::websocket::handshake`, `parse_frame`
 //! and `close_code`.
 //!
 //! Input layout: byte 0 picks `max_frame` (tiny to default, so `TooBig` is reached), bytes
@@ -24,7 +24,7 @@
 //! `parse_frame` unmasks in place, so every pass works on its own copy of the bytes.
 #![no_main]
 
-use herald_worker::websocket::{close_code, handshake, parse_frame, Handshake, WsError};
+use herald_worker::proto::websocket::{close_code, handshake, parse_frame, Handshake, WsError};
 use libfuzzer_sys::fuzz_target;
 
 const FRAME_LIMITS: [usize; 8] = [0, 1, 2, 125, 126, 1000, 65_535, 64 * 1024];

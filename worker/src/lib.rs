@@ -14,15 +14,11 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod delivery;
-pub mod engineio;
 pub mod event_loop;
 pub mod groups;
-pub mod http;
 pub mod mesh;
+pub mod proto;
 pub mod registry;
-pub mod seedscan;
-pub mod text;
-pub mod websocket;
 
 pub use config::{Config, ConfigError, Listeners};
 

@@ -16,11 +16,12 @@
 //! encoded once per push and shared.
 
 use super::*;
-use crate::engineio::{
+use crate::proto::engineio::{
     self, connect_message, decode_packet, decode_payload, decode_sio, event_message, open_packet,
     push_payload, EioVersion, ErrorCode, Handshake as EioHandshake, PacketType, SidGen, SioType,
     Transport,
 };
+use crate::proto::http;
 use serde_json::Value;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use herald_ipc::Target;
 use serde_json::{json, Value};
 
-use crate::seedscan::{self, Scan};
+use crate::proto::seedscan::{self, Scan};
 
 /// What a backend asked for.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! result for the text port or the HTTP API ([`render_text`], [`render_http`]).
 
 use super::*;
+use crate::proto::{http, text};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -358,8 +359,11 @@ impl Worker {
                     if slot & SESSION_BIT != 0 {
                         let idx = (slot & !SESSION_BIT) as usize;
                         if let Some(d) = data.as_deref().and_then(|d| std::str::from_utf8(d).ok()) {
-                            let m =
-                                crate::engineio::event_message("/", "new_msg", &[Value::from(d)]);
+                            let m = crate::proto::engineio::event_message(
+                                "/",
+                                "new_msg",
+                                &[Value::from(d)],
+                            );
                             self.sio_send(idx, std::rc::Rc::from(m.as_str()), None);
                             self.sio_flush();
                         }

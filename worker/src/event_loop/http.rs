@@ -1,0 +1,227 @@
+//! TODO
+
+use super::*;
+use crate::proto::http;
+use crate::proto::http::Parsed;
+
+impl Worker {
+    pub(super) fn consume_http(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return buf.len();
+            };
+            if conn.flags & CLOSING != 0 {
+                return buf.len();
+            }
+            let port = conn.port;
+            let h = match &mut conn.proto {
+                Proto::Http(h) => h,
+                // The Socket.IO port upgraded this connection: frames may follow at once.
+                Proto::Ws(_) => return pos + self.consume_ws(slot, &mut buf[pos..]),
+                _ => return buf.len(),
+            };
+            if h.waiting || pos == buf.len() {
+                return pos;
+            }
+            match http::parse_request(&buf[pos..], self.cfg.max_header, self.cfg.max_body) {
+                Parsed::Partial { continue_100 } => {
+                    if continue_100 && !h.continue_sent {
+                        h.continue_sent = true;
+                        self.queue(slot, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                    }
+                    return pos;
+                }
+                Parsed::Error { status, reason } => {
+                    let code = status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(400);
+                    self.reject(
+                        slot,
+                        reason,
+                        http::text(status, &format!("{reason}\n"), false),
+                        Refusal::for_status(code),
+                    );
+                    return buf.len();
+                }
+                Parsed::Request(req, used) => {
+                    h.continue_sent = false;
+                    let start = pos;
+                    pos += used;
+                    if port == Port::Sio {
+                        let id = conn.id;
+                        if self.sio_request(slot, id, req, &buf[start..]) {
+                            // Handed to the session's worker, with every byte from here on.
+                            return buf.len();
+                        }
+                    } else {
+                        self.http_request(slot, req);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn http_request(&mut self, slot: usize, req: http::Request) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let Proto::Http(h) = &mut conn.proto else {
+            return;
+        };
+        h.close_after = !req.keep_alive;
+        let keep = req.keep_alive;
+        if !self.cfg.push_secret.is_empty() {
+            let given = req
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or("");
+            if !auth::secret_eq(given.as_bytes(), self.cfg.push_secret.as_bytes()) {
+                self.stats.unauthorized += 1;
+                log::warn!("http request from {}: no valid push secret", conn.remote);
+                let (ctype, body): (&str, &[u8]) = if req.path.starts_with("/api/") {
+                    ("application/json", b"{\"error\":\"unauthorized\"}\n")
+                } else {
+                    ("text/plain; charset=utf-8", b"unauthorized\n")
+                };
+                let r = http::response(
+                    "401 Unauthorized",
+                    ctype,
+                    body,
+                    keep,
+                    "WWW-Authenticate: Bearer\r\n",
+                );
+                return self.http_respond(slot, r);
+            }
+        }
+        if req.path.starts_with("/api/") {
+            h.waiting = true;
+            return self.api_request(slot, id, &req);
+        }
+        if req.path == "/metrics" {
+            if req.method != "GET" {
+                let r = http::response(
+                    "405 Method Not Allowed",
+                    "text/plain; charset=utf-8",
+                    b"method not allowed\n",
+                    keep,
+                    "Allow: GET\r\n",
+                );
+                return self.http_respond(slot, r);
+            }
+            h.waiting = true;
+            return self.query(
+                serde_json::json!({"q": "stats"}),
+                QReply::Metrics { slot, id },
+            );
+        }
+        if req.path != "/" {
+            return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
+        }
+        if req.method != "GET" && req.method != "POST" {
+            let r = http::response(
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                b"method not allowed\n",
+                keep,
+                "Allow: GET, POST\r\n",
+            );
+            return self.http_respond(slot, r);
+        }
+        let params = match http::params(&req) {
+            Ok(p) => p,
+            Err(why) => {
+                return self.http_respond(
+                    slot,
+                    http::text("400 Bad Request", &format!("{why}\n"), keep),
+                )
+            }
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("type") != Some("publish") {
+            return self.http_respond(slot, http::text("200 OK", "fail", keep));
+        }
+        let content = http::html_escape(get("content").unwrap_or(""));
+        let to = get("to").unwrap_or("").to_string();
+        h.waiting = true;
+        if to.is_empty() {
+            let reply = ReplyTo::Http {
+                slot,
+                id,
+                kind: ReplyKind::AlwaysOk,
+            };
+            self.push(To::ALL, Vec::new(), content.as_bytes(), false, reply);
+        } else {
+            let reply = ReplyTo::Http {
+                slot,
+                id,
+                kind: ReplyKind::Publish,
+            };
+            self.push(To::Uid(&to), Vec::new(), content.as_bytes(), false, reply);
+        }
+    }
+
+    /// Writes the response to the request in progress and goes on with pipelined ones.
+    pub(super) fn http_respond(&mut self, slot: usize, response: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Proto::Http(h) = &mut conn.proto else {
+            return;
+        };
+        h.waiting = false;
+        let close = h.close_after;
+        self.queue(slot, Bytes::from(response));
+        if close {
+            self.close_after_flush(slot);
+        }
+    }
+
+    /// Resumes parsing requests that arrived while a push was in flight.
+    pub(super) fn http_resume(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.inbuf.is_empty() || conn.flags & CLOSING != 0 {
+            return;
+        }
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let used = self.consume_http(slot, &mut buf);
+        buf.drain(..used.min(buf.len()));
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                conn.inbuf = buf;
+            }
+        }
+    }
+
+    /// Answers with an error response and closes, moving the counter `why` names.
+    pub(super) fn reject(&mut self, slot: usize, reason: &str, response: Vec<u8>, why: Refusal) {
+        match why {
+            Refusal::Oversize => self.stats.oversize += 1,
+            Refusal::Protocol => self.stats.rejected += 1,
+            Refusal::Counted => {}
+        }
+        if let Some(c) = self.conns.get(slot) {
+            log::info!(
+                "{} connection {} from {}: {reason}",
+                c.port.name(),
+                c.id,
+                c.remote
+            );
+        }
+        self.queue(slot, Bytes::from(response));
+        self.close_after_flush(slot);
+    }
+
+    /// Whether HTTP connection `slot` stays open after its response; `None` when the slot no
+    /// longer holds HTTP connection `id` (it closed, and the slot may be reused).
+    pub(super) fn http_keep_alive(&self, slot: usize, id: u64) -> Option<bool> {
+        let conn = self.conns.get(slot).filter(|c| c.id == id)?;
+        match &conn.proto {
+            Proto::Http(h) => Some(!h.close_after),
+            _ => None,
+        }
+    }
+}

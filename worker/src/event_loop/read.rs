@@ -1,0 +1,111 @@
+//! TODO
+
+use super::*;
+
+impl Worker {
+    /// Reads `slot` until `WouldBlock`, its read budget or backpressure. With `short_ok` (the
+    /// event said readable and nothing else), a read that did not fill the buffer ends it: the
+    /// socket was empty then, and saving the `read` that would only say `WouldBlock` is one
+    /// system call less per backend connection and turn.
+    pub(super) fn on_readable(&mut self, slot: usize, short_ok: bool) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut budget = READ_BUDGET;
+        while let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                if read_blocked(conn, &self.cfg) {
+                    // Backpressure: read again once its output drains or its requests finish.
+                    conn.flags |= READ_PAUSED;
+                    break;
+                }
+                if budget == 0 {
+                    if conn.flags & RESUME == 0 {
+                        conn.flags |= RESUME;
+                        self.resume.push(slot);
+                    }
+                    break;
+                }
+            }
+            if conn.flags & CLOSING != 0 {
+                // Discard what a closing peer still sends; stop at WouldBlock or EOF.
+                match conn.stream.read(&mut scratch) {
+                    Ok(0) => {
+                        self.close(slot);
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        self.close(slot);
+                        break;
+                    }
+                }
+            }
+            match conn.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.close(slot);
+                    break;
+                }
+                Ok(n) => {
+                    conn.bytes_in += n as u64;
+                    conn.last_seen = self.now;
+                    budget = budget.saturating_sub(n);
+                    self.on_bytes(slot, &mut scratch[..n]);
+                    if short_ok && n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => {
+                    log::debug!("read from connection in slot {slot}: {e}");
+                    self.close(slot);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Handles bytes just read. Works on the bytes in place when nothing was pending, and keeps
+    /// only an incomplete tail with the connection.
+    pub(super) fn on_bytes(&mut self, slot: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let port = conn.port;
+        let handshake = matches!(conn.proto, Proto::Handshake);
+        let used_inbuf = !buf.is_empty() || handshake || port == Port::Http || port == Port::Sio;
+        let rest = if used_inbuf {
+            buf.extend_from_slice(data);
+            let used = self.consume(slot, &mut buf);
+            buf.drain(..used.min(buf.len()));
+            buf
+        } else {
+            let used = self.consume(slot, data);
+            data[used.min(data.len())..].to_vec()
+        };
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.flags & CLOSING == 0 {
+                conn.inbuf = rest;
+                if conn.inbuf.capacity() > conn.inbuf.len() * 2 + 1024 {
+                    conn.inbuf.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    /// Handles what it can of `buf`; returns how many bytes were used.
+    pub(super) fn consume(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let Some(conn) = self.conns.get(slot) else {
+            return buf.len();
+        };
+        match conn.proto {
+            Proto::Handshake => self.consume_handshake(slot, buf),
+            Proto::Ws(_) => self.consume_ws(slot, buf),
+            Proto::Text(_) => self.consume_text(slot, buf),
+            Proto::Http(_) => self.consume_http(slot, buf),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! TODO
+
+use super::*;
+use crate::proto::text;
+use crate::proto::text::Command;
+
+impl Worker {
+    pub(super) fn consume_text(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
+            if nl > self.cfg.max_line {
+                self.line_too_long(slot);
+                return buf.len();
+            }
+            let line = &buf[pos..pos + nl];
+            pos += nl + 1;
+            self.text_line(slot, line);
+            match self.conns.get(slot) {
+                Some(c) if c.flags & CLOSING == 0 => {}
+                _ => return buf.len(),
+            }
+        }
+        if buf.len() - pos > self.cfg.max_line {
+            self.line_too_long(slot);
+            return buf.len();
+        }
+        pos
+    }
+
+    pub(super) fn line_too_long(&mut self, slot: usize) {
+        self.stats.oversize += 1;
+        if let Some(c) = self.conns.get(slot) {
+            log::warn!(
+                "text connection {} from {}: line longer than max_line ({} bytes); closing",
+                c.id,
+                c.remote,
+                self.cfg.max_line
+            );
+        }
+        // Replies already due for earlier lines are written first.
+        self.close_after_flush(slot);
+    }
+
+    pub(super) fn text_line(&mut self, slot: usize, line: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let Proto::Text(t) = &mut conn.proto else {
+            return;
+        };
+        let seq = t.reserve();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !t.authed {
+            // The first line must present the push secret; nothing else is read before it.
+            let ok = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .is_some_and(|v| {
+                    v.get("cmd").and_then(|c| c.as_str()) == Some("auth")
+                        && v.get("secret").and_then(|s| s.as_str()).is_some_and(|s| {
+                            auth::secret_eq(s.as_bytes(), self.cfg.push_secret.as_bytes())
+                        })
+                });
+            if ok {
+                t.authed = true;
+                self.text_reply(slot, id, seq, Bytes::from_static(b"ok\n"));
+            } else {
+                self.stats.unauthorized += 1;
+                log::warn!(
+                    "text connection {id} from {}: no valid push secret; closing",
+                    conn.remote
+                );
+                self.text_reply(
+                    slot,
+                    id,
+                    seq,
+                    Bytes::from(text::error_reply("unauthorized")),
+                );
+                self.close_after_flush(slot);
+            }
+            return;
+        }
+        let reply = |kind| ReplyTo::Text {
+            slot,
+            id,
+            seq,
+            kind,
+        };
+        match text::parse_line(line) {
+            Command::Seed { uid } => {
+                self.push(
+                    To::Uid(&uid),
+                    Vec::new(),
+                    line,
+                    false,
+                    reply(ReplyKind::OkFail),
+                );
+            }
+            Command::Push {
+                target,
+                exclude,
+                payload,
+                binary,
+            } => {
+                let kind = if target == Target::All {
+                    ReplyKind::AlwaysOk
+                } else {
+                    ReplyKind::OkFail
+                };
+                self.push(target.into(), exclude, &payload, binary, reply(kind));
+            }
+            Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
+            Command::Fail(why) => {
+                log::debug!("text connection {id}: {why}; replying fail");
+                self.text_reply(slot, id, seq, Bytes::from_static(b"fail\n"));
+            }
+            Command::Error(e) => {
+                self.text_reply(slot, id, seq, Bytes::from(text::error_reply(&e)));
+            }
+        }
+    }
+
+    pub(super) fn text_reply(&mut self, slot: usize, id: u64, seq: u64, reply: Bytes) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.id != id {
+            return;
+        }
+        let Proto::Text(t) = &mut conn.proto else {
+            return;
+        };
+        let mut ready = std::mem::take(&mut self.ready_buf);
+        t.fill(seq, reply, &mut ready);
+        for b in ready.drain(..) {
+            self.queue(slot, b);
+        }
+        self.ready_buf = ready;
+    }
+}
