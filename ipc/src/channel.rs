@@ -229,7 +229,9 @@ mod tests {
         let (mut a, _b) = pair();
         let big = PeerMsg::Query {
             id: 1,
-            body: vec![b'x'; 600],
+            query: crate::Query::Online {
+                uid: "x".repeat(600),
+            },
         };
         a.send(&big).unwrap();
         a.send(&big).unwrap();

@@ -13,7 +13,11 @@
 pub mod channel;
 pub mod codec;
 pub mod msg;
+pub mod query;
+pub mod stats;
 
 pub use channel::{Channel, ChannelError};
 pub use codec::{CodecError, Wire, FRAME_HEADER, MAX_FRAME};
 pub use msg::{mesh_name, Control, Peer, PeerMsg, Push, Target};
+pub use query::{Query, Share};
+pub use stats::Stats;

@@ -2,6 +2,7 @@
 //! ([`Control`], JSON in a frame: rare, and readable in a packet capture).
 
 use crate::codec::{put, CodecError, Reader, Wire};
+use crate::query::{Query, Share};
 use serde::{Deserialize, Serialize};
 
 /// Whom a push is for.
@@ -48,19 +49,19 @@ pub enum PeerMsg {
         /// Connections reached.
         count: u32,
     },
-    /// A question for a sibling (a JSON body: presence, counts, group changes, kicks).
+    /// A question for a sibling (presence, counts, group changes, kicks, status).
     Query {
         /// Echoed in the `Answer`.
         id: u64,
-        /// JSON request.
-        body: Vec<u8>,
+        /// The question.
+        query: Query,
     },
-    /// A sibling's answer to `Query { id }`.
+    /// A sibling's share of the answer to `Query { id }`.
     Answer {
         /// The query's id.
         id: u64,
-        /// JSON answer.
-        body: Vec<u8>,
+        /// Its share.
+        share: Share,
     },
 }
 
@@ -104,15 +105,17 @@ impl Wire for PeerMsg {
                 put::u64(out, *id);
                 put::u32(out, *count);
             }
-            PeerMsg::Query { id, body } => {
+            // Rare and small next to pushes: JSON, readable in a capture.
+            PeerMsg::Query { id, query } => {
                 put::u8(out, QUERY);
                 put::u64(out, *id);
-                out.extend_from_slice(body);
+                // Serialising these plain enums to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, query);
             }
-            PeerMsg::Answer { id, body } => {
+            PeerMsg::Answer { id, share } => {
                 put::u8(out, ANSWER);
                 put::u64(out, *id);
-                out.extend_from_slice(body);
+                let _ = serde_json::to_writer(&mut *out, share);
             }
         }
     }
@@ -147,11 +150,13 @@ impl Wire for PeerMsg {
             },
             QUERY => PeerMsg::Query {
                 id: r.u64("id")?,
-                body: r.rest().to_vec(),
+                query: serde_json::from_slice(r.rest())
+                    .map_err(|e| CodecError::Json(e.to_string()))?,
             },
             ANSWER => PeerMsg::Answer {
                 id: r.u64("id")?,
-                body: r.rest().to_vec(),
+                share: serde_json::from_slice(r.rest())
+                    .map_err(|e| CodecError::Json(e.to_string()))?,
             },
             other => return Err(CodecError::UnknownKind(other)),
         })
@@ -295,12 +300,32 @@ mod tests {
         }));
         round(PeerMsg::Query {
             id: 9,
-            body: b"{}".to_vec(),
+            query: Query::Kick {
+                uid: "u1".into(),
+                data: Some("bye".into()),
+            },
+        });
+        round(PeerMsg::Query {
+            id: 10,
+            query: Query::Uids { group: None },
         });
         round(PeerMsg::Answer {
             id: 9,
-            body: b"[]".to_vec(),
+            share: Share::Groups {
+                groups: vec![("g".into(), vec!["a".into(), "b".into()])],
+            },
         });
+        round(PeerMsg::Answer {
+            id: 10,
+            share: Share::Stats {
+                row: serde_json::json!({"pushes": 3}),
+            },
+        });
+        // A query this build does not know is an error, not a silent default.
+        let mut out = Vec::new();
+        put::u64(&mut out, 1);
+        out.extend_from_slice(br#"{"q":"explode"}"#);
+        assert!(PeerMsg::decode(QUERY, &out).is_err());
     }
 
     #[test]

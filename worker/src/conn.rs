@@ -4,7 +4,9 @@
 //! pending (`inbuf` holds only an incomplete frame, line or request; `out` only unwritten
 //! output), and per-protocol state that is rarely needed (a fragmented message) is boxed.
 
+use crate::config::Listeners;
 use crate::delivery::OutQueue;
+use crate::proto::ws_message::Messages;
 use bytes::Bytes;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -37,6 +39,24 @@ pub enum Port {
 }
 
 impl Port {
+    /// Every port, in the order they are listed (status, logs).
+    pub const ALL: [Port; 4] = [Port::Ws, Port::Text, Port::Http, Port::Sio];
+
+    /// Its place in a [`PortMap`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its configured address, if it is enabled.
+    pub fn addr(self, l: &Listeners) -> Option<SocketAddr> {
+        match self {
+            Port::Ws => l.ws,
+            Port::Text => l.text,
+            Port::Http => l.http,
+            Port::Sio => l.socketio,
+        }
+    }
+
     /// Name shown by `connections` and in logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -48,12 +68,33 @@ impl Port {
     }
 }
 
-/// A message being reassembled from fragments.
-pub struct Fragments {
-    /// Opcode of the first fragment (text or binary).
-    pub opcode: u8,
-    /// Payload so far (bounded by `max_frame`).
-    pub data: Vec<u8>,
+/// One `T` per port, indexed by [`Port`].
+#[derive(Debug, Default)]
+pub struct PortMap<T>(pub [T; 4]);
+
+impl<T> PortMap<T> {
+    /// (port, value) pairs in [`Port::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Port, &T)> {
+        Port::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// (port, value) pairs, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Port, &mut T)> {
+        Port::ALL.into_iter().zip(self.0.iter_mut())
+    }
+}
+
+impl<T> std::ops::Index<Port> for PortMap<T> {
+    type Output = T;
+    fn index(&self, p: Port) -> &T {
+        &self.0[p.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Port> for PortMap<T> {
+    fn index_mut(&mut self, p: Port) -> &mut T {
+        &mut self.0[p.index()]
+    }
 }
 
 /// WebSocket state after the handshake.
@@ -61,8 +102,8 @@ pub struct Fragments {
 pub struct Ws {
     /// The uid once logged in (shared with the registry's key).
     pub uid: Option<Rc<str>>,
-    /// An unfinished fragmented message, if one is in progress.
-    pub frag: Option<Box<Fragments>>,
+    /// Fragments of an unfinished message, if one is in progress.
+    pub messages: Messages,
     /// A close frame was queued: send nothing more.
     pub close_sent: bool,
     /// The Socket.IO session this WebSocket carries (Engine.IO packets, not a uid login).

@@ -15,9 +15,11 @@ pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;
+pub mod gather;
 pub mod groups;
 pub mod mesh;
 pub mod proto;
+pub mod query;
 pub mod registry;
 
 pub use config::{Config, ConfigError, Listeners};
@@ -73,20 +75,15 @@ pub fn run(
     let cfg: Config = serde_json::from_value(config)
         .map_err(|e| WorkerError::Control(format!("bad configuration: {e}")))?;
     let addrs = cfg.validate()?;
-    let mut listeners = [None, None, None, None];
-    for (i, (what, addr)) in [
-        ("websocket", addrs.ws),
-        ("text", addrs.text),
-        ("http", addrs.http),
-        ("socketio", addrs.socketio),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let Some(addr) = addr else { continue };
+    let mut listeners = conn::PortMap::default();
+    for port in conn::Port::ALL {
+        let Some(addr) = port.addr(&addrs) else {
+            continue;
+        };
         match event_loop::bind(addr) {
-            Ok(l) => listeners[i] = Some(l),
+            Ok(l) => listeners[port] = Some(l),
             Err(source) => {
+                let what = port.name();
                 let err = WorkerError::Bind { what, addr, source };
                 let _ = send_blocking(
                     &mut control,

@@ -6,6 +6,10 @@
 //! entry here and no allocation of its own; a push finds its recipients without following a
 //! pointer to a separate list.
 //!
+//! An entry is a [`Recipient`]: a connection of the worker's table, or a Socket.IO session
+//! (which keeps its uid while its transport changes from polling to a WebSocket). The push path
+//! asks a recipient what it is ([`Recipient::who`]) and hands it to that protocol's delivery.
+//!
 //! The map hashes with foldhash, seeded at random per process: several times faster than the
 //! standard SipHash on short uids (the lookup is on every push), and an outsider who picks uids
 //! still cannot predict which collide.
@@ -15,10 +19,47 @@ use std::rc::Rc;
 
 use smallvec::SmallVec;
 
-/// A uid's connection slots: up to two without an allocation.
-pub type Slots = SmallVec<[u32; 2]>;
+/// Who receives a push for a uid: four bytes, so an idle login costs no more than a slot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Recipient(u32);
 
-/// uid → connection slots (indexes into the worker's connection table).
+/// What a [`Recipient`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// A plain WebSocket: its slot in the connection table.
+    Conn(usize),
+    /// A Socket.IO session: its index in the session table.
+    Session(usize),
+}
+
+impl Recipient {
+    /// The high bit tells sessions from connections.
+    const SESSION: u32 = 1 << 31;
+
+    /// Connection `slot` (below 2^31: the table would not fit in memory otherwise).
+    pub fn conn(slot: usize) -> Recipient {
+        Recipient(slot as u32 & !Self::SESSION)
+    }
+
+    /// Socket.IO session `idx`.
+    pub fn session(idx: usize) -> Recipient {
+        Recipient(idx as u32 | Self::SESSION)
+    }
+
+    /// What it is, and where to find it.
+    pub fn who(self) -> Who {
+        if self.0 & Self::SESSION != 0 {
+            Who::Session((self.0 & !Self::SESSION) as usize)
+        } else {
+            Who::Conn(self.0 as usize)
+        }
+    }
+}
+
+/// A uid's recipients: up to two without an allocation.
+pub type Slots = SmallVec<[Recipient; 2]>;
+
+/// uid → recipients (connections of the worker's table, Socket.IO sessions).
 #[derive(Default)]
 pub struct Registry {
     /// The map; a uid with no connection left is removed.
@@ -28,8 +69,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Records that connection `slot` is logged in as `uid`; returns the shared uid.
-    pub fn add(&mut self, uid: &str, slot: u32) -> Rc<str> {
+    /// Records that `slot` is logged in as `uid`; returns the shared uid.
+    pub fn add(&mut self, uid: &str, slot: Recipient) -> Rc<str> {
         self.connections += 1;
         if let Some(k) = self.uids.get_key_value(uid).map(|(k, _)| k.clone()) {
             if let Some(v) = self.uids.get_mut(uid) {
@@ -44,8 +85,8 @@ impl Registry {
         k
     }
 
-    /// Forgets connection `slot` of `uid`.
-    pub fn remove(&mut self, uid: &str, slot: u32) {
+    /// Forgets recipient `slot` of `uid`.
+    pub fn remove(&mut self, uid: &str, slot: Recipient) {
         if let Some(v) = self.uids.get_mut(uid) {
             if let Some(i) = v.iter().position(|&s| s == slot) {
                 v.swap_remove(i);
@@ -57,8 +98,8 @@ impl Registry {
         }
     }
 
-    /// This worker's connections of `uid`.
-    pub fn get(&self, uid: &str) -> &[u32] {
+    /// This worker's recipients of `uid`.
+    pub fn get(&self, uid: &str) -> &[Recipient] {
         self.uids.get(uid).map(|s| s.as_slice()).unwrap_or(&[])
     }
 
@@ -93,21 +134,32 @@ mod tests {
 
     #[test]
     fn several_connections_per_uid() {
+        let c = Recipient::conn;
         let mut r = Registry::default();
-        r.add("u1", 1);
-        r.add("u1", 2);
-        r.add("u2", 3);
+        r.add("u1", c(1));
+        r.add("u1", c(2));
+        r.add("u2", c(3));
         assert_eq!(r.get("u1").len(), 2);
         assert_eq!(r.uid_count(), 2);
-        r.remove("u1", 1);
-        assert_eq!(r.get("u1"), &[2]);
-        r.remove("u1", 2);
-        assert_eq!(r.get("u1"), &[] as &[u32]);
+        r.remove("u1", c(1));
+        assert_eq!(r.get("u1"), &[c(2)]);
+        r.remove("u1", c(2));
+        assert_eq!(r.get("u1"), &[] as &[Recipient]);
         assert_eq!(r.uid_count(), 1);
         assert_eq!(r.connection_count(), 1);
         for s in 10..20 {
-            r.add("u3", s);
+            r.add("u3", c(s));
         }
-        assert_eq!(r.get("u3"), &(10..20).collect::<Vec<u32>>()[..]);
+        assert_eq!(r.get("u3"), &(10..20).map(c).collect::<Vec<_>>()[..]);
+    }
+
+    #[test]
+    fn sessions_and_connections_are_told_apart() {
+        assert_eq!(Recipient::conn(7).who(), Who::Conn(7));
+        assert_eq!(Recipient::session(7).who(), Who::Session(7));
+        assert_ne!(Recipient::conn(7), Recipient::session(7));
+        // A broadcast walks connections in table order, sessions after them.
+        assert!(Recipient::conn(9) < Recipient::conn(10));
+        assert!(Recipient::conn(1 << 20) < Recipient::session(0));
     }
 }

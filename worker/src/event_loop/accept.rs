@@ -1,27 +1,36 @@
-//! TODO
+//! Accepting: every port's listener, the limits on connections (`max_connections`,
+//! `max_connections_per_ip`), the pause after `EMFILE`, and a new connection's entry in the
+//! table.
 
-use super::*;
+use super::{would_block, Worker, CONN_BASE};
+use crate::conn::{Conn, Http, Port, Proto, Text};
+use crate::proto::{text, websocket};
+use mio::{Interest, Token};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How long accepting pauses after `EMFILE`/`ENFILE`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Worker {
     /// Takes what waits on every port.
     pub(super) fn accept_all(&mut self) {
-        for port in [Port::Ws, Port::Text, Port::Http, Port::Sio] {
+        for port in Port::ALL {
             self.accept(port);
         }
     }
 
+    /// Takes every connection waiting on `port`'s listener (edge-triggered: until
+    /// `WouldBlock`), unless accepting is paused.
     pub(super) fn accept(&mut self, port: Port) {
         if self.accept_paused_until.is_some() || !self.mesh_known {
             return;
         }
         loop {
-            let listener = match port {
-                Port::Ws => self.ws_listener.as_ref(),
-                Port::Text => self.text_listener.as_ref(),
-                Port::Http => self.http_listener.as_ref(),
-                Port::Sio => self.sio_listener.as_ref(),
+            let Some(listener) = self.listeners[port].as_ref() else {
+                return;
             };
-            let Some(listener) = listener else { return };
             match listener.accept() {
                 Ok((stream, remote)) => {
                     if self.emfile {
@@ -57,6 +66,7 @@ impl Worker {
         }
     }
 
+    /// Adds a connection just accepted.
     pub(super) fn add_conn(
         &mut self,
         stream: mio::net::TcpStream,
@@ -154,6 +164,7 @@ impl Worker {
         self.on_readable(slot, false);
     }
 
+    /// A connection from `ip` is gone: one less against `max_connections_per_ip`.
     pub(super) fn forget_ip(&mut self, ip: IpAddr) {
         if self.cfg.max_connections_per_ip == 0 {
             return;
@@ -165,4 +176,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// Best-effort refusal written straight to a just-accepted socket, which is then dropped.
+fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: &str, why: &str) {
+    let bytes = match port {
+        Port::Text => text::error_reply(why),
+        Port::Ws | Port::Http | Port::Sio => websocket::http_error(status, &format!("{why}\n"), ""),
+    };
+    let _ = stream.write(&bytes);
 }

@@ -1,8 +1,14 @@
-//! TODO
+//! The master's control channel: the list of siblings, status and connection reports, stop
+//! and drain.
 
-use super::*;
+use super::{ms, Worker};
+use crate::conn::{Port, Proto};
+use herald_ipc::{ChannelError, Control, Stats};
+use serde_json::{json, Map, Value};
+use std::time::{Instant, SystemTime};
 
 impl Worker {
+    /// Reads what the master sent and acts on it; a closed channel stops the worker.
     pub(super) fn on_control(&mut self) {
         let mut msgs = Vec::new();
         let res = self.control.receive(&mut msgs);
@@ -25,6 +31,7 @@ impl Worker {
         }
     }
 
+    /// One message from the master.
     pub(super) fn control_msg(&mut self, m: Control) {
         match m {
             Control::Peers { peers } => {
@@ -62,6 +69,8 @@ impl Worker {
         }
     }
 
+    /// Closes the listeners (after taking what waits in their queues) and serves the
+    /// remaining connections until they end or `drain_timeout` passes.
     pub(super) fn begin_drain(&mut self) {
         if self.drain_deadline.is_some() {
             return;
@@ -71,17 +80,10 @@ impl Worker {
         self.accept_paused_until = None;
         self.mesh_known = true;
         self.accept_all();
-        for l in [
-            self.ws_listener.take(),
-            self.text_listener.take(),
-            self.http_listener.take(),
-            self.sio_listener.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut l = l;
-            let _ = self.poll.registry().deregister(&mut l);
+        for (_, l) in self.listeners.iter_mut() {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
         }
         self.drain_deadline = Some(Instant::now() + ms(self.cfg.drain_timeout));
         log::info!(
@@ -92,72 +94,55 @@ impl Worker {
         self.tell_master(Control::ListenersClosed { worker: self.id });
     }
 
-    pub(super) fn status_row(&self) -> serde_json::Value {
-        let mut ws = 0;
-        let mut text = 0;
-        let mut http = 0;
-        let mut sio = 0;
+    /// This worker's figures: the counters, and the gauges read now.
+    pub(super) fn stats_now(&self) -> Stats {
+        let mut s = self.stats;
+        let mut per_port = [0u64; 4];
         for (_, c) in self.conns.iter() {
-            match c.port {
-                Port::Ws => ws += 1,
-                Port::Text => text += 1,
-                Port::Http => http += 1,
-                Port::Sio => sio += 1,
-            }
+            per_port[c.port.index()] += 1;
         }
-        let listen: Vec<String> = [
-            ("websocket", self.addrs.ws, self.ws_listener.is_some()),
-            ("text", self.addrs.text, self.text_listener.is_some()),
-            ("http", self.addrs.http, self.http_listener.is_some()),
-            ("socketio", self.addrs.socketio, self.sio_listener.is_some()),
-        ]
-        .iter()
-        .filter_map(|(n, a, open)| a.filter(|_| *open).map(|a| format!("{n}://{a}")))
-        .collect();
+        s.connections = self.conns.len() as u64;
+        s.ws = per_port[Port::Ws.index()];
+        s.text = per_port[Port::Text.index()];
+        s.http = per_port[Port::Http.index()];
+        s.socketio = per_port[Port::Sio.index()];
+        s.sessions = self.sio.sessions.len() as u64;
+        s.logged_in = self.registry.connection_count() as u64;
+        s.uids = self.registry.uid_count() as u64;
+        s.links = self.links.len() as u64;
+        s.inflight = self.gather.len() as u64;
+        s.rss_kib = rss_kib();
+        s
+    }
+
+    /// The status row: who this worker is, then every figure of the stats table.
+    pub(super) fn status_row(&self) -> Value {
+        let listen: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.is_some())
+            .filter_map(|(p, _)| p.addr(&self.addrs).map(|a| format!("{}://{a}", p.name())))
+            .collect();
         let started = self
             .started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        serde_json::json!({
-            "worker": self.id,
-            "pid": self.pid,
-            "rss_kib": rss_kib(),
-            "listen": listen,
-            "connections": self.conns.len(),
-            "ws": ws,
-            "text": text,
-            "http": http,
-            "socketio": sio,
-            "sessions": self.sio.sessions.len(),
-            "logged_in": self.registry.connection_count(),
-            "uids": self.registry.uid_count(),
-            "pushes": self.stats.pushes,
-            "delivered": self.stats.delivered,
-            "send_fail": self.stats.send_fail,
-            "ipc_undelivered": self.stats.ipc_undelivered,
-            "rejected": self.stats.rejected,
-            "over_max_connections": self.stats.over_max_connections,
-            "over_per_ip": self.stats.over_per_ip,
-            "bad_origin": self.stats.bad_origin,
-            "auth_failed": self.stats.auth_failed,
-            "auth_timeout": self.stats.auth_timeout,
-            "idle_closed": self.stats.idle_closed,
-            "slow_closed": self.stats.slow_closed,
-            "oversize": self.stats.oversize,
-            "unauthorized": self.stats.unauthorized,
-            "handed_off": self.stats.handed_off,
-            "adopted": self.stats.adopted,
-            "accepted": self.stats.accepted,
-            "qps": (self.qps * 10.0).round() / 10.0,
-            "links": self.links.len(),
-            "inflight": self.inflight.len(),
-            "draining": self.drain_deadline.is_some(),
-            "started": started,
-        })
+        let mut row = Map::new();
+        row.insert("worker".into(), json!(self.id));
+        row.insert("pid".into(), json!(self.pid));
+        row.insert("listen".into(), json!(listen));
+        for (stat, v) in self.stats_now().values() {
+            row.insert(stat.name.into(), json!(v));
+        }
+        row.insert("qps".into(), json!((self.qps * 10.0).round() / 10.0));
+        row.insert("draining".into(), json!(self.drain_deadline.is_some()));
+        row.insert("started".into(), json!(started));
+        Value::Object(row)
     }
 
-    pub(super) fn connection_rows(&self) -> Vec<serde_json::Value> {
+    /// One row per connection, for `connections`.
+    pub(super) fn connection_rows(&self) -> Vec<Value> {
         self.conns
             .iter()
             .map(|(_, c)| {
@@ -165,7 +150,7 @@ impl Worker {
                     Proto::Ws(ws) => ws.uid.as_deref().map(str::to_string),
                     _ => None,
                 };
-                serde_json::json!({
+                json!({
                     "worker": self.id,
                     "id": c.id,
                     "protocol": c.port.name(),
@@ -178,4 +163,13 @@ impl Worker {
             })
             .collect()
     }
+}
+
+/// Resident set size of this process in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4)
+        .unwrap_or(0)
 }

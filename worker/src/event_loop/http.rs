@@ -1,10 +1,41 @@
-//! TODO
+//! The HTTP port: requests parsed one at a time (pipelined ones wait in the input buffer, so
+//! responses keep their order), the seed's publish call on `/`, `/metrics`, and the JSON API
+//! under `/api/` (routed in [`api`](super::api)).
 
-use super::*;
-use crate::proto::http;
-use crate::proto::http::Parsed;
+use super::push::To;
+use super::query::QReply;
+use super::Worker;
+use crate::auth;
+use crate::conn::{Port, Proto, CLOSING};
+use crate::mesh::{ReplyKind, ReplyTo};
+use crate::proto::http::{self, Parsed};
+use bytes::Bytes;
+use herald_ipc::Query;
+use serde_json::Value;
+
+/// Which `status` counter a refused request moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Malformed or not allowed: `rejected`.
+    Protocol,
+    /// Over a size limit (413, 431): `oversize`.
+    Oversize,
+    /// The caller already counted it (`auth_failed`, `bad_origin`).
+    Counted,
+}
+
+impl Refusal {
+    /// The counter a refusal with `status` moves.
+    pub(super) fn for_status(status: u16) -> Refusal {
+        match status {
+            413 | 431 => Refusal::Oversize,
+            _ => Refusal::Protocol,
+        }
+    }
+}
 
 impl Worker {
+    /// Requests in `buf`, one at a time; returns the bytes used.
     pub(super) fn consume_http(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         let mut pos = 0;
         loop {
@@ -60,7 +91,8 @@ impl Worker {
         }
     }
 
-    pub(super) fn http_request(&mut self, slot: usize, req: http::Request) {
+    /// One request on the HTTP port.
+    fn http_request(&mut self, slot: usize, req: http::Request) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -111,10 +143,7 @@ impl Worker {
                 return self.http_respond(slot, r);
             }
             h.waiting = true;
-            return self.query(
-                serde_json::json!({"q": "stats"}),
-                QReply::Metrics { slot, id },
-            );
+            return self.query(Query::Stats, QReply::Metrics { slot, id });
         }
         if req.path != "/" {
             return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
@@ -223,5 +252,37 @@ impl Worker {
             Proto::Http(h) => Some(!h.close_after),
             _ => None,
         }
+    }
+
+    /// Writes a JSON response to HTTP connection `slot` (if still connection `id`) and goes on
+    /// with its pipelined requests. `allow` names the allowed methods of a 405.
+    pub(super) fn http_json(
+        &mut self,
+        slot: usize,
+        id: u64,
+        status: u16,
+        v: &Value,
+        allow: Option<&str>,
+    ) {
+        let Some(keep) = self.http_keep_alive(slot, id) else {
+            return;
+        };
+        let mut body = v.to_string().into_bytes();
+        body.push(b'\n');
+        let allow = allow.map(|a| format!("Allow: {a}\r\n")).unwrap_or_default();
+        let r = http::response(status_line(status), "application/json", &body, keep, &allow);
+        self.http_respond(slot, r);
+        self.http_resume(slot);
+    }
+}
+
+/// The status line's tail for the statuses the API answers with.
+fn status_line(status: u16) -> &'static str {
+    match status {
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        404 => "404 Not Found",
+        405 => "405 Method Not Allowed",
+        _ => "500 Internal Server Error",
     }
 }

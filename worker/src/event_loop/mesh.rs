@@ -1,6 +1,44 @@
-//! TODO
+//! The sibling mesh in the loop: links to and from every other live worker, and the one
+//! scatter-gather over them. A push or a query entering this worker goes once to each
+//! outbound link ([`Worker::fan_out`]) and becomes a [`Job`] in the worker's [`Gather`]; each
+//! sibling answers on the same link (`Delivered`, `Answer`), and the job completes when the
+//! last link answered, a link broke, or `ipc_timeout` passed (then it is `partial`).
+//!
+//! [`Gather`]: crate::gather::Gather
 
-use super::*;
+use super::push::To;
+use super::query::QReply;
+use super::{ms, would_block, Worker, LINK_BASE};
+use crate::delivery::{frame, OP_BINARY, OP_TEXT};
+use crate::gather::{Peers, Waiting};
+use crate::mesh::{Link, ReplyTo};
+use herald_ipc::{mesh_name, Channel, ChannelError, Peer, PeerMsg, Query, Share};
+use mio::{Interest, Token};
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::time::{Duration, Instant};
+
+/// What siblings' answers are gathered into.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// A push: connections reached so far, and where the outcome goes (`Nobody` once it was
+    /// replied early).
+    Push {
+        /// Connections reached here and in the siblings that answered.
+        total: u32,
+        /// Where the outcome goes.
+        reply: ReplyTo,
+    },
+    /// A query: the shares so far (this worker's first).
+    Query {
+        /// The question (it also tells how to merge and render).
+        query: Query,
+        /// Shares received.
+        shares: Vec<Share>,
+        /// Where the merged answer goes.
+        reply: QReply,
+    },
+}
 
 impl Worker {
     /// Siblings the master announced that have no outbound link yet (starting, reconnecting):
@@ -17,6 +55,7 @@ impl Worker {
             .count()
     }
 
+    /// Links to every announced sibling not linked yet; retries soon if one is not ready.
     pub(super) fn connect_peers(&mut self) {
         let mut retry = false;
         let peers = self.peers.clone();
@@ -45,6 +84,7 @@ impl Worker {
         }
     }
 
+    /// Connects to sibling `p`'s mesh socket and says who is calling.
     pub(super) fn connect_peer(&mut self, p: &Peer) -> io::Result<()> {
         let name = mesh_name(self.instance, p.pid);
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
@@ -63,12 +103,12 @@ impl Worker {
             outbound: true,
             peer_pid: p.pid,
             peer_worker: p.worker,
-            inflight: Default::default(),
             dirty: true,
         });
         Ok(())
     }
 
+    /// Siblings connecting to this worker.
     pub(super) fn accept_mesh(&mut self) {
         loop {
             match self.mesh_listener.accept() {
@@ -89,7 +129,6 @@ impl Worker {
                         outbound: false,
                         peer_pid: 0,
                         peer_worker: u32::MAX,
-                        inflight: Default::default(),
                         dirty: false,
                     });
                     self.on_link(key);
@@ -104,6 +143,7 @@ impl Worker {
         }
     }
 
+    /// Link `key` is readable or writable: read its messages, write what waits.
     pub(super) fn on_link(&mut self, key: usize) {
         let mut msgs = Vec::new();
         let res = match self.links.get_mut(key) {
@@ -127,7 +167,8 @@ impl Worker {
         }
     }
 
-    pub(super) fn link_msg(&mut self, key: usize, m: PeerMsg) {
+    /// One message from a sibling on link `key`.
+    fn link_msg(&mut self, key: usize, m: PeerMsg) {
         match m {
             PeerMsg::Hello { worker } => {
                 if let Some(l) = self.links.get_mut(key) {
@@ -138,53 +179,115 @@ impl Worker {
                 let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
                 let count =
                     self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
-                if let Some(l) = self.links.get_mut(key) {
-                    l.dirty = true;
-                    if let Err(e) = l.chan.send(&PeerMsg::Delivered { id: p.id, count }) {
-                        log::warn!(
-                            "cannot answer push {} of worker {}: {e}",
-                            p.id,
-                            l.peer_worker
-                        );
-                    }
-                }
+                self.answer_link(key, PeerMsg::Delivered { id: p.id, count });
+            }
+            PeerMsg::Query { id, query } => {
+                let share = self.answer_query(&query);
+                self.answer_link(key, PeerMsg::Answer { id, share });
             }
             PeerMsg::Delivered { id, count } => {
-                if let Some(l) = self.links.get_mut(key) {
-                    if l.inflight.front() == Some(&id) {
-                        l.inflight.pop_front();
-                    } else if let Some(i) = l.inflight.iter().position(|&x| x == id) {
-                        l.inflight.remove(i);
+                if let Some(w) = self.gather.answered(id, key) {
+                    if let Job::Push { total, .. } = &mut w.job {
+                        *total += count;
                     }
                 }
-                self.answered(id, count, true);
+                self.progress(id);
             }
-            PeerMsg::Query { id, body } => self.sibling_query(key, id, &body),
-            PeerMsg::Answer { id, body } => self.sibling_answer(key, id, &body),
+            PeerMsg::Answer { id, share } => {
+                if let Some(w) = self.gather.answered(id, key) {
+                    if let Job::Query { shares, .. } = &mut w.job {
+                        shares.push(share);
+                    }
+                }
+                self.progress(id);
+            }
         }
     }
 
-    /// A sibling answered push `id` (or will never: `answered == false`).
-    pub(super) fn answered(&mut self, id: u64, count: u32, answered: bool) {
-        let Some(p) = self.inflight.get(id) else {
+    /// Sends a sibling the answer to what it asked on link `key`.
+    fn answer_link(&mut self, key: usize, m: PeerMsg) {
+        if let Some(l) = self.links.get_mut(key) {
+            l.dirty = true;
+            if let Err(e) = l.chan.send(&m) {
+                log::warn!("cannot answer worker {}: {e}", l.peer_worker);
+            }
+        }
+    }
+
+    /// Sends `msg` (whose id is `gather.next_id()`) to every outbound link and waits for their
+    /// answers as `job`. A sibling that cannot be asked (link full or broken, or announced and
+    /// not linked yet) is counted as missing at once.
+    pub(super) fn fan_out(&mut self, msg: &PeerMsg, job: Job) {
+        let mut peers = Peers::new();
+        let mut missing = self.unlinked_peers();
+        for (key, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
+            match link.chan.send(msg) {
+                Ok(()) => {
+                    link.dirty = true;
+                    peers.push(key);
+                }
+                Err(e) => {
+                    // Counted, never silent; logged at debug since a stalled sibling would
+                    // otherwise log once per push.
+                    missing += 1;
+                    log::debug!("not sent to worker {}: {e}", link.peer_worker);
+                }
+            }
+        }
+        self.stats.ipc_undelivered += missing as u64;
+        let id = self.gather.add(Waiting {
+            job,
+            peers,
+            deadline: Instant::now() + ms(self.cfg.ipc_timeout),
+            partial: missing > 0,
+        });
+        self.progress(id);
+    }
+
+    /// Settles entry `id` if every answer is in; a push whose reply got decided by the answers
+    /// so far replies now and keeps collecting.
+    fn progress(&mut self, id: u64) {
+        let Some(w) = self.gather.get_mut(id) else {
             return;
         };
-        p.total += count;
-        p.waiting = p.waiting.saturating_sub(1);
-        if !answered {
-            self.stats.ipc_undelivered += 1;
+        if w.complete() {
+            if let Some(w) = self.gather.take(id) {
+                self.complete(w);
+            }
+            return;
         }
-        p.partial |= !answered;
-        let (total, waiting, reply, partial) = (p.total, p.waiting, p.reply, p.partial);
-        if waiting == 0 {
-            self.inflight.take(id);
-            self.settle(reply, total, partial);
-        } else if reply.decided(total) {
-            p.reply = ReplyTo::Nobody;
-            self.settle(reply, total, partial);
+        if let Job::Push { total, reply } = &mut w.job {
+            if reply.decided(*total) {
+                let (r, t, partial) = (*reply, *total, w.partial);
+                *reply = ReplyTo::Nobody;
+                self.settle(r, t, partial);
+            }
         }
     }
 
+    /// An entry is done: its outcome goes where it belongs.
+    fn complete(&mut self, w: Waiting<Job>) {
+        match w.job {
+            Job::Push { total, reply } => self.settle(reply, total, w.partial),
+            Job::Query {
+                query,
+                shares,
+                reply,
+            } => self.finish_query(&query, &shares, reply, w.partial),
+        }
+    }
+
+    /// Settles every entry past its deadline with what it has.
+    pub(super) fn expire_gathers(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        let missing = self.gather.expire(now, &mut done);
+        self.stats.ipc_undelivered += missing as u64;
+        for w in done {
+            self.complete(w);
+        }
+    }
+
+    /// Closes link `key`; what waited for its answers completes without them.
     pub(super) fn drop_link(&mut self, key: usize, why: &str) {
         if !self.links.contains(key) {
             return;
@@ -197,10 +300,12 @@ impl Worker {
             l.peer_worker,
             l.peer_pid
         );
-        for id in l.inflight.drain(..) {
-            self.answered(id, 0, false);
+        let mut ids = Vec::new();
+        self.gather.link_lost(key, &mut ids);
+        self.stats.ipc_undelivered += ids.len() as u64;
+        for id in ids {
+            self.progress(id);
         }
-        self.queries_link_lost(key);
         if l.outbound && self.peers.iter().any(|p| p.pid == l.peer_pid) {
             self.reconnect_at = Some(Instant::now() + Duration::from_millis(100));
         }

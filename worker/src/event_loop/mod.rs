@@ -2,33 +2,47 @@
 //! links and the master's control channel.
 //!
 //! A loop turn: wait for readiness (or the next deadline), handle every event — reading each
-//! socket until `WouldBlock` and handling everything a read brought — then settle expired
-//! pushes, and last flush every connection that got output during the turn, once, with
-//! `writev`. So a broadcast costs one shared frame plus one queue entry per recipient, and all
-//! the frames and replies one connection got in a turn share a system call.
+//! socket until `WouldBlock` and handling everything a read brought — then settle what waited
+//! too long for siblings, and last flush every connection that got output during the turn,
+//! once, with `writev`. So a broadcast costs one shared frame plus one queue entry per
+//! recipient, and all the frames and replies one connection got in a turn share a system call.
+//!
+//! The loop's work is split by phase, one module each, all of them `impl Worker` blocks over
+//! the one struct below:
+//!
+//! - [`accept`]: listeners, limits on connections, the descriptor reserve;
+//! - [`read`]: reading a socket and handing its bytes to its protocol: [`websocket`], [`text`],
+//!   [`http`] (and [`api`] under `/api/`), [`socketio`];
+//! - [`session`]: login and logout, the same for every protocol;
+//! - [`push`]: the only place that reads the registry and the groups to deliver, and that
+//!   sends pushes to the siblings;
+//! - [`mesh`]: the links to the siblings and the one scatter-gather over them (pushes waiting
+//!   for `Delivered`, queries waiting for shares); [`query`]: this worker's share of a query
+//!   and what is done with the merged answer;
+//! - [`output`]: queued output, flushing, closing;
+//! - [`control`]: the master's channel, drain, status rows;
+//! - [`timers`]: the sweep (handshake, login, idle and slow deadlines, pings) and memory.
 
-use crate::auth::{self, Auth, Mode};
+use crate::auth::Auth;
 use crate::config::{Config, Listeners};
-use crate::conn::{
-    Conn, Fragments, Http, Port, Proto, Text, Ws, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE,
-};
-use crate::delivery::{close_frame, frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
+use crate::conn::{Conn, Port, PortMap, RESUME};
+use crate::gather::Gather;
 use crate::groups::Groups;
-use crate::mesh::{InFlight, Link, Pending, ReplyKind, ReplyTo};
-use crate::registry::Registry;
+use crate::mesh::Link;
+use crate::registry::{Recipient, Registry};
 use bytes::Bytes;
-use herald_ipc::{mesh_name, Channel, ChannelError, Control, Peer, PeerMsg, Push, Target};
+use herald_ipc::{mesh_name, Channel, Control, Peer, Stats};
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
 use std::os::linux::net::SocketAddrExt;
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 mod accept;
+mod api;
 mod control;
 mod http;
 mod mesh;
@@ -42,16 +56,15 @@ mod text;
 mod timers;
 mod websocket;
 
-use query::{PendingQuery, QReply};
-use socketio::{Sio, SESSION_BIT};
+use mesh::Job;
+use socketio::Sio;
 
-const TOK_WS: Token = Token(0);
-const TOK_TEXT: Token = Token(1);
-const TOK_HTTP: Token = Token(2);
-const TOK_CONTROL: Token = Token(3);
-const TOK_MESH: Token = Token(4);
-const TOK_SIO: Token = Token(5);
-const TOK_HANDOFF: Token = Token(6);
+/// The master's control channel (listeners use tokens `0..4`, one per [`Port`]).
+const TOK_CONTROL: Token = Token(8);
+/// The mesh listener: siblings connecting to this worker.
+const TOK_MESH: Token = Token(9);
+/// The Socket.IO handoff socket: connections passed by siblings.
+const TOK_HANDOFF: Token = Token(10);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -68,49 +81,6 @@ const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 * SCRATCH;
 /// Replies a text connection may have in flight before it is read no further.
 const MAX_PENDING_REPLIES: usize = 16 * 1024;
-/// Longest uid accepted at login.
-const MAX_UID: usize = 256;
-/// How long accepting pauses after `EMFILE`/`ENFILE`.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Counters shown by `status`.
-#[derive(Default, Clone, Copy)]
-pub struct Stats {
-    /// Pushes received from backends and relaying clients (not siblings').
-    pub pushes: u64,
-    /// Frames queued to client connections (including siblings' pushes delivered here).
-    pub delivered: u64,
-    /// Frames dropped because a connection's output was over `max_send_buffer`.
-    pub send_fail: u64,
-    /// Sibling answers missing (link full, broken or too slow).
-    pub ipc_undelivered: u64,
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Connections closed for a protocol violation (bad frame, bad request, bad uid).
-    pub rejected: u64,
-    /// Connections refused at accept: over `max_connections`.
-    pub over_max_connections: u64,
-    /// Connections refused at accept: over `max_connections_per_ip`.
-    pub over_per_ip: u64,
-    /// Handshakes refused for their `Origin`.
-    pub bad_origin: u64,
-    /// Logins refused: bad or expired token (or invalid uid).
-    pub auth_failed: u64,
-    /// Connections closed for not logging in within `auth_timeout`.
-    pub auth_timeout: u64,
-    /// Connections closed after `idle_timeout` of silence.
-    pub idle_closed: u64,
-    /// Connections closed after `slow_timeout` over `max_send_buffer`.
-    pub slow_closed: u64,
-    /// Frames, lines, bodies or heads over their size limit.
-    pub oversize: u64,
-    /// Backend requests refused for a missing or wrong `push_secret`.
-    pub unauthorized: u64,
-    /// Socket.IO connections handed to the worker owning their session.
-    pub handed_off: u64,
-    /// Socket.IO connections adopted from a sibling.
-    pub adopted: u64,
-}
 
 /// One worker: everything its loop owns.
 pub struct Worker {
@@ -120,15 +90,14 @@ pub struct Worker {
     instance: u32,
     /// Own pid, cached.
     pid: u32,
+    /// The configuration the master sent at start (a reload starts new workers).
     cfg: Config,
     /// Addresses, for `status`.
     addrs: Listeners,
+    /// Readiness of every socket the worker owns.
     poll: Poll,
     /// Listeners by port; `None` when disabled or closed by a drain.
-    ws_listener: Option<TcpListener>,
-    text_listener: Option<TcpListener>,
-    http_listener: Option<TcpListener>,
-    sio_listener: Option<TcpListener>,
+    listeners: PortMap<Option<TcpListener>>,
     /// Accepting is paused after EMFILE until then.
     accept_paused_until: Option<Instant>,
     /// The master has said which workers are alive (its first `Peers`), and this worker has
@@ -138,27 +107,37 @@ pub struct Worker {
     mesh_known: bool,
     /// Accept anyway after this, should the master's word not come.
     mesh_wait_until: Instant,
+    /// Every client and backend connection, by slot (a slot is the connection's token).
     conns: Slab<Conn>,
+    /// uid → this worker's recipients.
     registry: Registry,
     /// The per-worker read buffer.
     scratch: Vec<u8>,
     /// Connections with output queued this turn.
     dirty: Vec<usize>,
-    /// Connection ids.
+    /// The next connection id (ids are never reused, slots are).
     next_conn_id: u64,
+    /// The master's channel: configuration and orders in, readiness and reports out.
     control: Channel<Control, Control>,
+    /// Where siblings connect to this worker.
     mesh_listener: UnixListener,
+    /// Links to and from siblings, by key (a key is the link's token).
     links: Slab<Link>,
     /// Peers the master announced (other than this process).
     peers: Vec<Peer>,
     /// When to retry connecting to announced peers we have no link to.
     reconnect_at: Option<Instant>,
-    inflight: InFlight,
+    /// Pushes and queries waiting for siblings' answers.
+    gather: Gather<Job>,
+    /// Counters for `status`, `/metrics` and the API (gauges are filled in per row).
     stats: Stats,
-    /// qps over the last stats tick.
+    /// Pushes per second over the last stats tick.
     qps: f64,
+    /// When `qps` was last computed (once a second, with Socket.IO's online count).
     last_tick: Instant,
+    /// `stats.pushes` at the last tick.
     last_tick_pushes: u64,
+    /// When the worker started, for `status`.
     started: SystemTime,
     /// Set by `Drain`: when to close remaining connections.
     drain_deadline: Option<Instant>,
@@ -180,16 +159,12 @@ pub struct Worker {
     per_ip: HashMap<IpAddr, u32>,
     /// Group membership (replicated in every worker).
     groups: Groups,
-    /// Queries waiting for siblings, by id, with whether a share is already missing.
-    queries: HashMap<u64, (PendingQuery, bool)>,
-    /// Next query id.
-    next_query_id: u64,
     /// Accepting hit EMFILE/ENFILE and has not succeeded since (logged once per episode).
     emfile: bool,
     /// Connections to read again next turn (budget spent, or backpressure lifted).
     resume: Vec<usize>,
-    /// Recipient slots of the push being delivered (kept to avoid an allocation per push).
-    slots_buf: Vec<u32>,
+    /// Recipients of the push being delivered (kept to avoid an allocation per push).
+    slots_buf: Vec<Recipient>,
     /// Text replies ready to write (kept to avoid an allocation per reply).
     ready_buf: Vec<Bytes>,
     /// Socket.IO sessions and the handoff socket.
@@ -198,63 +173,9 @@ pub struct Worker {
     trim_mark: usize,
 }
 
-/// Whether a connection must not be read now: its queued output is over `max_send_buffer`
-/// (a client sending pings, or requests, faster than it reads answers), its unparsed input is
-/// over what one frame, line or request may take, or too many of its replies are in flight.
-fn read_blocked(c: &Conn, cfg: &Config) -> bool {
-    let max_in = cfg
-        .max_line
-        .max(cfg.max_frame)
-        .max(cfg.max_header + cfg.max_body)
-        + SCRATCH;
-    c.out.len() > cfg.max_send_buffer
-        || c.inbuf.len() > max_in
-        || matches!(&c.proto, Proto::Text(t) if t.replies.len() > MAX_PENDING_REPLIES)
-}
-
-/// Which `status` counter a refused request moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// Malformed or not allowed: `rejected`.
-    Protocol,
-    /// Over a size limit (413, 431): `oversize`.
-    Oversize,
-    /// The caller already counted it (`auth_failed`, `bad_origin`).
-    Counted,
-}
-
-impl Refusal {
-    fn for_status(status: u16) -> Refusal {
-        match status {
-            413 | 431 => Refusal::Oversize,
-            _ => Refusal::Protocol,
-        }
-    }
-}
-
 /// Seconds to worker clock ticks (tenths of a second).
 fn ticks(secs: f64) -> u32 {
     (secs * 10.0).ceil().clamp(0.0, u32::MAX as f64) as u32
-}
-
-/// Whom a push is for: a target as the mesh carries it, or one uid borrowed from the line or
-/// request that named it (the seeds' hot path: no allocation unless a sibling must be told).
-pub(crate) enum To<'a> {
-    /// Uids, everyone or groups.
-    Target(Target),
-    /// One uid.
-    Uid(&'a str),
-}
-
-impl To<'_> {
-    /// Everyone.
-    pub(crate) const ALL: To<'static> = To::Target(Target::All);
-}
-
-impl From<Target> for To<'_> {
-    fn from(t: Target) -> Self {
-        To::Target(t)
-    }
 }
 
 /// Drops the room of an empty work list grown past a few pages by a peak; whether it did.
@@ -266,10 +187,12 @@ fn shrink_idle<T>(v: &mut Vec<T>) -> bool {
     false
 }
 
+/// The operation would block: wait for the next readiness.
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Configured seconds as a duration (negative counts as zero).
 fn ms(secs: f64) -> Duration {
     Duration::from_secs_f64(secs.max(0.0))
 }
@@ -293,7 +216,7 @@ impl Worker {
         instance: u32,
         cfg: Config,
         addrs: Listeners,
-        listeners: [Option<TcpListener>; 4],
+        listeners: PortMap<Option<TcpListener>>,
         control: Channel<Control, Control>,
     ) -> io::Result<Worker> {
         let pid = std::process::id();
@@ -302,7 +225,6 @@ impl Worker {
         let std_mesh = std::os::unix::net::UnixListener::bind_addr(&addr)?;
         std_mesh.set_nonblocking(true)?;
         let mesh_listener = UnixListener::from_std(std_mesh);
-        let [ws, text, http, sio_l] = listeners;
         let mode = cfg.auth_mode(&addrs).map_err(io::Error::other)?;
         let auth = Auth::new(mode, &cfg.auth_secret);
         let mut w = Worker {
@@ -312,10 +234,7 @@ impl Worker {
             cfg,
             addrs,
             poll: Poll::new()?,
-            ws_listener: ws,
-            text_listener: text,
-            http_listener: http,
-            sio_listener: sio_l,
+            listeners,
             accept_paused_until: None,
             mesh_known: false,
             mesh_wait_until: Instant::now() + MESH_WAIT,
@@ -329,7 +248,7 @@ impl Worker {
             links: Slab::new(),
             peers: Vec::new(),
             reconnect_at: None,
-            inflight: InFlight::default(),
+            gather: Gather::default(),
             stats: Stats::default(),
             qps: 0.0,
             last_tick: Instant::now(),
@@ -345,8 +264,6 @@ impl Worker {
             ping_sweeps: 0,
             per_ip: HashMap::new(),
             groups: Groups::default(),
-            queries: HashMap::new(),
-            next_query_id: 1,
             emfile: false,
             resume: Vec::new(),
             slots_buf: Vec::new(),
@@ -355,17 +272,10 @@ impl Worker {
             trim_mark: 0,
         };
         let reg = w.poll.registry();
-        if let Some(l) = w.ws_listener.as_mut() {
-            reg.register(l, TOK_WS, Interest::READABLE)?;
-        }
-        if let Some(l) = w.text_listener.as_mut() {
-            reg.register(l, TOK_TEXT, Interest::READABLE)?;
-        }
-        if let Some(l) = w.http_listener.as_mut() {
-            reg.register(l, TOK_HTTP, Interest::READABLE)?;
-        }
-        if let Some(l) = w.sio_listener.as_mut() {
-            reg.register(l, TOK_SIO, Interest::READABLE)?;
+        for (port, l) in w.listeners.iter_mut() {
+            if let Some(l) = l {
+                reg.register(l, Token(port.index()), Interest::READABLE)?;
+            }
         }
         reg.register(&mut w.sio.handoff, TOK_HANDOFF, Interest::READABLE)?;
         reg.register(
@@ -387,7 +297,6 @@ impl Worker {
     /// Runs until stopped.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut expired = Vec::new();
         while !self.stop {
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -405,12 +314,9 @@ impl Worker {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    TOK_WS => self.accept(Port::Ws),
-                    TOK_TEXT => self.accept(Port::Text),
-                    TOK_HTTP => self.accept(Port::Http),
+                    Token(t) if t < Port::ALL.len() => self.accept(Port::ALL[t]),
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
-                    TOK_SIO => self.accept(Port::Sio),
                     TOK_HANDOFF => self.sio_adopt(),
                     Token(t) if t >= LINK_BASE => self.on_link(t - LINK_BASE),
                     Token(t) if t >= CONN_BASE => {
@@ -434,12 +340,7 @@ impl Worker {
                 self.sweep();
                 self.next_sweep = now + self.sweep_interval();
             }
-            self.inflight.expire(now, &mut expired);
-            self.expire_queries(now);
-            for p in expired.drain(..) {
-                self.stats.ipc_undelivered += p.waiting as u64;
-                self.settle(p.reply, p.total, true);
-            }
+            self.expire_gathers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 self.accept_all();
@@ -494,13 +395,12 @@ impl Worker {
         let now = Instant::now();
         let mut t = self.last_tick + Duration::from_secs(1);
         for d in [
-            self.inflight.next_deadline(),
+            self.gather.next_deadline(),
             self.accept_paused_until,
             (!self.mesh_known).then_some(self.mesh_wait_until),
             self.reconnect_at,
             self.drain_deadline,
             Some(self.next_sweep),
-            self.next_query_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -511,30 +411,10 @@ impl Worker {
     }
 }
 
-/// Best-effort refusal written straight to a just-accepted socket, which is then dropped.
-fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: &str, why: &str) {
-    let bytes = match port {
-        Port::Text => crate::proto::text::error_reply(why),
-        Port::Ws | Port::Http | Port::Sio => {
-            crate::proto::websocket::http_error(status, &format!("{why}\n"), "")
-        }
-    };
-    let _ = stream.write(&bytes);
-}
-
 /// Seconds since the Unix epoch.
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Resident set size of this process in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4)
         .unwrap_or(0)
 }

@@ -1,8 +1,16 @@
-//! TODO
+//! Output: frames and replies queued per connection during a turn, written once per turn
+//! with `writev` (WRITABLE asked for only when a socket is full), and closing.
 
-use super::*;
+use super::read::read_blocked;
+use super::{Worker, CONN_BASE};
+use crate::conn::{Port, Proto, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE};
+use crate::delivery::close_frame;
+use crate::registry::Recipient;
+use bytes::Bytes;
+use mio::{Interest, Token};
 
 impl Worker {
+    /// Queues bytes to connection `slot`, to be written at the end of the turn.
     pub(super) fn queue(&mut self, slot: usize, b: Bytes) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -14,6 +22,7 @@ impl Worker {
         }
     }
 
+    /// Puts `slot` in this turn's flush list (it has output, or its socket became writable).
     pub(super) fn mark_dirty(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
             if conn.flags & DIRTY == 0 {
@@ -23,6 +32,7 @@ impl Worker {
         }
     }
 
+    /// Closes `slot` once what is queued for it is written; nothing more is read from it.
     pub(super) fn close_after_flush(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.flags |= CLOSING;
@@ -30,6 +40,8 @@ impl Worker {
         self.mark_dirty(slot);
     }
 
+    /// Writes every connection that got output this turn, then the links and the control
+    /// channel.
     pub(super) fn flush_all(&mut self) {
         self.sio_flush();
         let mut i = 0;
@@ -109,10 +121,7 @@ impl Worker {
         }
         if let Proto::Ws(ws) = &conn.proto {
             if let Some(uid) = &ws.uid {
-                self.registry.remove(uid, slot as u32);
-                if self.registry.get(uid).is_empty() {
-                    self.groups.departed(uid, self.now);
-                }
+                self.logout(Recipient::conn(slot), uid);
             }
         }
         log::debug!(

@@ -1,7 +1,42 @@
-//! TODO
+//! Pushing: the one place that reads the registry and the groups to deliver, and that sends a
+//! push to the siblings. A push from any port, or from a sibling, ends here:
+//!
+//! [`Worker::push`] → [`Worker::deliver_local`] (recipients from the registry or the groups,
+//! each handed to its protocol: [`Worker::deliver`] for a WebSocket, `sio_deliver` for a
+//! Socket.IO session) → `fan_out` to every sibling (see `mesh`) → [`Worker::settle`] once the
+//! outcome is known (at once when it is already decided, else when the siblings answered).
 
-use super::*;
+use super::mesh::Job;
+use super::socketio::SioEvent;
+use super::Worker;
+use crate::conn::CLOSING;
+use crate::delivery::{frame, OP_BINARY, OP_TEXT};
+use crate::mesh::{ReplyKind, ReplyTo};
 use crate::proto::http;
+use crate::registry::Who;
+use bytes::Bytes;
+use herald_ipc::{PeerMsg, Push, Target};
+use std::collections::HashSet;
+
+/// Whom a push is for: a target as the mesh carries it, or one uid borrowed from the line or
+/// request that named it (the seeds' hot path: no allocation unless a sibling must be told).
+pub(crate) enum To<'a> {
+    /// Uids, everyone or groups.
+    Target(Target),
+    /// One uid.
+    Uid(&'a str),
+}
+
+impl To<'_> {
+    /// Everyone.
+    pub(crate) const ALL: To<'static> = To::Target(Target::All);
+}
+
+impl From<Target> for To<'_> {
+    fn from(t: Target) -> Self {
+        To::Target(t)
+    }
+}
 
 impl Worker {
     /// Delivers here, sends to every sibling, and arranges for the outcome to reach `reply`.
@@ -22,7 +57,7 @@ impl Worker {
             self.settle(reply, local, missing > 0);
             return;
         }
-        let id = self.inflight.next_id();
+        let id = self.gather.next_id();
         let target = match target {
             To::Target(t) => t,
             To::Uid(u) => Target::Uids(vec![u.to_owned()]),
@@ -34,44 +69,20 @@ impl Worker {
             payload: payload.to_vec(),
             binary,
         });
-        let mut waiting = 0;
-        let mut partial = self.unlinked_peers() > 0;
-        for (_, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
-            match link.chan.send(&msg) {
-                Ok(()) => {
-                    link.inflight.push_back(id);
-                    link.dirty = true;
-                    waiting += 1;
-                }
-                Err(e) => {
-                    // Counted, never silent; logged at debug since a stalled sibling would
-                    // otherwise log once per push.
-                    self.stats.ipc_undelivered += 1;
-                    partial = true;
-                    log::debug!("push {id} not sent to worker {}: {e}", link.peer_worker);
-                }
-            }
+        // Already decided (`ok` once one connection got it): the backend hears now, and the
+        // entry only collects the siblings' answers.
+        let early = reply.decided(local);
+        if early {
+            self.settle(reply, local, false);
         }
-        if waiting == 0 {
-            self.settle(reply, local, partial);
-            return;
-        }
-        let reply = if reply.decided(local) {
-            self.settle(reply, local, partial);
-            ReplyTo::Nobody
-        } else {
-            reply
-        };
-        self.inflight.add(Pending {
+        let job = Job::Push {
             total: local,
-            waiting,
-            reply,
-            deadline: Instant::now() + ms(self.cfg.ipc_timeout),
-            partial,
-        });
+            reply: if early { ReplyTo::Nobody } else { reply },
+        };
+        self.fan_out(&msg, job);
     }
 
-    /// Queues `f` to every local connection `target` names; returns how many.
+    /// Queues `f` to every local recipient `target` names; returns how many got it.
     pub(super) fn deliver_local(
         &mut self,
         target: &To<'_>,
@@ -83,15 +94,29 @@ impl Worker {
         // Reused between pushes: no allocation per push for the recipient list.
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
+        // A list of uids (or of excluded ones) is made a set once: linear in its length.
+        let excluded: HashSet<&str> = if exclude.len() > 4 {
+            exclude.iter().map(String::as_str).collect()
+        } else {
+            HashSet::new()
+        };
+        let is_excluded = |u: &str| {
+            if exclude.len() > 4 {
+                excluded.contains(u)
+            } else {
+                exclude.iter().any(|e| e == u)
+            }
+        };
         match target {
             To::Uid(u) => {
-                if !exclude.iter().any(|e| e == u) {
+                if !is_excluded(u) {
                     slots.extend_from_slice(self.registry.get(u));
                 }
             }
             To::Target(Target::Uids(uids)) => {
-                for (i, u) in uids.iter().enumerate() {
-                    if exclude.contains(u) || uids[..i].contains(u) {
+                let mut seen: HashSet<&str> = HashSet::new();
+                for u in uids {
+                    if is_excluded(u) || (uids.len() > 1 && !seen.insert(u)) {
                         continue;
                     }
                     slots.extend_from_slice(self.registry.get(u));
@@ -100,7 +125,7 @@ impl Worker {
             To::Target(Target::All) => {
                 slots.reserve(self.registry.connection_count());
                 for (uid, s) in self.registry.iter() {
-                    if exclude.is_empty() || !exclude.iter().any(|e| **e == **uid) {
+                    if exclude.is_empty() || !is_excluded(uid) {
                         slots.extend_from_slice(s);
                     }
                 }
@@ -112,7 +137,7 @@ impl Worker {
                 let mut seen: HashSet<&str> = HashSet::new();
                 for g in groups {
                     for u in self.groups.members(g) {
-                        if exclude.contains(u) || !seen.insert(u) {
+                        if is_excluded(u) || !seen.insert(u) {
                             continue;
                         }
                         slots.extend_from_slice(self.registry.get(u));
@@ -122,36 +147,20 @@ impl Worker {
         }
         let mut n = 0;
         // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
-        let mut sio: Option<Option<(Rc<str>, Bytes)>> = None;
+        let mut event = SioEvent::new(payload, binary);
         let last = slots.len().saturating_sub(1);
         let mut f = Some(f);
-        for (i, &s) in slots.iter().enumerate() {
-            if s & SESSION_BIT != 0 {
-                let enc = sio.get_or_insert_with(|| {
-                    let text = std::str::from_utf8(payload).ok().filter(|_| !binary)?;
-                    let m = crate::proto::engineio::event_message(
-                        "/",
-                        "new_msg",
-                        &[serde_json::Value::from(text)],
-                    );
-                    let f = frame(OP_TEXT, m.as_bytes());
-                    Some((Rc::from(m.as_str()), f))
-                });
-                if let Some((m, f)) = enc {
-                    let (m, f) = (m.clone(), f.clone());
-                    if self.sio_send((s & !SESSION_BIT) as usize, m, Some(&f)) {
-                        self.stats.delivered += 1;
-                        n += 1;
-                    }
+        for (i, &r) in slots.iter().enumerate() {
+            let got = match r.who() {
+                Who::Session(idx) => self.sio_deliver(idx, &mut event),
+                // The last recipient takes the frame itself: a unicast push shares nothing, so
+                // its frame needs no shared reference count (one allocation less).
+                Who::Conn(slot) => {
+                    let one = if i == last { f.take() } else { f.clone() };
+                    one.is_some_and(|one| self.deliver(slot, one))
                 }
-                continue;
-            }
-            // The last recipient takes the frame itself: a unicast push shares nothing, so its
-            // frame needs no shared reference count (one allocation less).
-            let one = if i == last { f.take() } else { f.clone() };
-            if one.is_some_and(|one| self.deliver(s as usize, one)) {
-                n += 1;
-            }
+            };
+            n += got as u32;
         }
         if slots.capacity() > 64 * 1024 {
             slots = Vec::new();
@@ -161,7 +170,7 @@ impl Worker {
     }
 
     /// Queues one frame to one logged-in connection, unless its output is over the cap.
-    pub(super) fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
+    fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
         let cap = self.cfg.max_send_buffer;
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
@@ -216,7 +225,7 @@ impl Worker {
                 if partial {
                     v["partial"] = serde_json::json!(true);
                 }
-                self.http_json(slot, id, "200 OK", &v);
+                self.http_json(slot, id, 200, &v, None);
             }
             ReplyTo::Http { slot, id, kind } => {
                 let Some(keep) = self.http_keep_alive(slot, id) else {

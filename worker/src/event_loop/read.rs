@@ -1,6 +1,25 @@
-//! TODO
+//! Reading: a readable socket is read into the worker's scratch buffer, within a budget and
+//! under backpressure, and the bytes go to the connection's protocol. Only an incomplete tail
+//! (a frame, a line, a request still arriving) is kept with the connection.
 
-use super::*;
+use super::{would_block, Worker, MAX_PENDING_REPLIES, READ_BUDGET, SCRATCH};
+use crate::config::Config;
+use crate::conn::{Conn, Port, Proto, CLOSING, READ_PAUSED, RESUME};
+use std::io::{self, Read};
+
+/// Whether a connection must not be read now: its queued output is over `max_send_buffer`
+/// (a client sending pings, or requests, faster than it reads answers), its unparsed input is
+/// over what one frame, line or request may take, or too many of its replies are in flight.
+pub(super) fn read_blocked(c: &Conn, cfg: &Config) -> bool {
+    let max_in = cfg
+        .max_line
+        .max(cfg.max_frame)
+        .max(cfg.max_header + cfg.max_body)
+        + SCRATCH;
+    c.out.len() > cfg.max_send_buffer
+        || c.inbuf.len() > max_in
+        || matches!(&c.proto, Proto::Text(t) if t.replies.len() > MAX_PENDING_REPLIES)
+}
 
 impl Worker {
     /// Reads `slot` until `WouldBlock`, its read budget or backpressure. With `short_ok` (the

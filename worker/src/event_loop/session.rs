@@ -1,43 +1,73 @@
-//! TODO
+//! Login and logout, one path for every protocol: a plain WebSocket (uid or token in its first
+//! message, or a token in its URL) and a Socket.IO session (`login` event) both log in here,
+//! and both leave here when their connection or session ends.
+//!
+//! A login checks the uid, records the recipient in the registry, and — for the uid's first
+//! recipient in this worker — takes up the uid's groups: those this worker kept for it
+//! (`group_ttl`) and those its siblings know (asked with [`Query::GroupsOf`]).
 
-use super::*;
+use super::query::QReply;
+use super::Worker;
+use crate::registry::Recipient;
+use herald_ipc::Query;
+use std::rc::Rc;
+
+/// Longest uid accepted at login.
+pub(super) const MAX_UID: usize = 256;
+
+/// Whether `uid` may be logged in: not empty, at most [`MAX_UID`] bytes, no control
+/// characters (it appears in logs and reports).
+pub(super) fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= MAX_UID && !uid.chars().any(char::is_control)
+}
 
 impl Worker {
-    /// Registers a checked uid for connection `slot`; false (and the connection closing) if
-    /// the uid is not acceptable.
-    pub(super) fn login(&mut self, slot: usize, uid: &str) -> bool {
-        if uid.is_empty() || uid.len() > MAX_UID || uid.chars().any(char::is_control) {
+    /// Logs `who` in as `uid`; the shared uid, or `None` (counted as `auth_failed`) when the
+    /// uid is not acceptable. The caller words the refusal for its protocol.
+    pub(super) fn login(&mut self, who: Recipient, uid: &str) -> Option<Rc<str>> {
+        if !valid_uid(uid) {
             self.stats.auth_failed += 1;
-            self.ws_close(slot, 1008, "invalid uid");
-            return false;
+            return None;
         }
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return false;
-        };
-        let Proto::Ws(ws) = &mut conn.proto else {
-            return false;
-        };
         let first_here = self.registry.get(uid).is_empty();
-        let rc = self.registry.add(uid, slot as u32);
-        log::debug!(
-            "websocket {} from {} logged in as {uid}",
-            conn.id,
-            conn.remote
-        );
-        ws.uid = Some(rc);
-        if self.cfg.login_reply {
-            let msg = format!("login success, your uid is {uid}");
-            self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
-        }
+        let rc = self.registry.add(uid, who);
         if first_here {
             self.groups.arrived(uid);
             if self.links.iter().any(|(_, l)| l.outbound) {
                 self.query(
-                    serde_json::json!({"q": "groups_of", "uid": uid}),
-                    QReply::LoginSync(uid.to_string()),
+                    Query::GroupsOf {
+                        uid: uid.to_string(),
+                    },
+                    QReply::LoginSync(rc.clone()),
                 );
             }
         }
-        true
+        // Online figures changed: the next tick tells Socket.IO pages.
+        self.sio.online_text.clear();
+        Some(rc)
+    }
+
+    /// `who`, logged in as `uid`, is gone; the uid's last recipient here starts its groups'
+    /// `group_ttl`.
+    pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
+        self.registry.remove(uid, who);
+        if self.registry.get(uid).is_empty() {
+            self.groups.departed(uid, self.now);
+        }
+        self.sio.online_text.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids() {
+        assert!(valid_uid("u1"));
+        assert!(valid_uid(&"x".repeat(MAX_UID)));
+        assert!(!valid_uid(""));
+        assert!(!valid_uid(&"x".repeat(MAX_UID + 1)));
+        assert!(!valid_uid("a\nb"));
     }
 }

@@ -11,23 +11,30 @@
 //! message, and keeps a session's state in one place. A sid whose owner is gone gets the
 //! protocol's "Session ID unknown", and the client opens a new session.
 //!
-//! Sessions share the one registry with plain WebSockets (`SESSION_BIT | index`), so every
+//! Sessions share the one registry with plain WebSockets (as [`Recipient::session`]), so every
 //! push from the text port, the HTTP API or a sibling reaches them as a `new_msg` event,
-//! encoded once per push and shared.
+//! encoded once per push and shared ([`SioEvent`]).
 
-use super::*;
+use super::query::QReply;
+use super::{ticks, unix_now, Worker};
+use crate::conn::{Conn, Port, Proto, Ws};
+use crate::delivery::{frame, OP_TEXT};
 use crate::proto::engineio::{
     self, connect_message, decode_packet, decode_payload, decode_sio, event_message, open_packet,
     push_payload, EioVersion, ErrorCode, Handshake as EioHandshake, PacketType, SidGen, SioType,
     Transport,
 };
 use crate::proto::http;
+use crate::registry::Recipient;
+use bytes::Bytes;
+use herald_ipc::Query;
 use serde_json::Value;
+use slab::Slab;
+use std::collections::HashMap;
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::linux::net::SocketAddrExt;
 use std::rc::Rc;
-
-/// Registry entries with this bit are Socket.IO sessions, not connection slots.
-pub const SESSION_BIT: u32 = 1 << 31;
 /// Largest POST payload a client may send (announced as `maxPayload`).
 const MAX_PAYLOAD: usize = 100_000;
 /// Largest request handed to another worker in one datagram.
@@ -65,7 +72,7 @@ pub struct Session {
 
 /// The Socket.IO state of a worker.
 pub struct Sio {
-    /// Sessions by index (the registry holds `SESSION_BIT | index`).
+    /// Sessions by index (the registry holds [`Recipient::session`] of the index).
     pub sessions: Slab<Session>,
     /// Session index by sid.
     pub sids: HashMap<Rc<str>, usize>,
@@ -539,29 +546,24 @@ impl Worker {
             Some(Value::Number(n)) => n.to_string(),
             _ => return,
         };
-        match self.auth.verify(&token, unix_now()) {
-            Ok(uid)
-                if !uid.is_empty()
-                    && uid.len() <= MAX_UID
-                    && !uid.chars().any(char::is_control) =>
-            {
-                let first_here = self.registry.get(&uid).is_empty();
-                let rc = self.registry.add(&uid, SESSION_BIT | idx as u32);
+        let uid = match self.auth.verify(&token, unix_now()) {
+            Ok(uid) => Some(uid),
+            Err(_) => {
+                self.stats.auth_failed += 1;
+                None
+            }
+        };
+        match uid.and_then(|u| self.login(Recipient::session(idx), &u)) {
+            Some(rc) => {
                 if let Some(s) = self.sio.sessions.get_mut(idx) {
                     s.uid = Some(rc);
-                }
-                if first_here {
-                    self.groups.arrived(&uid);
                 }
                 if let Some(id) = ev.id {
                     let ack = engineio::ack_message(&ev.nsp, id, &[]);
                     self.sio_send(idx, Rc::from(ack.as_str()), None);
                 }
-                // Counts changed: the next tick tells everyone.
-                self.sio.online_text.clear();
             }
-            _ => {
-                self.stats.auth_failed += 1;
+            None => {
                 let m = engineio::connect_error_message(
                     self.sio.sessions[idx].version,
                     "/",
@@ -621,11 +623,7 @@ impl Worker {
         self.sio.sids.remove(&s.sid);
         log::debug!("socket.io session {} closed: {why}", s.sid);
         if let Some(uid) = &s.uid {
-            self.registry.remove(uid, SESSION_BIT | idx as u32);
-            if self.registry.get(uid).is_empty() {
-                self.groups.departed(uid, self.now);
-            }
-            self.sio.online_text.clear();
+            self.logout(Recipient::session(idx), uid);
         }
         if let Some((slot, id)) = s.poll {
             let mut body = String::new();
@@ -704,14 +702,12 @@ impl Worker {
             return;
         }
         self.sio.online_asked = true;
-        self.query(serde_json::json!({"q": "uids"}), QReply::OnlineCount);
+        self.query(Query::Uids { group: None }, QReply::OnlineCount);
     }
 
     /// The merged counts arrived: tell every connected session if they changed.
-    pub(super) fn sio_online(&mut self, merged: &Value) {
+    pub(super) fn sio_online(&mut self, uids: usize, pages: u64) {
         self.sio.online_asked = false;
-        let uids = merged["uids"].as_array().map_or(0, Vec::len);
-        let pages = merged["connections"].as_u64().unwrap_or(0);
         let text = format!("当前<b>{uids}</b>人在线，共打开<b>{pages}</b>个页面");
         if text == self.sio.online_text {
             return;
@@ -856,5 +852,62 @@ impl Worker {
                 self.add_conn_with(stream, remote, Port::Sio, Some(&mut bytes));
             }
         }
+    }
+
+    /// A push for session `idx`, as the `new_msg` event; whether it was queued.
+    pub(super) fn sio_deliver(&mut self, idx: usize, ev: &mut SioEvent<'_>) -> bool {
+        let Some((m, f)) = ev.encoded() else {
+            return false;
+        };
+        if self.sio_send(idx, m, Some(&f)) {
+            self.stats.delivered += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Kicks session `idx`: its last message (`data`, as `new_msg`), then the session ends.
+    pub(super) fn sio_kick(&mut self, idx: usize, data: Option<&str>) {
+        if let Some(d) = data {
+            let m = event_message("/", "new_msg", &[Value::from(d)]);
+            self.sio_send(idx, Rc::from(m.as_str()), None);
+            self.sio_flush();
+        }
+        self.sio_close(idx, "kicked");
+    }
+}
+
+/// A push as Socket.IO's `new_msg` event, encoded on first need and shared by every session
+/// it reaches (a binary push has no text event: sessions do not get it).
+pub(super) struct SioEvent<'a> {
+    /// The push's payload.
+    payload: &'a [u8],
+    /// The push is binary.
+    binary: bool,
+    /// The packet and its WebSocket frame, once encoded (`Some(None)`: cannot be encoded).
+    done: Option<Option<(Rc<str>, Bytes)>>,
+}
+
+impl<'a> SioEvent<'a> {
+    /// The event for a push of `payload`.
+    pub(super) fn new(payload: &'a [u8], binary: bool) -> SioEvent<'a> {
+        SioEvent {
+            payload,
+            binary,
+            done: None,
+        }
+    }
+
+    /// The packet and its frame, encoded once.
+    fn encoded(&mut self) -> Option<(Rc<str>, Bytes)> {
+        let (payload, binary) = (self.payload, self.binary);
+        self.done
+            .get_or_insert_with(|| {
+                let text = std::str::from_utf8(payload).ok().filter(|_| !binary)?;
+                let m = event_message("/", "new_msg", &[Value::from(text)]);
+                let f = frame(OP_TEXT, m.as_bytes());
+                Some((Rc::from(m.as_str()), f))
+            })
+            .clone()
     }
 }

@@ -1,10 +1,18 @@
-//! TODO
+//! The text port: one JSON line in, one reply line out, in the order of the lines (a line
+//! whose push waits for siblings holds back the replies after it, not the reading).
 
-use super::*;
-use crate::proto::text;
-use crate::proto::text::Command;
+use super::push::To;
+use super::query::QReply;
+use super::Worker;
+use crate::auth;
+use crate::conn::{Proto, CLOSING};
+use crate::mesh::{ReplyKind, ReplyTo};
+use crate::proto::text::{self, Command};
+use bytes::Bytes;
+use herald_ipc::Target;
 
 impl Worker {
+    /// Every whole line of `buf`; returns the bytes used (a partial line stays).
     pub(super) fn consume_text(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         let mut pos = 0;
         while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
@@ -27,7 +35,8 @@ impl Worker {
         pos
     }
 
-    pub(super) fn line_too_long(&mut self, slot: usize) {
+    /// A line over `max_line`: replies already due go out, then the connection closes.
+    fn line_too_long(&mut self, slot: usize) {
         self.stats.oversize += 1;
         if let Some(c) = self.conns.get(slot) {
             log::warn!(
@@ -41,7 +50,8 @@ impl Worker {
         self.close_after_flush(slot);
     }
 
-    pub(super) fn text_line(&mut self, slot: usize, line: &[u8]) {
+    /// One line: the push secret first if one is configured, then a command.
+    fn text_line(&mut self, slot: usize, line: &[u8]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -96,18 +106,19 @@ impl Worker {
                     reply(ReplyKind::OkFail),
                 );
             }
-            Command::Push {
-                target,
-                exclude,
-                payload,
-                binary,
-            } => {
-                let kind = if target == Target::All {
+            Command::Push(p) => {
+                let kind = if p.target == Target::All {
                     ReplyKind::AlwaysOk
                 } else {
                     ReplyKind::OkFail
                 };
-                self.push(target.into(), exclude, &payload, binary, reply(kind));
+                self.push(
+                    p.target.into(),
+                    p.exclude,
+                    &p.payload,
+                    p.binary,
+                    reply(kind),
+                );
             }
             Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
             Command::Fail(why) => {
@@ -120,6 +131,8 @@ impl Worker {
         }
     }
 
+    /// Fills reply slot `seq` of text connection `slot` (if it is still connection `id`) and
+    /// writes every reply now due, in line order.
     pub(super) fn text_reply(&mut self, slot: usize, id: u64, seq: u64, reply: Bytes) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;

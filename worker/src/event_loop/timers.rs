@@ -1,6 +1,11 @@
-//! TODO
+//! Time: one coarse sweep over the connections for every deadline (handshake, login, idle,
+//! slow consumer) and the periodic pings, and giving memory back after a peak. No connection
+//! owns a timer.
 
-use super::*;
+use super::{shrink_idle, ticks, Worker};
+use crate::conn::{Proto, CLOSING};
+use crate::delivery::{frame, OP_PING};
+use std::time::Duration;
 
 impl Worker {
     /// How often deadlines are checked: a quarter of the shortest timeout, within 50 ms..1 s.

@@ -1,11 +1,21 @@
-//! TODO
+//! The WebSocket port: the opening handshake (origin and URL-token checks), frames cut by the
+//! codec and turned into messages by the message layer ([`Messages`]), and what a message
+//! means here: a login (uid or token), a relay (seed 002), or a Socket.IO packet.
 
-use super::*;
-use crate::proto::websocket;
-use crate::proto::websocket::Handshake;
-use crate::proto::websocket::WsError;
+use super::http::Refusal;
+use super::{unix_now, Worker};
+use crate::auth::{self, Mode};
+use crate::conn::{Proto, Ws, CLOSING};
+use crate::delivery::{close_frame, frame, OP_PONG, OP_TEXT};
+use crate::mesh::ReplyTo;
+use crate::proto::push::parse_relay;
+use crate::proto::websocket::{self, Handshake, WsError};
+use crate::proto::ws_message::Incoming;
+use crate::registry::Recipient;
+use bytes::Bytes;
 
 impl Worker {
+    /// The opening handshake, then whatever frames followed it in the same read.
     pub(super) fn consume_handshake(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         match websocket::handshake(buf, self.cfg.max_header) {
             Handshake::Partial => 0,
@@ -63,7 +73,7 @@ impl Worker {
                 }
                 self.queue(slot, Bytes::from(response));
                 if let Some(uid) = uid {
-                    if !self.login(slot, &uid) {
+                    if !self.ws_login(slot, &uid) {
                         return buf.len();
                     }
                 }
@@ -72,6 +82,7 @@ impl Worker {
         }
     }
 
+    /// Frames of an upgraded connection; returns the bytes used (an incomplete frame stays).
     pub(super) fn consume_ws(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         let mut pos = 0;
         loop {
@@ -98,6 +109,7 @@ impl Worker {
         }
     }
 
+    /// Closes with the code the violation calls for, counted.
     pub(super) fn ws_fail(&mut self, slot: usize, e: &WsError) {
         if *e == WsError::TooBig {
             self.stats.oversize += 1;
@@ -129,7 +141,8 @@ impl Worker {
         self.close_after_flush(slot);
     }
 
-    pub(super) fn ws_frame(
+    /// One frame, through the message layer.
+    fn ws_frame(
         &mut self,
         slot: usize,
         fin: bool,
@@ -137,84 +150,36 @@ impl Worker {
         payload: &[u8],
     ) -> Result<(), WsError> {
         let max = self.cfg.max_frame;
-        let Some(conn) = self.conns.get_mut(slot) else {
+        let Some(Proto::Ws(ws)) = self.conns.get_mut(slot).map(|c| &mut c.proto) else {
             return Ok(());
         };
-        let Proto::Ws(ws) = &mut conn.proto else {
-            return Ok(());
-        };
-        match opcode {
-            0x8 => {
-                let code = websocket::close_code(payload)?;
-                let echo = if code == 1000 || payload.is_empty() {
-                    1000
-                } else {
-                    code
-                };
-                self.ws_close(slot, echo, "");
-                Ok(())
-            }
-            0x9 => {
+        match ws.messages.frame(fin, opcode, payload, max)? {
+            Incoming::Close { echo } => self.ws_close(slot, echo, ""),
+            Incoming::Ping(p) => {
                 if !ws.close_sent {
-                    self.queue(slot, frame(OP_PONG, payload));
-                }
-                Ok(())
-            }
-            0xA => Ok(()),
-            0x0 => {
-                let Some(frag) = ws.frag.as_mut() else {
-                    return Err(WsError::Protocol("continuation without a message"));
-                };
-                if frag.data.len() + payload.len() > max {
-                    return Err(WsError::TooBig);
-                }
-                frag.data.extend_from_slice(payload);
-                if fin {
-                    if let Some(f) = ws.frag.take() {
-                        self.ws_message(slot, f.opcode == OP_TEXT, &f.data)?;
-                    }
-                }
-                Ok(())
-            }
-            _ => {
-                if ws.frag.is_some() {
-                    return Err(WsError::Protocol("new message inside a fragmented one"));
-                }
-                if fin {
-                    self.ws_message(slot, opcode == OP_TEXT, payload)
-                } else {
-                    ws.frag = Some(Box::new(Fragments {
-                        opcode,
-                        data: payload.to_vec(),
-                    }));
-                    Ok(())
+                    self.queue(slot, frame(OP_PONG, p));
                 }
             }
+            Incoming::Text(t) => self.ws_message(slot, Some(&t)),
+            Incoming::Binary(_) => self.ws_message(slot, None),
+            Incoming::Nothing => {}
         }
+        Ok(())
     }
 
-    pub(super) fn ws_message(
-        &mut self,
-        slot: usize,
-        is_text: bool,
-        data: &[u8],
-    ) -> Result<(), WsError> {
-        let text = if is_text {
-            Some(std::str::from_utf8(data).map_err(|_| WsError::BadUtf8)?)
-        } else {
-            None
-        };
+    /// A whole message (`text` is `None` for a binary one).
+    fn ws_message(&mut self, slot: usize, text: Option<&str>) {
         let Some(conn) = self.conns.get_mut(slot) else {
-            return Ok(());
+            return;
         };
         let Proto::Ws(ws) = &mut conn.proto else {
-            return Ok(());
+            return;
         };
         if let Some(idx) = ws.session {
             if let Some(t) = text {
                 self.sio_ws_message(slot, idx as usize, t);
             }
-            return Ok(());
+            return;
         }
         match (&ws.uid, text) {
             (None, None) => {
@@ -223,7 +188,7 @@ impl Worker {
             }
             (None, Some(token)) => match self.auth.verify(token, unix_now()) {
                 Ok(uid) => {
-                    self.login(slot, &uid);
+                    self.ws_login(slot, &uid);
                 }
                 Err(e) => {
                     self.stats.auth_failed += 1;
@@ -236,17 +201,11 @@ impl Worker {
                 }
             },
             (Some(_), Some(msg)) if self.cfg.client_relay => {
-                // Seed 002: `UID:message` to UID, `all:message` to everyone.
-                if let Some((to, body)) = msg.split_once(':') {
-                    let target = if to == "all" {
-                        Target::All
-                    } else {
-                        Target::Uids(vec![to.to_string()])
-                    };
+                if let Some(p) = parse_relay(msg) {
                     self.push(
-                        target.into(),
-                        Vec::new(),
-                        body.as_bytes(),
+                        p.target.into(),
+                        p.exclude,
+                        &p.payload,
                         false,
                         ReplyTo::Nobody,
                     );
@@ -254,6 +213,39 @@ impl Worker {
             }
             _ => {}
         }
-        Ok(())
+    }
+
+    /// Logs connection `slot` in as `uid` (checked); false, and the connection closing with
+    /// 1008, when the uid is not acceptable.
+    pub(super) fn ws_login(&mut self, slot: usize, uid: &str) -> bool {
+        let Some(rc) = self.login(Recipient::conn(slot), uid) else {
+            self.ws_close(slot, 1008, "invalid uid");
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let Proto::Ws(ws) = &mut conn.proto else {
+            return false;
+        };
+        log::debug!(
+            "websocket {} from {} logged in as {uid}",
+            conn.id,
+            conn.remote
+        );
+        ws.uid = Some(rc);
+        if self.cfg.login_reply {
+            let msg = format!("login success, your uid is {uid}");
+            self.queue(slot, frame(OP_TEXT, msg.as_bytes()));
+        }
+        true
+    }
+
+    /// Kicks connection `slot`: its last message (`data`), then a close with 1000.
+    pub(super) fn ws_kick(&mut self, slot: usize, data: Option<&str>) {
+        if let Some(d) = data {
+            self.queue(slot, frame(OP_TEXT, d.as_bytes()));
+        }
+        self.ws_close(slot, 1000, "kicked");
     }
 }

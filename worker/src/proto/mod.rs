@@ -3,8 +3,11 @@
 //! command, a request, an Engine.IO packet) or output bytes (a response, a reply line), and the
 //! loop acts on what they return.
 
+pub mod api;
 pub mod engineio;
 pub mod http;
+pub mod push;
 pub mod seedscan;
 pub mod text;
 pub mod websocket;
+pub mod ws_message;

@@ -5,9 +5,10 @@
 
 use std::borrow::Cow;
 
-use herald_ipc::Target;
-use serde_json::{json, Value};
+use herald_ipc::{Query, Target};
+use serde_json::Value;
 
+use crate::proto::push::{self, uid_list, uid_of, PushRequest};
 use crate::proto::seedscan::{self, Scan};
 
 /// What a backend asked for.
@@ -19,53 +20,14 @@ pub enum Command<'a> {
         /// The uid, borrowed from the line when it is a plain string (the usual case).
         uid: Cow<'a, str>,
     },
-    /// `{"cmd":"push"|"all",…}`: `payload` to `target`. Replies `ok` or `fail` (`all`: `ok`).
-    Push {
-        /// Whom for.
-        target: Target,
-        /// Uids left out.
-        exclude: Vec<String>,
-        /// The message.
-        payload: Vec<u8>,
-        /// Send as a binary frame (`"binary":true`, data given as base64).
-        binary: bool,
-    },
-    /// A whole-server question or group change, as a query request (`{"q": …}`).
-    Query(Value),
+    /// `{"cmd":"push"|"group"|"all",…}`. Replies `ok` or `fail` (`all`: `ok`).
+    Push(PushRequest),
+    /// A whole-server question or group change.
+    Query(Query),
     /// Not a JSON object, or a seed line without a uid: replies `fail` (the seed's answer).
     Fail(&'static str),
     /// A malformed `cmd`: replies `{"error":"…"}`.
     Error(String),
-}
-
-/// A uid from JSON: a string, or an integer (PHP's `json_encode` writes numeric ids as numbers,
-/// and Workerman's uid map matched them to the same digits sent by the browser).
-fn uid_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// `data` as the frame body: a JSON string as is, anything else as compact JSON.
-pub fn data_bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::String(s) => s.clone().into_bytes(),
-        other => other.to_string().into_bytes(),
-    }
-}
-
-fn uid_list(v: &Value, key: &str) -> Result<Vec<String>, String> {
-    match v {
-        Value::Array(a) => a
-            .iter()
-            .map(|x| uid_of(x).ok_or_else(|| format!("`{key}` must hold strings")))
-            .collect(),
-        other => uid_of(other)
-            .map(|u| vec![u])
-            .ok_or_else(|| format!("`{key}` must be a string or an array of strings")),
-    }
 }
 
 /// The two fields that decide a line's kind, borrowed from the line. Every other field is
@@ -141,36 +103,9 @@ pub fn parse_line(line: &[u8]) -> Command<'_> {
             None => Command::Fail("no uid"),
         };
     };
-    let exclude = match obj.get("exclude") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => match uid_list(v, "exclude") {
-            Ok(l) => l,
-            Err(e) => return Command::Error(e),
-        },
-    };
-    let binary = obj.get("binary").and_then(Value::as_bool).unwrap_or(false);
-    let data = || -> Result<Vec<u8>, String> {
-        let d = obj
-            .get("data")
-            .ok_or_else(|| "missing `data`".to_string())?;
-        if binary {
-            use base64::Engine;
-            let b64 = d.as_str().ok_or("binary `data` must be a base64 string")?;
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| "binary `data` is not valid base64".to_string())
-        } else {
-            Ok(data_bytes(d))
-        }
-    };
-    let push = |target: Result<Target, String>| match (target, data()) {
-        (Ok(target), Ok(payload)) => Command::Push {
-            target,
-            exclude: exclude.clone(),
-            payload,
-            binary,
-        },
-        (Err(e), _) | (_, Err(e)) => Command::Error(e),
+    let push = |target: Result<Target, String>| match target.and_then(|t| push::parse(&obj, t)) {
+        Ok(p) => Command::Push(p),
+        Err(e) => Command::Error(e),
     };
     let field = |k: &str| -> Result<String, String> {
         match obj.get(k) {
@@ -188,7 +123,7 @@ pub fn parse_line(line: &[u8]) -> Command<'_> {
             Some(_) => field("group").map(Some),
         }
     };
-    let query = |q: Result<Value, String>| match q {
+    let query = |q: Result<Query, String>| match q {
         Ok(v) => Command::Query(v),
         Err(e) => Command::Error(e),
     };
@@ -202,22 +137,36 @@ pub fn parse_line(line: &[u8]) -> Command<'_> {
             None => Command::Error("missing `group`".into()),
             Some(g) => push(uid_list(g, "group").map(Target::Groups)),
         },
-        Some(q @ ("join" | "leave")) => query((|| {
-            Ok(json!({"q": q, "uid": field("uid")?, "group": field("group")?}))
+        Some("join") => query((|| {
+            Ok(Query::Join {
+                uid: field("uid")?,
+                group: field("group")?,
+            })
         })()),
-        Some("ungroup") => query(field("group").map(|g| json!({"q": "ungroup", "group": g}))),
-        Some("online") => query(field("uid").map(|u| json!({"q": "online", "uid": u}))),
-        Some("count") => {
-            query(optional_group().map(|g| json!({"q": "uids", "group": g, "as": "count"})))
-        }
-        Some("uids") => query(optional_group().map(|g| json!({"q": "uids", "group": g}))),
-        Some("groups") => Command::Query(json!({"q": "groups"})),
-        Some("kick") => {
-            query(field("uid").map(|u| json!({"q": "kick", "uid": u, "data": obj.get("data")})))
-        }
+        Some("leave") => query((|| {
+            Ok(Query::Leave {
+                uid: field("uid")?,
+                group: field("group")?,
+            })
+        })()),
+        Some("ungroup") => query(field("group").map(|group| Query::Ungroup { group })),
+        Some("online") => query(field("uid").map(|uid| Query::Online { uid })),
+        Some("count") => query(optional_group().map(|group| Query::Count { group })),
+        Some("uids") => query(optional_group().map(|group| Query::Uids { group })),
+        Some("groups") => Command::Query(Query::Groups),
+        Some("kick") => query(field("uid").map(|uid| Query::Kick {
+            uid,
+            data: kick_data(obj.get("data")),
+        })),
         Some(other) => Command::Error(format!("unknown cmd `{other}`")),
         None => Command::Error("`cmd` must be a string".into()),
     }
+}
+
+/// A kick's last message: `data` as a frame body, none when absent or null.
+pub fn kick_data(v: Option<&Value>) -> Option<String> {
+    v.filter(|d| !d.is_null())
+        .map(|d| String::from_utf8_lossy(&push::data_bytes(d)).into_owned())
 }
 
 /// The reply line for an error.
@@ -260,21 +209,21 @@ mod tests {
     fn commands() {
         assert_eq!(
             parse_line(br#"{"cmd":"all","data":"hi"}"#),
-            Command::Push {
+            Command::Push(PushRequest {
                 target: Target::All,
                 exclude: vec![],
                 payload: b"hi".to_vec(),
                 binary: false
-            }
+            })
         );
         assert_eq!(
             parse_line(br#"{"cmd":"push","to":["a","b"],"data":{"x": 1}}"#),
-            Command::Push {
+            Command::Push(PushRequest {
                 target: Target::Uids(vec!["a".into(), "b".into()]),
                 exclude: vec![],
                 payload: br#"{"x":1}"#.to_vec(),
                 binary: false
-            }
+            })
         );
         assert!(matches!(
             parse_line(br#"{"cmd":"push","data":1}"#),
@@ -289,16 +238,19 @@ mod tests {
             parse_line(
                 br#"{"cmd":"group","group":"g","data":"AAE=","binary":true,"exclude":["u2"]}"#
             ),
-            Command::Push {
+            Command::Push(PushRequest {
                 target: Target::Groups(vec!["g".into()]),
                 exclude: vec!["u2".into()],
                 payload: vec![0, 1],
                 binary: true
-            }
+            })
         );
         assert_eq!(
             parse_line(br#"{"cmd":"join","uid":"u1","group":"g"}"#),
-            Command::Query(json!({"q":"join","uid":"u1","group":"g"}))
+            Command::Query(Query::Join {
+                uid: "u1".into(),
+                group: "g".into()
+            })
         );
         assert!(matches!(
             parse_line(br#"{"cmd":"join","uid":"u1"}"#),
@@ -310,7 +262,7 @@ mod tests {
         ));
         assert_eq!(
             parse_line(br#"{"cmd":"count"}"#),
-            Command::Query(json!({"q":"uids","group":null,"as":"count"}))
+            Command::Query(Query::Count { group: None })
         );
     }
 

@@ -1,0 +1,292 @@
+//! Whole-server answers: every worker's [`Share`] of a [`Query`] merged into one [`Merged`]
+//! answer, and that answer rendered for the text port, the JSON API or `/metrics`.
+//!
+//! Pure functions: the event loop gathers the shares (see `gather`), this module only
+//! combines and words them. A `partial` answer is one that misses a worker's share (it did not
+//! answer within `ipc_timeout`, or its link broke); every rendering says so.
+
+use herald_ipc::stats::{Kind, TABLE};
+use herald_ipc::{Query, Share};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The whole server's answer to a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// Connections summed over workers (online, kick).
+    Connections(u64),
+    /// Distinct uids and their connections (uids, count).
+    Uids {
+        /// Connections summed over workers.
+        connections: u64,
+        /// Distinct uids, sorted.
+        uids: BTreeSet<String>,
+    },
+    /// Every group and its distinct members.
+    Groups(BTreeMap<String, BTreeSet<String>>),
+    /// The groups of one uid.
+    GroupsOf(BTreeSet<String>),
+    /// Every worker's status row, in the order they answered.
+    Workers(Vec<Value>),
+    /// A change every worker applied.
+    Done,
+}
+
+/// Merges every worker's share of `q`; shares of another shape (a confused or newer sibling)
+/// are left out.
+pub fn merge(q: &Query, shares: &[Share]) -> Merged {
+    match q {
+        Query::Online { .. } | Query::Kick { .. } => Merged::Connections(
+            shares
+                .iter()
+                .map(|s| match s {
+                    Share::Connections { connections } => *connections,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+        Query::Uids { .. } | Query::Count { .. } => {
+            let (mut connections, mut all) = (0, BTreeSet::new());
+            for s in shares {
+                if let Share::Uids {
+                    connections: c,
+                    uids,
+                } = s
+                {
+                    connections += c;
+                    all.extend(uids.iter().cloned());
+                }
+            }
+            Merged::Uids {
+                connections,
+                uids: all,
+            }
+        }
+        Query::Groups => {
+            let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for s in shares {
+                if let Share::Groups { groups } = s {
+                    for (g, members) in groups {
+                        all.entry(g.clone())
+                            .or_default()
+                            .extend(members.iter().cloned());
+                    }
+                }
+            }
+            Merged::Groups(all)
+        }
+        Query::GroupsOf { .. } => Merged::GroupsOf(
+            shares
+                .iter()
+                .filter_map(|s| match s {
+                    Share::GroupsOf { groups } => Some(groups.iter().cloned()),
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+        ),
+        Query::Stats => Merged::Workers(
+            shares
+                .iter()
+                .filter_map(|s| match s {
+                    Share::Stats { row } => Some(row.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Query::Join { .. } | Query::Leave { .. } | Query::Ungroup { .. } => Merged::Done,
+    }
+}
+
+/// Group sizes, as `groups` answers them.
+fn group_sizes(groups: &BTreeMap<String, BTreeSet<String>>) -> Map<String, Value> {
+    groups
+        .iter()
+        .map(|(g, members)| (g.clone(), json!(members.len())))
+        .collect()
+}
+
+/// The text port's reply line (with its `\n`) for a merged answer.
+pub fn render_text(q: &Query, m: &Merged, partial: bool) -> Vec<u8> {
+    let with_partial = |mut v: Map<String, Value>| {
+        if partial {
+            v.insert("partial".into(), json!(true));
+        }
+        Value::Object(v).to_string()
+    };
+    let mut line = match (q, m) {
+        (Query::Online { .. }, Merged::Connections(n)) => if *n > 0 { "1" } else { "0" }.into(),
+        (Query::Kick { .. }, Merged::Connections(n)) => if *n > 0 { "ok" } else { "fail" }.into(),
+        (Query::Count { .. }, Merged::Uids { connections, uids }) => {
+            let mut o = Map::new();
+            o.insert("connections".into(), json!(connections));
+            o.insert("uids".into(), json!(uids.len()));
+            with_partial(o)
+        }
+        (Query::Uids { .. }, Merged::Uids { uids, .. }) => {
+            if partial {
+                json!({ "uids": uids, "partial": true }).to_string()
+            } else {
+                json!(uids).to_string()
+            }
+        }
+        (Query::Groups, Merged::Groups(g)) => {
+            if partial {
+                json!({ "groups": group_sizes(g), "partial": true }).to_string()
+            } else {
+                Value::Object(group_sizes(g)).to_string()
+            }
+        }
+        _ => "ok".into(),
+    };
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// The sum over workers of every figure that adds up, keyed by the table's names.
+fn totals(rows: &[Value]) -> Map<String, Value> {
+    TABLE
+        .iter()
+        .filter(|s| s.kind != Kind::PerWorker)
+        .map(|s| {
+            let t: u64 = rows.iter().filter_map(|r| r.get(s.name)?.as_u64()).sum();
+            (s.name.to_string(), json!(t))
+        })
+        .collect()
+}
+
+/// The JSON API's (status, body) for a merged answer.
+pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, Value) {
+    let mut v = match (q, m) {
+        (Query::Online { .. }, Merged::Connections(n)) => {
+            json!({ "online": *n > 0, "connections": n })
+        }
+        (Query::Kick { .. }, Merged::Connections(n)) => json!({ "ok": *n > 0, "connections": n }),
+        (Query::Uids { .. } | Query::Count { .. }, Merged::Uids { connections, uids }) => {
+            json!({ "uids": uids, "count": uids.len(), "connections": connections })
+        }
+        (Query::Groups, Merged::Groups(g)) => json!({ "groups": group_sizes(g) }),
+        (Query::Stats, Merged::Workers(rows)) => json!({ "totals": totals(rows), "workers": rows }),
+        _ => json!({ "ok": true }),
+    };
+    if partial {
+        v["partial"] = json!(true);
+    }
+    (200, v)
+}
+
+/// Prometheus text exposition of every worker's status row: one family per figure of the
+/// table (counters end in `_total`), each sample labelled with its worker.
+pub fn render_metrics(rows: &[Value], partial: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for s in TABLE {
+        let (name, kind) = match s.kind {
+            Kind::Counter => (format!("herald_{}_total", s.name), "counter"),
+            Kind::Gauge | Kind::PerWorker => (format!("herald_{}", s.name), "gauge"),
+        };
+        let _ = write!(out, "# HELP {name} {}\n# TYPE {name} {kind}\n", s.help());
+        for r in rows {
+            if let (Some(id), Some(v)) = (r.get("worker"), r.get(s.name).and_then(Value::as_u64)) {
+                let _ = writeln!(out, "{name}{{worker=\"{id}\"}} {v}");
+            }
+        }
+    }
+    let _ = write!(
+        out,
+        "# HELP herald_workers_answered Workers whose figures are included\n# TYPE herald_workers_answered gauge\nherald_workers_answered {}\n# HELP herald_partial 1 when a worker did not answer in time\n# TYPE herald_partial gauge\nherald_partial {}\n",
+        rows.len(),
+        partial as u8
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uids(c: u64, u: &[&str]) -> Share {
+        Share::Uids {
+            connections: c,
+            uids: u.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn merging_and_rendering() {
+        let shares = [uids(2, &["a", "b"]), uids(1, &["b"])];
+        let q = Query::Count { group: None };
+        let m = merge(&q, &shares);
+        assert_eq!(
+            render_text(&q, &m, false),
+            b"{\"connections\":3,\"uids\":2}\n"
+        );
+        let q = Query::Uids { group: None };
+        assert_eq!(
+            render_text(&q, &merge(&q, &shares), false),
+            b"[\"a\",\"b\"]\n"
+        );
+        let q = Query::Groups;
+        let m = merge(
+            &q,
+            &[
+                Share::Groups {
+                    groups: vec![("g".into(), vec!["a".into()])],
+                },
+                Share::Groups {
+                    groups: vec![("g".into(), vec!["b".into(), "a".into()])],
+                },
+            ],
+        );
+        assert_eq!(render_text(&q, &m, false), b"{\"g\":2}\n");
+        let q = Query::Online { uid: "a".into() };
+        let m = merge(
+            &q,
+            &[
+                Share::Connections { connections: 0 },
+                Share::Connections { connections: 1 },
+            ],
+        );
+        assert_eq!(render_text(&q, &m, true), b"1\n");
+        let (status, v) = render_http(&q, &m, true);
+        assert_eq!(status, 200);
+        assert_eq!(v, json!({"online":true,"connections":1,"partial":true}));
+    }
+
+    #[test]
+    fn a_share_of_the_wrong_shape_is_left_out() {
+        let q = Query::Online { uid: "a".into() };
+        let m = merge(&q, &[Share::Done, Share::Connections { connections: 2 }]);
+        assert_eq!(m, Merged::Connections(2));
+    }
+
+    /// Every figure of the table appears in the API's totals (unless it does not add up over
+    /// workers) and in `/metrics`, with no list to keep in step.
+    #[test]
+    fn every_figure_reaches_every_output() {
+        let row = |w: u64| {
+            let mut o = Map::new();
+            o.insert("worker".into(), json!(w));
+            for s in TABLE {
+                o.insert(s.name.into(), json!(1));
+            }
+            Value::Object(o)
+        };
+        let rows = vec![row(0), row(1)];
+        let (_, v) = render_http(&Query::Stats, &Merged::Workers(rows.clone()), false);
+        let metrics = render_metrics(&rows, false);
+        for s in TABLE {
+            let metric = match s.kind {
+                Kind::Counter => format!("herald_{}_total{{worker=\"1\"}} 1\n", s.name),
+                _ => format!("herald_{}{{worker=\"1\"}} 1\n", s.name),
+            };
+            assert!(metrics.contains(&metric), "{metric}");
+            if s.kind == Kind::PerWorker {
+                assert!(v["totals"].get(s.name).is_none(), "{}", s.name);
+            } else {
+                assert_eq!(v["totals"][s.name], json!(2), "{}", s.name);
+            }
+        }
+        assert!(v["totals"]["handed_off"] == json!(2));
+    }
+}
