@@ -3,10 +3,11 @@
 
 use crate::config::{self, Flags, LoadError, Sources};
 use crate::{Command, Locate, StartArgs, WorkerArgs};
+use herald_ipc::{Config, EXIT_BAD_START, EXIT_BIND_FAILED};
 use herald_master::client::{self, ClientError};
 use herald_master::pidfile::{self, Probe};
 use herald_master::{Daemon, DaemonError, MasterError, Options};
-use herald_worker::{Config, WorkerError, EXIT_BAD_START, EXIT_BIND_FAILED};
+use herald_worker::WorkerError;
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::os::fd::FromRawFd;

@@ -1,9 +1,8 @@
 //! Building the configuration from its sources, weakest first: `Config::default()`, the TOML
 //! file (`-c`), each `--set KEY=VALUE`, then the dedicated flags (`--ws`, `--workers`, …).
-//! Unknown keys are errors (the worker's `Config` denies them), so a typo is never silently
-//! ignored.
+//! Unknown keys are errors (`Config` denies them), so a typo is never silently ignored.
 
-use herald_worker::{Config, ConfigError};
+use herald_ipc::{Config, ConfigError};
 use log::LevelFilter;
 use std::path::{Path, PathBuf};
 use thiserror::Error;

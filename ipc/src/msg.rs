@@ -170,7 +170,7 @@ pub enum Control {
     /// Master → worker, first frame on the control channel: the whole configuration (kept off
     /// the command line, where `ps` would show its secrets).
     Start {
-        /// The configuration as JSON (the worker crate's `Config`).
+        /// The configuration as JSON (a [`crate::config::Config`]).
         config: serde_json::Value,
     },
     /// Master → worker: the live workers, sent at start and whenever the set changes. A worker
@@ -228,6 +228,12 @@ pub enum Control {
         worker: u32,
     },
 }
+
+/// Exit status of a worker that could not bind a port (after `Control::BindFailed`): the master
+/// aborts `start` on it instead of restarting the worker.
+pub const EXIT_BIND_FAILED: i32 = 3;
+/// Exit status of a worker whose configuration or control channel was unusable.
+pub const EXIT_BAD_START: i32 = 4;
 
 /// One live worker process, as the master announces it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

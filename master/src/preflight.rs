@@ -2,7 +2,7 @@
 //! kernel's accept-queue migration for reloads, and whether every port is free (so that a
 //! taken port fails `start` at once, before there is any process to clean up).
 
-use herald_worker::Listeners;
+use herald_ipc::Listeners;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, Socket, Type};
 use std::io;

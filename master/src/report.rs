@@ -3,36 +3,24 @@
 //! worker answers. Pure functions: the supervisor gathers, this module only formats.
 
 use crate::clock;
+use herald_ipc::stats::TABLE;
 use serde_json::Value;
 use std::time::SystemTime;
 
-/// Known status-row columns, in the order they are shown; other keys follow, sorted.
-const STATUS_COLUMNS: &[&str] = &[
-    "rss",
-    "listen",
-    "connections",
-    "ws",
-    "text",
-    "http",
-    "uids",
-    "pushes",
-    "delivered",
-    "send_fail",
-    "qps",
-];
+/// The figures of the stats table shown first and summed in the `total` line, then `qps`.
+fn headline() -> impl Iterator<Item = &'static str> {
+    TABLE
+        .iter()
+        .filter(|s| s.headline)
+        .map(|s| s.name)
+        .chain(["qps"])
+}
 
-/// Status columns summed in the `total` line.
-const TOTALS: &[&str] = &[
-    "connections",
-    "ws",
-    "text",
-    "http",
-    "uids",
-    "pushes",
-    "delivered",
-    "send_fail",
-    "qps",
-];
+/// Status-row columns shown first, in order: memory, addresses, then the headline figures;
+/// every other key of the row follows, sorted.
+fn status_columns() -> Vec<&'static str> {
+    ["rss", "listen"].into_iter().chain(headline()).collect()
+}
 
 /// Connection-row columns, in the order they are shown (after `worker`).
 const CONNECTION_COLUMNS: &[&str] = &[
@@ -207,11 +195,13 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
     ));
 
     out.push_str(&rule("WORKER STATUS"));
+    let first = status_columns();
+    let totals_of: Vec<&str> = headline().collect();
     let mut extra: Vec<String> = Vec::new();
     for a in answers {
         if let Some(Value::Object(m)) = &a.reply {
             for k in m.keys() {
-                let known = STATUS_COLUMNS.contains(&k.as_str())
+                let known = first.contains(&k.as_str())
                     || matches!(k.as_str(), "worker" | "pid" | "rss_kib");
                 if !known && !extra.contains(k) {
                     extra.push(k.clone());
@@ -220,16 +210,12 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
         }
     }
     extra.sort();
-    let columns: Vec<String> = STATUS_COLUMNS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(extra)
-        .collect();
+    let columns: Vec<String> = first.iter().map(|s| s.to_string()).chain(extra).collect();
     let mut header: Vec<String> = vec!["worker".into(), "pid".into(), "state".into()];
     header.extend(columns.iter().cloned());
     let mut sorted: Vec<&Answer<Value>> = answers.iter().collect();
     sorted.sort_by_key(|a| (a.worker, a.pid));
-    let mut totals = vec![0f64; TOTALS.len()];
+    let mut totals = vec![0f64; totals_of.len()];
     let mut rows = Vec::new();
     for a in &sorted {
         let mut row = vec![a.worker.to_string(), a.pid.to_string(), a.state.to_string()];
@@ -243,7 +229,7 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
                     };
                     row.push(v.unwrap_or_else(|| "-".into()));
                 }
-                for (i, k) in TOTALS.iter().enumerate() {
+                for (i, k) in totals_of.iter().enumerate() {
                     totals[i] += m.get(*k).and_then(Value::as_f64).unwrap_or(0.0);
                 }
             }
@@ -255,7 +241,7 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
     out.push_str(&table(&header, &rows));
     out.push_str(&rule(""));
     let answered = sorted.iter().filter(|a| a.reply.is_some()).count();
-    let sums: Vec<String> = TOTALS
+    let sums: Vec<String> = totals_of
         .iter()
         .zip(&totals)
         .map(|(k, v)| format!("{k} {v}"))

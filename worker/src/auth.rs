@@ -9,6 +9,8 @@
 //!
 //! Secrets are compared in constant time and never logged; neither is a token.
 
+/// The WebSocket authentication mode, defined with the configuration in `herald-ipc`.
+pub use herald_ipc::config::AuthMode as Mode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
@@ -28,17 +30,6 @@ pub enum AuthError {
     /// A JWT that failed validation for another reason.
     #[error("invalid JWT: {0}")]
     Jwt(String),
-}
-
-/// The WebSocket authentication mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// First frame is the uid (seed mode).
-    Uid,
-    /// `UID.EXPIRY.HEXSIG` tokens.
-    Hmac,
-    /// HS256 JWT.
-    Jwt,
 }
 
 /// A token checker for one mode and secret.

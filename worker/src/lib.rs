@@ -11,7 +11,6 @@
 #![deny(missing_docs, rust_2018_idioms, unused_imports)]
 
 pub mod auth;
-pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;
@@ -23,13 +22,14 @@ pub mod query;
 pub mod registry;
 
 pub use config::{Config, ConfigError, Listeners};
+/// The configuration lives in `herald-ipc` (the master needs it without this crate); it is
+/// re-exported here so `crate::config::…` and `herald_worker::Config` keep their paths.
+pub use herald_ipc::config;
 
 use thiserror::Error;
 
-/// Exit status of a worker that could not bind a port: the master aborts `start` on it.
-pub const EXIT_BIND_FAILED: i32 = 3;
-/// Exit status of a worker whose configuration or control channel was unusable.
-pub const EXIT_BAD_START: i32 = 4;
+/// The exit statuses the master reads, defined beside the control messages in `herald-ipc`.
+pub use herald_ipc::{EXIT_BAD_START, EXIT_BIND_FAILED};
 
 /// Why a worker stopped abnormally.
 #[derive(Debug, Error)]

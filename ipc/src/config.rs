@@ -1,10 +1,26 @@
 //! The configuration every process shares: built-in defaults, overridden by a TOML file, then
 //! by command-line flags (`--set KEY=VALUE` reaches every key). The master sends it to each
-//! worker over the control channel as JSON.
+//! worker over the control channel as JSON, in `Control::Start`.
+//!
+//! It lives in this crate, beside the messages, because it is part of the contract between the
+//! master and a worker: the master checks and sends it without linking the worker crate, and
+//! the worker checks the copy it receives with the same code.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use thiserror::Error;
+
+/// How a WebSocket client proves its uid (`auth`): the worker's `auth` module checks the
+/// tokens; the mode is here so the configuration can be checked without the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// First frame is the uid (seed mode).
+    Uid,
+    /// `UID.EXPIRY.HEXSIG` tokens.
+    Hmac,
+    /// HS256 JWT.
+    Jwt,
+}
 
 /// A configuration that cannot run.
 #[derive(Debug, Error)]
@@ -229,12 +245,11 @@ impl Config {
     }
 
     /// The WebSocket authentication mode, with the empty default resolved.
-    pub fn auth_mode(&self, l: &Listeners) -> Result<crate::auth::Mode, ConfigError> {
-        use crate::auth::Mode;
+    pub fn auth_mode(&self, l: &Listeners) -> Result<AuthMode, ConfigError> {
         let mode = match self.auth.as_str() {
-            "uid" => Mode::Uid,
-            "hmac" => Mode::Hmac,
-            "jwt" => Mode::Jwt,
+            "uid" => AuthMode::Uid,
+            "hmac" => AuthMode::Hmac,
+            "jwt" => AuthMode::Jwt,
             "" => match l.ws {
                 Some(a) if !a.ip().is_loopback() => {
                     return Err(ConfigError::OutOfRange {
@@ -245,7 +260,7 @@ impl Config {
                         ),
                     })
                 }
-                _ => Mode::Uid,
+                _ => AuthMode::Uid,
             },
             other => {
                 return Err(ConfigError::OutOfRange {
@@ -254,7 +269,7 @@ impl Config {
                 })
             }
         };
-        if mode != Mode::Uid && self.auth_secret.len() < 16 {
+        if mode != AuthMode::Uid && self.auth_secret.len() < 16 {
             return Err(ConfigError::OutOfRange {
                 key: "auth_secret",
                 why: format!(
