@@ -67,6 +67,7 @@ struct Locate {
 /// `herald start`.
 #[derive(Debug, Clone, Args)]
 struct StartArgs {
+    /// Where the running server's pid file is.
     #[command(flatten)]
     locate: Locate,
     /// Run as a daemon: detach, write output to log_file, return once every worker listens.
@@ -99,6 +100,7 @@ struct StartArgs {
 /// `herald stop`.
 #[derive(Debug, Clone, Args)]
 struct StopArgs {
+    /// Where the running server's pid file is.
     #[command(flatten)]
     locate: Locate,
     /// Graceful: let workers finish their connections (up to drain_timeout).
@@ -109,6 +111,7 @@ struct StopArgs {
 /// `herald restart`.
 #[derive(Debug, Clone, Args)]
 struct RestartArgs {
+    /// The start options, for the new server.
     #[command(flatten)]
     start: StartArgs,
     /// Stop gracefully before starting again.
@@ -119,6 +122,7 @@ struct RestartArgs {
 /// `herald reload`.
 #[derive(Debug, Clone, Args)]
 struct ReloadArgs {
+    /// Where the running server's pid file is.
     #[command(flatten)]
     locate: Locate,
     /// Graceful: each old worker drains its connections instead of closing them.
@@ -129,6 +133,7 @@ struct ReloadArgs {
 /// `herald status`.
 #[derive(Debug, Clone, Args)]
 struct StatusArgs {
+    /// Where the running server's pid file is.
     #[command(flatten)]
     locate: Locate,
     /// Refresh every second until Ctrl-C.

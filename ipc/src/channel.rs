@@ -47,6 +47,8 @@ pub struct Channel<Tx, Rx> {
     wpos: usize,
     /// Bound on unwritten bytes: past it `send` refuses.
     max_pending: usize,
+    /// Ties the channel to what it sends and receives, so a worker cannot send a control
+    /// message on a mesh link.
     _types: PhantomData<fn(Tx) -> Rx>,
 }
 

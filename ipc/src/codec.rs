@@ -103,6 +103,7 @@ pub(crate) mod put {
 
 /// A cursor over a frame body that reads fields and reports truncation by field name.
 pub(crate) struct Reader<'a> {
+    /// What is left to read.
     buf: &'a [u8],
 }
 

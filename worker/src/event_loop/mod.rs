@@ -12,7 +12,8 @@
 //!
 //! - [`accept`]: listeners, limits on connections, the descriptor reserve;
 //! - [`read`]: reading a socket and handing its bytes to its protocol: [`websocket`], [`text`],
-//!   [`http`] (and [`api`] under `/api/`), [`socketio`];
+//!   [`http`] (and [`api`] under `/api/`), [`socketio`] (with [`handoff`] of a session's
+//!   connection to the worker owning it);
 //! - [`session`]: login and logout, the same for every protocol;
 //! - [`push`]: the only place that reads the registry and the groups to deliver, and that
 //!   sends pushes to the siblings;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 mod accept;
 mod api;
 mod control;
+mod handoff;
 mod http;
 mod mesh;
 mod output;

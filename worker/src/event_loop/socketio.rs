@@ -15,9 +15,10 @@
 //! push from the text port, the HTTP API or a sibling reaches them as a `new_msg` event,
 //! encoded once per push and shared ([`SioEvent`]).
 
+use super::handoff::handoff_name;
 use super::query::QReply;
 use super::{ticks, unix_now, Worker};
-use crate::conn::{Conn, Port, Proto, Ws};
+use crate::conn::{Conn, Proto, Ws};
 use crate::delivery::{frame, OP_TEXT};
 use crate::proto::engineio::{
     self, connect_message, decode_packet, decode_payload, decode_sio, event_message, open_packet,
@@ -32,13 +33,10 @@ use serde_json::Value;
 use slab::Slab;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::rc::Rc;
 /// Largest POST payload a client may send (announced as `maxPayload`).
 const MAX_PAYLOAD: usize = 100_000;
-/// Largest request handed to another worker in one datagram.
-const MAX_HANDOFF: usize = 128 * 1024;
 /// Milliseconds a v4 client waits for a ping after `pingInterval` before giving up.
 const PING_TIMEOUT_MS: u64 = 20_000;
 
@@ -88,11 +86,6 @@ pub struct Sio {
     pub online_asked: bool,
 }
 
-/// Abstract name of worker `pid`'s handoff socket.
-pub fn handoff_name(instance: u32, pid: u32) -> String {
-    format!("herald-{instance}-{pid}-fd")
-}
-
 impl Sio {
     /// State for worker `pid` of master `instance`; binds the handoff socket.
     pub fn new(instance: u32, pid: u32) -> io::Result<Sio> {
@@ -120,7 +113,8 @@ fn cors(origin: Option<&str>) -> String {
         .collect()
 }
 
-fn eio_error(code: ErrorCode, origin: Option<&str>, keep: bool) -> Vec<u8> {
+/// An Engine.IO error answer (`{"code":…,"message":…}`) with CORS headers.
+pub(super) fn eio_error(code: ErrorCode, origin: Option<&str>, keep: bool) -> Vec<u8> {
     let status = if code.status() == 403 {
         "403 Forbidden"
     } else {
@@ -745,113 +739,6 @@ impl Worker {
             &[Value::from(self.sio.online_text.as_str())],
         );
         self.sio_send(idx, Rc::from(m.as_str()), None);
-    }
-
-    /// Hands connection `slot` (with `raw`, the bytes read and not yet served) to worker
-    /// `owner_pid`. Returns true when it was handed over (the slot is then gone).
-    fn sio_handoff(
-        &mut self,
-        slot: usize,
-        owner: u32,
-        raw: &[u8],
-        origin: Option<&str>,
-        keep: bool,
-    ) -> bool {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-        let owner_pid = self
-            .peers
-            .iter()
-            .find(|p| p.pid & engineio::MAX_SID_WORKER == owner)
-            .map(|p| p.pid);
-        let sent = raw.len() <= MAX_HANDOFF
-            && owner_pid.is_some_and(|pid| {
-                let Some(conn) = self.conns.get(slot) else {
-                    return false;
-                };
-                let sock = &self.sio.handoff;
-                let fd = conn.stream.as_raw_fd();
-                let res = UnixAddr::new_abstract(handoff_name(self.instance, pid).as_bytes())
-                    .and_then(|addr| {
-                        sendmsg(
-                            sock.as_raw_fd(),
-                            &[io::IoSlice::new(raw)],
-                            &[ControlMessage::ScmRights(&[fd])],
-                            MsgFlags::MSG_DONTWAIT,
-                            Some(&addr),
-                        )
-                    });
-                match res {
-                    Ok(_) => true,
-                    Err(e) => {
-                        log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
-                        false
-                    }
-                }
-            });
-        if !sent {
-            self.http_respond(slot, eio_error(ErrorCode::UnknownSid, origin, keep));
-            return false;
-        }
-        self.stats.handed_off += 1;
-        // The owner has its own descriptor for the socket now: forget ours quietly.
-        if let Some(c) = self.conns.get_mut(slot) {
-            c.out.clear();
-        }
-        self.close(slot);
-        true
-    }
-
-    /// Connections handed over by siblings: adopt each, with the bytes already read.
-    pub(super) fn sio_adopt(&mut self) {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        let raw_sock = self.sio.handoff.as_raw_fd();
-        let mut buf = vec![0u8; MAX_HANDOFF];
-        loop {
-            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let (n, fds) = {
-                let mut iov = [io::IoSliceMut::new(&mut buf)];
-                match recvmsg::<()>(
-                    raw_sock,
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Ok(m) => {
-                        let mut fds = Vec::new();
-                        if let Ok(cm) = m.cmsgs() {
-                            for c in cm {
-                                if let ControlMessageOwned::ScmRights(v) = c {
-                                    fds.extend(v);
-                                }
-                            }
-                        }
-                        (m.bytes, fds)
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => return,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        log::warn!("handoff socket: {e}");
-                        return;
-                    }
-                }
-            };
-            for fd in fds {
-                // SAFETY: `fd` arrived in SCM_RIGHTS just now: a new descriptor that this process
-                // owns and nothing else refers to.
-                let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-                if std_stream.set_nonblocking(true).is_err() {
-                    continue;
-                }
-                let remote = match std_stream.peer_addr() {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                };
-                let stream = mio::net::TcpStream::from_std(std_stream);
-                self.stats.adopted += 1;
-                let mut bytes = buf[..n].to_vec();
-                self.add_conn_with(stream, remote, Port::Sio, Some(&mut bytes));
-            }
-        }
     }
 
     /// A push for session `idx`, as the `new_msg` event; whether it was queued.

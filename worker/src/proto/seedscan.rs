@@ -41,8 +41,11 @@ pub fn scan(line: &[u8]) -> Scan<'_> {
     }
 }
 
+/// A position in the line being scanned.
 struct Scanner<'a> {
+    /// The line.
     b: &'a [u8],
+    /// The next byte to look at.
     i: usize,
 }
 
