@@ -7,28 +7,45 @@
 //! *current* process; a *proc* is one live worker process. During a reload an id has two procs:
 //! the *candidate* (new, not yet ready) or, once it is ready, the new current plus the
 //! *retiring* old one.
+//!
+//! This module holds the entry point ([`run`]), the master's state ([`Master`]), its life
+//! phases (start-up, running, stopping) and the loop that dispatches signals, channel events
+//! and timers. The work is split by concern into child modules, all of them `impl Master`
+//! blocks over the one struct below (so its fields stay private to the supervisor):
+//!
+//! - [`workers`]: the process table (slots and procs), spawning, orders, reaping, restarts;
+//! - [`channel`]: the control channel to each worker: sending, receiving, dispatching what a
+//!   worker says, announcing the live siblings;
+//! - [`reload`]: replacing the workers one id at a time, and re-reading the configuration;
+//! - [`gather`]: asking every worker for its `status` or `connections` rows and writing the
+//!   report file ([`crate::report`] formats it).
+//!
+//! [`Backoff`]: crate::backoff::Backoff
 
-use crate::backoff::Backoff;
+mod channel;
+mod gather;
+mod reload;
+mod workers;
+
+use self::gather::Gather;
+use self::reload::Reload;
+use self::workers::{Order, Proc, Slot};
 use crate::daemon::ReadyPipe;
 use crate::notify::Notifier;
 use crate::pidfile::{PidFile, PidFileError};
 use crate::preflight::{self, PreflightError};
-use crate::report::{self, Answer, Global, SlotInfo};
-use crate::spawn::{ControlChannel, Launcher, SpawnError};
-use herald_ipc::{ChannelError, Config, ConfigError, Control, Peer, EXIT_BIND_FAILED};
+use crate::spawn::{Launcher, SpawnError};
+use herald_ipc::{Config, ConfigError};
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use serde_json::Value;
 use signal_hook::consts::signal::{
     SIGCHLD, SIGHUP, SIGINT, SIGIO, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
 };
 use signal_hook_mio::v1_0::Signals;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
@@ -39,8 +56,6 @@ const SIGIOT: i32 = libc::SIGIOT;
 const SIGNALS: Token = Token(0);
 /// How long a new worker may take to report `Ready` (start-up and reload).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `status` and `connections` wait for the workers' answers.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest poll sleep: timers are re-checked at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -102,73 +117,6 @@ pub enum MasterError {
     },
 }
 
-/// What a process is to its worker id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The id's process: restarted if it dies unasked.
-    Current,
-    /// A reload's new process, not yet ready; the old one still serves.
-    Candidate,
-    /// Replaced by a reload (or its id removed): stopping or draining, never restarted.
-    Retiring,
-}
-
-/// What the master told a process to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Order {
-    /// `Control::Stop`: close everything now.
-    Stop,
-    /// `Control::Drain`: close listeners, finish connections.
-    Drain,
-}
-
-/// One live worker process.
-struct Proc {
-    /// Its stable worker id.
-    id: u32,
-    /// Its pid (how `waitpid` names it).
-    pid: u32,
-    /// The control channel; `None` once the worker closed its end (it is exiting).
-    channel: Option<ControlChannel>,
-    /// Current, candidate or retiring.
-    role: Role,
-    /// It sent `Ready`: it listens and is announced to its siblings.
-    ready: bool,
-    /// When it was spawned, for the back-off reset.
-    born: Instant,
-    /// The last order sent, so it is not repeated and the report can show it.
-    order: Option<Order>,
-    /// When to SIGKILL it if it has not exited.
-    kill_at: Option<Instant>,
-}
-
-impl Proc {
-    /// The state word shown in the status report.
-    fn state(&self) -> &'static str {
-        match (self.order, self.ready) {
-            (Some(Order::Stop), _) => "stopping",
-            (Some(Order::Drain), _) => "draining",
-            (None, false) => "starting",
-            (None, true) => "ready",
-        }
-    }
-}
-
-/// One worker id's history.
-#[derive(Default)]
-struct Slot {
-    /// The id's current process, if one is alive.
-    current: Option<Token>,
-    /// Restart throttling.
-    backoff: Backoff,
-    /// A restart is due at this time.
-    restart_at: Option<Instant>,
-    /// Deaths that were not asked for.
-    restarts: u32,
-    /// How the last process of this id ended.
-    last_exit: Option<String>,
-}
-
 /// Where the master is in its life.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -186,94 +134,47 @@ enum Phase {
     },
 }
 
-/// What the current reload step waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// The candidate's `Ready`.
-    NewReady,
-    /// The stopped old process's exit (USR1).
-    OldExit(Token),
-    /// The draining old process's `ListenersClosed` (USR2, HUP).
-    ListenersClosed(Token),
-}
-
-/// Replacing one worker id.
-struct Step {
-    /// The id being replaced.
-    id: u32,
-    /// The candidate.
-    new: Token,
-    /// What is awaited.
-    wait: Wait,
-    /// When to stop waiting.
-    deadline: Instant,
-}
-
-/// A reload in progress: one id at a time.
-struct Reload {
-    /// USR2/HUP (old drains) rather than USR1 (old stops).
-    graceful: bool,
-    /// Ids still to replace.
-    queue: VecDeque<u32>,
-    /// The id being replaced now.
-    step: Option<Step>,
-}
-
-/// A status or connections request in flight.
-struct Gather<T> {
-    /// Request number, echoed by the replies.
-    seq: u64,
-    /// Write the report with whatever came by then.
-    deadline: Instant,
-    /// One entry per process asked, keyed by token.
-    answers: BTreeMap<usize, Answer<T>>,
-}
-
-impl<T> Gather<T> {
-    fn complete(&self) -> bool {
-        self.answers.values().all(|a| a.reply.is_some())
-    }
-}
-
 /// The supervisor's whole state.
 struct Master {
     /// The configuration in force (replaced by a valid one on reload).
     config: Config,
     /// The same, as sent to workers in `Control::Start`.
     config_json: Value,
-    /// The event loop.
+    /// The event loop: one `Poll` over the signal pipe ([`SIGNALS`]) and every worker's
+    /// control channel.
     poll: Poll,
-    /// Signals, as a readable pipe.
+    /// Signals, as a readable pipe, so they are handled in the loop and not in a handler.
     signals: Signals,
-    /// Forks and execs workers.
+    /// Forks and execs workers, the same way at start-up, on a restart and on a reload.
     launcher: Launcher,
-    /// systemd, if it is listening.
+    /// systemd, if it is listening: told when the master is ready, reloading or stopping.
     notifier: Notifier,
-    /// Live processes by token.
+    /// Live processes by token, the token their channel's events carry.
     procs: HashMap<Token, Proc>,
     /// Token of each live pid, for `waitpid` results.
     by_pid: HashMap<u32, Token>,
-    /// Per worker id.
+    /// Per worker id: what outlives one process of the id (its current process, back-off,
+    /// restarts, last exit).
     slots: BTreeMap<u32, Slot>,
     /// Next channel token (never reused, so a late event cannot reach a new process).
     next_token: usize,
-    /// Life phase.
+    /// Life phase: it decides what a death, a `Ready` or a signal means.
     phase: Phase,
-    /// The reload in progress.
+    /// The reload in progress (one at a time).
     reload: Option<Reload>,
     /// A reload was asked for during one: run it after (graceful if any of them was).
     reload_again: Option<bool>,
-    /// Status request in flight.
+    /// Status request in flight (one at a time: another SIGIOT meanwhile is folded into it).
     status: Option<Gather<Value>>,
-    /// Connections request in flight.
+    /// Connections request in flight (one at a time, like `status`).
     connections: Option<Gather<Vec<Value>>>,
-    /// Last request number.
+    /// Last request number, so a late reply to an earlier request is not taken for this one.
     seq: u64,
     /// For the report's start time and uptime.
     started: SystemTime,
     /// Why start-up failed: returned once everything stopped.
     failure: Option<MasterError>,
-    /// The waiting `start -d` parent.
+    /// The waiting `start -d` parent: told once, that start-up worked or why it failed.
     ready_pipe: Option<ReadyPipe>,
     /// Re-reads the configuration on reload.
     reload_config: Option<ConfigLoader>,
@@ -299,6 +200,9 @@ pub fn run(config: Config, options: Options) -> Result<(), MasterError> {
     result
 }
 
+/// [`run`] without the ready pipe's last word: checks, takes the pid file, builds the
+/// [`Master`] and runs its loop. Hands the ready pipe back if start-up never finished, so
+/// [`run`] can tell the waiting parent why.
 fn supervise(
     config: Config,
     reload_config: Option<ConfigLoader>,
@@ -357,103 +261,7 @@ fn supervise(
     }
 }
 
-/// `exit 3`, `killed by SIGKILL`.
-fn describe(status: &WaitStatus) -> (u32, String, Option<i32>) {
-    match *status {
-        WaitStatus::Exited(pid, code) => (pid.as_raw() as u32, format!("exit {code}"), Some(code)),
-        WaitStatus::Signaled(pid, sig, core) => (
-            pid.as_raw() as u32,
-            format!(
-                "killed by {}{}",
-                sig.as_str(),
-                if core { " (core dumped)" } else { "" }
-            ),
-            None,
-        ),
-        _ => (0, String::new(), None),
-    }
-}
-
-/// Writes `text` to `path` through `path.tmp` and a rename, so a reader never sees half.
-fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
-}
-
 impl Master {
-    fn secs(v: f64) -> Duration {
-        Duration::try_from_secs_f64(v).unwrap_or(Duration::from_secs(5))
-    }
-
-    fn stop_timeout(&self) -> Duration {
-        Self::secs(self.config.stop_timeout)
-    }
-
-    fn drain_timeout(&self) -> Duration {
-        Self::secs(self.config.drain_timeout)
-    }
-
-    /// Spawns every worker for the first time.
-    fn start(&mut self) {
-        let count = self.config.worker_count() as u32;
-        log::info!(
-            "herald {} starting {count} workers (pid {}, pid file {})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            self.pid_file.display()
-        );
-        for id in 0..count {
-            self.slots.insert(id, Slot::default());
-            match self.spawn_proc(id, Role::Current) {
-                Ok(token) => {
-                    if let Some(s) = self.slots.get_mut(&id) {
-                        s.current = Some(token);
-                    }
-                }
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Starts one worker process and registers its channel.
-    fn spawn_proc(&mut self, id: u32, role: Role) -> Result<Token, MasterError> {
-        let spawned = self
-            .launcher
-            .spawn(id, &self.config.log_level, &self.config_json)?;
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        let mut channel = spawned.channel;
-        if let Err(e) = channel.register(
-            self.poll.registry(),
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            let _ = kill(Pid::from_raw(spawned.pid as i32), Signal::SIGKILL);
-            return Err(e.into());
-        }
-        log::debug!("worker {id} spawned (pid {})", spawned.pid);
-        self.by_pid.insert(spawned.pid, token);
-        self.procs.insert(
-            token,
-            Proc {
-                id,
-                pid: spawned.pid,
-                channel: Some(channel),
-                role,
-                ready: false,
-                born: Instant::now(),
-                order: None,
-                kill_at: None,
-            },
-        );
-        Ok(token)
-    }
-
     /// Records the first start-up failure and stops everything.
     fn fail(&mut self, e: MasterError) {
         log::error!("{e}");
@@ -463,6 +271,8 @@ impl Master {
         self.begin_stop(false);
     }
 
+    /// Polls until the master is stopping and no process is left: signals and channel events
+    /// first, then every exited child is reaped, then the timers run.
     fn run_loop(&mut self) -> Result<(), MasterError> {
         let mut events = Events::with_capacity(64);
         loop {
@@ -510,6 +320,8 @@ impl Master {
         all.into_iter().min()
     }
 
+    /// Turns each pending signal into its action: TERM/INT stop, QUIT drains, USR1 reloads
+    /// fast, USR2/HUP gracefully, IOT asks for status, IO for connections.
     fn on_signals(&mut self) {
         let pending: Vec<i32> = self.signals.pending().collect();
         for sig in pending {
@@ -525,133 +337,33 @@ impl Master {
         }
     }
 
-    /// Drops a process's channel (the worker closed it, or it failed).
-    fn close_channel(&mut self, token: Token) {
-        if let Some(p) = self.procs.get_mut(&token) {
-            if let Some(mut ch) = p.channel.take() {
-                let _ = ch.deregister(self.poll.registry());
+    /// Runs every timer that is due at `now`, in order: the start-up deadline, restarts of
+    /// dead ids, SIGKILLs of processes that outstayed their order, the reload step's deadline,
+    /// and the reports whose time is up.
+    fn tick(&mut self, now: Instant) {
+        if let Phase::Starting { deadline } = self.phase {
+            if now >= deadline {
+                let ids: Vec<String> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| {
+                        !s.current
+                            .and_then(|t| self.procs.get(&t))
+                            .is_some_and(|p| p.ready)
+                    })
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                self.fail(MasterError::StartupTimeout {
+                    ids: ids.join(", "),
+                });
             }
         }
-    }
-
-    /// Queues and writes one message; `false` if the process cannot be told.
-    fn send(&mut self, token: Token, msg: &Control) -> bool {
-        let Some(p) = self.procs.get_mut(&token) else {
-            return false;
-        };
-        let Some(ch) = p.channel.as_mut() else {
-            return false;
-        };
-        let result = ch.send(msg).and_then(|()| ch.flush().map(drop));
-        match result {
-            Ok(()) => true,
-            Err(ChannelError::Full { pending }) => {
-                log::warn!(
-                    "worker {} (pid {}) is not reading its control channel ({pending} bytes queued)",
-                    p.id,
-                    p.pid
-                );
-                false
-            }
-            Err(e) => {
-                log::debug!("worker {} (pid {}) control channel: {e}", p.id, p.pid);
-                self.close_channel(token);
-                false
-            }
+        if self.phase == Phase::Running {
+            self.restart_due(now);
         }
-    }
-
-    fn on_channel(&mut self, token: Token) {
-        let mut msgs = Vec::new();
-        let mut closed = false;
-        if let Some(p) = self.procs.get_mut(&token) {
-            if let Some(ch) = p.channel.as_mut() {
-                match ch.receive(&mut msgs) {
-                    Ok(()) => {}
-                    Err(ChannelError::Closed) => closed = true,
-                    // A worker that exits with our messages unread resets the socket.
-                    Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                        closed = true
-                    }
-                    Err(e) => {
-                        log::warn!("worker {} (pid {}) control channel: {e}", p.id, p.pid);
-                        closed = true;
-                    }
-                }
-                if !closed && ch.flush().is_err() {
-                    closed = true;
-                }
-            }
-        }
-        if closed {
-            self.close_channel(token);
-        }
-        for msg in msgs {
-            self.on_message(token, msg);
-        }
-    }
-
-    fn on_message(&mut self, token: Token, msg: Control) {
-        let Some(p) = self.procs.get_mut(&token) else {
-            return;
-        };
-        let (id, pid) = (p.id, p.pid);
-        match msg {
-            Control::Ready { worker, pid: said } => {
-                if worker != id || said != pid {
-                    log::warn!(
-                        "worker {id} (pid {pid}) reported ready as worker {worker} pid {said}"
-                    );
-                }
-                if p.ready {
-                    return;
-                }
-                p.ready = true;
-                let role = p.role;
-                log::info!("worker {id} ready (pid {pid})");
-                match self.phase {
-                    Phase::Starting { .. } => self.check_started(),
-                    Phase::Running if role == Role::Candidate => self.promote(token),
-                    _ => {}
-                }
-                self.broadcast_peers();
-            }
-            Control::BindFailed { worker, error } => {
-                if let Phase::Starting { .. } = self.phase {
-                    self.fail(MasterError::Bind { worker, error });
-                } else {
-                    log::error!("worker {worker} (pid {pid}) cannot listen: {error}");
-                }
-            }
-            Control::Status { seq, row } => {
-                if let Some(g) = self.status.as_mut().filter(|g| g.seq == seq) {
-                    if let Some(a) = g.answers.get_mut(&token.0) {
-                        a.reply = Some(row);
-                    }
-                }
-                self.finish_gathers(false);
-            }
-            Control::Connections { seq, rows } => {
-                if let Some(g) = self.connections.as_mut().filter(|g| g.seq == seq) {
-                    if let Some(a) = g.answers.get_mut(&token.0) {
-                        a.reply = Some(rows);
-                    }
-                }
-                self.finish_gathers(false);
-            }
-            Control::ListenersClosed { .. } => {
-                log::info!("worker {id} (pid {pid}) closed its listeners");
-                let waited = self
-                    .reload
-                    .as_ref()
-                    .and_then(|r| r.step.as_ref())
-                    .is_some_and(|s| s.wait == Wait::ListenersClosed(token));
-                if waited {
-                    self.next_step();
-                }
-            }
-            other => log::warn!("worker {id} (pid {pid}) sent an unexpected {other:?}"),
-        }
+        self.kill_overdue(now);
+        self.reload_deadline(now);
+        self.finish_gathers(true);
     }
 
     /// Start-up is over once every id's current process is ready.
@@ -688,49 +400,9 @@ impl Master {
         );
     }
 
-    /// Announces the live (ready) workers to every worker.
-    fn broadcast_peers(&mut self) {
-        let mut peers: Vec<Peer> = self
-            .procs
-            .values()
-            .filter(|p| p.ready)
-            .map(|p| Peer {
-                worker: p.id,
-                pid: p.pid,
-            })
-            .collect();
-        peers.sort_by_key(|p| (p.worker, p.pid));
-        let targets: Vec<Token> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| p.channel.is_some())
-            .map(|(t, _)| *t)
-            .collect();
-        let msg = Control::Peers { peers };
-        for t in targets {
-            self.send(t, &msg);
-        }
-    }
-
-    /// Sends `order` to a process and arms its SIGKILL deadline.
-    fn order(&mut self, token: Token, order: Order) {
-        let now = Instant::now();
-        let grace = match order {
-            Order::Stop => self.stop_timeout(),
-            Order::Drain => self.drain_timeout() + self.stop_timeout(),
-        };
-        let msg = match order {
-            Order::Stop => Control::Stop,
-            Order::Drain => Control::Drain,
-        };
-        self.send(token, &msg);
-        if let Some(p) = self.procs.get_mut(&token) {
-            p.order = Some(order);
-            let at = now + grace;
-            p.kill_at = Some(p.kill_at.map_or(at, |k| k.min(at)));
-        }
-    }
-
+    /// Enters [`Phase::Stopping`]: cancels any reload and pending restart, and orders every
+    /// process to drain (`graceful`) or stop. A fast stop overrides a graceful one in
+    /// progress; anything else during a stop is ignored.
     fn begin_stop(&mut self, graceful: bool) {
         match self.phase {
             Phase::Stopping { graceful: true } if !graceful => {
@@ -759,505 +431,6 @@ impl Master {
             .collect();
         for t in tokens {
             self.order(t, want);
-        }
-    }
-
-    /// SIGKILLs every process and waits for each (the loop failed: leave nothing behind).
-    fn kill_all(&mut self) {
-        for p in self.procs.values() {
-            let pid = Pid::from_raw(p.pid as i32);
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-        }
-        self.procs.clear();
-    }
-
-    fn reap(&mut self) {
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                    let (pid, desc, code) = describe(&status);
-                    self.on_exit(pid, desc, code);
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn on_exit(&mut self, pid: u32, desc: String, code: Option<i32>) {
-        let Some(token) = self.by_pid.remove(&pid) else {
-            log::debug!("reaped unknown child {pid} ({desc})");
-            return;
-        };
-        let Some(mut p) = self.procs.remove(&token) else {
-            return;
-        };
-        if let Some(ch) = p.channel.as_mut() {
-            let _ = ch.deregister(self.poll.registry());
-        }
-        if let Some(g) = self.status.as_mut() {
-            g.answers.remove(&token.0);
-        }
-        if let Some(g) = self.connections.as_mut() {
-            g.answers.remove(&token.0);
-        }
-        let id = p.id;
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.last_exit = Some(desc.clone());
-            if slot.current == Some(token) {
-                slot.current = None;
-            }
-        }
-        match self.phase {
-            Phase::Starting { .. } => {
-                let e = if code == Some(EXIT_BIND_FAILED) {
-                    MasterError::Bind {
-                        worker: id,
-                        error: format!("it exited with status {EXIT_BIND_FAILED} (see its log)"),
-                    }
-                } else {
-                    MasterError::StartupExit {
-                        worker: id,
-                        status: desc,
-                    }
-                };
-                self.fail(e);
-            }
-            Phase::Stopping { .. } => log::info!("worker {id} (pid {pid}) exited: {desc}"),
-            Phase::Running => match p.role {
-                Role::Current if p.order.is_none() => {
-                    if let Some(slot) = self.slots.get_mut(&id) {
-                        slot.restarts += 1;
-                        let delay = slot.backoff.on_death(p.born.elapsed());
-                        slot.restart_at = Some(Instant::now() + delay);
-                        log::warn!(
-                            "worker {id} (pid {pid}) died ({desc}); restarting in {:.1} s",
-                            delay.as_secs_f64()
-                        );
-                    }
-                }
-                Role::Current | Role::Retiring => {
-                    log::info!("worker {id} (pid {pid}) exited: {desc}");
-                    let waited = self
-                        .reload
-                        .as_ref()
-                        .and_then(|r| r.step.as_ref())
-                        .is_some_and(|s| {
-                            s.wait == Wait::OldExit(token) || s.wait == Wait::ListenersClosed(token)
-                        });
-                    if waited {
-                        self.next_step();
-                    }
-                }
-                Role::Candidate => {
-                    log::error!(
-                        "reload: new worker {id} (pid {pid}) exited before it was ready ({desc}); \
-                         the old one keeps serving"
-                    );
-                    let waited = self
-                        .reload
-                        .as_ref()
-                        .and_then(|r| r.step.as_ref())
-                        .is_some_and(|s| s.new == token);
-                    if waited {
-                        self.next_step();
-                    }
-                }
-            },
-        }
-        if p.ready {
-            self.broadcast_peers();
-        }
-        self.finish_gathers(false);
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if let Phase::Starting { deadline } = self.phase {
-            if now >= deadline {
-                let ids: Vec<String> = self
-                    .slots
-                    .iter()
-                    .filter(|(_, s)| {
-                        !s.current
-                            .and_then(|t| self.procs.get(&t))
-                            .is_some_and(|p| p.ready)
-                    })
-                    .map(|(id, _)| id.to_string())
-                    .collect();
-                self.fail(MasterError::StartupTimeout {
-                    ids: ids.join(", "),
-                });
-            }
-        }
-        if self.phase == Phase::Running {
-            let replacing = self
-                .reload
-                .as_ref()
-                .and_then(|r| r.step.as_ref())
-                .filter(|s| s.wait == Wait::NewReady)
-                .map(|s| s.id);
-            let due: Vec<u32> = self
-                .slots
-                .iter()
-                .filter(|(id, s)| {
-                    s.current.is_none()
-                        && s.restart_at.is_some_and(|t| t <= now)
-                        && replacing != Some(**id)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                self.restart(id, now);
-            }
-        }
-        for p in self.procs.values_mut() {
-            if p.kill_at.is_some_and(|t| t <= now) {
-                p.kill_at = None;
-                log::warn!(
-                    "worker {} (pid {}) did not exit in time: SIGKILL",
-                    p.id,
-                    p.pid
-                );
-                let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
-            }
-        }
-        let expired = self
-            .reload
-            .as_ref()
-            .and_then(|r| r.step.as_ref())
-            .filter(|s| s.deadline <= now)
-            .map(|s| (s.id, s.new, s.wait));
-        if let Some((id, new, wait)) = expired {
-            match wait {
-                Wait::NewReady => {
-                    log::error!(
-                        "reload: new worker {id} not ready within {} s; the old one keeps serving",
-                        READY_TIMEOUT.as_secs()
-                    );
-                    if let Some(p) = self.procs.get_mut(&new) {
-                        p.role = Role::Retiring;
-                        p.order = Some(Order::Stop);
-                        let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
-                    }
-                }
-                Wait::ListenersClosed(_) => log::warn!(
-                    "reload: old worker {id} did not confirm closing its listeners; going on"
-                ),
-                Wait::OldExit(_) => {}
-            }
-            self.next_step();
-        }
-        self.finish_gathers(true);
-    }
-
-    /// Starts a replacement for a dead worker id.
-    fn restart(&mut self, id: u32, now: Instant) {
-        match self.spawn_proc(id, Role::Current) {
-            Ok(token) => {
-                if let Some(s) = self.slots.get_mut(&id) {
-                    s.current = Some(token);
-                    s.restart_at = None;
-                }
-            }
-            Err(e) => {
-                if let Some(s) = self.slots.get_mut(&id) {
-                    let delay = s.backoff.on_death(Duration::ZERO);
-                    s.restart_at = Some(now + delay);
-                    log::error!(
-                        "cannot restart worker {id}: {e}; trying again in {:.1} s",
-                        delay.as_secs_f64()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Re-reads the configuration; keeps the old one if the new one is invalid.
-    fn reread_config(&mut self) {
-        let Some(loader) = self.reload_config.as_mut() else {
-            return;
-        };
-        let mut config = match loader() {
-            Ok(c) => c,
-            Err(e) => {
-                let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
-                log::error!("reload: {e}; keeping the running configuration");
-                return;
-            }
-        };
-        if let Err(e) = config.validate() {
-            log::error!("reload: configuration: {e}; keeping the running configuration");
-            return;
-        }
-        if config.pid_file != self.config.pid_file {
-            log::warn!(
-                "reload: pid_file cannot change while running; keeping {}",
-                self.config.pid_file
-            );
-            config.pid_file = self.config.pid_file.clone();
-        }
-        match serde_json::to_value(&config) {
-            Ok(json) => {
-                if let Ok(level) = config.log_level.parse::<log::LevelFilter>() {
-                    log::set_max_level(level);
-                }
-                if config != self.config {
-                    log::info!("reload: configuration changed");
-                }
-                self.config = config;
-                self.config_json = json;
-            }
-            Err(e) => log::error!("reload: cannot encode the configuration: {e}"),
-        }
-    }
-
-    fn start_reload(&mut self, graceful: bool) {
-        match self.phase {
-            Phase::Starting { .. } => {
-                log::warn!("reload ignored: start-up is not finished");
-                return;
-            }
-            Phase::Stopping { .. } => return,
-            Phase::Running => {}
-        }
-        if self.reload.is_some() {
-            self.reload_again = Some(self.reload_again.unwrap_or(false) || graceful);
-            log::info!("reload requested during a reload: it will run again after this one");
-            return;
-        }
-        self.notifier.reloading();
-        self.reread_config();
-        let count = self.config.worker_count() as u32;
-        log::info!(
-            "{} reload: replacing {count} workers one at a time",
-            if graceful { "graceful" } else { "fast" }
-        );
-        self.reload = Some(Reload {
-            graceful,
-            queue: (0..count).collect(),
-            step: None,
-        });
-        self.next_step();
-    }
-
-    /// Moves the reload to its next id (or finishes it).
-    fn next_step(&mut self) {
-        loop {
-            let Some(r) = self.reload.as_mut() else {
-                return;
-            };
-            r.step = None;
-            let Some(id) = r.queue.pop_front() else {
-                self.finish_reload();
-                return;
-            };
-            self.slots.entry(id).or_default();
-            match self.spawn_proc(id, Role::Candidate) {
-                Ok(new) => {
-                    if let Some(r) = self.reload.as_mut() {
-                        r.step = Some(Step {
-                            id,
-                            new,
-                            wait: Wait::NewReady,
-                            deadline: Instant::now() + READY_TIMEOUT,
-                        });
-                    }
-                    return;
-                }
-                Err(e) => log::error!("reload: {e}; worker {id} keeps its old process"),
-            }
-        }
-    }
-
-    /// The candidate is ready: it becomes the id's process, and the old one stops or drains.
-    fn promote(&mut self, token: Token) {
-        let Some(p) = self.procs.get_mut(&token) else {
-            return;
-        };
-        p.role = Role::Current;
-        let id = p.id;
-        let old = self.slots.get_mut(&id).and_then(|s| {
-            s.restart_at = None;
-            s.current.replace(token)
-        });
-        let Some(graceful) = self.reload.as_ref().map(|r| r.graceful) else {
-            return;
-        };
-        let old = old.filter(|o| *o != token && self.procs.contains_key(o));
-        let Some(old) = old else {
-            self.next_step();
-            return;
-        };
-        if let Some(o) = self.procs.get_mut(&old) {
-            o.role = Role::Retiring;
-        }
-        let (order, wait, wait_for) = if graceful {
-            (
-                Order::Drain,
-                Wait::ListenersClosed(old),
-                self.stop_timeout().max(Duration::from_secs(5)),
-            )
-        } else {
-            (
-                Order::Stop,
-                Wait::OldExit(old),
-                self.stop_timeout() + Duration::from_secs(2),
-            )
-        };
-        self.order(old, order);
-        if let Some(step) = self.reload.as_mut().and_then(|r| r.step.as_mut()) {
-            step.wait = wait;
-            step.deadline = Instant::now() + wait_for;
-        }
-    }
-
-    fn finish_reload(&mut self) {
-        let graceful = self.reload.take().is_some_and(|r| r.graceful);
-        let count = self.config.worker_count() as u32;
-        let extra: Vec<u32> = self.slots.range(count..).map(|(id, _)| *id).collect();
-        for id in extra {
-            if let Some(token) = self.slots.remove(&id).and_then(|s| s.current) {
-                log::info!("worker {id} is no longer configured: retiring it");
-                if let Some(p) = self.procs.get_mut(&token) {
-                    p.role = Role::Retiring;
-                }
-                self.order(token, if graceful { Order::Drain } else { Order::Stop });
-            }
-        }
-        log::info!("reload finished");
-        self.notifier.ready();
-        if let Some(again) = self.reload_again.take() {
-            self.start_reload(again);
-        }
-    }
-
-    /// Processes asked by a status or connections request: every one that can still hear.
-    fn askable(&self) -> Vec<(Token, Answer<()>)> {
-        self.procs
-            .iter()
-            .filter(|(_, p)| p.channel.is_some())
-            .map(|(t, p)| {
-                (
-                    *t,
-                    Answer {
-                        worker: p.id,
-                        pid: p.pid,
-                        state: p.state(),
-                        reply: None,
-                    },
-                )
-            })
-            .collect()
-    }
-
-    fn start_status(&mut self) {
-        if self.status.is_none() {
-            let g = self.start_gather(|seq| Control::StatusRequest { seq });
-            self.status = Some(g);
-            self.finish_gathers(false);
-        }
-    }
-
-    fn start_connections(&mut self) {
-        if self.connections.is_none() {
-            let g = self.start_gather(|seq| Control::ConnectionsRequest { seq });
-            self.connections = Some(g);
-            self.finish_gathers(false);
-        }
-    }
-
-    /// Sends the request `make(seq)` to every worker that can answer and returns the gather
-    /// that collects their replies until `GATHER_TIMEOUT`.
-    fn start_gather<T>(&mut self, make: impl Fn(u64) -> Control) -> Gather<T> {
-        self.seq += 1;
-        let seq = self.seq;
-        let mut answers = BTreeMap::new();
-        for (t, a) in self.askable() {
-            if self.send(t, &make(seq)) {
-                answers.insert(
-                    t.0,
-                    Answer {
-                        worker: a.worker,
-                        pid: a.pid,
-                        state: a.state,
-                        reply: None,
-                    },
-                );
-            }
-        }
-        Gather {
-            seq,
-            deadline: Instant::now() + GATHER_TIMEOUT,
-            answers,
-        }
-    }
-
-    /// Where `status` writes: `status_file`, or beside the pid file.
-    fn status_path(&self) -> PathBuf {
-        if self.config.status_file.is_empty() {
-            let mut p = self.pid_file.as_os_str().to_owned();
-            p.push(".status");
-            PathBuf::from(p)
-        } else {
-            PathBuf::from(&self.config.status_file)
-        }
-    }
-
-    /// Where `connections` writes: beside the pid file.
-    fn connections_path(&self) -> PathBuf {
-        let mut p = self.pid_file.as_os_str().to_owned();
-        p.push(".connections");
-        PathBuf::from(p)
-    }
-
-    /// Writes the reports whose answers are all in (or, with `timers`, whose time is up).
-    fn finish_gathers(&mut self, timers: bool) {
-        let now = Instant::now();
-        let due = |complete: bool, deadline: Instant| complete || (timers && deadline <= now);
-        if let Some(g) = self.status.take() {
-            if due(g.complete(), g.deadline) {
-                let global = Global {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    master_pid: std::process::id(),
-                    started: self.started,
-                    now: SystemTime::now(),
-                    load: report::load_average(),
-                    workers: self.config.worker_count(),
-                    processes: self.procs.len(),
-                    slots: self
-                        .slots
-                        .iter()
-                        .map(|(id, s)| SlotInfo {
-                            id: *id,
-                            restarts: s.restarts,
-                            last_exit: s.last_exit.clone(),
-                        })
-                        .collect(),
-                };
-                let answers: Vec<Answer<Value>> = g.answers.into_values().collect();
-                let text = report::format_status(&global, &answers);
-                let path = self.status_path();
-                match write_atomic(&path, &text) {
-                    Ok(()) => log::debug!("status written to {}", path.display()),
-                    Err(e) => log::error!("cannot write status to {}: {e}", path.display()),
-                }
-            } else {
-                self.status = Some(g);
-            }
-        }
-        if let Some(g) = self.connections.take() {
-            if due(g.complete(), g.deadline) {
-                let answers: Vec<Answer<Vec<Value>>> = g.answers.into_values().collect();
-                let text = report::format_connections(&answers);
-                let path = self.connections_path();
-                match write_atomic(&path, &text) {
-                    Ok(()) => log::debug!("connections written to {}", path.display()),
-                    Err(e) => log::error!("cannot write connections to {}: {e}", path.display()),
-                }
-            } else {
-                self.connections = Some(g);
-            }
         }
     }
 }
