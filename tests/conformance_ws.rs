@@ -4,10 +4,15 @@
 //! * Section 4.2.1, the opening handshake: an HTTP/1.1 (or later) GET with a `Host` header and
 //!   one `Sec-WebSocket-Key` whose value is the base64 of 16 bytes. Anything else is answered
 //!   `400 Bad Request` and the connection is closed, counted in `rejected`.
+//! * Section 5.2, base framing: a 64-bit payload length with its most significant bit set is
+//!   a protocol error, closed with 1002, not a size to compare with `max_frame` (1009).
 
 mod common;
 
 use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
 
 /// The key of RFC 6455's own example (section 1.3), valid.
 const GOOD_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -27,25 +32,15 @@ fn key(value: &str) -> String {
     format!("Sec-WebSocket-Key: {value}\r\n")
 }
 
-/// Sends `req` on a fresh connection to the WebSocket port; returns the response and whether
-/// the server then closed the connection.
-fn handshake(srv: &Server, req: &[u8]) -> (HttpResponse, Eof) {
+/// Asserts that `req`, sent on a fresh connection to the WebSocket port, is refused with 400
+/// and the connection then closed.
+fn assert_refused(srv: &Server, req: &[u8]) {
     let mut c = HttpConn::connect(srv.ws);
     c.send(req).expect("write handshake");
     let r = c.read_response(REPLY);
-    let (rest, how) = if r.status == 101 {
-        (Vec::new(), Eof::Open)
-    } else {
-        c.read_until_closed(REPLY)
-    };
-    assert!(rest.is_empty(), "bytes after the refusal: {}", show(&rest));
-    (r, how)
-}
-
-/// Asserts that `req` is refused with 400 and the connection closed.
-fn assert_refused(srv: &Server, req: &[u8]) {
-    let (r, how) = handshake(srv, req);
     assert_eq!(r.status, 400, "request {} got {}", show(req), r.head);
+    let (rest, how) = c.read_until_closed(REPLY);
+    assert!(rest.is_empty(), "bytes after the refusal: {}", show(&rest));
     assert_eq!(
         r.header("connection").as_deref(),
         Some("close"),
@@ -89,11 +84,14 @@ fn key_must_be_the_base64_of_sixteen_bytes() {
         "each refusal is counted in rejected"
     );
     // The RFC's example key still upgrades, with the RFC's accept value.
-    let (r, _) = handshake(&srv, &upgrade("1.1", &key(GOOD_KEY), "Host: 127.0.0.1\r\n"));
-    assert_eq!(r.status, 101, "{}", r.head);
-    assert_eq!(
-        r.header("sec-websocket-accept").as_deref(),
-        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    let mut s = TcpStream::connect(("127.0.0.1", srv.ws)).expect("connect ws port");
+    s.write_all(&upgrade("1.1", &key(GOOD_KEY), "Host: 127.0.0.1\r\n"))
+        .expect("write handshake");
+    let (head, _) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
     );
 }
 
@@ -116,4 +114,59 @@ fn handshake_without_host_is_refused() {
 fn http_1_0_handshake_is_refused() {
     let srv = Server::start();
     assert_refused(&srv, &upgrade("1.0", &key(GOOD_KEY), "Host: 127.0.0.1\r\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 5.2: base framing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn length_with_its_top_bit_set_is_closed_with_1002() {
+    let srv = Server::start();
+    let mut s = TcpStream::connect(("127.0.0.1", srv.ws)).expect("connect ws port");
+    s.set_write_timeout(Some(REPLY)).ok();
+    s.write_all(&upgrade("1.1", &key(GOOD_KEY), "Host: 127.0.0.1\r\n"))
+        .expect("write handshake");
+    let (head, mut after) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "no upgrade: {head}");
+    // A text frame, masked, whose 64-bit length is 2^63 + 5. Only its header is sent: the
+    // server must judge it from the header alone.
+    s.write_all(&[
+        0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5, 0x11, 0x22, 0x33, 0x44,
+    ])
+    .expect("write frame header");
+    let (frame, how) = read_until_closed(&mut s, &mut after, REPLY);
+    assert_ne!(how, Eof::Open, "connection left open; got {}", show(&frame));
+    assert!(
+        frame.len() >= 4 && frame[0] == 0x88 && usize::from(frame[1]) == frame.len() - 2,
+        "expected one close frame, got {}",
+        show(&frame)
+    );
+    let code = u16::from_be_bytes([frame[2], frame[3]]);
+    assert_eq!(code, 1002, "close frame {}", show(&frame));
+    // Other clients are not disturbed.
+    srv.ws_connect().roundtrip();
+}
+
+/// Reads a response head (through its blank line) from `s`; returns it and any bytes that
+/// came after it in the same reads.
+fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + REPLY;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no response head; got {}", show(&buf));
+        s.set_read_timeout(Some(left)).ok();
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("closed before a response head; got {}", show(&buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the response head: {e}"),
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //!
 //! Both are strict where RFC 6455 is: the handshake must be an HTTP/1.1 (or later) `GET` with
 //! exactly one `Host` and exactly one `Sec-WebSocket-Key` that is the base64 of 16 bytes
-//! (section 4.2.1), else it is refused with 400.
+//! (section 4.2.1), else it is refused with 400; a frame whose 64-bit length has its most
+//! significant bit set is a protocol error (section 5.2), closed with 1002.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -283,6 +284,11 @@ pub fn parse_frame(buf: &mut [u8], max_frame: usize) -> Result<Option<(Frame, us
     let Some(mask) = hdr.mask else {
         return Err(WsError::Protocol("client frame not masked"));
     };
+    // RFC 6455 section 5.2: "the most significant bit MUST be 0" in a 64-bit length. Such a
+    // length breaks the framing rules rather than a size limit, so it is not `TooBig`.
+    if len >> 63 != 0 {
+        return Err(WsError::Protocol("64-bit length with its top bit set"));
+    }
     if len > max_frame as u64 {
         return Err(WsError::TooBig);
     }
@@ -481,6 +487,15 @@ mod tests {
             0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
         ];
         assert_eq!(parse_frame(&mut big, 1024), Err(WsError::TooBig));
+        // The same length with the top bit set is no length at all: a protocol error, judged
+        // as soon as the header is complete, whatever max_frame is.
+        let mut top = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4];
+        for max in [1024, usize::MAX] {
+            let e = parse_frame(&mut top, max).unwrap_err();
+            assert!(matches!(e, WsError::Protocol(_)), "{e:?}");
+            assert_eq!(e.close_code(), 1002);
+        }
+        assert_eq!(parse_frame(&mut top[..13], 1024), Ok(None));
         let mut ping = masked(9, false, b"x");
         assert!(parse_frame(&mut ping, 1024).is_err());
     }
