@@ -110,16 +110,19 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
         let Ok(v) = std::str::from_utf8(h.value) else {
             return err("400 Bad Request", "header value is not text");
         };
-        let v = v.trim();
+        // Optional whitespace around a field value is spaces and tabs (RFC 9110 section 5.6.3),
+        // nothing else.
+        let v = v.trim_matches([' ', '\t']);
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let Ok(n) = v.parse::<usize>() else {
-                return err("400 Bad Request", "bad Content-Length");
-            };
-            if content_length.is_some_and(|old| old != n) || content_length.is_some() {
-                // Two Content-Length headers are a request-smuggling shape: refuse them all.
+            if content_length.is_some() {
+                // Two Content-Length headers are a request-smuggling shape: refuse them all,
+                // equal values included (RFC 9112 section 6.3 allows either answer).
                 return err("400 Bad Request", "duplicate Content-Length");
             }
+            let Some(n) = decimal_length(v) else {
+                return err("400 Bad Request", "bad Content-Length");
+            };
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if te_seen || !v.eq_ignore_ascii_case("chunked") {
@@ -185,6 +188,15 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     }
     out.body = rest[..len].to_vec();
     Parsed::Request(out, head + len)
+}
+
+/// A `Content-Length` value as RFC 9110 section 8.6 defines it, `1*DIGIT`: no sign, no
+/// whitespace, no list (`3,3`), and small enough for a `usize`.
+fn decimal_length(v: &str) -> Option<usize> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 enum Dechunk {
@@ -473,6 +485,35 @@ mod tests {
             parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Parsed::Error { .. }
         ));
+    }
+
+    #[test]
+    fn content_length_is_one_or_more_digits() {
+        let with = |v: &str| {
+            parse(format!("POST / HTTP/1.1\r\nContent-Length: {v}\r\n\r\nabc").as_bytes())
+        };
+        for good in ["3", "003", " 3", "3\t"] {
+            let Parsed::Request(r, _) = with(good) else {
+                panic!("{good:?}: {:?}", with(good))
+            };
+            assert_eq!(r.body, b"abc", "{good:?}");
+        }
+        for bad in [
+            "+3", "-1", "3,3", "3, 3", "3 3", "0x3", "3.0", "", "\u{a0}3", "٣",
+        ] {
+            assert_eq!(
+                with(bad),
+                err("400 Bad Request", "bad Content-Length"),
+                "{bad:?}"
+            );
+        }
+        let huge = "9".repeat(40);
+        assert!(matches!(with(&huge), Parsed::Error { .. }));
+        // Repeated, even with equal values: refused.
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+            err("400 Bad Request", "duplicate Content-Length")
+        );
     }
 
     #[test]
