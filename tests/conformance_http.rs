@@ -4,6 +4,8 @@
 //!
 //! * RFC 9110 section 8.6: `Content-Length` is `1*DIGIT`; anything else (a sign, a list,
 //!   a space inside) is refused with 400, and so is a repeated header, even with equal values.
+//! * RFC 9112 section 3.2.2: a target in absolute form (`http://host/path?query`) routes like
+//!   its origin form (`/path?query`).
 
 mod common;
 
@@ -58,4 +60,42 @@ fn content_length_is_digits_only() {
     );
     let r = srv.http(spaced.as_bytes());
     assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9112 section 3.2.2: absolute-form targets
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn absolute_form_target_routes_like_origin_form() {
+    let srv = Server::builder().login_reply().start();
+    let mut c = srv.login_acked("abs");
+    let port = srv.http;
+    let r = srv.http(
+        format!(
+            "GET http://127.0.0.1:{port}/?type=publish&to=abs&content=from%20afar HTTP/1.1\r\n\
+             Host: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
+    assert_eq!(c.recv_text(REPLY), "from afar");
+    // The scheme is case-insensitive, and the JSON API routes the same way.
+    let r = srv.http(
+        format!(
+            "GET HTTP://127.0.0.1:{port}/api/online/abs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "{\"online\":true,\"connections\":1}\n");
+    // An authority with nothing after it means the path `/`.
+    let r = srv.http(
+        format!(
+            "GET http://127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!((r.status, r.text()), (200, "fail".to_owned()), "{}", r.head);
 }

@@ -88,11 +88,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
         );
     }
     let method = req.method.unwrap_or("").to_string();
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target.to_string(), String::new()),
-    };
+    let (path, query) = split_target(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
@@ -188,6 +184,28 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     }
     out.body = rest[..len].to_vec();
     Parsed::Request(out, head + len)
+}
+
+/// The path and the query of a request target. An absolute-form target
+/// (`http://host:port/path?query`, RFC 9112 section 3.2.2; the scheme in any case) is routed
+/// like its origin form: the scheme and authority are dropped, and an empty path is `/`.
+/// Other forms (origin, asterisk) are split as they are.
+fn split_target(target: &str) -> (String, String) {
+    let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    });
+    let (path, query) = match after_scheme {
+        Some(rest) => {
+            let rest = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+            let (p, q) = rest.split_once('?').unwrap_or((rest, ""));
+            (if p.is_empty() { "/" } else { p }, q)
+        }
+        None => target.split_once('?').unwrap_or((target, "")),
+    };
+    (path.to_string(), query.to_string())
 }
 
 /// A `Content-Length` value as RFC 9110 section 8.6 defines it, `1*DIGIT`: no sign, no
@@ -485,6 +503,33 @@ mod tests {
             parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Parsed::Error { .. }
         ));
+    }
+
+    #[test]
+    fn absolute_form_is_routed_like_origin_form() {
+        let target = |t: &str| {
+            let req = format!("GET {t} HTTP/1.1\r\nHost: h\r\n\r\n");
+            match parse(req.as_bytes()) {
+                Parsed::Request(r, _) => (r.path, r.query),
+                other => panic!("{t}: {other:?}"),
+            }
+        };
+        let pq = |p: &str, q: &str| (p.to_string(), q.to_string());
+        assert_eq!(target("/?type=publish"), pq("/", "type=publish"));
+        assert_eq!(
+            target("http://h:2121/?type=publish&to=1"),
+            pq("/", "type=publish&to=1")
+        );
+        assert_eq!(
+            target("HTTPS://h/api/online/u%2F1?x"),
+            pq("/api/online/u%2F1", "x")
+        );
+        assert_eq!(target("http://user@h:1/a/b"), pq("/a/b", ""));
+        assert_eq!(target("http://h:2121"), pq("/", ""));
+        assert_eq!(target("http://h?type=publish"), pq("/", "type=publish"));
+        // Not http(s): left as it is (and answered 404 by the router).
+        assert_eq!(target("ftp://h/x"), pq("ftp://h/x", ""));
+        assert_eq!(target("*"), pq("*", ""));
     }
 
     #[test]
