@@ -6,6 +6,8 @@
 //!   a space inside) is refused with 400, and so is a repeated header, even with equal values.
 //! * RFC 9112 section 3.2.2: a target in absolute form (`http://host/path?query`) routes like
 //!   its origin form (`/path?query`).
+//! * RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or any request with two, is
+//!   refused with 400.
 
 mod common;
 
@@ -98,4 +100,28 @@ fn absolute_form_target_routes_like_origin_form() {
         .as_bytes(),
     );
     assert_eq!((r.status, r.text()), (200, "fail".to_owned()), "{}", r.head);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9112 section 3.2: Host
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn host_is_required_once_in_http_1_1() {
+    let srv = Server::start();
+    assert_400(
+        &srv,
+        b"GET /?type=publish&content=x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_400(
+        &srv,
+        b"GET /?type=publish&content=x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    );
+    assert_400(
+        &srv,
+        b"GET /?type=publish&content=x HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+    );
+    // HTTP/1.0 predates Host: a request without it is served.
+    let r = srv.http(b"GET /?type=publish&content=x HTTP/1.0\r\n\r\n");
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
 }

@@ -96,6 +96,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     let mut conn_close = false;
     let mut conn_keep = false;
     let mut expect = false;
+    let mut hosts = 0usize;
     let mut out = Request {
         method,
         path,
@@ -148,9 +149,17 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             out.ws_version_ok = v == "13";
         } else if name.eq_ignore_ascii_case("access-control-request-headers") {
             out.request_headers = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("expect") {
             expect = v.eq_ignore_ascii_case("100-continue");
         }
+    }
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host; no request has two.
+    match (hosts, http10) {
+        (0, false) => return err("400 Bad Request", "missing Host"),
+        (0 | 1, _) => {}
+        _ => return err("400 Bad Request", "more than one Host"),
     }
     if chunked && content_length.is_some() {
         return err(
@@ -427,7 +436,7 @@ mod tests {
 
     #[test]
     fn post_form_and_partial_body() {
-        let req = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntype=publish";
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntype=publish";
         assert_eq!(
             parse(&req[..req.len() - 1]),
             Parsed::Partial {
@@ -444,13 +453,15 @@ mod tests {
     #[test]
     fn chunked_framing_is_bounded_whatever_the_reads() {
         // Endless trailer fields: refused once past the bound, not buffered forever.
-        let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        let mut req =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
         for _ in 0..2000 {
             req.extend_from_slice(b"X: y\r\n");
         }
         assert!(matches!(parse(&req), Parsed::Error { .. }));
         // A long chunk extension is refused whether or not its line is complete.
-        let mut long = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=".to_vec();
+        let mut long =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=".to_vec();
         long.extend(std::iter::repeat_n(b'x', 1100));
         let cut = long.len();
         long.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
@@ -460,7 +471,7 @@ mod tests {
 
     #[test]
     fn chunked_body() {
-        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntype=\r\n7\r\npublish\r\n0\r\n\r\n";
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntype=\r\n7\r\npublish\r\n0\r\n\r\n";
         let Parsed::Request(r, n) = parse(req) else {
             panic!()
         };
@@ -475,21 +486,23 @@ mod tests {
     #[test]
     fn smuggling_shapes_and_limits() {
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Error {
                 status: "400 Bad Request",
                 ..
             }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+            ),
             Parsed::Error {
                 status: "400 Bad Request",
                 ..
             }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
             Parsed::Error {
                 status: "413 Payload Too Large",
                 ..
@@ -500,9 +513,30 @@ mod tests {
             Parsed::Error { .. }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Parsed::Error { .. }
         ));
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let with = |version: &str, hosts: &str| {
+            parse(format!("GET / HTTP/{version}\r\n{hosts}\r\n").as_bytes())
+        };
+        assert!(matches!(with("1.1", "Host: x\r\n"), Parsed::Request(..)));
+        assert!(matches!(with("1.1", "host: \r\n"), Parsed::Request(..)));
+        assert!(matches!(with("1.0", ""), Parsed::Request(..)));
+        assert!(matches!(with("1.0", "Host: x\r\n"), Parsed::Request(..)));
+        assert_eq!(with("1.1", ""), err("400 Bad Request", "missing Host"));
+        for two in ["Host: x\r\nHost: x\r\n", "Host: x\r\nHOST: y\r\n"] {
+            for version in ["1.0", "1.1"] {
+                assert_eq!(
+                    with(version, two),
+                    err("400 Bad Request", "more than one Host"),
+                    "{version} {two:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -535,7 +569,9 @@ mod tests {
     #[test]
     fn content_length_is_one_or_more_digits() {
         let with = |v: &str| {
-            parse(format!("POST / HTTP/1.1\r\nContent-Length: {v}\r\n\r\nabc").as_bytes())
+            parse(
+                format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\nabc").as_bytes(),
+            )
         };
         for good in ["3", "003", " 3", "3\t"] {
             let Parsed::Request(r, _) = with(good) else {
@@ -556,7 +592,9 @@ mod tests {
         assert!(matches!(with(&huge), Parsed::Error { .. }));
         // Repeated, even with equal values: refused.
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+            ),
             err("400 Bad Request", "duplicate Content-Length")
         );
     }
