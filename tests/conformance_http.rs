@@ -8,6 +8,10 @@
 //!   its origin form (`/path?query`).
 //! * RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or any request with two, is
 //!   refused with 400.
+//! * RFC 9112 section 6.1: `Transfer-Encoding` on an HTTP/1.0 request means faulty framing:
+//!   the connection is closed after the response.
+//! * RFC 9112 section 9.3 (and RFC 9110 section 7.6.1): an HTTP/1.0 request that asked for
+//!   `Connection: keep-alive` and is kept open is told so with `Connection: keep-alive`.
 
 mod common;
 
@@ -124,4 +128,75 @@ fn host_is_required_once_in_http_1_1() {
     // HTTP/1.0 predates Host: a request without it is served.
     let r = srv.http(b"GET /?type=publish&content=x HTTP/1.0\r\n\r\n");
     assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9112 section 6.1 and 9.3: HTTP/1.0 framing and persistence
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn transfer_encoding_on_http_1_0_closes_after_the_response() {
+    let srv = Server::builder().login_reply().start();
+    let mut c = srv.login_acked("te10");
+    let body = "type=publish&to=te10&content=chunked";
+    let req = format!(
+        "POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let mut conn = HttpConn::connect(srv.http);
+    conn.send(req.as_bytes()).expect("write");
+    let r = conn.read_response(REPLY);
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        r.head
+    );
+    assert_eq!(c.recv_text(REPLY), "chunked");
+    let (rest, how) = conn.read_until_closed(REPLY);
+    assert!(rest.is_empty(), "{}", show(&rest));
+    assert_ne!(
+        how,
+        Eof::Open,
+        "an HTTP/1.0 chunked request left the connection open"
+    );
+}
+
+#[test]
+fn http_1_0_keep_alive_is_answered_with_keep_alive() {
+    let srv = Server::builder().login_reply().start();
+    let mut c = srv.login_acked("ka10");
+    let mut conn = HttpConn::connect(srv.http);
+    for word in ["one", "two"] {
+        conn.send(
+            format!(
+                "GET /?type=publish&to=ka10&content={word} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        let r = conn.read_response(REPLY);
+        assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
+        assert_eq!(
+            r.header("connection").as_deref(),
+            Some("keep-alive"),
+            "an HTTP/1.0 client is only kept alive if told so: {}",
+            r.head
+        );
+        assert_eq!(c.recv_text(REPLY), word);
+    }
+    // Without the token, HTTP/1.0 closes, and says so.
+    conn.send(b"GET /?type=publish&to=ka10&content=three HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let r = conn.read_response(REPLY);
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        r.head
+    );
+    let (_, how) = conn.read_until_closed(REPLY);
+    assert_ne!(how, Eof::Open);
 }

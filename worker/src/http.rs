@@ -167,7 +167,13 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             "both Content-Length and Transfer-Encoding",
         );
     }
-    out.keep_alive = if http10 { conn_keep } else { !conn_close };
+    // HTTP/1.0 persists only on request. A Transfer-Encoding in HTTP/1.0 means the framing
+    // cannot be trusted (RFC 9112 section 6.1): the connection closes after the response.
+    out.keep_alive = if http10 {
+        conn_keep && !te_seen
+    } else {
+        !conn_close
+    };
     let rest = &buf[head..];
     if chunked {
         return match dechunk(rest, max_body) {
@@ -381,7 +387,11 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-/// A response with a body.
+/// A response with a body. Whether the connection stays open is always said, with
+/// `Connection: keep-alive` or `Connection: close`: an HTTP/1.1 client needs only the
+/// latter, but an HTTP/1.0 client kept open needs the former to know it may send another
+/// request (RFC 9112 section 9.3 and its appendix C.2.2), and the header costs an HTTP/1.1
+/// client nothing.
 pub fn response(
     status: &str,
     content_type: &str,
@@ -389,13 +399,13 @@ pub fn response(
     keep_alive: bool,
     extra: &str,
 ) -> Vec<u8> {
-    let mut v =
-        format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}{extra}\r\n",
+    let mut v = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: {}\r\n{extra}\r\n",
         body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive { "keep-alive" } else { "close" }
     )
-        .into_bytes();
+    .into_bytes();
     v.extend_from_slice(body);
     v
 }
@@ -516,6 +526,39 @@ mod tests {
             parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Parsed::Error { .. }
         ));
+    }
+
+    #[test]
+    fn http_1_0_persistence() {
+        let keep = |req: &[u8]| match parse(req) {
+            Parsed::Request(r, _) => r.keep_alive,
+            other => panic!("{other:?}"),
+        };
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
+        // Transfer-Encoding in HTTP/1.0: served, then closed, whatever Connection says.
+        let te10 = b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert!(!keep(te10));
+        let Parsed::Request(r, _) = parse(te10) else {
+            panic!()
+        };
+        assert_eq!(r.body, b"abc");
+    }
+
+    #[test]
+    fn responses_say_whether_the_connection_stays() {
+        assert_eq!(
+            response("200 OK", "text/plain", b"ok", true, "X-A: b\r\n"),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
+        );
+        assert_eq!(
+            text("404 Not Found", "no\n", false),
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
+        );
     }
 
     #[test]
