@@ -12,6 +12,7 @@
 //!   the connection is closed after the response.
 //! * RFC 9112 section 9.3 (and RFC 9110 section 7.6.1): an HTTP/1.0 request that asked for
 //!   `Connection: keep-alive` and is kept open is told so with `Connection: keep-alive`.
+//! * RFC 9110 section 11.1: the `Bearer` scheme's name is case-insensitive.
 
 mod common;
 
@@ -199,4 +200,42 @@ fn http_1_0_keep_alive_is_answered_with_keep_alive() {
     );
     let (_, how) = conn.read_until_closed(REPLY);
     assert_ne!(how, Eof::Open);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9110 section 11.1: auth-scheme names are case-insensitive
+// ---------------------------------------------------------------------------------------------
+
+/// The push secret of the server below.
+const SECRET: &str = "conformance-push-secret";
+
+#[test]
+#[ignore = "needs the event loop to read the header with http::bearer_token"]
+fn bearer_scheme_is_case_insensitive() {
+    let srv = Server::builder()
+        .set(&format!("push_secret={SECRET}"))
+        .start();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = srv.http(
+            format!(
+                "GET /?type=publish&content=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Authorization: {scheme} {SECRET}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".to_owned()),
+            "{scheme}: {}",
+            r.head
+        );
+    }
+    let r = srv.http(
+        format!(
+            "GET /?type=publish&content=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Basic {SECRET}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{}", r.head);
 }

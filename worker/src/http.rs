@@ -371,6 +371,20 @@ fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, &
     }
 }
 
+/// The token of an `Authorization` header value in the `Bearer` scheme (RFC 6750 section
+/// 2.1), or `None` for another scheme or a missing token. The scheme's name matches in any
+/// case (`bearer`, `BEARER`: RFC 9110 section 11.1); one or more spaces separate it from the
+/// token, and spaces or tabs around the token are dropped.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let value = authorization.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return None;
+    }
+    let token = rest.trim_matches([' ', '\t']);
+    (!token.is_empty()).then_some(token)
+}
+
 /// PHP's `htmlspecialchars` with its default flags (ENT_QUOTES since PHP 8.1).
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
@@ -658,6 +672,32 @@ mod tests {
                 ("content".into(), "hello\r\nworld".into())
             ]
         );
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR   s3cret \t",
+        ] {
+            assert_eq!(bearer_token(v), Some("s3cret"), "{v:?}");
+        }
+        assert_eq!(bearer_token("Bearer a b"), Some("a b"));
+        for v in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer \t ",
+            "Bearers3cret",
+            "Bearer\ts3cret",
+            "Basic s3cret",
+            "Bear s3cret",
+            "Bearer-x s3cret",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 
     #[test]
