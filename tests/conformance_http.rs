@@ -13,6 +13,8 @@
 //! * RFC 9112 section 9.3 (and RFC 9110 section 7.6.1): an HTTP/1.0 request that asked for
 //!   `Connection: keep-alive` and is kept open is told so with `Connection: keep-alive`.
 //! * RFC 9110 section 11.1: the `Bearer` scheme's name is case-insensitive.
+//! * RFC 2046 section 5.1.1 (via RFC 7578): a `multipart/form-data` boundary is matched as
+//!   sent, case included, as browsers' mixed-case boundaries need.
 
 mod common;
 
@@ -200,6 +202,43 @@ fn http_1_0_keep_alive_is_answered_with_keep_alive() {
     );
     let (_, how) = conn.read_until_closed(REPLY);
     assert_ne!(how, Eof::Open);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 2046 section 5.1.1: multipart boundaries are case-sensitive
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn multipart_boundary_keeps_its_case() {
+    let srv = Server::builder().login_reply().start();
+    let mut c = srv.login_acked("wk");
+    // As a browser's FormData writes it.
+    let boundary = "----WebKitFormBoundaryAbC7dEf9GhIjKlMn";
+    let mut body = String::new();
+    for (k, v) in [("type", "publish"), ("to", "wk"), ("content", "Mixed Case")] {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    for ctype in [
+        format!("multipart/form-data; boundary={boundary}"),
+        format!("Multipart/Form-Data; Boundary=\"{boundary}\""),
+    ] {
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let r = srv.http(req.as_bytes());
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".to_owned()),
+            "{ctype}: {}",
+            r.head
+        );
+        assert_eq!(c.recv_text(REPLY), "Mixed Case");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ pub struct Request {
     pub path: String,
     /// Raw query string (after `?`).
     pub query: String,
-    /// `Content-Type`, lower-cased.
+    /// `Content-Type`, its type, subtype and parameter names lower-cased, parameter values
+    /// (such as a multipart boundary, which is case-sensitive) as sent.
     pub content_type: String,
     /// `Authorization` header value.
     pub authorization: Option<String>,
@@ -134,7 +135,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
                 conn_keep |= t.eq_ignore_ascii_case("keep-alive");
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            out.content_type = v.to_ascii_lowercase();
+            out.content_type = normalize_media_type(v);
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(v.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
@@ -221,6 +222,38 @@ fn split_target(target: &str) -> (String, String) {
         None => target.split_once('?').unwrap_or((target, "")),
     };
     (path.to_string(), query.to_string())
+}
+
+/// A `Content-Type` value with what RFC 9110 section 8.3.1 makes case-insensitive (the type,
+/// the subtype and parameter names) lower-cased, and parameter values left as sent: a
+/// multipart boundary must match the body byte for byte (RFC 2046 section 5.1.1), and
+/// browsers write mixed-case ones (`----WebKitFormBoundaryAbC…`).
+fn normalize_media_type(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut in_value = false;
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in v.chars() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            out.push(c);
+            continue;
+        }
+        match c {
+            ';' => in_value = false,
+            '=' if !in_value => in_value = true,
+            '"' if in_value => quoted = true,
+            _ => {}
+        }
+        out.push(if in_value { c } else { c.to_ascii_lowercase() });
+    }
+    out
 }
 
 /// A `Content-Length` value as RFC 9110 section 8.6 defines it, `1*DIGIT`: no sign, no
@@ -698,6 +731,59 @@ mod tests {
         ] {
             assert_eq!(bearer_token(v), None, "{v:?}");
         }
+    }
+
+    #[test]
+    fn media_type_keeps_parameter_values() {
+        assert_eq!(
+            normalize_media_type("Multipart/Form-Data; Boundary=----WebKitFormBoundaryAbC"),
+            "multipart/form-data; boundary=----WebKitFormBoundaryAbC"
+        );
+        assert_eq!(
+            normalize_media_type("TEXT/Plain;CharSet=\"A;B=\\\"C\\\"\";X=Y"),
+            "text/plain;charset=\"A;B=\\\"C\\\"\";x=Y"
+        );
+        assert_eq!(
+            normalize_media_type("Application/X-WWW-Form-URLEncoded"),
+            "application/x-www-form-urlencoded"
+        );
+    }
+
+    #[test]
+    fn multipart_boundary_is_case_sensitive() {
+        let boundary = "----WebKitFormBoundaryAbC7dEf9GhIjKlMn";
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\npublish\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nu1\r\n--{boundary}--\r\n"
+        );
+        for ctype in [
+            format!("multipart/form-data; boundary={boundary}"),
+            format!("Multipart/Form-Data; BOUNDARY=\"{boundary}\""),
+        ] {
+            let req = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let Parsed::Request(r, _) = parse_request(req.as_bytes(), 8192, 4096) else {
+                panic!("{ctype}")
+            };
+            assert_eq!(
+                params(&r).unwrap(),
+                vec![
+                    ("type".into(), "publish".into()),
+                    ("to".into(), "u1".into())
+                ],
+                "{ctype}"
+            );
+        }
+        // The boundary in another case is another boundary: the body has no delimiter.
+        let r = Request {
+            method: "POST".into(),
+            content_type: format!("multipart/form-data; boundary={}", boundary.to_lowercase()),
+            body: body.into_bytes(),
+            ..Request::default()
+        };
+        assert_eq!(params(&r), Err("multipart delimiter missing"));
     }
 
     #[test]
