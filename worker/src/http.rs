@@ -418,6 +418,44 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The segments of a request path, each percent-decoded on its own (RFC 3986 sections 3.3
+/// and 2.1): one leading `/` is dropped and the rest is split at every `/`, so
+/// `/api/groups/g1` gives `["api", "groups", "g1"]`, `/` one empty segment and `""` none.
+/// An encoded slash (`%2F`) stays inside its segment, and `+` and `&` are themselves (not a
+/// space and a field separator, as in a query string). A `%` not followed by two hex digits
+/// is kept as it is. Bytes that do not form UTF-8 once decoded become U+FFFD, as with the
+/// query string: a uid or group name is text, so such a segment names nothing that exists.
+pub fn path_segments(path: &str) -> Vec<String> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split('/').map(percent_decode).collect()
+}
+
+/// `s` with each `%XX` (two hex digits) replaced by that byte; see [`path_segments`].
+fn percent_decode(s: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 /// PHP's `htmlspecialchars` with its default flags (ENT_QUOTES since PHP 8.1).
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
@@ -784,6 +822,32 @@ mod tests {
             ..Request::default()
         };
         assert_eq!(params(&r), Err("multipart delimiter missing"));
+    }
+
+    #[test]
+    fn path_segments_decode_each_segment_alone() {
+        let segs = |p: &str| path_segments(p);
+        assert_eq!(segs("/api/online/a&b"), ["api", "online", "a&b"]);
+        assert_eq!(segs("/api/online/a%26b"), ["api", "online", "a&b"]);
+        assert_eq!(segs("/api/online/a+b"), ["api", "online", "a+b"]);
+        assert_eq!(segs("/api/online/a%2Bb"), ["api", "online", "a+b"]);
+        assert_eq!(segs("/api/online/a%20b"), ["api", "online", "a b"]);
+        assert_eq!(
+            segs("/api/groups/g%2F1/members/u%2f2"),
+            ["api", "groups", "g/1", "members", "u/2"]
+        );
+        assert_eq!(segs("/a=b;c?d"), ["a=b;c?d"]);
+        assert_eq!(segs("/%E6%95%B0%E6%8D%AE"), ["数据"]);
+        // A `%` that starts no escape is itself.
+        assert_eq!(segs("/100%/%zz/%4/%"), ["100%", "%zz", "%4", "%"]);
+        // Not UTF-8 once decoded: replaced, never a panic.
+        assert_eq!(segs("/%FF%FEx"), ["\u{fffd}\u{fffd}x"]);
+        assert_eq!(segs("/%E6%95"), ["\u{fffd}"]);
+        // Empty segments are kept; the leading slash is not a segment.
+        assert_eq!(segs("/a//b/"), ["a", "", "b", ""]);
+        assert_eq!(segs("/"), [""]);
+        assert_eq!(segs("a/b"), ["a", "b"]);
+        assert!(segs("").is_empty());
     }
 
     #[test]
