@@ -166,12 +166,11 @@ pub fn token_from_target(target: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Constant-time equality (for secrets).
+/// Equality of secrets, in time that depends on their lengths but not on their bytes (the
+/// `subtle` crate's comparison, which the optimiser cannot turn into an early exit).
 pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
@@ -305,5 +304,8 @@ mod tests {
         assert!(secret_eq(b"abc", b"abc"));
         assert!(!secret_eq(b"abc", b"abd"));
         assert!(!secret_eq(b"abc", b"ab"));
+        assert!(!secret_eq(b"", b"a"));
+        assert!(secret_eq(b"", b""));
+        assert!(!secret_eq(b"\x00abc", b"\x01abc"));
     }
 }
