@@ -35,7 +35,7 @@ fn metrics_cover_every_worker_and_count_pushes() {
     assert_eq!(sum("herald_pushes_total"), before + 2, "{body}");
     assert_eq!(sum("herald_logged_in"), 1, "{body}");
     assert!(sum("herald_delivered_total") >= 1, "{body}");
-    let r = server.http(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let r = server.http(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 405);
 }
 

@@ -155,6 +155,9 @@ fn reference_frame(b: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>,
     let Some(mask) = mask else {
         return Err(End::Protocol);
     };
+    if len >> 63 != 0 {
+        return Err(End::Protocol);
+    }
     if len > max_frame as u64 {
         return Err(End::TooBig);
     }

@@ -5,7 +5,9 @@
 //!   trusted networks only.
 //! * `hmac` — the token is `UID.EXPIRY.SIG`, SIG the hex HMAC-SHA256 of `UID.EXPIRY` under the
 //!   shared secret: a PHP backend makes one with a single `hash_hmac` call.
-//! * `jwt` — an HS256 JWT whose `sub` is the uid and whose `exp` is checked.
+//! * `jwt` — an HS256 JWT whose `sub` is the uid and whose `exp` is checked, as is `nbf`
+//!   when present (both with a 5 s leeway). A header with `crit` is refused: it names
+//!   extensions the token relies on (RFC 7515 section 4.1.11), and Herald understands none.
 //!
 //! Secrets are compared in constant time and never logged; neither is a token.
 
@@ -27,6 +29,12 @@ pub enum AuthError {
     /// Past its expiry.
     #[error("expired token")]
     Expired,
+    /// Before its `nbf` (not before) time.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// A JWT whose `crit` header names extensions, which this server does not implement.
+    #[error("JWT needs an unsupported critical extension")]
+    UnsupportedCritical,
     /// A JWT that failed validation for another reason.
     #[error("invalid JWT: {0}")]
     Jwt(String),
@@ -88,22 +96,31 @@ impl Auth {
     }
 
     fn verify_jwt(&self, token: &str) -> Result<String, AuthError> {
-        use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
+        use jsonwebtoken::{
+            decode, decode_header, errors::ErrorKind, Algorithm, DecodingKey, Validation,
+        };
+        let refusal = |e: jsonwebtoken::errors::Error| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidToken
+            | ErrorKind::Base64(_)
+            | ErrorKind::Json(_)
+            | ErrorKind::Utf8(_) => AuthError::Malformed,
+            other => AuthError::Jwt(format!("{other:?}")),
+        };
+        // RFC 7515 section 4.1.11: a token whose `crit` lists extensions the recipient does
+        // not understand is invalid, and an empty list is not allowed either. The header is
+        // judged before the signature: such an extension may change what was signed.
+        if decode_header(token).map_err(refusal)?.crit.is_some() {
+            return Err(AuthError::UnsupportedCritical);
+        }
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
+        v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "sub"]);
-        let data =
-            decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &v).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidToken
-                    | ErrorKind::Base64(_)
-                    | ErrorKind::Json(_)
-                    | ErrorKind::Utf8(_) => AuthError::Malformed,
-                    other => AuthError::Jwt(format!("{other:?}")),
-                }
-            })?;
+        let data = decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &v)
+            .map_err(refusal)?;
         match data.claims.sub {
             serde_json::Value::String(s) if !s.is_empty() => Ok(s),
             serde_json::Value::Number(n) => Ok(n.to_string()),
@@ -140,12 +157,11 @@ pub fn token_from_target(target: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Constant-time equality (for secrets).
+/// Equality of secrets, in time that depends on their lengths but not on their bytes (the
+/// `subtle` crate's comparison, which the optimiser cannot turn into an early exit).
 pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
@@ -201,6 +217,74 @@ mod tests {
         assert_eq!(a.verify("garbage", now), Err(AuthError::Malformed));
     }
 
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// An HS256 token under `key` with these claims and this header.
+    fn jwt(header: &jsonwebtoken::Header, claims: serde_json::Value, key: &str) -> String {
+        jsonwebtoken::encode(
+            header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwt_not_before_is_enforced() {
+        let a = Auth::new(Mode::Jwt, "k");
+        let h = jsonwebtoken::Header::default();
+        let t = now();
+        let with_nbf = |nbf: u64| {
+            jwt(
+                &h,
+                serde_json::json!({"sub": "u1", "exp": t + 600, "nbf": nbf}),
+                "k",
+            )
+        };
+        assert_eq!(a.verify(&with_nbf(t + 300), t), Err(AuthError::NotYetValid));
+        assert_eq!(a.verify(&with_nbf(t + 60), t), Err(AuthError::NotYetValid));
+        // Within the same 5 s leeway as exp, or already past: valid.
+        assert_eq!(a.verify(&with_nbf(t + 2), t), Ok("u1".into()));
+        assert_eq!(a.verify(&with_nbf(t - 60), t), Ok("u1".into()));
+        // nbf stays optional.
+        let without = jwt(&h, serde_json::json!({"sub": "u1", "exp": t + 600}), "k");
+        assert_eq!(a.verify(&without, t), Ok("u1".into()));
+        // A not-before that is not a number is refused, not ignored.
+        let bad = jwt(
+            &h,
+            serde_json::json!({"sub": "u1", "exp": t + 600, "nbf": "soon"}),
+            "k",
+        );
+        assert!(a.verify(&bad, t).is_err());
+    }
+
+    #[test]
+    fn jwt_with_crit_is_refused() {
+        let a = Auth::new(Mode::Jwt, "k");
+        let t = now();
+        let claims = serde_json::json!({"sub": "u1", "exp": t + 600});
+        let mut h = jsonwebtoken::Header::default();
+        assert_eq!(a.verify(&jwt(&h, claims.clone(), "k"), t), Ok("u1".into()));
+        for crit in [vec!["exp".to_string()], vec!["b64".to_string()], vec![]] {
+            h.crit = Some(crit.clone());
+            let token = jwt(&h, claims.clone(), "k");
+            assert_eq!(
+                a.verify(&token, t),
+                Err(AuthError::UnsupportedCritical),
+                "{crit:?}"
+            );
+        }
+        // Refused before the signature is looked at.
+        h.crit = Some(vec!["x".into()]);
+        let forged = jwt(&h, claims, "not the key");
+        assert_eq!(a.verify(&forged, t), Err(AuthError::UnsupportedCritical));
+    }
+
     #[test]
     fn query_token_and_secret_compare() {
         assert_eq!(
@@ -211,5 +295,8 @@ mod tests {
         assert!(secret_eq(b"abc", b"abc"));
         assert!(!secret_eq(b"abc", b"abd"));
         assert!(!secret_eq(b"abc", b"ab"));
+        assert!(!secret_eq(b"", b"a"));
+        assert!(secret_eq(b"", b""));
+        assert!(!secret_eq(b"\x00abc", b"\x01abc"));
     }
 }

@@ -1,7 +1,7 @@
 //! Engine.IO and Socket.IO wire formats: the pure protocol layer of the Socket.IO port.
 //!
-//! Everything here is a function of its arguments (the one exception, [`SidGen`], draws its key
-//! from the standard library's OS-seeded `RandomState` once); the event loop owns sockets,
+//! Everything here is a function of its arguments (the one exception, [`SidGen`], reads the
+//! operating system's random source for every id it makes); the event loop owns sockets,
 //! sessions and timers. The facts implemented, as the reference JavaScript implementation
 //! (engine.io-parser 2.2 for v3, 5.2 for v4; socket.io-parser 3.x/4.x) puts them on the wire:
 //!
@@ -37,9 +37,11 @@
 //! `40{"sid":"…"}`; with v3 (protocol 4) the server sends `40` on its own right after the
 //! open packet and the client never asks for the default namespace.
 //!
-//! **Session ids** ([`SidGen`], [`sid_worker`]) are 20 URL-safe characters whose last four
-//! carry the owning worker's id, masked by the first four, so any worker can route a polling
-//! request it did not create to the owner without shared state.
+//! **Session ids** ([`SidGen`], [`sid_worker`]) are 28 URL-safe characters: 24 carry 18
+//! bytes (144 bits) from the operating system's random source, and the last four carry the
+//! owning worker's id, masked by the first three of those bytes, so any worker can route a
+//! polling request it did not create to the owner without shared state. (The reference
+//! servers' ids are 20 characters; clients treat the id as an opaque string.)
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -810,17 +812,22 @@ pub fn disconnect_message(nsp: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// Length of a session id.
-pub const SID_LEN: usize = 20;
+pub const SID_LEN: usize = 28;
+/// Random bytes in a session id (144 bits).
+pub const SID_RANDOM_BYTES: usize = 18;
 /// The largest worker id a session id can carry (24 bits).
 pub const MAX_SID_WORKER: u32 = (1 << 24) - 1;
 
+/// Characters of a session id that carry its random bytes.
+const SID_RANDOM_CHARS: usize = SID_RANDOM_BYTES / 3 * 4;
+
 const B64URL: GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Builds a session id from 12 random bytes and the owning worker: 16 characters of the
+/// Builds a session id from 18 random bytes and the owning worker: 24 characters of the
 /// bytes in URL-safe base64, then 4 characters of the worker id (24 bits) XORed with the
 /// first three random bytes, so ids of one worker do not share a visible suffix. Worker ids
 /// above [`MAX_SID_WORKER`] are truncated to 24 bits.
-pub fn encode_sid(worker: u32, random: [u8; 12]) -> String {
+pub fn encode_sid(worker: u32, random: [u8; SID_RANDOM_BYTES]) -> String {
     let w = worker & MAX_SID_WORKER;
     let tail = [
         random[0] ^ (w >> 16) as u8,
@@ -842,8 +849,11 @@ pub fn sid_worker(sid: &str) -> Option<u32> {
     let mut head = [0u8; 3];
     let mut tail = [0u8; 3];
     if B64URL.decode_slice(&sid[..4], &mut head).ok()? != 3
-        || B64URL.decode_slice(&sid[16..], &mut tail).ok()? != 3
-        || B64URL.decode(&sid[4..16]).is_err()
+        || B64URL
+            .decode_slice(&sid[SID_RANDOM_CHARS..], &mut tail)
+            .ok()?
+            != 3
+        || B64URL.decode(&sid[4..SID_RANDOM_CHARS]).is_err()
     {
         return None;
     }
@@ -854,13 +864,19 @@ pub fn sid_worker(sid: &str) -> Option<u32> {
     )
 }
 
-/// Makes session ids for one worker: unique (a counter) and unpredictable (the counter is
-/// hashed with SipHash under keys the standard library draws from the OS once per process).
+/// Makes session ids for one worker. Every id's random bytes are read anew from the operating
+/// system's random source (the `getrandom` crate), so an id says nothing about any other: the
+/// id is all a polling client shows to prove which session it is.
 #[derive(Debug)]
 pub struct SidGen {
+    /// The worker id every session id carries (at most [`MAX_SID_WORKER`]).
     worker: u32,
-    counter: u64,
-    keys: RandomState,
+    /// Keys of the stand-in used only if the OS source fails (it does not, on a running
+    /// Linux with the `getrandom` system call): SipHash of a counter, keyed by the standard
+    /// library from the OS at start-up.
+    fallback_keys: RandomState,
+    /// Ids made by the stand-in so far, hashed to make each one's bytes.
+    fallback_count: u64,
 }
 
 impl SidGen {
@@ -869,25 +885,40 @@ impl SidGen {
         debug_assert!(worker <= MAX_SID_WORKER);
         Self {
             worker,
-            counter: 0,
-            keys: RandomState::new(),
+            fallback_keys: RandomState::new(),
+            fallback_count: 0,
         }
     }
 
-    /// 12 fresh unpredictable bytes.
-    fn random12(&mut self) -> [u8; 12] {
-        self.counter += 1;
-        let a = self.keys.hash_one((self.counter, 0u8)).to_le_bytes();
-        let b = self.keys.hash_one((self.counter, 1u8)).to_le_bytes();
-        let mut r = [0u8; 12];
-        r[..8].copy_from_slice(&a);
-        r[8..].copy_from_slice(&b[..4]);
+    /// Fresh bytes from the OS; from the keyed stand-in, with an error logged, if the OS
+    /// source fails, so that a session can still be opened.
+    fn random_bytes(&mut self) -> [u8; SID_RANDOM_BYTES] {
+        let mut r = [0u8; SID_RANDOM_BYTES];
+        match getrandom::fill(&mut r) {
+            Ok(()) => r,
+            Err(e) => {
+                if self.fallback_count == 0 {
+                    log::error!("the OS random source failed ({e}); session ids use a keyed hash");
+                }
+                self.fallback_bytes()
+            }
+        }
+    }
+
+    /// The stand-in's bytes: SipHash of the next count and the 8-byte block's index.
+    fn fallback_bytes(&mut self) -> [u8; SID_RANDOM_BYTES] {
+        self.fallback_count += 1;
+        let mut r = [0u8; SID_RANDOM_BYTES];
+        for (i, chunk) in r.chunks_mut(8).enumerate() {
+            let h = self.fallback_keys.hash_one((self.fallback_count, i));
+            chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
+        }
         r
     }
 
     /// A new session id; [`sid_worker`] of it is this generator's worker.
     pub fn next_sid(&mut self) -> String {
-        let r = self.random12();
+        let r = self.random_bytes();
         encode_sid(self.worker, r)
     }
 
@@ -1549,12 +1580,43 @@ mod tests {
             }
         }
         // Fixed bytes give a fixed id; the worker is not visible as a constant suffix.
-        let r = [0u8; 12];
-        assert_eq!(encode_sid(3, r), "AAAAAAAAAAAAAAAAAAAD");
-        let r = [0xff; 12];
-        assert_eq!(encode_sid(0, r), "____________________");
+        let r = [0u8; SID_RANDOM_BYTES];
+        assert_eq!(encode_sid(3, r), "AAAAAAAAAAAAAAAAAAAAAAAAAAAD");
+        let r = [0xff; SID_RANDOM_BYTES];
+        assert_eq!(encode_sid(0, r), "____________________________");
         assert_eq!(sid_worker(&encode_sid(5, r)), Some(5));
-        assert_ne!(&encode_sid(5, r)[16..], &encode_sid(5, [1; 12])[16..]);
+        assert_ne!(
+            &encode_sid(5, r)[24..],
+            &encode_sid(5, [1; SID_RANDOM_BYTES])[24..]
+        );
+    }
+
+    #[test]
+    fn sid_random_part_varies_in_every_bit() {
+        // With 256 ids from the OS source, each of the 144 random bits takes both values
+        // (a constant bit would show by chance with probability 2^-255 per bit).
+        let mut g = SidGen::new(9);
+        let (mut ones, mut zeros) = ([0u8; SID_RANDOM_BYTES], [0u8; SID_RANDOM_BYTES]);
+        for _ in 0..256 {
+            let sid = g.next_sid();
+            let raw = B64URL.decode(&sid[..SID_RANDOM_CHARS]).unwrap();
+            assert_eq!(raw.len(), SID_RANDOM_BYTES);
+            for (i, b) in raw.iter().enumerate() {
+                ones[i] |= b;
+                zeros[i] |= !b;
+            }
+        }
+        assert_eq!(ones, [0xff; SID_RANDOM_BYTES]);
+        assert_eq!(zeros, [0xff; SID_RANDOM_BYTES]);
+        // Two generators of one worker do not repeat each other.
+        let mut h = SidGen::new(9);
+        assert_ne!(g.next_sid(), h.next_sid());
+        // The stand-in for a failing OS source makes distinct, well-formed ids too.
+        let a = g.fallback_bytes();
+        let b = g.fallback_bytes();
+        assert_ne!(a, b);
+        assert_ne!(&a[16..], &[0, 0]);
+        assert_eq!(sid_worker(&encode_sid(9, a)), Some(9));
     }
 
     #[test]
@@ -1562,16 +1624,17 @@ mod tests {
         for bad in [
             "",
             "short",
-            "lv_VI97HAXpY6yYWAAAC1", // 21
-            "lv_VI97HAXpY6yYWAA+C",  // not URL-safe
-            "lv_VI97HAXpY6yYWA€",    // not ASCII (20 bytes)
-            "lv_VI97HAXpY6yYWAA=C",
+            "lv_VI97HAXpY6yYWAAAC", // 20: the reference servers' length
+            "lv_VI97HAXpY6yYWlv_VI97HAAAC1", // 29
+            "lv_VI97HAXpY6yYWlv_VI97HAA+C", // not URL-safe
+            "lv_VI97HAXpY6yYWlv_VI97HA€", // not ASCII (28 bytes)
+            "lv_VI97HAXpY6yYWlv_VI97HAA=C",
         ] {
             assert_eq!(sid_worker(bad), None, "{bad:?}");
         }
-        // A reference-server sid of the right shape decodes to *some* worker: the caller
-        // checks it against its worker count and session table.
-        assert!(sid_worker("lv_VI97HAXpY6yYWAAAC").is_some());
+        // Any id of the right shape decodes to *some* worker: the caller checks it against
+        // its worker count and session table.
+        assert!(sid_worker("lv_VI97HAXpY6yYWlv_VI97HAAAC").is_some());
     }
 
     // ---- requests ----

@@ -16,7 +16,8 @@ pub struct Request {
     pub path: String,
     /// Raw query string (after `?`).
     pub query: String,
-    /// `Content-Type`, lower-cased.
+    /// `Content-Type`, its type, subtype and parameter names lower-cased, parameter values
+    /// (such as a multipart boundary, which is case-sensitive) as sent.
     pub content_type: String,
     /// `Authorization` header value.
     pub authorization: Option<String>,
@@ -88,11 +89,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
         );
     }
     let method = req.method.unwrap_or("").to_string();
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target.to_string(), String::new()),
-    };
+    let (path, query) = split_target(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
@@ -100,6 +97,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     let mut conn_close = false;
     let mut conn_keep = false;
     let mut expect = false;
+    let mut hosts = 0usize;
     let mut out = Request {
         method,
         path,
@@ -110,16 +108,19 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
         let Ok(v) = std::str::from_utf8(h.value) else {
             return err("400 Bad Request", "header value is not text");
         };
-        let v = v.trim();
+        // Optional whitespace around a field value is spaces and tabs (RFC 9110 section 5.6.3),
+        // nothing else.
+        let v = v.trim_matches([' ', '\t']);
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let Ok(n) = v.parse::<usize>() else {
-                return err("400 Bad Request", "bad Content-Length");
-            };
-            if content_length.is_some_and(|old| old != n) || content_length.is_some() {
-                // Two Content-Length headers are a request-smuggling shape: refuse them all.
+            if content_length.is_some() {
+                // Two Content-Length headers are a request-smuggling shape: refuse them all,
+                // equal values included (RFC 9112 section 6.3 allows either answer).
                 return err("400 Bad Request", "duplicate Content-Length");
             }
+            let Some(n) = decimal_length(v) else {
+                return err("400 Bad Request", "bad Content-Length");
+            };
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if te_seen || !v.eq_ignore_ascii_case("chunked") {
@@ -134,7 +135,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
                 conn_keep |= t.eq_ignore_ascii_case("keep-alive");
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            out.content_type = v.to_ascii_lowercase();
+            out.content_type = normalize_media_type(v);
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(v.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
@@ -149,9 +150,17 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             out.ws_version_ok = v == "13";
         } else if name.eq_ignore_ascii_case("access-control-request-headers") {
             out.request_headers = Some(v.to_string());
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("expect") {
             expect = v.eq_ignore_ascii_case("100-continue");
         }
+    }
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host; no request has two.
+    match (hosts, http10) {
+        (0, false) => return err("400 Bad Request", "missing Host"),
+        (0 | 1, _) => {}
+        _ => return err("400 Bad Request", "more than one Host"),
     }
     if chunked && content_length.is_some() {
         return err(
@@ -159,7 +168,13 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             "both Content-Length and Transfer-Encoding",
         );
     }
-    out.keep_alive = if http10 { conn_keep } else { !conn_close };
+    // HTTP/1.0 persists only on request. A Transfer-Encoding in HTTP/1.0 means the framing
+    // cannot be trusted (RFC 9112 section 6.1): the connection closes after the response.
+    out.keep_alive = if http10 {
+        conn_keep && !te_seen
+    } else {
+        !conn_close
+    };
     let rest = &buf[head..];
     if chunked {
         return match dechunk(rest, max_body) {
@@ -185,6 +200,69 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     }
     out.body = rest[..len].to_vec();
     Parsed::Request(out, head + len)
+}
+
+/// The path and the query of a request target. An absolute-form target
+/// (`http://host:port/path?query`, RFC 9112 section 3.2.2; the scheme in any case) is routed
+/// like its origin form: the scheme and authority are dropped, and an empty path is `/`.
+/// Other forms (origin, asterisk) are split as they are.
+fn split_target(target: &str) -> (String, String) {
+    let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    });
+    let (path, query) = match after_scheme {
+        Some(rest) => {
+            let rest = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+            let (p, q) = rest.split_once('?').unwrap_or((rest, ""));
+            (if p.is_empty() { "/" } else { p }, q)
+        }
+        None => target.split_once('?').unwrap_or((target, "")),
+    };
+    (path.to_string(), query.to_string())
+}
+
+/// A `Content-Type` value with what RFC 9110 section 8.3.1 makes case-insensitive (the type,
+/// the subtype and parameter names) lower-cased, and parameter values left as sent: a
+/// multipart boundary must match the body byte for byte (RFC 2046 section 5.1.1), and
+/// browsers write mixed-case ones (`----WebKitFormBoundaryAbC…`).
+fn normalize_media_type(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut in_value = false;
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in v.chars() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            out.push(c);
+            continue;
+        }
+        match c {
+            ';' => in_value = false,
+            '=' if !in_value => in_value = true,
+            '"' if in_value => quoted = true,
+            _ => {}
+        }
+        out.push(if in_value { c } else { c.to_ascii_lowercase() });
+    }
+    out
+}
+
+/// A `Content-Length` value as RFC 9110 section 8.6 defines it, `1*DIGIT`: no sign, no
+/// whitespace, no list (`3,3`), and small enough for a `usize`.
+fn decimal_length(v: &str) -> Option<usize> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 enum Dechunk {
@@ -326,6 +404,58 @@ fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, &
     }
 }
 
+/// The token of an `Authorization` header value in the `Bearer` scheme (RFC 6750 section
+/// 2.1), or `None` for another scheme or a missing token. The scheme's name matches in any
+/// case (`bearer`, `BEARER`: RFC 9110 section 11.1); one or more spaces separate it from the
+/// token, and spaces or tabs around the token are dropped.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let value = authorization.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return None;
+    }
+    let token = rest.trim_matches([' ', '\t']);
+    (!token.is_empty()).then_some(token)
+}
+
+/// The segments of a request path, each percent-decoded on its own (RFC 3986 sections 3.3
+/// and 2.1): one leading `/` is dropped and the rest is split at every `/`, so
+/// `/api/groups/g1` gives `["api", "groups", "g1"]`, `/` one empty segment and `""` none.
+/// An encoded slash (`%2F`) stays inside its segment, and `+` and `&` are themselves (not a
+/// space and a field separator, as in a query string). A `%` not followed by two hex digits
+/// is kept as it is. Bytes that do not form UTF-8 once decoded become U+FFFD, as with the
+/// query string: a uid or group name is text, so such a segment names nothing that exists.
+pub fn path_segments(path: &str) -> Vec<String> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split('/').map(percent_decode).collect()
+}
+
+/// `s` with each `%XX` (two hex digits) replaced by that byte; see [`path_segments`].
+fn percent_decode(s: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 /// PHP's `htmlspecialchars` with its default flags (ENT_QUOTES since PHP 8.1).
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
@@ -342,7 +472,11 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-/// A response with a body.
+/// A response with a body. Whether the connection stays open is always said, with
+/// `Connection: keep-alive` or `Connection: close`: an HTTP/1.1 client needs only the
+/// latter, but an HTTP/1.0 client kept open needs the former to know it may send another
+/// request (RFC 9112 section 9.3 and its appendix C.2.2), and the header costs an HTTP/1.1
+/// client nothing.
 pub fn response(
     status: &str,
     content_type: &str,
@@ -350,13 +484,13 @@ pub fn response(
     keep_alive: bool,
     extra: &str,
 ) -> Vec<u8> {
-    let mut v =
-        format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}{extra}\r\n",
+    let mut v = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: {}\r\n{extra}\r\n",
         body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive { "keep-alive" } else { "close" }
     )
-        .into_bytes();
+    .into_bytes();
     v.extend_from_slice(body);
     v
 }
@@ -397,7 +531,7 @@ mod tests {
 
     #[test]
     fn post_form_and_partial_body() {
-        let req = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntype=publish";
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntype=publish";
         assert_eq!(
             parse(&req[..req.len() - 1]),
             Parsed::Partial {
@@ -414,13 +548,15 @@ mod tests {
     #[test]
     fn chunked_framing_is_bounded_whatever_the_reads() {
         // Endless trailer fields: refused once past the bound, not buffered forever.
-        let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        let mut req =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
         for _ in 0..2000 {
             req.extend_from_slice(b"X: y\r\n");
         }
         assert!(matches!(parse(&req), Parsed::Error { .. }));
         // A long chunk extension is refused whether or not its line is complete.
-        let mut long = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=".to_vec();
+        let mut long =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=".to_vec();
         long.extend(std::iter::repeat_n(b'x', 1100));
         let cut = long.len();
         long.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
@@ -430,7 +566,7 @@ mod tests {
 
     #[test]
     fn chunked_body() {
-        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntype=\r\n7\r\npublish\r\n0\r\n\r\n";
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntype=\r\n7\r\npublish\r\n0\r\n\r\n";
         let Parsed::Request(r, n) = parse(req) else {
             panic!()
         };
@@ -445,21 +581,23 @@ mod tests {
     #[test]
     fn smuggling_shapes_and_limits() {
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Error {
                 status: "400 Bad Request",
                 ..
             }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+            ),
             Parsed::Error {
                 status: "400 Bad Request",
                 ..
             }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
             Parsed::Error {
                 status: "413 Payload Too Large",
                 ..
@@ -470,9 +608,123 @@ mod tests {
             Parsed::Error { .. }
         ));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Parsed::Error { .. }
         ));
+    }
+
+    #[test]
+    fn http_1_0_persistence() {
+        let keep = |req: &[u8]| match parse(req) {
+            Parsed::Request(r, _) => r.keep_alive,
+            other => panic!("{other:?}"),
+        };
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
+        // Transfer-Encoding in HTTP/1.0: served, then closed, whatever Connection says.
+        let te10 = b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert!(!keep(te10));
+        let Parsed::Request(r, _) = parse(te10) else {
+            panic!()
+        };
+        assert_eq!(r.body, b"abc");
+    }
+
+    #[test]
+    fn responses_say_whether_the_connection_stays() {
+        assert_eq!(
+            response("200 OK", "text/plain", b"ok", true, "X-A: b\r\n"),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
+        );
+        assert_eq!(
+            text("404 Not Found", "no\n", false),
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
+        );
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let with = |version: &str, hosts: &str| {
+            parse(format!("GET / HTTP/{version}\r\n{hosts}\r\n").as_bytes())
+        };
+        assert!(matches!(with("1.1", "Host: x\r\n"), Parsed::Request(..)));
+        assert!(matches!(with("1.1", "host: \r\n"), Parsed::Request(..)));
+        assert!(matches!(with("1.0", ""), Parsed::Request(..)));
+        assert!(matches!(with("1.0", "Host: x\r\n"), Parsed::Request(..)));
+        assert_eq!(with("1.1", ""), err("400 Bad Request", "missing Host"));
+        for two in ["Host: x\r\nHost: x\r\n", "Host: x\r\nHOST: y\r\n"] {
+            for version in ["1.0", "1.1"] {
+                assert_eq!(
+                    with(version, two),
+                    err("400 Bad Request", "more than one Host"),
+                    "{version} {two:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absolute_form_is_routed_like_origin_form() {
+        let target = |t: &str| {
+            let req = format!("GET {t} HTTP/1.1\r\nHost: h\r\n\r\n");
+            match parse(req.as_bytes()) {
+                Parsed::Request(r, _) => (r.path, r.query),
+                other => panic!("{t}: {other:?}"),
+            }
+        };
+        let pq = |p: &str, q: &str| (p.to_string(), q.to_string());
+        assert_eq!(target("/?type=publish"), pq("/", "type=publish"));
+        assert_eq!(
+            target("http://h:2121/?type=publish&to=1"),
+            pq("/", "type=publish&to=1")
+        );
+        assert_eq!(
+            target("HTTPS://h/api/online/u%2F1?x"),
+            pq("/api/online/u%2F1", "x")
+        );
+        assert_eq!(target("http://user@h:1/a/b"), pq("/a/b", ""));
+        assert_eq!(target("http://h:2121"), pq("/", ""));
+        assert_eq!(target("http://h?type=publish"), pq("/", "type=publish"));
+        // Not http(s): left as it is (and answered 404 by the router).
+        assert_eq!(target("ftp://h/x"), pq("ftp://h/x", ""));
+        assert_eq!(target("*"), pq("*", ""));
+    }
+
+    #[test]
+    fn content_length_is_one_or_more_digits() {
+        let with = |v: &str| {
+            parse(
+                format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\nabc").as_bytes(),
+            )
+        };
+        for good in ["3", "003", " 3", "3\t"] {
+            let Parsed::Request(r, _) = with(good) else {
+                panic!("{good:?}: {:?}", with(good))
+            };
+            assert_eq!(r.body, b"abc", "{good:?}");
+        }
+        for bad in [
+            "+3", "-1", "3,3", "3, 3", "3 3", "0x3", "3.0", "", "\u{a0}3", "٣",
+        ] {
+            assert_eq!(
+                with(bad),
+                err("400 Bad Request", "bad Content-Length"),
+                "{bad:?}"
+            );
+        }
+        let huge = "9".repeat(40);
+        assert!(matches!(with(&huge), Parsed::Error { .. }));
+        // Repeated, even with equal values: refused.
+        assert_eq!(
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+            ),
+            err("400 Bad Request", "duplicate Content-Length")
+        );
     }
 
     #[test]
@@ -491,6 +743,111 @@ mod tests {
                 ("content".into(), "hello\r\nworld".into())
             ]
         );
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR   s3cret \t",
+        ] {
+            assert_eq!(bearer_token(v), Some("s3cret"), "{v:?}");
+        }
+        assert_eq!(bearer_token("Bearer a b"), Some("a b"));
+        for v in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer \t ",
+            "Bearers3cret",
+            "Bearer\ts3cret",
+            "Basic s3cret",
+            "Bear s3cret",
+            "Bearer-x s3cret",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn media_type_keeps_parameter_values() {
+        assert_eq!(
+            normalize_media_type("Multipart/Form-Data; Boundary=----WebKitFormBoundaryAbC"),
+            "multipart/form-data; boundary=----WebKitFormBoundaryAbC"
+        );
+        assert_eq!(
+            normalize_media_type("TEXT/Plain;CharSet=\"A;B=\\\"C\\\"\";X=Y"),
+            "text/plain;charset=\"A;B=\\\"C\\\"\";x=Y"
+        );
+        assert_eq!(
+            normalize_media_type("Application/X-WWW-Form-URLEncoded"),
+            "application/x-www-form-urlencoded"
+        );
+    }
+
+    #[test]
+    fn multipart_boundary_is_case_sensitive() {
+        let boundary = "----WebKitFormBoundaryAbC7dEf9GhIjKlMn";
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\npublish\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nu1\r\n--{boundary}--\r\n"
+        );
+        for ctype in [
+            format!("multipart/form-data; boundary={boundary}"),
+            format!("Multipart/Form-Data; BOUNDARY=\"{boundary}\""),
+        ] {
+            let req = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let Parsed::Request(r, _) = parse_request(req.as_bytes(), 8192, 4096) else {
+                panic!("{ctype}")
+            };
+            assert_eq!(
+                params(&r).unwrap(),
+                vec![
+                    ("type".into(), "publish".into()),
+                    ("to".into(), "u1".into())
+                ],
+                "{ctype}"
+            );
+        }
+        // The boundary in another case is another boundary: the body has no delimiter.
+        let r = Request {
+            method: "POST".into(),
+            content_type: format!("multipart/form-data; boundary={}", boundary.to_lowercase()),
+            body: body.into_bytes(),
+            ..Request::default()
+        };
+        assert_eq!(params(&r), Err("multipart delimiter missing"));
+    }
+
+    #[test]
+    fn path_segments_decode_each_segment_alone() {
+        let segs = |p: &str| path_segments(p);
+        assert_eq!(segs("/api/online/a&b"), ["api", "online", "a&b"]);
+        assert_eq!(segs("/api/online/a%26b"), ["api", "online", "a&b"]);
+        assert_eq!(segs("/api/online/a+b"), ["api", "online", "a+b"]);
+        assert_eq!(segs("/api/online/a%2Bb"), ["api", "online", "a+b"]);
+        assert_eq!(segs("/api/online/a%20b"), ["api", "online", "a b"]);
+        assert_eq!(
+            segs("/api/groups/g%2F1/members/u%2f2"),
+            ["api", "groups", "g/1", "members", "u/2"]
+        );
+        assert_eq!(segs("/a=b;c?d"), ["a=b;c?d"]);
+        assert_eq!(segs("/%E6%95%B0%E6%8D%AE"), ["数据"]);
+        // A `%` that starts no escape is itself.
+        assert_eq!(segs("/100%/%zz/%4/%"), ["100%", "%zz", "%4", "%"]);
+        // Not UTF-8 once decoded: replaced, never a panic.
+        assert_eq!(segs("/%FF%FEx"), ["\u{fffd}\u{fffd}x"]);
+        assert_eq!(segs("/%E6%95"), ["\u{fffd}"]);
+        // Empty segments are kept; the leading slash is not a segment.
+        assert_eq!(segs("/a//b/"), ["a", "", "b", ""]);
+        assert_eq!(segs("/"), [""]);
+        assert_eq!(segs("a/b"), ["a", "b"]);
+        assert!(segs("").is_empty());
     }
 
     #[test]

@@ -5,7 +5,14 @@
 //! them is Herald's own so that no connection owns a read or write buffer while idle: bytes are
 //! read into the worker's scratch buffer, whole frames are handled in place (unmasked where
 //! they lie), and only an incomplete frame's bytes are kept with the connection.
+//!
+//! Both are strict where RFC 6455 is: the handshake must be an HTTP/1.1 (or later) `GET` with
+//! exactly one `Host` and exactly one `Sec-WebSocket-Key` that is the base64 of 16 bytes
+//! (section 4.2.1), else it is refused with 400; a frame whose 64-bit length has its most
+//! significant bit set is a protocol error (section 5.2), closed with 1002.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use std::io::Cursor;
 use thiserror::Error;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -128,6 +135,31 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
             "handshake headers too large",
         );
     }
+    // RFC 6455 section 4.2.1: "an HTTP/1.1 or higher GET request"; httparse reads only
+    // HTTP/1.0 and HTTP/1.1, so anything but 1.1 here is 1.0.
+    if req.version != Some(1) {
+        return refuse(
+            "400 Bad Request",
+            "WebSocket upgrade needs HTTP/1.1\n",
+            "",
+            "handshake is not HTTP/1.1",
+        );
+    }
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    // RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request.
+    if count("Host") != 1 {
+        return refuse(
+            "400 Bad Request",
+            "exactly one Host header is required\n",
+            "",
+            "handshake without exactly one Host",
+        );
+    }
     if req.method != Some("GET") {
         return refuse(
             "405 Method Not Allowed",
@@ -162,13 +194,32 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
             "unsupported WebSocket version",
         );
     }
-    let Some(key) = header("Sec-WebSocket-Key").filter(|k| !k.is_empty()) else {
-        return refuse(
-            "400 Bad Request",
-            "missing Sec-WebSocket-Key\n",
-            "",
-            "missing Sec-WebSocket-Key",
-        );
+    let key = match (count("Sec-WebSocket-Key"), header("Sec-WebSocket-Key")) {
+        (1, Some(k)) if key_is_valid(k) => k,
+        (0, _) => {
+            return refuse(
+                "400 Bad Request",
+                "missing Sec-WebSocket-Key\n",
+                "",
+                "missing Sec-WebSocket-Key",
+            )
+        }
+        (1, _) => {
+            return refuse(
+                "400 Bad Request",
+                "Sec-WebSocket-Key must be the base64 of 16 bytes\n",
+                "",
+                "Sec-WebSocket-Key is not the base64 of 16 bytes",
+            )
+        }
+        _ => {
+            return refuse(
+                "400 Bad Request",
+                "more than one Sec-WebSocket-Key\n",
+                "",
+                "more than one Sec-WebSocket-Key",
+            )
+        }
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
@@ -181,6 +232,15 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         target: req.path.unwrap_or("/").to_string(),
         origin: header("Origin").map(str::to_string),
     }
+}
+
+/// Whether `key` (a `Sec-WebSocket-Key` value, surrounding whitespace already removed) is what
+/// RFC 6455 section 4.2.1 asks for: padded base64 (standard alphabet) that decodes to exactly
+/// 16 bytes, which is always 24 characters ending in `==`. Non-canonical encodings (non-zero
+/// bits in the last character's unused part) are refused too.
+pub fn key_is_valid(key: &str) -> bool {
+    let mut raw = [0u8; 18];
+    key.len() == 24 && matches!(STANDARD.decode_slice(key, &mut raw), Ok(16))
 }
 
 /// One parsed client frame; its payload is unmasked in place at `payload` in the buffer.
@@ -224,6 +284,11 @@ pub fn parse_frame(buf: &mut [u8], max_frame: usize) -> Result<Option<(Frame, us
     let Some(mask) = hdr.mask else {
         return Err(WsError::Protocol("client frame not masked"));
     };
+    // RFC 6455 section 5.2: "the most significant bit MUST be 0" in a 64-bit length. Such a
+    // length breaks the framing rules rather than a size limit, so it is not `TooBig`.
+    if len >> 63 != 0 {
+        return Err(WsError::Protocol("64-bit length with its top bit set"));
+    }
     if len > max_frame as u64 {
         return Err(WsError::TooBig);
     }
@@ -319,6 +384,83 @@ mod tests {
         assert!(matches!(handshake(&long, 8192), Handshake::Reject { .. }));
     }
 
+    /// An upgrade request with `key` and any `extra` header lines, on `version`.
+    fn upgrade(version: &str, key_lines: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "GET / {version}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\n{key_lines}{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn status_of(h: Handshake) -> u16 {
+        match h {
+            Handshake::Upgrade { .. } => 101,
+            Handshake::Reject { status, .. } => status,
+            Handshake::Partial => 0,
+        }
+    }
+
+    #[test]
+    fn handshake_key_must_be_base64_of_16_bytes() {
+        let with_key = |k: &str| {
+            status_of(handshake(
+                &upgrade(
+                    "HTTP/1.1",
+                    &format!("Sec-WebSocket-Key: {k}\r\n"),
+                    "Host: x\r\n",
+                ),
+                8192,
+            ))
+        };
+        assert_eq!(with_key("dGhlIHNhbXBsZSBub25jZQ=="), 101);
+        assert_eq!(with_key("AAAAAAAAAAAAAAAAAAAAAA=="), 101);
+        for bad in [
+            "dGhlIHNhbXBsZSBub25jZQ",       // padding missing (22 characters)
+            "dGhlIHNhbXBsZSBub25jZQ=",      // half the padding
+            "dGhlIHNhbXBsZSBub25jZR==",     // non-zero unused bits: not canonical
+            "c2hvcnQ=",                     // 5 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAA",     // 18 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", // 20 bytes
+            "dGhlIHNhbXBsZSBub25jZQ-_",     // URL-safe alphabet
+            "not base64 at all!!!!!!!",
+            "x",
+        ] {
+            assert_eq!(with_key(bad), 400, "{bad:?}");
+        }
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let twice = upgrade("HTTP/1.1", &format!("{key}{key}"), "Host: x\r\n");
+        assert_eq!(status_of(handshake(&twice, 8192)), 400);
+        let none = upgrade("HTTP/1.1", "", "Host: x\r\n");
+        assert_eq!(status_of(handshake(&none, 8192)), 400);
+    }
+
+    #[test]
+    fn handshake_needs_http_1_1_and_one_host() {
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let ok = upgrade("HTTP/1.1", key, "Host: x\r\n");
+        assert_eq!(status_of(handshake(&ok, 8192)), 101);
+        let cases = [
+            ("HTTP/1.0", "Host: x\r\n"),
+            ("HTTP/1.0", ""),
+            ("HTTP/1.1", ""),
+            ("HTTP/1.1", "Host: x\r\nHost: y\r\n"),
+            ("HTTP/1.1", "Host: x\r\nhost: x\r\n"),
+        ];
+        for (version, hosts) in cases {
+            let req = upgrade(version, key, hosts);
+            match handshake(&req, 8192) {
+                Handshake::Reject {
+                    status, response, ..
+                } => {
+                    assert_eq!(status, 400, "{version} {hosts:?}");
+                    assert!(response.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+                }
+                other => panic!("{version} {hosts:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn frames_parse_unmask_and_wait_for_more() {
         let mut f = masked(1, true, b"uid1");
@@ -345,6 +487,15 @@ mod tests {
             0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
         ];
         assert_eq!(parse_frame(&mut big, 1024), Err(WsError::TooBig));
+        // The same length with the top bit set is no length at all: a protocol error, judged
+        // as soon as the header is complete, whatever max_frame is.
+        let mut top = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4];
+        for max in [1024, usize::MAX] {
+            let e = parse_frame(&mut top, max).unwrap_err();
+            assert!(matches!(e, WsError::Protocol(_)), "{e:?}");
+            assert_eq!(e.close_code(), 1002);
+        }
+        assert_eq!(parse_frame(&mut top[..13], 1024), Ok(None));
         let mut ping = masked(9, false, b"x");
         assert!(parse_frame(&mut ping, 1024).is_err());
     }
