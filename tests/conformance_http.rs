@@ -249,7 +249,6 @@ fn multipart_boundary_keeps_its_case() {
 const SECRET: &str = "conformance-push-secret";
 
 #[test]
-#[ignore = "needs the event loop to read the header with http::bearer_token"]
 fn bearer_scheme_is_case_insensitive() {
     let srv = Server::builder()
         .set(&format!("push_secret={SECRET}"))

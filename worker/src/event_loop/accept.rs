@@ -4,7 +4,7 @@
 
 use super::{would_block, Worker, CONN_BASE};
 use crate::conn::{Conn, Http, Port, Proto, Text};
-use crate::proto::{text, websocket};
+use crate::proto::{http, text};
 use mio::{Interest, Token};
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -92,12 +92,7 @@ impl Worker {
                 "{} connection from {remote} refused: max_connections ({max}) reached",
                 port.name()
             );
-            refuse(
-                &mut stream,
-                port,
-                "503 Service Unavailable",
-                "too many connections",
-            );
+            refuse(&mut stream, port, 503, "too many connections");
             return;
         }
         let per_ip = self.cfg.max_connections_per_ip;
@@ -112,7 +107,7 @@ impl Worker {
                 refuse(
                     &mut stream,
                     port,
-                    "429 Too Many Requests",
+                    429,
                     "too many connections from this address",
                 );
                 return;
@@ -179,10 +174,10 @@ impl Worker {
 }
 
 /// Best-effort refusal written straight to a just-accepted socket, which is then dropped.
-fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: &str, why: &str) {
+fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: u16, why: &str) {
     let bytes = match port {
         Port::Text => text::error_reply(why),
-        Port::Ws | Port::Http | Port::Sio => websocket::http_error(status, &format!("{why}\n"), ""),
+        Port::Ws | Port::Http | Port::Sio => http::text(status, &format!("{why}\n"), false),
     };
     let _ = stream.write(&bytes);
 }

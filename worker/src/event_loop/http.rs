@@ -64,12 +64,11 @@ impl Worker {
                     return pos;
                 }
                 Parsed::Error { status, reason } => {
-                    let code = status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(400);
                     self.reject(
                         slot,
                         reason,
                         http::text(status, &format!("{reason}\n"), false),
-                        Refusal::for_status(code),
+                        Refusal::for_status(status),
                     );
                     return buf.len();
                 }
@@ -106,8 +105,7 @@ impl Worker {
             let given = req
                 .authorization
                 .as_deref()
-                .and_then(|a| a.strip_prefix("Bearer "))
-                .map(str::trim)
+                .and_then(http::bearer_token)
                 .unwrap_or("");
             if !auth::secret_eq(given.as_bytes(), self.cfg.push_secret.as_bytes()) {
                 self.stats.unauthorized += 1;
@@ -117,13 +115,7 @@ impl Worker {
                 } else {
                     ("text/plain; charset=utf-8", b"unauthorized\n")
                 };
-                let r = http::response(
-                    "401 Unauthorized",
-                    ctype,
-                    body,
-                    keep,
-                    "WWW-Authenticate: Bearer\r\n",
-                );
+                let r = http::response(401, ctype, body, keep, "WWW-Authenticate: Bearer\r\n");
                 return self.http_respond(slot, r);
             }
         }
@@ -134,7 +126,7 @@ impl Worker {
         if req.path == "/metrics" {
             if req.method != "GET" {
                 let r = http::response(
-                    "405 Method Not Allowed",
+                    405,
                     "text/plain; charset=utf-8",
                     b"method not allowed\n",
                     keep,
@@ -146,11 +138,11 @@ impl Worker {
             return self.query(Query::Stats, QReply::Metrics { slot, id });
         }
         if req.path != "/" {
-            return self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
+            return self.http_respond(slot, http::text(404, "not found\n", keep));
         }
         if req.method != "GET" && req.method != "POST" {
             let r = http::response(
-                "405 Method Not Allowed",
+                405,
                 "text/plain; charset=utf-8",
                 b"method not allowed\n",
                 keep,
@@ -160,16 +152,11 @@ impl Worker {
         }
         let params = match http::params(&req) {
             Ok(p) => p,
-            Err(why) => {
-                return self.http_respond(
-                    slot,
-                    http::text("400 Bad Request", &format!("{why}\n"), keep),
-                )
-            }
+            Err(why) => return self.http_respond(slot, http::text(400, &format!("{why}\n"), keep)),
         };
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if get("type") != Some("publish") {
-            return self.http_respond(slot, http::text("200 OK", "fail", keep));
+            return self.http_respond(slot, http::text(200, "fail", keep));
         }
         let content = http::html_escape(get("content").unwrap_or(""));
         let to = get("to").unwrap_or("").to_string();
@@ -270,19 +257,8 @@ impl Worker {
         let mut body = v.to_string().into_bytes();
         body.push(b'\n');
         let allow = allow.map(|a| format!("Allow: {a}\r\n")).unwrap_or_default();
-        let r = http::response(status_line(status), "application/json", &body, keep, &allow);
+        let r = http::response(status, "application/json", &body, keep, &allow);
         self.http_respond(slot, r);
         self.http_resume(slot);
-    }
-}
-
-/// The status line's tail for the statuses the API answers with.
-fn status_line(status: u16) -> &'static str {
-    match status {
-        200 => "200 OK",
-        400 => "400 Bad Request",
-        404 => "404 Not Found",
-        405 => "405 Method Not Allowed",
-        _ => "500 Internal Server Error",
     }
 }

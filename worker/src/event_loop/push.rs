@@ -94,18 +94,13 @@ impl Worker {
         // Reused between pushes: no allocation per push for the recipient list.
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
-        // A list of uids (or of excluded ones) is made a set once: linear in its length.
-        let excluded: HashSet<&str> = if exclude.len() > 4 {
-            exclude.iter().map(String::as_str).collect()
-        } else {
-            HashSet::new()
-        };
-        let is_excluded = |u: &str| {
-            if exclude.len() > 4 {
-                excluded.contains(u)
-            } else {
-                exclude.iter().any(|e| e == u)
-            }
+        // A long list of excluded uids is made a set once: linear in its length. Short ones
+        // (the usual zero or one) are searched, and the seeds' unicast builds nothing.
+        let excluded: Option<HashSet<&str>> =
+            (exclude.len() > 8).then(|| exclude.iter().map(String::as_str).collect());
+        let is_excluded = |u: &str| match &excluded {
+            Some(set) => set.contains(u),
+            None => exclude.iter().any(|e| e == u),
         };
         match target {
             To::Uid(u) => {
@@ -113,10 +108,16 @@ impl Worker {
                     slots.extend_from_slice(self.registry.get(u));
                 }
             }
+            To::Target(Target::Uids(uids)) if uids.len() == 1 => {
+                if !is_excluded(&uids[0]) {
+                    slots.extend_from_slice(self.registry.get(&uids[0]));
+                }
+            }
             To::Target(Target::Uids(uids)) => {
-                let mut seen: HashSet<&str> = HashSet::new();
+                // A uid named twice is delivered once.
+                let mut seen: HashSet<&str> = HashSet::with_capacity(uids.len());
                 for u in uids {
-                    if is_excluded(u) || (uids.len() > 1 && !seen.insert(u)) {
+                    if is_excluded(u) || !seen.insert(u) {
                         continue;
                     }
                     slots.extend_from_slice(self.registry.get(u));
@@ -234,7 +235,7 @@ impl Worker {
                 let body = word(kind);
                 self.http_respond(
                     slot,
-                    http::response("200 OK", "text/plain; charset=utf-8", body, keep, ""),
+                    http::response(200, "text/plain; charset=utf-8", body, keep, ""),
                 );
                 self.http_resume(slot);
             }

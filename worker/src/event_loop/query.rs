@@ -156,7 +156,7 @@ impl Worker {
                 };
                 let body = render_metrics(rows, partial);
                 let r = crate::proto::http::response(
-                    "200 OK",
+                    200,
                     "text/plain; version=0.0.4; charset=utf-8",
                     body.as_bytes(),
                     keep,

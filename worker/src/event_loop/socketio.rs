@@ -25,7 +25,7 @@ use crate::proto::engineio::{
     push_payload, EioVersion, ErrorCode, Handshake as EioHandshake, PacketType, SidGen, SioType,
     Transport,
 };
-use crate::proto::http;
+use crate::proto::{http, websocket};
 use crate::registry::Recipient;
 use bytes::Bytes;
 use herald_ipc::Query;
@@ -115,11 +115,7 @@ fn cors(origin: Option<&str>) -> String {
 
 /// An Engine.IO error answer (`{"code":…,"message":…}`) with CORS headers.
 pub(super) fn eio_error(code: ErrorCode, origin: Option<&str>, keep: bool) -> Vec<u8> {
-    let status = if code.status() == 403 {
-        "403 Forbidden"
-    } else {
-        "400 Bad Request"
-    };
+    let status = if code.status() == 403 { 403 } else { 400 };
     http::response(
         status,
         "application/json",
@@ -146,7 +142,7 @@ impl Worker {
             return false;
         }
         if !engineio::is_engine_path(&req.path, engineio::DEFAULT_PATH) {
-            self.http_respond(slot, http::text("404 Not Found", "not found\n", keep));
+            self.http_respond(slot, http::text(404, "not found\n", keep));
             return false;
         }
         if req.method == "OPTIONS" {
@@ -155,10 +151,7 @@ impl Worker {
                     .into_iter()
                     .map(|(k, v)| format!("{k}: {v}\r\n"))
                     .collect();
-            self.http_respond(
-                slot,
-                http::response("204 No Content", "text/plain", b"", keep, &h),
-            );
+            self.http_respond(slot, http::response(204, "text/plain", b"", keep, &h));
             return false;
         }
         let q = match engineio::parse_query(&req.query) {
@@ -210,13 +203,8 @@ impl Worker {
                         for p in packets {
                             self.sio_packet(idx, p);
                         }
-                        let r = http::response(
-                            "200 OK",
-                            "text/html",
-                            b"ok",
-                            keep,
-                            &cors(origin.as_deref()),
-                        );
+                        let r =
+                            http::response(200, "text/html", b"ok", keep, &cors(origin.as_deref()));
                         self.http_respond(slot, r);
                     }
                     Err(e) => {
@@ -252,9 +240,9 @@ impl Worker {
             }
         };
         let r = match body {
-            Some(b) => http::response("200 OK", "application/javascript", &b, keep, &cors(origin)),
+            Some(b) => http::response(200, "application/javascript", &b, keep, &cors(origin)),
             None => http::text(
-                "404 Not Found",
+                404,
                 "socket.io client not configured (socketio_client)\n",
                 keep,
             ),
@@ -315,7 +303,7 @@ impl Worker {
             push_payload(version, &mut body, "40");
         }
         let r = http::response(
-            "200 OK",
+            200,
             engineio::CONTENT_TYPE_TEXT,
             body.as_bytes(),
             keep,
@@ -334,18 +322,15 @@ impl Worker {
         version: EioVersion,
         idx: Option<usize>,
     ) {
-        let (Some(key), true, true) = (req.ws_key.as_deref(), req.upgrade, req.ws_version_ok)
-        else {
+        let key = req.ws_key.as_deref().filter(|k| websocket::key_is_valid(k));
+        let (Some(key), true, true) = (key, req.upgrade, req.ws_version_ok) else {
             self.http_respond(
                 slot,
                 eio_error(ErrorCode::BadRequest, req.origin.as_deref(), false),
             );
             return;
         };
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
+        let response = websocket::accept_response(key);
         let fresh = idx.is_none();
         let idx = match idx {
             Some(i) => {
@@ -473,7 +458,7 @@ impl Worker {
             h.poll_for = None;
         }
         let r = http::response(
-            "200 OK",
+            200,
             engineio::CONTENT_TYPE_TEXT,
             body.as_bytes(),
             keep,

@@ -8,6 +8,7 @@ use crate::auth::{self, Mode};
 use crate::conn::{Proto, Ws, CLOSING};
 use crate::delivery::{close_frame, frame, OP_PONG, OP_TEXT};
 use crate::mesh::ReplyTo;
+use crate::proto::http;
 use crate::proto::push::parse_relay;
 use crate::proto::websocket::{self, Handshake, WsError};
 use crate::proto::ws_message::Incoming;
@@ -40,7 +41,7 @@ impl Worker {
                         .any(|a| a == "*" || origin.as_deref() == Some(a.as_str()))
                 {
                     self.stats.bad_origin += 1;
-                    let r = websocket::http_error("403 Forbidden", "origin not allowed\n", "");
+                    let r = http::text(403, "origin not allowed\n", false);
                     self.reject(slot, "origin not allowed", r, Refusal::Counted);
                     return buf.len();
                 }
@@ -52,11 +53,7 @@ impl Worker {
                             Ok(u) => uid = Some(u),
                             Err(e) => {
                                 self.stats.auth_failed += 1;
-                                let r = websocket::http_error(
-                                    "401 Unauthorized",
-                                    "invalid token\n",
-                                    "",
-                                );
+                                let r = http::text(401, "invalid token\n", false);
                                 self.reject(
                                     slot,
                                     &format!("token in URL refused: {e}"),

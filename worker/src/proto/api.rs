@@ -8,6 +8,7 @@
 use herald_ipc::Query;
 use serde_json::{json, Map, Value};
 
+use super::http::path_segments;
 use super::push::{self, uid_of, PushRequest};
 use super::text::kick_data;
 
@@ -49,39 +50,10 @@ fn not_allowed(method: &str, path: &str, allow: &'static str) -> ApiError {
     }
 }
 
-/// The value of one hexadecimal digit.
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Percent-decodes one path segment (RFC 3986 §2.1): `%XX` becomes its byte; `+`, `&` and
-/// `=` are themselves (a path is not a form); a `%` not followed by two hex digits is kept as
-/// is. Bytes that are not UTF-8 after decoding become U+FFFD.
-pub fn decode_segment(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The path's segments after `/api/`, each decoded (an encoded `/` stays inside its segment).
+/// The path's segments after `/api/`, each decoded as a path segment (see
+/// [`path_segments`]: an encoded `/` stays inside its segment, `+` and `&` are themselves).
 pub fn segments(path: &str) -> Vec<String> {
-    path.trim_end_matches('/')
-        .trim_start_matches("/api/")
-        .split('/')
-        .map(decode_segment)
-        .collect()
+    path_segments(path.trim_end_matches('/').trim_start_matches("/api/"))
 }
 
 /// The body as a JSON object (an empty body is an empty object).
@@ -163,13 +135,10 @@ mod tests {
 
     #[test]
     fn segments_are_decoded_as_path_segments() {
-        assert_eq!(decode_segment("a&b"), "a&b");
-        assert_eq!(decode_segment("a%26b"), "a&b");
-        assert_eq!(decode_segment("a+b"), "a+b");
-        assert_eq!(decode_segment("%E4%B8%AD"), "中");
-        assert_eq!(decode_segment("100%"), "100%");
-        assert_eq!(decode_segment("%zz%4"), "%zz%4");
         assert_eq!(segments("/api/online/a%2Fb/"), vec!["online", "a/b"]);
+        assert_eq!(segments("/api/online/a&b"), vec!["online", "a&b"]);
+        assert_eq!(segments("/api/online/a+b%26c"), vec!["online", "a+b&c"]);
+        assert_eq!(segments("/api/online/%E4%B8%AD"), vec!["online", "中"]);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Request {
 
 /// The parser's answer for the bytes so far.
 #[derive(Debug, PartialEq, Eq)]
+// A parse result lives on the stack for one call; boxing the request would cost an allocation
+// per request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// More bytes are needed; `continue_100` when the client waits for `100 Continue`.
     Partial {
@@ -49,14 +52,14 @@ pub enum Parsed {
     Request(Request, usize),
     /// Malformed or too large: answer with `status` and close.
     Error {
-        /// Status line tail, e.g. `400 Bad Request`.
-        status: &'static str,
+        /// The status code, e.g. 400.
+        status: u16,
         /// Why, for the body and the log.
         reason: &'static str,
     },
 }
 
-fn err(status: &'static str, reason: &'static str) -> Parsed {
+fn err(status: u16, reason: &'static str) -> Parsed {
     Parsed::Error { status, reason }
 }
 
@@ -68,25 +71,17 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > max_header {
-                return err(
-                    "431 Request Header Fields Too Large",
-                    "request head too large",
-                );
+                return err(431, "request head too large");
             }
             return Parsed::Partial {
                 continue_100: false,
             };
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return err("431 Request Header Fields Too Large", "too many headers")
-        }
-        Err(_) => return err("400 Bad Request", "malformed request"),
+        Err(httparse::Error::TooManyHeaders) => return err(431, "too many headers"),
+        Err(_) => return err(400, "malformed request"),
     };
     if head > max_header {
-        return err(
-            "431 Request Header Fields Too Large",
-            "request head too large",
-        );
+        return err(431, "request head too large");
     }
     let method = req.method.unwrap_or("").to_string();
     let (path, query) = split_target(req.path.unwrap_or("/"));
@@ -106,7 +101,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     };
     for h in req.headers.iter() {
         let Ok(v) = std::str::from_utf8(h.value) else {
-            return err("400 Bad Request", "header value is not text");
+            return err(400, "header value is not text");
         };
         // Optional whitespace around a field value is spaces and tabs (RFC 9110 section 5.6.3),
         // nothing else.
@@ -116,15 +111,15 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             if content_length.is_some() {
                 // Two Content-Length headers are a request-smuggling shape: refuse them all,
                 // equal values included (RFC 9112 section 6.3 allows either answer).
-                return err("400 Bad Request", "duplicate Content-Length");
+                return err(400, "duplicate Content-Length");
             }
             let Some(n) = decimal_length(v) else {
-                return err("400 Bad Request", "bad Content-Length");
+                return err(400, "bad Content-Length");
             };
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if te_seen || !v.eq_ignore_ascii_case("chunked") {
-                return err("400 Bad Request", "unsupported Transfer-Encoding");
+                return err(400, "unsupported Transfer-Encoding");
             }
             te_seen = true;
             chunked = true;
@@ -158,15 +153,12 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     }
     // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host; no request has two.
     match (hosts, http10) {
-        (0, false) => return err("400 Bad Request", "missing Host"),
+        (0, false) => return err(400, "missing Host"),
         (0 | 1, _) => {}
-        _ => return err("400 Bad Request", "more than one Host"),
+        _ => return err(400, "more than one Host"),
     }
     if chunked && content_length.is_some() {
-        return err(
-            "400 Bad Request",
-            "both Content-Length and Transfer-Encoding",
-        );
+        return err(400, "both Content-Length and Transfer-Encoding");
     }
     // HTTP/1.0 persists only on request. A Transfer-Encoding in HTTP/1.0 means the framing
     // cannot be trusted (RFC 9112 section 6.1): the connection closes after the response.
@@ -185,13 +177,13 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             Dechunk::Partial => Parsed::Partial {
                 continue_100: expect,
             },
-            Dechunk::TooLarge => err("413 Payload Too Large", "request body too large"),
-            Dechunk::Bad => err("400 Bad Request", "malformed chunked body"),
+            Dechunk::TooLarge => err(413, "request body too large"),
+            Dechunk::Bad => err(400, "malformed chunked body"),
         };
     }
     let len = content_length.unwrap_or(0);
     if len > max_body {
-        return err("413 Payload Too Large", "request body too large");
+        return err(413, "request body too large");
     }
     if rest.len() < len {
         return Parsed::Partial {
@@ -478,15 +470,16 @@ pub fn html_escape(s: &str) -> String {
 /// request (RFC 9112 section 9.3 and its appendix C.2.2), and the header costs an HTTP/1.1
 /// client nothing.
 pub fn response(
-    status: &str,
+    status: u16,
     content_type: &str,
     body: &[u8],
     keep_alive: bool,
     extra: &str,
 ) -> Vec<u8> {
     let mut v = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: {}\r\n{extra}\r\n",
+        reason(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" }
     )
@@ -495,8 +488,29 @@ pub fn response(
     v
 }
 
+/// The reason phrase of every status Herald answers with (RFC 9110 §15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
 /// A plain-text response.
-pub fn text(status: &str, body: &str, keep_alive: bool) -> Vec<u8> {
+pub fn text(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
     response(
         status,
         "text/plain; charset=utf-8",
@@ -583,7 +597,7 @@ mod tests {
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Error {
-                status: "400 Bad Request",
+                status: 400,
                 ..
             }
         ));
@@ -591,17 +605,11 @@ mod tests {
             parse(
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
             ),
-            Parsed::Error {
-                status: "400 Bad Request",
-                ..
-            }
+            Parsed::Error { status: 400, .. }
         ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
-            Parsed::Error {
-                status: "413 Payload Too Large",
-                ..
-            }
+            Parsed::Error { status: 413, .. }
         ));
         assert!(matches!(
             parse(b"\x00\x01garbage\r\n\r\n"),
@@ -637,11 +645,11 @@ mod tests {
     #[test]
     fn responses_say_whether_the_connection_stays() {
         assert_eq!(
-            response("200 OK", "text/plain", b"ok", true, "X-A: b\r\n"),
+            response(200, "text/plain", b"ok", true, "X-A: b\r\n"),
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
         );
         assert_eq!(
-            text("404 Not Found", "no\n", false),
+            text(404, "no\n", false),
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
         );
     }
@@ -655,12 +663,12 @@ mod tests {
         assert!(matches!(with("1.1", "host: \r\n"), Parsed::Request(..)));
         assert!(matches!(with("1.0", ""), Parsed::Request(..)));
         assert!(matches!(with("1.0", "Host: x\r\n"), Parsed::Request(..)));
-        assert_eq!(with("1.1", ""), err("400 Bad Request", "missing Host"));
+        assert_eq!(with("1.1", ""), err(400, "missing Host"));
         for two in ["Host: x\r\nHost: x\r\n", "Host: x\r\nHOST: y\r\n"] {
             for version in ["1.0", "1.1"] {
                 assert_eq!(
                     with(version, two),
-                    err("400 Bad Request", "more than one Host"),
+                    err(400, "more than one Host"),
                     "{version} {two:?}"
                 );
             }
@@ -710,11 +718,7 @@ mod tests {
         for bad in [
             "+3", "-1", "3,3", "3, 3", "3 3", "0x3", "3.0", "", "\u{a0}3", "٣",
         ] {
-            assert_eq!(
-                with(bad),
-                err("400 Bad Request", "bad Content-Length"),
-                "{bad:?}"
-            );
+            assert_eq!(with(bad), err(400, "bad Content-Length"), "{bad:?}");
         }
         let huge = "9".repeat(40);
         assert!(matches!(with(&huge), Parsed::Error { .. }));
@@ -723,7 +727,7 @@ mod tests {
             parse(
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
             ),
-            err("400 Bad Request", "duplicate Content-Length")
+            err(400, "duplicate Content-Length")
         );
     }
 

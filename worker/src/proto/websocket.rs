@@ -11,6 +11,7 @@
 //! (section 4.2.1), else it is refused with 400; a frame whose 64-bit length has its most
 //! significant bit set is a protocol error (section 5.2), closed with 1002.
 
+use super::http;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use std::io::Cursor;
@@ -70,26 +71,28 @@ pub enum Handshake {
     },
 }
 
-/// An HTTP error response with a plain-text body and `Connection: close`.
-pub fn http_error(status: &str, body: &str, extra_headers: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// A refusal: `status_line` (e.g. `431 Request Header Fields Too Large`), a plain-text body,
-/// extra header lines, and the reason for the log.
-fn refuse(status_line: &str, body: &str, extra: &str, reason: &'static str) -> Handshake {
+/// A refusal with `status`, a plain-text body, extra header lines, and the reason for the log.
+fn refuse(status: u16, body: &str, extra: &str, reason: &'static str) -> Handshake {
     Handshake::Reject {
-        status: status_line
-            .get(..3)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(400),
-        response: http_error(status_line, body, extra),
+        status,
+        response: http::response(
+            status,
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+            false,
+            extra,
+        ),
         reason,
     }
+}
+
+/// The `101 Switching Protocols` answer to a valid upgrade carrying `key`.
+pub fn accept_response(key: &str) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// Parses the client's opening handshake from `buf`. A head larger than `max_header` is
@@ -102,7 +105,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         Ok(httparse::Status::Partial) => {
             if buf.len() > max_header {
                 return refuse(
-                    "431 Request Header Fields Too Large",
+                    431,
                     "headers too large\n",
                     "",
                     "handshake headers too large",
@@ -111,16 +114,11 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
             return Handshake::Partial;
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return refuse(
-                "431 Request Header Fields Too Large",
-                "too many headers\n",
-                "",
-                "too many handshake headers",
-            )
+            return refuse(431, "too many headers\n", "", "too many handshake headers")
         }
         Err(_) => {
             return refuse(
-                "400 Bad Request",
+                400,
                 "malformed request\n",
                 "",
                 "malformed handshake request",
@@ -129,7 +127,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     };
     if consumed > max_header {
         return refuse(
-            "431 Request Header Fields Too Large",
+            431,
             "headers too large\n",
             "",
             "handshake headers too large",
@@ -139,7 +137,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     // HTTP/1.0 and HTTP/1.1, so anything but 1.1 here is 1.0.
     if req.version != Some(1) {
         return refuse(
-            "400 Bad Request",
+            400,
             "WebSocket upgrade needs HTTP/1.1\n",
             "",
             "handshake is not HTTP/1.1",
@@ -154,7 +152,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     // RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request.
     if count("Host") != 1 {
         return refuse(
-            "400 Bad Request",
+            400,
             "exactly one Host header is required\n",
             "",
             "handshake without exactly one Host",
@@ -162,7 +160,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     }
     if req.method != Some("GET") {
         return refuse(
-            "405 Method Not Allowed",
+            405,
             "WebSocket upgrade needs GET\n",
             "Allow: GET\r\n",
             "handshake method is not GET",
@@ -180,7 +178,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     };
     if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
         return refuse(
-            "426 Upgrade Required",
+            426,
             "this port speaks WebSocket\n",
             "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
             "not a WebSocket upgrade",
@@ -188,7 +186,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
     }
     if header("Sec-WebSocket-Version") != Some("13") {
         return refuse(
-            "426 Upgrade Required",
+            426,
             "unsupported WebSocket version\n",
             "Sec-WebSocket-Version: 13\r\n",
             "unsupported WebSocket version",
@@ -198,7 +196,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         (1, Some(k)) if key_is_valid(k) => k,
         (0, _) => {
             return refuse(
-                "400 Bad Request",
+                400,
                 "missing Sec-WebSocket-Key\n",
                 "",
                 "missing Sec-WebSocket-Key",
@@ -206,7 +204,7 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         }
         (1, _) => {
             return refuse(
-                "400 Bad Request",
+                400,
                 "Sec-WebSocket-Key must be the base64 of 16 bytes\n",
                 "",
                 "Sec-WebSocket-Key is not the base64 of 16 bytes",
@@ -214,20 +212,15 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
         }
         _ => {
             return refuse(
-                "400 Bad Request",
+                400,
                 "more than one Sec-WebSocket-Key\n",
                 "",
                 "more than one Sec-WebSocket-Key",
             )
         }
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes();
     Handshake::Upgrade {
-        response,
+        response: accept_response(key),
         consumed,
         target: req.path.unwrap_or("/").to_string(),
         origin: header("Origin").map(str::to_string),
