@@ -51,8 +51,10 @@ pub struct Auth {
 /// Longest token accepted; anything longer is malformed without further work.
 const MAX_TOKEN: usize = 4096;
 
+/// The claims Herald reads from a JWT (`exp` and `nbf` are checked by the validator).
 #[derive(serde::Deserialize)]
 struct Claims {
+    /// The uid the token logs in as (a string, or an integer taken as its digits).
     sub: serde_json::Value,
 }
 
