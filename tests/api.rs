@@ -1491,21 +1491,109 @@ fn frozen_worker_gives_partial_answers_in_time() {
     });
     assert!(whole, "answers stayed partial after SIGCONT: {last}");
     assert_eq!(last, "{\"connections\":6,\"uids\":6}\n");
+    // A push carries its deadline: the resumed worker drops what came for it while it was
+    // frozen (counted), so the `fail` above and the partial count were true. A broadcast after
+    // the thaw marks the end of what each client gets.
+    assert_eq!(cmd(&mut tc, r#"{"cmd":"all","data":"after"}"#), "ok\n");
     for (uid, c, pid) in clients.iter_mut() {
-        let got = until_end_of(c, "partial push");
+        let got = until_end_of(c, "after");
         if *uid == live_uids[1] {
-            assert_eq!(got, [t("live"), t("partial push")], "{uid}");
-        } else if *uid == frozen_uids[1] {
-            // Its push was answered `fail` at the deadline; the frozen worker may still deliver
-            // it once resumed (the reply reports what was known in time).
-            assert!(
-                got == [t("partial push")] || got == [t("lost"), t("partial push")],
-                "{uid}: {got:?}"
-            );
+            assert_eq!(got, [t("live"), t("partial push"), t("after")], "{uid}");
+        } else if *pid == frozen_pid {
+            assert_eq!(got, [t("after")], "{uid}: late pushes must be dropped");
         } else {
-            // The broadcast reached the frozen worker's clients late; the answer did not wait.
-            assert_eq!(got, [t("partial push")], "{uid} (worker {pid})");
+            assert_eq!(got, [t("partial push"), t("after")], "{uid} (worker {pid})");
         }
+    }
+    hc.send(&request("GET", "/api/stats", None, "", true))
+        .expect("send");
+    let r = hc.read_response(Duration::from_secs(4));
+    let stats = api.conform("GET", "/api/stats", None, &r);
+    assert!(
+        stats["totals"]["late_dropped"].as_u64() >= Some(2),
+        "the lost push and the broadcast were dropped late: {stats}"
+    );
+}
+
+/// A push waits only for the workers that may hold its uid: with one worker frozen, pushes for
+/// uids on the others (and for uids nobody holds) answer at once, in line order, instead of
+/// each waiting `ipc_timeout` for the frozen one; a push for the frozen worker's uid answers
+/// `fail` at the deadline, and the thawed worker drops it rather than deliver it late.
+#[test]
+fn a_frozen_worker_delays_only_the_pushes_for_its_uids() {
+    let srv = start3(&["ipc_timeout=2"]);
+    let pids = pids(&srv);
+    let mut clients: Vec<(String, Ws, u32)> = Vec::new();
+    for (w, mut conns) in placed(&srv, 1).into_iter().enumerate() {
+        let mut c = conns.remove(0);
+        let uid = format!("s{w}");
+        login(&mut c, &uid);
+        clients.push((uid, c, pids[w]));
+    }
+    let mut tc = text_conn(&srv);
+    let entry = owner_of(&srv, &tc.stream);
+    let frozen_pid = *pids.iter().find(|p| **p != entry).expect("another worker");
+    let frozen_uid = clients
+        .iter()
+        .find(|(_, _, p)| *p == frozen_pid)
+        .map(|(u, _, _)| u.clone())
+        .expect("a client on the frozen worker");
+    let live: Vec<String> = clients
+        .iter()
+        .filter(|(_, _, p)| *p != frozen_pid)
+        .map(|(u, _, _)| u.clone())
+        .collect();
+    // Every login is known to the entry worker before the freeze (its siblings tell it within
+    // a loop turn): each uid answers `ok`.
+    for (uid, _, _) in &clients {
+        let line = format!(r#"{{"uid":"{uid}","probe":1}}"#);
+        assert!(
+            wait_until(Duration::from_secs(5), || cmd(&mut tc, &line) == "ok\n"),
+            "{uid} never answered ok"
+        );
+    }
+
+    signal(frozen_pid, libc::SIGSTOP);
+    let guard = Frozen(frozen_pid);
+    let mut lines = Vec::new();
+    for i in 0..100 {
+        let to = if i % 2 == 0 {
+            live[(i / 2) % live.len()].clone()
+        } else {
+            format!("nobody-{i}")
+        };
+        lines.push(format!(r#"{{"uid":"{to}","n":{i}}}"#));
+    }
+    let t0 = Instant::now();
+    let replies = pipelined(&mut tc, &lines, Duration::from_secs(5));
+    let took = t0.elapsed();
+    let want: Vec<String> = (0..100)
+        .map(|i| if i % 2 == 0 { "ok\n" } else { "fail\n" }.to_string())
+        .collect();
+    assert_eq!(replies, want);
+    eprintln!("100 pushes with a worker frozen answered in {took:?} (ipc_timeout 2 s)");
+    assert!(
+        took < Duration::from_millis(1500),
+        "pushes for live uids waited for the frozen worker: {took:?}"
+    );
+    // The frozen worker's own uid: `fail` once the deadline passed.
+    let t0 = Instant::now();
+    let lost = format!(r#"{{"uid":"{frozen_uid}","lost":true}}"#);
+    assert_eq!(cmd(&mut tc, &lost), "fail\n");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(guard);
+    // Thawed: it drops the late push; the next broadcast is the first thing its client sees.
+    assert_eq!(cmd(&mut tc, r#"{"cmd":"all","data":"after"}"#), "ok\n");
+    for (uid, c, _) in clients.iter_mut() {
+        let got = until_end_of(c, "after");
+        assert!(
+            !got.contains(&t(&lost)),
+            "{uid} got the push answered fail: {got:?}"
+        );
     }
 }
 

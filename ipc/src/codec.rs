@@ -93,6 +93,12 @@ pub(crate) mod put {
         u32(out, v.len() as u32);
         out.extend_from_slice(v);
     }
+    pub fn u32s(out: &mut Vec<u8>, v: &[u32]) {
+        u32(out, v.len() as u32);
+        for x in v {
+            u32(out, *x);
+        }
+    }
     pub fn strs(out: &mut Vec<u8>, v: &[String]) {
         u32(out, v.len() as u32);
         for s in v {
@@ -135,6 +141,14 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], CodecError> {
         let n = self.u32(field)? as usize;
         self.take(n, field)
+    }
+    pub fn u32s(&mut self, field: &'static str) -> Result<Vec<u32>, CodecError> {
+        let n = self.u32(field)? as usize;
+        // A count larger than the body can hold is refused before allocating.
+        if n > self.buf.len() / 4 {
+            return Err(CodecError::Truncated(field));
+        }
+        (0..n).map(|_| self.u32(field)).collect()
     }
     pub fn string(&mut self, field: &'static str) -> Result<String, CodecError> {
         let b = self.bytes(field)?;

@@ -28,6 +28,8 @@ pub mod stats;
 pub use channel::{Channel, ChannelError};
 pub use codec::{CodecError, Wire, FRAME_HEADER, MAX_FRAME};
 pub use config::{AuthMode, Config, ConfigError, Listeners};
-pub use msg::{mesh_name, Control, Peer, PeerMsg, Push, Target, EXIT_BAD_START, EXIT_BIND_FAILED};
+pub use msg::{
+    mesh_name, Control, Peer, PeerMsg, Presence, Push, Target, EXIT_BAD_START, EXIT_BIND_FAILED,
+};
 pub use query::{Query, Share};
 pub use stats::Stats;

@@ -22,6 +22,11 @@ pub enum Target {
 pub struct Push {
     /// Chosen by the entry worker, unique among its pushes in flight; echoed in `Delivered`.
     pub id: u64,
+    /// When the entry worker stops waiting and answers without this sibling's share, on the
+    /// host's monotonic clock (nanoseconds of `CLOCK_MONOTONIC`, the same in every process):
+    /// a sibling that reads the push too late drops it, so an answer of `fail` means that
+    /// nobody got it.
+    pub deadline: u64,
     /// Whom to deliver to.
     pub target: Target,
     /// Uids left out (GatewayWorker's `exclude`).
@@ -32,14 +37,35 @@ pub struct Push {
     pub binary: bool,
 }
 
+/// A worker's uid buckets, whole or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Every bucket, one bit each (sent when a link opens).
+    Snapshot(Vec<u8>),
+    /// Buckets that became set (`on`) or clear (`off`) since the last message.
+    Changes {
+        /// Newly set buckets.
+        on: Vec<u32>,
+        /// Newly clear buckets.
+        off: Vec<u32>,
+    },
+}
+
 /// What siblings say to each other over the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMsg {
-    /// First frame on a connection: who is calling (so the callee can log and count it).
+    /// First frame on a connection: who is calling (so the callee can log it and file the
+    /// caller's presence under its pid).
     Hello {
         /// The caller's worker id.
         worker: u32,
+        /// The caller's pid (two processes share a worker id during a graceful reload).
+        pid: u32,
     },
+    /// Which uid buckets the sender holds connections in (see the worker's `presence`): a
+    /// sibling sends a push for a uid only to the workers whose bucket for it is set, and
+    /// waits only for them.
+    Presence(Presence),
     /// Deliver this to your own connections and answer `Delivered`.
     Push(Push),
     /// How many connections the sibling wrote the push `id` to.
@@ -70,6 +96,8 @@ const PUSH: u8 = 2;
 const DELIVERED: u8 = 3;
 const QUERY: u8 = 4;
 const ANSWER: u8 = 5;
+const PRESENCE_SNAPSHOT: u8 = 6;
+const PRESENCE_CHANGES: u8 = 7;
 
 const T_UIDS: u8 = 0;
 const T_ALL: u8 = 1;
@@ -78,13 +106,24 @@ const T_GROUPS: u8 = 2;
 impl Wire for PeerMsg {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            PeerMsg::Hello { worker } => {
+            PeerMsg::Hello { worker, pid } => {
                 put::u8(out, HELLO);
                 put::u32(out, *worker);
+                put::u32(out, *pid);
+            }
+            PeerMsg::Presence(Presence::Snapshot(bits)) => {
+                put::u8(out, PRESENCE_SNAPSHOT);
+                out.extend_from_slice(bits);
+            }
+            PeerMsg::Presence(Presence::Changes { on, off }) => {
+                put::u8(out, PRESENCE_CHANGES);
+                put::u32s(out, on);
+                put::u32s(out, off);
             }
             PeerMsg::Push(p) => {
                 put::u8(out, PUSH);
                 put::u64(out, p.id);
+                put::u64(out, p.deadline);
                 match &p.target {
                     Target::Uids(u) => {
                         put::u8(out, T_UIDS);
@@ -125,9 +164,16 @@ impl Wire for PeerMsg {
         Ok(match kind {
             HELLO => PeerMsg::Hello {
                 worker: r.u32("worker")?,
+                pid: r.u32("pid")?,
             },
+            PRESENCE_SNAPSHOT => PeerMsg::Presence(Presence::Snapshot(r.rest().to_vec())),
+            PRESENCE_CHANGES => PeerMsg::Presence(Presence::Changes {
+                on: r.u32s("on")?,
+                off: r.u32s("off")?,
+            }),
             PUSH => {
                 let id = r.u64("id")?;
+                let deadline = r.u64("deadline")?;
                 let target = match r.u8("target")? {
                     T_UIDS => Target::Uids(r.strs("uids")?),
                     T_ALL => Target::All,
@@ -138,6 +184,7 @@ impl Wire for PeerMsg {
                 let binary = r.u8("binary")? != 0;
                 PeerMsg::Push(Push {
                     id,
+                    deadline,
                     target,
                     exclude,
                     binary,
@@ -282,9 +329,15 @@ mod tests {
 
     #[test]
     fn peer_messages_round_trip() {
-        round(PeerMsg::Hello { worker: 3 });
+        round(PeerMsg::Hello { worker: 3, pid: 77 });
+        round(PeerMsg::Presence(Presence::Snapshot(vec![0, 0xff, 3])));
+        round(PeerMsg::Presence(Presence::Changes {
+            on: vec![1, 1 << 20],
+            off: vec![],
+        }));
         round(PeerMsg::Push(Push {
             id: 1 << 40,
+            deadline: 123_456_789,
             target: Target::Uids(vec!["u1".into(), "ü2".into()]),
             exclude: vec!["x".into()],
             payload: b"{\"uid\":\"u1\"}".to_vec(),
@@ -292,6 +345,7 @@ mod tests {
         }));
         round(PeerMsg::Push(Push {
             id: 2,
+            deadline: 0,
             target: Target::All,
             exclude: vec![],
             payload: vec![0, 1, 2],
@@ -299,6 +353,7 @@ mod tests {
         }));
         round(PeerMsg::Push(Push {
             id: 3,
+            deadline: 0,
             target: Target::Groups(vec!["g".into()]),
             exclude: vec![],
             payload: vec![],
@@ -349,6 +404,7 @@ mod tests {
         let mut out = Vec::new();
         PeerMsg::Push(Push {
             id: 1,
+            deadline: 0,
             target: Target::Uids(vec!["abc".into()]),
             exclude: vec![],
             payload: vec![],

@@ -110,6 +110,8 @@ table! {
     oversize: Counter;
     /// Backend requests without a valid push_secret
     unauthorized: Counter;
+    /// Sibling pushes dropped for arriving after their deadline (the entry had answered)
+    late_dropped: Counter;
     /// Socket.IO connections handed to the worker owning their session
     handed_off: Counter;
     /// Socket.IO connections adopted from a sibling

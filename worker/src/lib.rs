@@ -17,6 +17,7 @@ pub mod event_loop;
 pub mod gather;
 pub mod groups;
 pub mod mesh;
+pub mod presence;
 pub mod proto;
 pub mod query;
 pub mod registry;

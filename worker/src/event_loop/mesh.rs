@@ -8,15 +8,39 @@
 
 use super::push::To;
 use super::query::QReply;
-use super::{ms, would_block, Worker, LINK_BASE};
+use super::{mono_ns, ms, would_block, Worker, LINK_BASE};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use crate::mesh::{Link, ReplyTo};
-use herald_ipc::{mesh_name, Channel, ChannelError, Peer, PeerMsg, Query, Share};
+use crate::presence::View;
+use herald_ipc::{mesh_name, Channel, ChannelError, Peer, PeerMsg, Presence, Query, Share};
 use mio::{Interest, Token};
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::time::{Duration, Instant};
+
+/// Whom a message to the siblings concerns, to skip those whose picture says they cannot
+/// hold any of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Holders<'a> {
+    /// Everyone (a broadcast, a group, a query).
+    All,
+    /// One uid.
+    Uid(&'a str),
+    /// Any of these uids.
+    Uids(&'a [String]),
+}
+
+impl Holders<'_> {
+    /// Whether a sibling with picture `view` (none yet: it may hold anything) may hold one.
+    fn held_by(self, view: Option<&View>) -> bool {
+        match (self, view) {
+            (Holders::Uid(u), Some(v)) => v.may_hold(u),
+            (Holders::Uids(list), Some(v)) => list.iter().any(|u| v.may_hold(u)),
+            _ => true,
+        }
+    }
+}
 
 /// What siblings' answers are gathered into.
 #[derive(Debug)]
@@ -43,7 +67,8 @@ pub(super) enum Job {
 impl Worker {
     /// Siblings the master announced that have no outbound link yet (starting, reconnecting):
     /// a push or query cannot reach them, and says so.
-    pub(super) fn unlinked_peers(&self) -> usize {
+    /// Only those that may hold one of `uids` count.
+    pub(super) fn unlinked_peers(&self, uids: Holders<'_>) -> usize {
         self.peers
             .iter()
             .filter(|p| {
@@ -51,8 +76,32 @@ impl Worker {
                     .links
                     .iter()
                     .any(|(_, l)| l.outbound && l.peer_pid == p.pid)
+                    && self.may_hold(p.pid, uids)
             })
             .count()
+    }
+
+    /// Whether sibling `pid` may hold a connection of one of `uids`. A sibling whose picture
+    /// has not arrived may hold anything.
+    pub(super) fn may_hold(&self, pid: u32, uids: Holders<'_>) -> bool {
+        uids.held_by(self.views.get(&pid))
+    }
+
+    /// Tells every sibling which uid buckets changed in this turn (one message per link).
+    pub(super) fn send_presence(&mut self) {
+        if !self.presence.has_changes() {
+            return;
+        }
+        let (on, off) = self.presence.take_changes();
+        let m = PeerMsg::Presence(Presence::Changes { on, off });
+        for (_, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
+            link.dirty = true;
+            if let Err(e) = link.chan.send(&m) {
+                // The link is full or broken: it will be dropped and, once reconnected,
+                // start again with a snapshot.
+                log::debug!("presence not sent to worker {}: {e}", link.peer_worker);
+            }
+        }
     }
 
     /// Links to every announced sibling not linked yet; retries soon if one is not ready.
@@ -90,8 +139,16 @@ impl Worker {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
         let mut chan = Channel::from_std(s, self.cfg.ipc_max_pending)?;
-        chan.send(&PeerMsg::Hello { worker: self.id })
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        // Who is calling, then which uids this worker holds: the sibling's picture of it.
+        for m in [
+            PeerMsg::Hello {
+                worker: self.id,
+                pid: self.pid,
+            },
+            PeerMsg::Presence(Presence::Snapshot(self.presence.snapshot())),
+        ] {
+            chan.send(&m).map_err(|e| io::Error::other(e.to_string()))?;
+        }
         let entry = self.links.vacant_entry();
         self.poll.registry().register(
             &mut chan,
@@ -170,12 +227,38 @@ impl Worker {
     /// One message from a sibling on link `key`.
     fn link_msg(&mut self, key: usize, m: PeerMsg) {
         match m {
-            PeerMsg::Hello { worker } => {
+            PeerMsg::Hello { worker, pid } => {
                 if let Some(l) = self.links.get_mut(key) {
                     l.peer_worker = worker;
+                    l.peer_pid = pid;
+                }
+            }
+            PeerMsg::Presence(p) => {
+                let Some(pid) = self.links.get(key).map(|l| l.peer_pid) else {
+                    return;
+                };
+                match p {
+                    Presence::Snapshot(bits) => match View::from_snapshot(bits) {
+                        Some(v) => {
+                            self.views.insert(pid, v);
+                        }
+                        None => log::warn!("worker pid {pid} sent a presence of another size"),
+                    },
+                    Presence::Changes { on, off } => {
+                        if let Some(v) = self.views.get_mut(&pid) {
+                            v.apply(&on, &off);
+                        }
+                    }
                 }
             }
             PeerMsg::Push(p) => {
+                if mono_ns() > p.deadline {
+                    // The entry worker has answered without us: delivering now would make
+                    // its `fail` untrue.
+                    self.stats.late_dropped += 1;
+                    log::debug!("push {} arrived after its deadline; dropped", p.id);
+                    return self.answer_link(key, PeerMsg::Delivered { id: p.id, count: 0 });
+                }
                 let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
                 let count =
                     self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
@@ -214,13 +297,20 @@ impl Worker {
         }
     }
 
-    /// Sends `msg` (whose id is `gather.next_id()`) to every outbound link and waits for their
-    /// answers as `job`. A sibling that cannot be asked (link full or broken, or announced and
-    /// not linked yet) is counted as missing at once.
-    pub(super) fn fan_out(&mut self, msg: &PeerMsg, job: Job) {
+    /// Sends `msg` (whose id is `gather.next_id()`) to every outbound link, or only to those
+    /// that may hold one of `uids` when given, and waits for their answers as `job`. A
+    /// sibling that cannot be asked (link full or broken, or announced and not linked yet) is
+    /// counted as missing at once.
+    pub(super) fn fan_out(&mut self, msg: &PeerMsg, job: Job, uids: Holders<'_>) {
         let mut peers = Peers::new();
-        let mut missing = self.unlinked_peers();
-        for (key, link) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
+        let mut missing = self.unlinked_peers(uids);
+        let views = &self.views;
+        let holds = |pid: u32| uids.held_by(views.get(&pid));
+        for (key, link) in self
+            .links
+            .iter_mut()
+            .filter(|(_, l)| l.outbound && holds(l.peer_pid))
+        {
             match link.chan.send(msg) {
                 Ok(()) => {
                     link.dirty = true;
@@ -300,6 +390,10 @@ impl Worker {
             l.peer_worker,
             l.peer_pid
         );
+        if !l.outbound {
+            // Its picture came on this link; a new link brings a new snapshot.
+            self.views.remove(&l.peer_pid);
+        }
         let mut ids = Vec::new();
         self.gather.link_lost(key, &mut ids);
         self.stats.ipc_undelivered += ids.len() as u64;

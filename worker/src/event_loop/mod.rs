@@ -30,6 +30,7 @@ use crate::conn::{Conn, Port, PortMap, RESUME};
 use crate::gather::Gather;
 use crate::groups::Groups;
 use crate::mesh::Link;
+use crate::presence::{self, View};
 use crate::registry::{Recipient, Registry};
 use bytes::Bytes;
 use herald_ipc::{mesh_name, Channel, Control, Peer, Stats};
@@ -131,6 +132,10 @@ pub struct Worker {
     reconnect_at: Option<Instant>,
     /// Pushes and queries waiting for siblings' answers.
     gather: Gather<Job>,
+    /// Which uid buckets this worker holds, and what changed since siblings were told.
+    presence: presence::Local,
+    /// Each sibling's picture (by pid): a push for a uid goes to the siblings that may hold it.
+    views: HashMap<u32, View>,
     /// Counters for `status`, `/metrics` and the API (gauges are filled in per row).
     stats: Stats,
     /// Pushes per second over the last stats tick.
@@ -251,6 +256,8 @@ impl Worker {
             peers: Vec::new(),
             reconnect_at: None,
             gather: Gather::default(),
+            presence: presence::Local::default(),
+            views: HashMap::new(),
             stats: Stats::default(),
             qps: 0.0,
             last_tick: Instant::now(),
@@ -366,6 +373,7 @@ impl Worker {
                 self.sio_tick();
                 self.last_tick = now;
             }
+            self.send_presence();
             self.flush_all();
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() {
@@ -411,6 +419,21 @@ impl Worker {
         }
         Some(t.saturating_duration_since(now))
     }
+}
+
+/// Nanoseconds of the host's monotonic clock: the same clock in every process, so a push's
+/// deadline means the same to every worker.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Seconds since the Unix epoch.

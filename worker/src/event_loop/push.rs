@@ -6,9 +6,9 @@
 //! Socket.IO session) → `fan_out` to every sibling (see `mesh`) → [`Worker::settle`] once the
 //! outcome is known (at once when it is already decided, else when the siblings answered).
 
-use super::mesh::Job;
+use super::mesh::{Holders, Job};
 use super::socketio::SioEvent;
-use super::Worker;
+use super::{mono_ns, Worker};
 use crate::conn::CLOSING;
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::mesh::{ReplyKind, ReplyTo};
@@ -51,8 +51,18 @@ impl Worker {
         self.stats.pushes += 1;
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
-        if !self.links.iter().any(|(_, l)| l.outbound) {
-            let missing = self.unlinked_peers();
+        // Siblings that may hold the target: all of them for a broadcast or a group.
+        let uids = match &target {
+            To::Uid(u) => Holders::Uid(u),
+            To::Target(Target::Uids(u)) => Holders::Uids(u),
+            To::Target(_) => Holders::All,
+        };
+        let asked = self
+            .links
+            .iter()
+            .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, uids));
+        if !asked {
+            let missing = self.unlinked_peers(uids);
             self.stats.ipc_undelivered += missing as u64;
             self.settle(reply, local, missing > 0);
             return;
@@ -62,8 +72,13 @@ impl Worker {
             To::Target(t) => t,
             To::Uid(u) => Target::Uids(vec![u.to_owned()]),
         };
+        let timeout = self.cfg.ipc_timeout.max(0.0);
+        // A sibling may still deliver until a tenth of the timeout (at most 100 ms) before the
+        // entry gives up: its answer then has time to come back, and `fail` stays true.
+        let margin = (timeout / 10.0).min(0.1);
         let msg = PeerMsg::Push(Push {
             id,
+            deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
             target,
             exclude,
             payload: payload.to_vec(),
@@ -79,7 +94,14 @@ impl Worker {
             total: local,
             reply: if early { ReplyTo::Nobody } else { reply },
         };
-        self.fan_out(&msg, job);
+        let uids = match &msg {
+            PeerMsg::Push(Push {
+                target: Target::Uids(u),
+                ..
+            }) => Holders::Uids(u),
+            _ => Holders::All,
+        };
+        self.fan_out(&msg, job, uids);
     }
 
     /// Queues `f` to every local recipient `target` names; returns how many got it.

@@ -3,7 +3,7 @@
 //! (`mesh`), and what becomes of the merged answer ([`QReply`]). Merging and wording are
 //! pure, in [`crate::query`].
 
-use super::mesh::Job;
+use super::mesh::{Holders, Job};
 use super::Worker;
 use crate::query::{merge, render_http, render_metrics, render_text, Merged};
 use crate::registry::Who;
@@ -125,7 +125,7 @@ impl Worker {
             shares: vec![local],
             reply,
         };
-        self.fan_out(&msg, job);
+        self.fan_out(&msg, job, Holders::All);
     }
 
     /// Every share is in (or the rest is missing): merge, and answer.

@@ -32,6 +32,7 @@ impl Worker {
         let first_here = self.registry.get(uid).is_empty();
         let rc = self.registry.add(uid, who);
         if first_here {
+            self.presence.arrive(uid);
             self.groups.arrived(uid);
             if self.links.iter().any(|(_, l)| l.outbound) {
                 self.query(
@@ -52,6 +53,7 @@ impl Worker {
     pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
         self.registry.remove(uid, who);
         if self.registry.get(uid).is_empty() {
+            self.presence.depart(uid);
             self.groups.departed(uid, self.now);
         }
         self.sio.online_text.clear();
