@@ -4,8 +4,14 @@
 //! * Section 4.2.1, the opening handshake: an HTTP/1.1 (or later) GET with a `Host` header and
 //!   one `Sec-WebSocket-Key` whose value is the base64 of 16 bytes. Anything else is answered
 //!   `400 Bad Request` and the connection is closed, counted in `rejected`.
+//!   A handshake that announces a body (`Content-Length` above 0, `Transfer-Encoding`) is
+//!   refused too: what follows the head is frames, never a body.
 //! * Section 5.2, base framing: a 64-bit payload length with its most significant bit set is
 //!   a protocol error, closed with 1002, not a size to compare with `max_frame` (1009).
+//! * Sections 5.6 and 8.1: a text message that cannot be UTF-8 is closed with 1007 at the
+//!   fragment that makes it impossible, not when the message ends.
+//! * Herald's uid login: a first message too long to be a uid is closed with 1008
+//!   `invalid uid`, as for any invalid uid.
 
 mod common;
 
@@ -146,6 +152,80 @@ fn length_with_its_top_bit_set_is_closed_with_1002() {
     assert_eq!(code, 1002, "close frame {}", show(&frame));
     // Other clients are not disturbed.
     srv.ws_connect().roundtrip();
+}
+
+#[test]
+fn handshake_announcing_a_body_is_refused() {
+    let srv = Server::start();
+    for extra in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let mut req = upgrade(
+            "1.1",
+            &key(GOOD_KEY),
+            &format!("Host: 127.0.0.1\r\n{extra}"),
+        );
+        // A "body" that is also a valid masked text frame: it must not be read as one.
+        req.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        assert_refused(&srv, &req);
+    }
+}
+
+/// Opens a WebSocket on `srv` and returns the stream and any bytes read after the 101.
+fn open(srv: &Server) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", srv.ws)).expect("connect ws port");
+    s.set_write_timeout(Some(REPLY)).ok();
+    s.write_all(&upgrade("1.1", &key(GOOD_KEY), "Host: 127.0.0.1\r\n"))
+        .expect("write handshake");
+    let (head, after) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "no upgrade: {head}");
+    (s, after)
+}
+
+/// A masked client frame (mask 0) with `fin`, `opcode` and `payload` (below 64 KiB).
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![(fin as u8) << 7 | opcode];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The close code of the one close frame the server sent before closing.
+fn close_code_after(s: &mut TcpStream, after: &mut Vec<u8>) -> u16 {
+    let (frame, how) = read_until_closed(s, after, REPLY);
+    assert_ne!(how, Eof::Open, "connection left open; got {}", show(&frame));
+    assert!(
+        frame.len() >= 4 && frame[0] == 0x88,
+        "expected a close frame, got {}",
+        show(&frame)
+    );
+    u16::from_be_bytes([frame[2], frame[3]])
+}
+
+#[test]
+fn impossible_text_is_closed_with_1007_at_the_fragment_that_breaks_it() {
+    let srv = Server::start();
+    let (mut s, mut after) = open(&srv);
+    // The first fragment ends inside a three-byte character; the second cannot continue it.
+    // The message is never finished: the server must not wait for its end.
+    s.write_all(&client_frame(false, 0x1, b"euro \xe2\x82"))
+        .expect("first fragment");
+    s.write_all(&client_frame(false, 0x0, b"x and more"))
+        .expect("second fragment");
+    assert_eq!(close_code_after(&mut s, &mut after), 1007);
+}
+
+#[test]
+fn a_first_message_too_long_for_a_uid_is_closed_with_1008() {
+    let srv = Server::start();
+    let (mut s, mut after) = open(&srv);
+    s.write_all(&client_frame(true, 0x1, &[b'u'; 5000]))
+        .expect("long first message");
+    assert_eq!(close_code_after(&mut s, &mut after), 1008);
 }
 
 /// Reads a response head (through its blank line) from `s`; returns it and any bytes that

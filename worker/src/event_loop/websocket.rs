@@ -183,6 +183,11 @@ impl Worker {
                 self.stats.rejected += 1;
                 self.ws_close(slot, 1003, "the first message must be the uid, as text");
             }
+            // In uid mode the first message is the uid itself: one too long is an invalid uid
+            // (1008), as documented, not a refused token.
+            (None, Some(uid)) if self.auth.mode == Mode::Uid => {
+                self.ws_login(slot, uid);
+            }
             (None, Some(token)) => match self.auth.verify(token, unix_now()) {
                 Ok(uid) => {
                     self.ws_login(slot, &uid);

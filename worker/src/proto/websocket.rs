@@ -173,6 +173,22 @@ pub fn handshake(buf: &[u8], max_header: usize) -> Handshake {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
+    // The opening handshake has no body (RFC 6455 section 4.1): bytes after the head are
+    // frames, so a GET that announces a body is refused rather than its body read as frames.
+    let body_announced = count("Transfer-Encoding") > 0
+        || req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+            .any(|h| h.value.iter().any(|b| !matches!(b, b'0' | b' ' | b'\t')));
+    if body_announced {
+        return refuse(
+            400,
+            "a WebSocket handshake has no body\n",
+            "",
+            "handshake request with a body",
+        );
+    }
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };

@@ -49,6 +49,25 @@ struct Fragments {
     opcode: u8,
     /// Payload so far (bounded by `max_frame`).
     data: Vec<u8>,
+    /// Text: bytes of `data` known to be valid UTF-8 (each fragment is checked once, so a
+    /// text that cannot be UTF-8 fails at the fragment that breaks it, not at the end).
+    valid: usize,
+}
+
+impl Fragments {
+    /// Checks the bytes added since the last check: an invalid sequence fails now, an
+    /// incomplete one at the end waits for the next fragment.
+    fn check_text(&mut self) -> Result<(), WsError> {
+        if self.opcode != OP_TEXT {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.valid..]) {
+            Ok(_) => self.valid = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.valid += e.valid_up_to(),
+            Err(_) => return Err(WsError::BadUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// Per-connection message state: empty (one pointer, no allocation) unless a fragmented
@@ -96,6 +115,7 @@ impl Messages {
                     return Err(WsError::TooBig);
                 }
                 frag.data.extend_from_slice(payload);
+                frag.check_text()?;
                 if !fin {
                     return Ok(Incoming::Nothing);
                 }
@@ -112,10 +132,13 @@ impl Messages {
                     return Err(WsError::Protocol("new message inside a fragmented one"));
                 }
                 if !fin {
-                    self.frag = Some(Box::new(Fragments {
+                    let mut f = Box::new(Fragments {
                         opcode,
                         data: payload.to_vec(),
-                    }));
+                        valid: 0,
+                    });
+                    f.check_text()?;
+                    self.frag = Some(f);
                     return Ok(Incoming::Nothing);
                 }
                 if opcode == OP_TEXT {
@@ -176,6 +199,29 @@ mod tests {
         assert_eq!(
             m.frame(true, OP_CONTINUATION, &[0xa9], MAX),
             Ok(Incoming::Text(Cow::Owned("é".into())))
+        );
+    }
+
+    #[test]
+    fn impossible_text_fails_at_the_fragment_that_breaks_it() {
+        let mut m = Messages::default();
+        // An incomplete sequence at a fragment's end waits for the next fragment.
+        assert_eq!(
+            m.frame(false, OP_TEXT, b"ok\xe2\x82", MAX),
+            Ok(Incoming::Nothing)
+        );
+        // A byte that cannot continue it fails at once, before the message ends.
+        assert_eq!(
+            m.frame(false, OP_CONTINUATION, b"x", MAX),
+            Err(WsError::BadUtf8)
+        );
+        let mut m = Messages::default();
+        assert_eq!(m.frame(false, OP_TEXT, b"\xff", MAX), Err(WsError::BadUtf8));
+        // Binary messages are not text.
+        let mut m = Messages::default();
+        assert_eq!(
+            m.frame(false, OP_BINARY, b"\xff", MAX),
+            Ok(Incoming::Nothing)
         );
     }
 
