@@ -339,3 +339,80 @@ fn login_event_carries_a_checked_token_in_hmac_mode() {
     }
     assert_eq!(publish(&srv, "mallory", "x"), "offline");
 }
+
+/// Opens a v4 polling session and joins the default namespace, so that a poll has a packet to
+/// answer at once (the namespace's connect reply); returns its sid.
+fn polling_session(srv: &Server) -> String {
+    let r = http(
+        srv.socketio,
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    let body = String::from_utf8(r.body).expect("utf-8");
+    let v: serde_json::Value = serde_json::from_str(&body[1..]).expect("open packet");
+    let sid = v["sid"].as_str().expect("sid").to_string();
+    let join = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 2\r\n\r\n40"
+    );
+    let r = http(srv.socketio, join.as_bytes());
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        r.head
+    );
+    sid
+}
+
+/// Two polls pipelined on one connection, for sessions owned by two different workers: the
+/// connection changes hands between them, and the answer to the first (already written by the
+/// worker that served it) must not be lost on the way. A POST over the polling limit for
+/// another worker's session is the owner's 400, not "Session ID unknown".
+#[test]
+fn pipelined_requests_for_sessions_of_two_workers_are_both_answered() {
+    use herald_worker::proto::engineio::sid_worker;
+    let srv = Server::builder().workers(3).socketio().start();
+    srv.wait_mesh();
+    let first = polling_session(&srv);
+    let second = (0..50)
+        .map(|_| polling_session(&srv))
+        .find(|s| sid_worker(s) != sid_worker(&first))
+        .expect("the kernel spread handshakes over several workers");
+    let poll = |sid: &str| {
+        format!("GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n")
+    };
+    for _ in 0..5 {
+        // Fresh sessions each round: their connect replies are what the polls return.
+        let a = polling_session(&srv);
+        let b = (0..50)
+            .map(|_| polling_session(&srv))
+            .find(|s| sid_worker(s) != sid_worker(&a))
+            .expect("a session on another worker");
+        let mut c = HttpConn::connect(srv.socketio);
+        c.send(format!("{}{}", poll(&a), poll(&b)).as_bytes())
+            .expect("write two polls");
+        for sid in [&a, &b] {
+            let r = c.read_response(REPLY);
+            assert_eq!(r.status, 200, "poll for {sid}: {}", r.head);
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            assert!(body.starts_with("40{\"sid\":"), "poll for {sid}: {body}");
+        }
+    }
+    // The owner closes a session that sent too much: a fresh one for each try, so that some
+    // tries land on a worker that does not own it.
+    let big = "4".repeat(100_001);
+    for i in 0..8 {
+        let sid = if i == 0 {
+            second.clone()
+        } else {
+            polling_session(&srv)
+        };
+        let post = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        );
+        let r = http(srv.socketio, post.as_bytes());
+        assert_eq!(r.status, 400, "{}", r.head);
+        assert_ne!(r.body, br#"{"code":1,"message":"Session ID unknown"}"#);
+    }
+}

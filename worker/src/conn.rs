@@ -159,6 +159,9 @@ pub struct Http {
     pub continue_sent: bool,
     /// The Socket.IO session whose long-poll GET this connection holds.
     pub poll_for: Option<u32>,
+    /// A pipelined request for another worker's session waits until the answers to the
+    /// earlier ones are written: the connection then changes hands with nothing pending.
+    pub handoff_after_flush: bool,
 }
 
 /// Protocol state.

@@ -5,7 +5,7 @@
 
 use super::socketio::eio_error;
 use super::Worker;
-use crate::conn::Port;
+use crate::conn::{Port, Proto};
 use crate::proto::engineio::{self, ErrorCode};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -19,6 +19,33 @@ pub(super) fn handoff_name(instance: u32, pid: u32) -> String {
 }
 
 impl Worker {
+    /// Writes what is queued for connection `slot` before it changes hands; false when the
+    /// socket cannot take it all now (the handoff then waits for the flush) or failed.
+    pub(super) fn flushed_for_handoff(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if conn.out.is_empty() {
+            return true;
+        }
+        match conn.out.flush(&mut conn.stream, &mut conn.bytes_out) {
+            Ok(true) => true,
+            Ok(false) => {
+                if let Proto::Http(h) = &mut conn.proto {
+                    h.waiting = true;
+                    h.handoff_after_flush = true;
+                }
+                self.mark_dirty(slot);
+                false
+            }
+            Err(e) => {
+                log::debug!("write to connection {} before its handoff: {e}", conn.id);
+                self.close(slot);
+                false
+            }
+        }
+    }
+
     /// Hands connection `slot` (with `raw`, the bytes read and not yet served) to worker
     /// `owner_pid`. Returns true when it was handed over (the slot is then gone).
     pub(super) fn sio_handoff(

@@ -4,6 +4,7 @@
 
 use super::push::To;
 use super::query::QReply;
+use super::socketio::Routed;
 use super::Worker;
 use crate::auth;
 use crate::conn::{Port, Proto, CLOSING};
@@ -78,9 +79,12 @@ impl Worker {
                     pos += used;
                     if port == Port::Sio {
                         let id = conn.id;
-                        if self.sio_request(slot, id, req, &buf[start..]) {
+                        match self.sio_request(slot, id, req, &buf[start..]) {
+                            Routed::Here => {}
                             // Handed to the session's worker, with every byte from here on.
-                            return buf.len();
+                            Routed::HandedOff => return buf.len(),
+                            // Once the earlier answers are written, this request is read again.
+                            Routed::AfterFlush => return start,
                         }
                     } else {
                         self.http_request(slot, req);

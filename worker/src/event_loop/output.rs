@@ -60,9 +60,14 @@ impl Worker {
                     self.resume.push(slot);
                 }
             }
+            let mut handoff = false;
             match res {
                 Ok(true) => {
                     conn.slow_since = 0;
+                    if let Proto::Http(h) = &mut conn.proto {
+                        handoff = std::mem::take(&mut h.handoff_after_flush);
+                        h.waiting &= !handoff;
+                    }
                     if conn.flags & CLOSING != 0 {
                         self.close(slot);
                     } else if conn.flags & WANT_WRITE != 0 {
@@ -94,6 +99,10 @@ impl Worker {
                     log::debug!("write to connection {}: {e}", conn.id);
                     self.close(slot);
                 }
+            }
+            if handoff {
+                // Written out: the pipelined request for another worker's session goes on.
+                self.http_resume(slot);
             }
         }
         self.dirty.clear();

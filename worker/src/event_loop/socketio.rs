@@ -36,9 +36,22 @@ use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::rc::Rc;
 /// Largest POST payload a client may send (announced as `maxPayload`).
-const MAX_PAYLOAD: usize = 100_000;
+pub(super) const MAX_PAYLOAD: usize = 100_000;
 /// Milliseconds a v4 client waits for a ping after `pingInterval` before giving up.
 const PING_TIMEOUT_MS: u64 = 20_000;
+
+/// What became of a request on the Socket.IO port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Routed {
+    /// Served (or refused) here; the next pipelined request may follow.
+    Here,
+    /// The connection went to the worker owning the session, with every byte from this
+    /// request on.
+    HandedOff,
+    /// It is for another worker, and answers to earlier requests are still being written: it
+    /// is read again once they are out.
+    AfterFlush,
+}
 
 /// One Engine.IO session.
 pub struct Session {
@@ -134,16 +147,16 @@ impl Worker {
         id: u64,
         req: http::Request,
         raw: &[u8],
-    ) -> bool {
+    ) -> Routed {
         let keep = req.keep_alive;
         let origin = req.origin.clone();
         if req.path == "/socket.io/socket.io.js" && req.method == "GET" {
             self.sio_client_js(slot, keep, origin.as_deref());
-            return false;
+            return Routed::Here;
         }
         if !engineio::is_engine_path(&req.path, engineio::DEFAULT_PATH) {
             self.http_respond(slot, http::text(404, "not found\n", keep));
-            return false;
+            return Routed::Here;
         }
         if req.method == "OPTIONS" {
             let h: String =
@@ -152,13 +165,13 @@ impl Worker {
                     .map(|(k, v)| format!("{k}: {v}\r\n"))
                     .collect();
             self.http_respond(slot, http::response(204, "text/plain", b"", keep, &h));
-            return false;
+            return Routed::Here;
         }
         let q = match engineio::parse_query(&req.query) {
             Ok(q) => q,
             Err(code) => {
                 self.http_respond(slot, eio_error(code, origin.as_deref(), keep));
-                return false;
+                return Routed::Here;
             }
         };
         let Some(sid) = q.sid.clone() else {
@@ -168,24 +181,37 @@ impl Worker {
                     slot,
                     eio_error(ErrorCode::BadHandshakeMethod, origin.as_deref(), keep),
                 );
-                return false;
+                return Routed::Here;
             }
             match q.transport {
                 Transport::Polling => self.sio_open_polling(slot, q.version, origin, keep),
                 Transport::Websocket => self.sio_open_ws(slot, id, &req, q.version, None),
             }
-            return false;
+            return Routed::Here;
         };
         let owner = engineio::sid_worker(&sid).unwrap_or(0);
         if owner != self.pid & engineio::MAX_SID_WORKER {
-            return self.sio_handoff(slot, owner, raw, origin.as_deref(), keep);
+            // A body over the limit gets the owner's answer (400) here: it would not fit the
+            // handoff, and is refused there anyway.
+            if req.method == "POST" && req.body.len() > MAX_PAYLOAD {
+                let r = eio_error(ErrorCode::BadRequest, origin.as_deref(), keep);
+                self.http_respond(slot, r);
+                return Routed::Here;
+            }
+            if !self.flushed_for_handoff(slot) {
+                return Routed::AfterFlush;
+            }
+            return match self.sio_handoff(slot, owner, raw, origin.as_deref(), keep) {
+                true => Routed::HandedOff,
+                false => Routed::Here,
+            };
         }
         let Some(&idx) = self.sio.sids.get(sid.as_str()) else {
             self.http_respond(
                 slot,
                 eio_error(ErrorCode::UnknownSid, origin.as_deref(), keep),
             );
-            return false;
+            return Routed::Here;
         };
         self.sio.sessions[idx].last_seen = self.now;
         match (q.transport, req.method.as_str()) {
@@ -222,7 +248,7 @@ impl Worker {
                 eio_error(ErrorCode::BadRequest, origin.as_deref(), keep),
             ),
         }
-        false
+        Routed::Here
     }
 
     /// Serves the configured socket.io client build, as the reference server does for pages.
