@@ -121,6 +121,15 @@ pub struct Config {
     pub user: String,
     /// When started as root: the group workers switch to (default: the user's own group).
     pub group: String,
+    /// `redis://HOST:PORT/DB` (or `redis://:PASSWORD@HOST:PORT/DB`): this server is a node of
+    /// a cluster whose nodes meet in that Redis; empty: a single host, no Redis.
+    pub cluster: String,
+    /// This node's name in the cluster (default: the host name and the master's pid); two
+    /// running nodes must not share one.
+    pub node_id: String,
+    /// Prefix of every Redis key and channel Herald uses, so several clusters can share one
+    /// Redis.
+    pub cluster_prefix: String,
 }
 
 impl Default for Config {
@@ -160,6 +169,9 @@ impl Default for Config {
             socketio_client: String::new(),
             user: String::new(),
             group: String::new(),
+            cluster: String::new(),
+            node_id: String::new(),
+            cluster_prefix: "herald".into(),
         }
     }
 }
@@ -241,6 +253,31 @@ impl Config {
             });
         }
         self.auth_mode(&l)?;
+        if !self.cluster.is_empty()
+            && !self.cluster.starts_with("redis://")
+            && !self.cluster.starts_with("redis+unix://")
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "cluster",
+                why: format!(
+                    "`{}` is not a Redis URL (redis://HOST:PORT/DB, redis://:PASSWORD@HOST:PORT/DB)",
+                    self.cluster
+                ),
+            });
+        }
+        let ok_name = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !ok_name(&self.node_id)
+            || self.cluster_prefix.is_empty()
+            || !ok_name(&self.cluster_prefix)
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "node_id",
+                why: "node_id and cluster_prefix are letters, digits, `-`, `_` and `.`".into(),
+            });
+        }
         Ok(l)
     }
 

@@ -122,6 +122,10 @@ table! {
     inflight: Gauge;
     /// Resident memory of the worker in KiB
     rss_kib: Gauge;
+    /// 1 when the worker reaches the cluster's Redis (0 without a cluster, or while it is down)
+    cluster_up: PerWorker;
+    /// Messages to or from other hosts dropped (the bus queue was full, or Redis was down)
+    cluster_dropped: Counter;
 }
 
 impl Stat {

@@ -1382,3 +1382,90 @@ pub fn exists(p: &Path) -> bool {
 /// `hmac`-mode tokens, made as a PHP backend makes them (one `hash_hmac` call).
 #[allow(unused_imports)] // not every test file makes tokens
 pub use herald_worker::auth::hmac_token;
+
+/// A real `redis-server` on a free loopback port, started by the test and killed when dropped
+/// (no file written: no RDB, no AOF).
+pub struct Redis {
+    /// The server process.
+    child: Option<std::process::Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Whether `redis-server` can be run here (under CI its absence is a failure).
+    pub fn available() -> bool {
+        require(
+            "redis-server (apt install redis-server)",
+            have_program("redis-server"),
+        )
+    }
+
+    /// Starts one on a free port and waits until it answers `PING`.
+    pub fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    /// Starts one on `port` (a restart keeps the port) and waits until it answers `PING`.
+    pub fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let r = Redis {
+            child: Some(child),
+            port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || r.ping()),
+            "redis-server on port {port} did not answer PING"
+        );
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether it answers `PING` (raw RESP over TCP).
+    pub fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// Kills it at once (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -11,6 +11,7 @@
 #![deny(missing_docs, rust_2018_idioms, unused_imports)]
 
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;

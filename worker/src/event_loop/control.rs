@@ -112,6 +112,7 @@ impl Worker {
         s.links = self.links.len() as u64;
         s.inflight = self.gather.len() as u64;
         s.rss_kib = rss_kib();
+        s.cluster_up = self.cluster_up as u64;
         s
     }
 

@@ -324,6 +324,10 @@ impl Worker {
                 }
             }
         }
+        let id = self.gather.next_id();
+        if !self.cluster_out(id, msg, uids, &mut peers) {
+            missing += 1;
+        }
         self.stats.ipc_undelivered += missing as u64;
         let id = self.gather.add(Waiting {
             job,
@@ -336,7 +340,7 @@ impl Worker {
 
     /// Settles entry `id` if every answer is in; a push whose reply got decided by the answers
     /// so far replies now and keeps collecting.
-    fn progress(&mut self, id: u64) {
+    pub(super) fn progress(&mut self, id: u64) {
         let Some(w) = self.gather.get_mut(id) else {
             return;
         };

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod accept;
 mod api;
+mod cluster;
 mod control;
 mod handoff;
 mod http;
@@ -68,6 +69,8 @@ const TOK_CONTROL: Token = Token(8);
 const TOK_MESH: Token = Token(9);
 /// The Socket.IO handoff socket: connections passed by siblings.
 const TOK_HANDOFF: Token = Token(10);
+/// The cluster bus's waker: events from Redis wait.
+const TOK_BUS: Token = Token(11);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -136,6 +139,14 @@ pub struct Worker {
     presence: presence::Local,
     /// Each sibling's picture (by pid): a push for a uid goes to the siblings that may hold it.
     views: HashMap<u32, View>,
+    /// The way to the other hosts of a cluster (`None`: a single host).
+    bus: Option<crate::cluster::Bus>,
+    /// Redis answers (for `status`, `/metrics` and the log).
+    cluster_up: bool,
+    /// The loss of Redis was logged (once per episode).
+    cluster_down_logged: bool,
+    /// Bus events are left over from the last turn: handle them before waiting.
+    bus_again: bool,
     /// Counters for `status`, `/metrics` and the API (gauges are filled in per row).
     stats: Stats,
     /// Pushes per second over the last stats tick.
@@ -258,6 +269,10 @@ impl Worker {
             gather: Gather::default(),
             presence: presence::Local::default(),
             views: HashMap::new(),
+            bus: None,
+            cluster_up: false,
+            cluster_down_logged: false,
+            bus_again: false,
             stats: Stats::default(),
             qps: 0.0,
             last_tick: Instant::now(),
@@ -293,6 +308,19 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         reg.register(&mut w.mesh_listener, TOK_MESH, Interest::READABLE)?;
+        if !w.cfg.cluster.is_empty() {
+            let node = cluster::node_name(&w.cfg.node_id, instance);
+            let bus = cluster::start_bus(
+                &w.cfg.cluster,
+                &w.cfg.cluster_prefix,
+                &node,
+                pid,
+                w.poll.registry(),
+                TOK_BUS,
+            )?;
+            log::info!("cluster: node {node}, member {}", bus.member);
+            w.bus = Some(bus);
+        }
         Ok(w)
     }
 
@@ -315,6 +343,9 @@ impl Worker {
                 return Err(e);
             }
             self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
+            if std::mem::take(&mut self.bus_again) {
+                self.on_bus();
+            }
             for slot in std::mem::take(&mut self.resume) {
                 if let Some(c) = self.conns.get_mut(slot) {
                     c.flags &= !RESUME;
@@ -327,6 +358,7 @@ impl Worker {
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
+                    TOK_BUS => self.on_bus(),
                     Token(t) if t >= LINK_BASE => self.on_link(t - LINK_BASE),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
@@ -399,7 +431,7 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() {
+        if !self.resume.is_empty() || self.bus_again {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -61,7 +61,7 @@ impl Worker {
             .links
             .iter()
             .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, uids));
-        if !asked {
+        if !asked && self.bus.is_none() {
             let missing = self.unlinked_peers(uids);
             self.stats.ipc_undelivered += missing as u64;
             self.settle(reply, local, missing > 0);

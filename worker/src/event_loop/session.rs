@@ -33,6 +33,7 @@ impl Worker {
         let rc = self.registry.add(uid, who);
         if first_here {
             self.presence.arrive(uid);
+            self.cluster_presence(uid, true);
             self.groups.arrived(uid);
             if self.links.iter().any(|(_, l)| l.outbound) {
                 self.query(
@@ -54,6 +55,7 @@ impl Worker {
         self.registry.remove(uid, who);
         if self.registry.get(uid).is_empty() {
             self.presence.depart(uid);
+            self.cluster_presence(uid, false);
             self.groups.departed(uid, self.now);
         }
         self.sio.online_text.clear();

@@ -1,0 +1,182 @@
+//! Several Herald nodes on one real `redis-server` (started by each test on a free port): a push
+//! entering any node reaches a uid on any node, whole-server questions cover every node, and
+//! the faults the README's Cluster section describes (Redis unreachable at start, restarted
+//! mid-run, a node killed with `kill -9`) behave as it says.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// A node of 2 workers in the cluster at `url`, named `name`.
+fn node(url: &str, name: &str) -> Server {
+    let srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set(&format!("cluster=\"{url}\""))
+        .set(&format!("node_id={name}"))
+        .set("ipc_timeout=2")
+        .start();
+    srv.wait_mesh();
+    srv
+}
+
+/// One command on a fresh text connection of `srv`; its reply line.
+fn cmd(srv: &Server, line: &str) -> String {
+    String::from_utf8_lossy(&srv.text_push(format!("{line}\n").as_bytes())).into_owned()
+}
+
+/// Waits until a push from `from` to `uid` answers `ok` (the directory in Redis knows where
+/// `uid` is); the client then receives the probe lines, which the caller skips.
+fn reachable(from: &Server, uid: &str, limit: Duration) {
+    from.push_until_ok(
+        format!("{{\"uid\":\"{uid}\",\"probe\":true}}\n").as_bytes(),
+        limit,
+    );
+}
+
+/// The next text message that is not a probe.
+fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let t = ws.recv_text(REPLY);
+        if !t.contains("\"probe\":true") {
+            return t;
+        }
+    }
+}
+
+#[test]
+fn a_push_entering_one_node_reaches_a_uid_on_another() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a");
+    let b = node(&redis.url(), "node-b");
+    let mut bob = b.login_acked("bob");
+    let mut alice = a.login_acked("alice");
+    reachable(&a, "bob", Duration::from_secs(10));
+    reachable(&b, "alice", Duration::from_secs(10));
+
+    // The seed's line, entering node A, for a uid on node B: delivered as sent, `ok`.
+    let line = r#"{"uid":"bob","percent":"88%"}"#;
+    assert_eq!(cmd(&a, line), "ok\n");
+    assert_eq!(next_text(&mut bob), line);
+    // Nobody holds this uid anywhere: `fail`.
+    assert_eq!(cmd(&a, r#"{"uid":"nobody","x":1}"#), "fail\n");
+    // Whole-cluster questions.
+    assert_eq!(cmd(&a, r#"{"cmd":"online","uid":"bob"}"#), "1\n");
+    assert_eq!(cmd(&b, r#"{"cmd":"online","uid":"alice"}"#), "1\n");
+    let count = cmd(&a, r#"{"cmd":"count"}"#);
+    let v: serde_json::Value = serde_json::from_str(&count).expect("count is JSON");
+    assert!(v["uids"].as_u64() >= Some(2), "{count}");
+    let uids = cmd(&b, r#"{"cmd":"uids"}"#);
+    assert!(
+        uids.contains("\"alice\"") && uids.contains("\"bob\""),
+        "{uids}"
+    );
+    // A broadcast from A reaches both nodes.
+    assert_eq!(cmd(&a, r#"{"cmd":"all","data":"to everyone"}"#), "ok\n");
+    assert_eq!(next_text(&mut bob), "to everyone");
+    assert_eq!(next_text(&mut alice), "to everyone");
+    // Group membership belongs to the uid across the cluster: joined on A, pushed from B.
+    assert_eq!(cmd(&a, r#"{"cmd":"join","uid":"bob","group":"g"}"#), "ok\n");
+    assert_eq!(
+        cmd(&b, r#"{"cmd":"group","group":"g","data":"to the group"}"#),
+        "ok\n"
+    );
+    assert_eq!(next_text(&mut bob), "to the group");
+    // The seed's HTTP publish on A for bob, and the JSON API's delivery count.
+    let r = a.http(&get("/?type=publish&to=bob&content=via+http"));
+    assert_eq!(r.text(), "ok");
+    assert_eq!(next_text(&mut bob), "via http");
+    let body = r#"{"to":["bob","alice"],"data":"both"}"#;
+    let req = format!(
+        "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = a.http(req.as_bytes());
+    assert_eq!(r.text().trim(), r#"{"delivered":2}"#);
+    assert_eq!(next_text(&mut bob), "both");
+    assert_eq!(next_text(&mut alice), "both");
+}
+
+#[test]
+fn redis_unreachable_at_start_then_up_and_restarted() {
+    if !Redis::available() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    // No Redis yet: both nodes start and serve their own clients.
+    let a = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set(&format!("cluster=\"{url}\""))
+        .set("node_id=node-a")
+        .start();
+    let b = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set(&format!("cluster=\"{url}\""))
+        .set("node_id=node-b")
+        .start();
+    let mut local = a.login_acked("local");
+    a.push_until_ok(b"{\"uid\":\"local\",\"n\":1}\n", Duration::from_secs(10));
+    assert_eq!(local.recv_text(REPLY), r#"{"uid":"local","n":1}"#);
+    let metrics = a.http(&get("/metrics")).text();
+    assert!(
+        metrics.contains("herald_cluster_up{worker=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        a.log().contains("cluster: cannot reach Redis"),
+        "one clear line in the log"
+    );
+    // Redis comes up: cross-node pushes work within the retry back-off.
+    let mut redis = Redis::start_on(port);
+    let mut bob = b.login_acked("bob");
+    let t0 = Instant::now();
+    reachable(&a, "bob", Duration::from_secs(15));
+    eprintln!("cluster formed {:?} after Redis came up", t0.elapsed());
+    assert_eq!(cmd(&a, r#"{"uid":"bob","after":"start"}"#), "ok\n");
+    assert_eq!(next_text(&mut bob), r#"{"uid":"bob","after":"start"}"#);
+
+    // Restarted mid-run (its data lost): every node reconnects and tells it its uids again.
+    redis.kill();
+    let _redis = Redis::start_on(port);
+    let t0 = Instant::now();
+    reachable(&a, "bob", Duration::from_secs(15));
+    let took = t0.elapsed();
+    eprintln!("cross-node pushes back {took:?} after a Redis restart");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(cmd(&a, r#"{"uid":"bob","after":"restart"}"#), "ok\n");
+    assert_eq!(next_text(&mut bob), r#"{"uid":"bob","after":"restart"}"#);
+}
+
+#[test]
+fn a_node_killed_is_forgotten_within_fifteen_seconds() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a");
+    let b = node(&redis.url(), "node-b");
+    let _bob = b.login_acked("bob");
+    let mut alice = a.login_acked("alice");
+    reachable(&a, "bob", Duration::from_secs(10));
+    for pid in b.worker_pids().into_iter().chain([b.master_pid()]) {
+        signal(pid, libc::SIGKILL);
+    }
+    let t0 = Instant::now();
+    let gone = wait_until(Duration::from_secs(20), || {
+        cmd(&a, r#"{"cmd":"online","uid":"bob"}"#) == "0\n"
+            && cmd(&a, r#"{"uid":"bob","after":"kill"}"#) == "fail\n"
+    });
+    let took = t0.elapsed();
+    eprintln!("a killed node's uid was offline everywhere after {took:?}");
+    assert!(gone && took <= Duration::from_secs(15), "{took:?}");
+    // Node A's own clients were never disturbed.
+    assert_eq!(cmd(&a, r#"{"uid":"alice","still":"here"}"#), "ok\n");
+    assert_eq!(next_text(&mut alice), r#"{"uid":"alice","still":"here"}"#);
+}

@@ -1,0 +1,466 @@
+//! The cluster bus: how a worker reaches the workers of other hosts, through one Redis.
+//!
+//! Inside a host the sibling mesh stays the path; Redis carries only what must cross hosts.
+//! Each worker is a *member* of the cluster, named `NODE/PID`, and owns two Redis connections,
+//! each driven by a thread of its own (the redis crate's client is blocking; the worker's mio
+//! loop must never wait on Redis):
+//!
+//! - the **command** thread takes [`BusCmd`]s from the loop over a bounded crossbeam channel,
+//!   sends them to Redis in pipelined batches, and keeps the member's directory entries;
+//! - the **subscriber** thread listens on the member's own channel (`P:m:MEMBER`) and the
+//!   cluster-wide one (`P:all`), and hands each message to the loop as a [`BusEvent`], waking
+//!   it through a `mio::Waker`.
+//!
+//! What Redis holds, under the prefix `P` (`cluster_prefix`):
+//!
+//! - `P:u:UID`, a set of the members holding a connection of UID (added at a uid's first
+//!   connection in a worker, removed at its last, and rebuilt after a reconnect);
+//! - `P:alive:MEMBER`, a key with a 10 s time to live, refreshed every 3 s: a member killed with
+//!   `kill -9` stops being reached within 10 s, and the routing script removes its entries;
+//! - `P:members`, the set of members that ever joined (listed by `status`).
+//!
+//! A push for uids is routed by a Lua script, in one round trip: it reads the uids' member sets
+//! and publishes the push to each live member of another node, so a unicast costs the same
+//! however many nodes there are. A broadcast, a group push or a question goes to `P:all`. The
+//! number of members Redis delivered to comes back with the reply ([`BusEvent::Published`]),
+//! and the entry worker waits for that many answers, as it does for its siblings.
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use mio::Waker;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Commands the loop may queue before it is told the bus is full (each is counted as dropped,
+/// and a push or question waiting on it is answered as partial).
+const QUEUE: usize = 16 * 1024;
+/// Events the subscriber may queue for the loop before it waits (Redis then buffers for us).
+const EVENTS: usize = 64 * 1024;
+/// Commands sent to Redis in one pipelined batch at most.
+const BATCH: usize = 512;
+/// How long a member's `alive` key lives, and how often it is refreshed.
+const ALIVE_TTL: u64 = 10;
+/// How often the `alive` key is refreshed.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Routes a push: for each uid (ARGV[4..]) its members, each live member of another node once.
+const ROUTE: &str = r#"
+local p, mine, env = ARGV[1], ARGV[2], ARGV[3]
+local seen, alive, n = {}, {}, 0
+for i = 4, #ARGV do
+  local key = p .. ':u:' .. ARGV[i]
+  for _, m in ipairs(redis.call('SMEMBERS', key)) do
+    if string.sub(m, 1, #mine) ~= mine then
+      if alive[m] == nil then
+        alive[m] = redis.call('EXISTS', p .. ':alive:' .. m) == 1
+      end
+      if not alive[m] then
+        redis.call('SREM', key, m)
+      elseif not seen[m] then
+        seen[m] = true
+        n = n + redis.call('PUBLISH', p .. ':m:' .. m, env)
+      end
+    end
+  end
+end
+return n
+"#;
+
+/// Why the bus could not start.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The `cluster` URL cannot be used.
+    #[error("cluster URL: {0}")]
+    Url(String),
+    /// A thread could not be started.
+    #[error("starting the cluster bus: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What the loop asks of Redis.
+#[derive(Debug)]
+pub enum BusCmd {
+    /// `env` to every live member of another node holding one of `uids`; answered with
+    /// [`BusEvent::Published`] for `id`.
+    Route {
+        /// The entry's id for the push.
+        id: u64,
+        /// Whom the push is for.
+        uids: Vec<String>,
+        /// The message, as [`envelope`] made it.
+        env: Vec<u8>,
+    },
+    /// `env` to every member (`P:all`); answered with [`BusEvent::Published`].
+    Broadcast {
+        /// The entry's id.
+        id: u64,
+        /// The message.
+        env: Vec<u8>,
+    },
+    /// `env` to one member (an answer).
+    Send {
+        /// The member.
+        to: String,
+        /// The message.
+        env: Vec<u8>,
+    },
+    /// `uid` got its first connection in this worker.
+    Arrive(String),
+    /// `uid` lost its last connection in this worker.
+    Depart(String),
+    /// Every uid this worker holds (after a connection to Redis was made).
+    Resync(Vec<String>),
+}
+
+/// What Redis brings back to the loop.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// Connected to Redis (again): the loop answers with [`BusCmd::Resync`].
+    Up,
+    /// Lost Redis, or cannot reach it (why, for the log).
+    Down(String),
+    /// How many members a `Route` or `Broadcast` reached; `None` when it could not be sent.
+    Published {
+        /// The entry's id.
+        id: u64,
+        /// Members that got it.
+        count: Option<u32>,
+    },
+    /// A message from another member, as [`envelope`] made it.
+    Message(Vec<u8>),
+}
+
+/// This worker's end of the bus.
+pub struct Bus {
+    /// Commands to the command thread.
+    tx: Sender<BusCmd>,
+    /// Events from both threads.
+    pub rx: Receiver<BusEvent>,
+    /// This member's name, `NODE/PID`.
+    pub member: String,
+    /// This node's name.
+    pub node: String,
+}
+
+/// A message for other members: the sender's name, a newline, then the message's frame.
+pub fn envelope(member: &str, frame: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(member.len() + 1 + frame.len());
+    v.extend_from_slice(member.as_bytes());
+    v.push(b'\n');
+    v.extend_from_slice(frame);
+    v
+}
+
+/// The sender and the frame of an envelope.
+pub fn open_envelope(env: &[u8]) -> Option<(&str, &[u8])> {
+    let nl = env.iter().position(|&b| b == b'\n')?;
+    Some((std::str::from_utf8(&env[..nl]).ok()?, &env[nl + 1..]))
+}
+
+/// The node part of a member's name.
+pub fn node_of(member: &str) -> &str {
+    member.rsplit_once('/').map_or(member, |(n, _)| n)
+}
+
+impl Bus {
+    /// Starts the two threads for member `NODE/PID` of the cluster at `url`; `waker` wakes the
+    /// loop when events wait. Connecting happens in the background (and again after a loss).
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        pid: u32,
+        waker: Arc<Waker>,
+    ) -> Result<Bus, ClusterError> {
+        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let member = format!("{node}/{pid}");
+        let (tx, cmd_rx) = bounded(QUEUE);
+        let (ev_tx, rx) = bounded(EVENTS);
+        let ctx = Ctx {
+            client,
+            prefix: prefix.to_string(),
+            member: member.clone(),
+            node: node.to_string(),
+            events: ev_tx,
+            waker,
+        };
+        let sub = ctx.clone();
+        thread::Builder::new()
+            .name("cluster-cmd".into())
+            .spawn(move || ctx.commands(cmd_rx))?;
+        thread::Builder::new()
+            .name("cluster-sub".into())
+            .spawn(move || sub.subscriber())?;
+        Ok(Bus {
+            tx,
+            rx,
+            member,
+            node: node.to_string(),
+        })
+    }
+
+    /// Queues a command; false when the queue is full or the bus is gone (the caller counts
+    /// it and answers without it).
+    pub fn send(&self, cmd: BusCmd) -> bool {
+        match self.tx.try_send(cmd) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// What both threads share.
+#[derive(Clone)]
+struct Ctx {
+    /// Where Redis is.
+    client: redis::Client,
+    /// Key and channel prefix.
+    prefix: String,
+    /// This member's name.
+    member: String,
+    /// This node's name.
+    node: String,
+    /// Events to the loop.
+    events: Sender<BusEvent>,
+    /// Wakes the loop.
+    waker: Arc<Waker>,
+}
+
+impl Ctx {
+    /// Hands an event to the loop; false when the loop is gone (the thread then ends).
+    fn emit(&self, ev: BusEvent) -> bool {
+        if self.events.send(ev).is_err() {
+            return false;
+        }
+        let _ = self.waker.wake();
+        true
+    }
+
+    /// A connection with short timeouts: a dead Redis must not hold a thread for long.
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        con.set_write_timeout(Some(Duration::from_secs(2)))?;
+        con.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(con)
+    }
+
+    /// The command thread: connect, then run batches of commands until the link fails.
+    fn commands(self, rx: Receiver<BusCmd>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut con = match self.connect().and_then(|mut c| {
+                redis::cmd("PING").query::<String>(&mut c)?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    if !self.emit(BusEvent::Down(e.to_string())) {
+                        return;
+                    }
+                    // Meanwhile nothing reaches other hosts: answer at once, keep no backlog.
+                    let until = Instant::now() + backoff;
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        match rx.recv_timeout(left) {
+                            Ok(cmd) => {
+                                if !self.refuse(cmd) {
+                                    return;
+                                }
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if !self.emit(BusEvent::Up) {
+                return;
+            }
+            match self.serve(&mut con, &rx) {
+                Ok(()) => return,
+                Err(e) => {
+                    if !self.emit(BusEvent::Down(e.to_string())) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a command that cannot be sent (Redis is down); false when the loop is gone.
+    fn refuse(&self, cmd: BusCmd) -> bool {
+        match cmd {
+            BusCmd::Route { id, .. } | BusCmd::Broadcast { id, .. } => {
+                self.emit(BusEvent::Published { id, count: None })
+            }
+            _ => true,
+        }
+    }
+
+    /// Runs batches on a live connection; `Ok` when the loop is gone, `Err` when Redis is.
+    fn serve(&self, con: &mut redis::Connection, rx: &Receiver<BusCmd>) -> redis::RedisResult<()> {
+        let route = redis::Script::new(ROUTE);
+        let p = &self.prefix;
+        let alive_key = format!("{p}:alive:{}", self.member);
+        let mut next_beat = Instant::now();
+        // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
+        route.prepare_invoke().load(con)?;
+        loop {
+            if Instant::now() >= next_beat {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&alive_key)
+                    .arg(&self.node)
+                    .arg("EX")
+                    .arg(ALIVE_TTL)
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(format!("{p}:members"))
+                    .arg(&self.member)
+                    .ignore()
+                    .query::<()>(con)?;
+                next_beat = Instant::now() + HEARTBEAT;
+            }
+            let first = match rx.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            let mut answers: Vec<u64> = Vec::new();
+            for cmd in &batch {
+                match cmd {
+                    BusCmd::Route { id, uids, env } => {
+                        let mine = format!("{}/", self.node);
+                        pipe.cmd("EVALSHA")
+                            .arg(route.get_hash())
+                            .arg(0)
+                            .arg(p)
+                            .arg(mine)
+                            .arg(env.as_slice())
+                            .arg(uids.as_slice());
+                        answers.push(*id);
+                    }
+                    BusCmd::Broadcast { id, env } => {
+                        pipe.cmd("PUBLISH")
+                            .arg(format!("{p}:all"))
+                            .arg(env.as_slice());
+                        answers.push(*id);
+                    }
+                    BusCmd::Send { to, env } => {
+                        pipe.cmd("PUBLISH")
+                            .arg(format!("{p}:m:{to}"))
+                            .arg(env.as_slice())
+                            .ignore();
+                    }
+                    BusCmd::Arrive(uid) => {
+                        pipe.cmd("SADD")
+                            .arg(format!("{p}:u:{uid}"))
+                            .arg(&self.member)
+                            .ignore();
+                    }
+                    BusCmd::Depart(uid) => {
+                        pipe.cmd("SREM")
+                            .arg(format!("{p}:u:{uid}"))
+                            .arg(&self.member)
+                            .ignore();
+                    }
+                    BusCmd::Resync(uids) => {
+                        for uid in uids {
+                            pipe.cmd("SADD")
+                                .arg(format!("{p}:u:{uid}"))
+                                .arg(&self.member)
+                                .ignore();
+                        }
+                    }
+                }
+            }
+            match pipe.query::<Vec<u32>>(con) {
+                Ok(counts) => {
+                    for (id, n) in answers.iter().zip(counts) {
+                        if !self.emit(BusEvent::Published {
+                            id: *id,
+                            count: Some(n),
+                        }) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    for id in answers {
+                        self.emit(BusEvent::Published { id, count: None });
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The subscriber thread: listen on this member's channel and the cluster-wide one,
+    /// reconnecting after a loss.
+    fn subscriber(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res = self.connect().and_then(|mut con| {
+                let mut sub = con.as_pubsub();
+                sub.subscribe(format!("{}:m:{}", self.prefix, self.member))?;
+                sub.subscribe(format!("{}:all", self.prefix))?;
+                // A quiet channel is not a dead one: time out, then listen again.
+                sub.set_read_timeout(Some(Duration::from_secs(1)))?;
+                backoff = Duration::from_millis(100);
+                loop {
+                    match sub.get_message() {
+                        Ok(msg) => {
+                            let payload = msg.get_payload_bytes().to_vec();
+                            if !self.emit(BusEvent::Message(payload)) {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) if e.is_timeout() => {
+                            if self.events.is_full() && self.waker.wake().is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            });
+            match res {
+                Ok(()) => return,
+                Err(e) => log::debug!("cluster subscriber: {e}; reconnecting"),
+            }
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_and_names() {
+        let env = envelope("node-a/42", b"\x00\x01frame");
+        assert_eq!(
+            open_envelope(&env),
+            Some(("node-a/42", &b"\x00\x01frame"[..]))
+        );
+        assert_eq!(open_envelope(b"no newline"), None);
+        assert_eq!(node_of("host.example/17"), "host.example");
+    }
+}

@@ -1,0 +1,287 @@
+//! The cluster in the loop: what crosses hosts goes through the [`Bus`] (see `crate::cluster`
+//! for the threads and what Redis holds). A push or a question leaves with the same id as on the
+//! mesh, and its [`Job`] waits, beside the siblings' links, for the bus to say how many members
+//! got it (the `PENDING` key), then for that many answers (one `REPLY` key each).
+//!
+//! [`Bus`]: crate::cluster::Bus
+//! [`Job`]: super::mesh::Job
+
+use super::mesh::{Holders, Job};
+use super::push::To;
+use super::Worker;
+use crate::cluster::{envelope, node_of, open_envelope, Bus, BusCmd, BusEvent};
+use crate::delivery::{frame, OP_BINARY, OP_TEXT};
+use crate::gather::{Peers, Waiting};
+use herald_ipc::codec::{read_frame, write_frame};
+use herald_ipc::{PeerMsg, Push, Share};
+use std::sync::Arc;
+
+/// Gather key: the bus has not said yet how many members got the message.
+pub(super) const PENDING: usize = usize::MAX;
+/// Gather key: one answer from a member of another host (as many as the bus counted).
+pub(super) const REPLY: usize = usize::MAX - 1;
+/// Gather key: an answer that came before the bus said how many to wait for (the answer
+/// travels on the subscriber's connection, the count on the command one: either may be
+/// first). It stands for one of the `REPLY` keys the count will add.
+const EARLY: usize = usize::MAX - 2;
+
+/// One answer from another host for `w`: it takes the place of one awaited answer.
+fn remote_answered(w: &mut Waiting<Job>) {
+    if let Some(i) = w.peers.iter().position(|&k| k == REPLY) {
+        w.peers.swap_remove(i);
+    } else if w.peers.contains(&PENDING) {
+        w.peers.push(EARLY);
+    }
+}
+/// Bus events handled per loop turn before other work gets a turn (the rest wake the loop again).
+const EVENTS_PER_TURN: usize = 4096;
+
+/// This host's node name: `node_id`, else the host name and the master's pid.
+pub(super) fn node_name(node_id: &str, instance: u32) -> String {
+    if !node_id.is_empty() {
+        return node_id.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{}-{instance}",
+        if host.is_empty() { "herald" } else { &host }
+    )
+}
+
+/// Starts the bus of a worker whose configuration names a cluster.
+pub(super) fn start_bus(
+    url: &str,
+    prefix: &str,
+    node: &str,
+    pid: u32,
+    registry: &mio::Registry,
+    token: mio::Token,
+) -> std::io::Result<Bus> {
+    let waker = Arc::new(mio::Waker::new(registry, token)?);
+    Bus::start(url, prefix, node, pid, waker).map_err(std::io::Error::other)
+}
+
+/// `msg` as a frame.
+fn framed(msg: &PeerMsg) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Err(e) = write_frame(msg, &mut out) {
+        log::warn!("cluster: cannot frame a message: {e}");
+    }
+    out
+}
+
+impl Worker {
+    /// Also sends `msg`, which waits as entry `id`, to the members of other hosts it concerns;
+    /// adds what it waits for to `peers`. Nothing without a cluster.
+    pub(super) fn cluster_out(
+        &mut self,
+        id: u64,
+        msg: &PeerMsg,
+        uids: Holders<'_>,
+        peers: &mut Peers,
+    ) -> bool {
+        let Some(bus) = &self.bus else {
+            return true;
+        };
+        // A host's monotonic clock means nothing on another: a push crossing hosts has no
+        // deadline there (its `fail` at the timeout is for this host's part).
+        let env = match msg {
+            PeerMsg::Push(p) => envelope(
+                &bus.member,
+                &framed(&PeerMsg::Push(Push {
+                    deadline: u64::MAX,
+                    ..p.clone()
+                })),
+            ),
+            other => envelope(&bus.member, &framed(other)),
+        };
+        let cmd = match uids {
+            Holders::Uid(u) => BusCmd::Route {
+                id,
+                uids: vec![u.to_string()],
+                env,
+            },
+            Holders::Uids(list) => BusCmd::Route {
+                id,
+                uids: list.to_vec(),
+                env,
+            },
+            Holders::All => BusCmd::Broadcast { id, env },
+        };
+        if bus.send(cmd) {
+            peers.push(PENDING);
+            true
+        } else {
+            self.stats.cluster_dropped += 1;
+            false
+        }
+    }
+
+    /// Tells the cluster that `uid` got its first connection here (`arrived`) or lost its
+    /// last.
+    pub(super) fn cluster_presence(&mut self, uid: &str, arrived: bool) {
+        let Some(bus) = &self.bus else { return };
+        let cmd = if arrived {
+            BusCmd::Arrive(uid.to_string())
+        } else {
+            BusCmd::Depart(uid.to_string())
+        };
+        if !bus.send(cmd) {
+            // A resync after the next reconnect repairs the directory.
+            self.stats.cluster_dropped += 1;
+        }
+    }
+
+    /// The bus woke the loop: handle what it brought.
+    pub(super) fn on_bus(&mut self) {
+        for _ in 0..EVENTS_PER_TURN {
+            let Some(ev) = self.bus.as_ref().and_then(|b| b.rx.try_recv().ok()) else {
+                return;
+            };
+            self.bus_event(ev);
+        }
+        // More wait: come back next turn, after the other sockets.
+        self.bus_again = true;
+    }
+
+    /// One event from the bus.
+    fn bus_event(&mut self, ev: BusEvent) {
+        match ev {
+            BusEvent::Up => {
+                if !self.cluster_up {
+                    log::info!("cluster: connected to Redis at {}", self.cfg.cluster);
+                }
+                self.cluster_up = true;
+                self.cluster_down_logged = false;
+                let uids: Vec<String> = self.registry.iter().map(|(u, _)| u.to_string()).collect();
+                if let Some(bus) = &self.bus {
+                    if !bus.send(BusCmd::Resync(uids)) {
+                        self.stats.cluster_dropped += 1;
+                    }
+                }
+            }
+            BusEvent::Down(why) => {
+                if !self.cluster_down_logged {
+                    log::warn!(
+                        "cluster: cannot reach Redis at {}: {why}; serving this host, retrying",
+                        self.cfg.cluster
+                    );
+                    self.cluster_down_logged = true;
+                }
+                self.cluster_up = false;
+            }
+            BusEvent::Published { id, count } => {
+                if let Some(w) = self.gather.answered(id, PENDING) {
+                    let early = w.peers.iter().filter(|&&k| k == EARLY).count();
+                    w.peers.retain(|k| *k != EARLY);
+                    match count {
+                        Some(n) => w.peers.extend(std::iter::repeat_n(
+                            REPLY,
+                            (n as usize).saturating_sub(early),
+                        )),
+                        None => w.partial = true,
+                    }
+                    if count.is_none() {
+                        self.stats.cluster_dropped += 1;
+                    }
+                }
+                self.progress(id);
+            }
+            BusEvent::Message(env) => self.bus_message(&env),
+        }
+    }
+
+    /// A message from a member of the cluster.
+    fn bus_message(&mut self, env: &[u8]) {
+        let Some((from, body)) = open_envelope(env) else {
+            return;
+        };
+        let msg = match read_frame::<PeerMsg>(body) {
+            Ok(Some((m, _))) => m,
+            _ => {
+                log::debug!("cluster: unreadable message from {from}");
+                return;
+            }
+        };
+        let from = from.to_string();
+        let ours = self.bus.as_ref().is_some_and(|b| node_of(&from) == b.node);
+        match msg {
+            PeerMsg::Push(p) => {
+                // From this host (a broadcast on the cluster channel): its mesh delivered here
+                // already; the entry still counts on an answer.
+                let count = if ours {
+                    0
+                } else {
+                    let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
+                    self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary)
+                };
+                self.bus_reply(&from, &PeerMsg::Delivered { id: p.id, count });
+            }
+            PeerMsg::Query { id, query } => {
+                let share = if ours {
+                    Share::Done
+                } else {
+                    self.answer_query(&query)
+                };
+                self.bus_reply(&from, &PeerMsg::Answer { id, share });
+            }
+            PeerMsg::Delivered { id, count } => {
+                if let Some(w) = self.gather.get_mut(id) {
+                    if let Job::Push { total, .. } = &mut w.job {
+                        *total += count;
+                    }
+                    remote_answered(w);
+                }
+                self.progress(id);
+            }
+            PeerMsg::Answer { id, share } => {
+                if let Some(w) = self.gather.get_mut(id) {
+                    if let Job::Query { shares, .. } = &mut w.job {
+                        shares.push(share);
+                    }
+                    remote_answered(w);
+                }
+                self.progress(id);
+            }
+            PeerMsg::Hello { .. } | PeerMsg::Presence(_) => {}
+        }
+    }
+
+    /// Answers member `to`.
+    fn bus_reply(&mut self, to: &str, msg: &PeerMsg) {
+        let Some(bus) = &self.bus else { return };
+        let env = envelope(&bus.member, &framed(msg));
+        if !bus.send(BusCmd::Send {
+            to: to.to_string(),
+            env,
+        }) {
+            self.stats.cluster_dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        assert_eq!(node_name("web-1", 7), "web-1");
+        let n = node_name("", 42);
+        assert!(n.ends_with("-42"), "{n}");
+        assert!(n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    }
+}
