@@ -99,6 +99,65 @@ fn a_push_entering_one_node_reaches_a_uid_on_another() {
     assert_eq!(r.text().trim(), r#"{"delivered":2}"#);
     assert_eq!(next_text(&mut bob), "both");
     assert_eq!(next_text(&mut alice), "both");
+    // `status` (and the API's rows) list the cluster's live nodes.
+    let listed = wait_until(Duration::from_secs(10), || {
+        let r = a.http(&get("/api/stats"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["workers"][0]["cluster_nodes"] == serde_json::json!(["node-a", "node-b"])
+            && v["workers"][0]["cluster_up"] == serde_json::json!(1)
+    });
+    assert!(listed, "status does not list both nodes");
+}
+
+/// A start that cannot join says why in one clear line, keeps serving its own clients, and
+/// never writes the Redis password to the log.
+fn refused(url: &str, name: &str, why: &str) {
+    let srv = Server::builder()
+        .workers(1)
+        .login_reply()
+        .set(&format!("cluster=\"{url}\""))
+        .set(&format!("node_id={name}"))
+        .start();
+    let said = wait_until(Duration::from_secs(10), || srv.log().contains(why));
+    let log = srv.log();
+    assert!(said, "no `{why}` in the log:\n{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the password is in the log:\n{log}"
+    );
+    let mut c = srv.login_acked("here");
+    assert_eq!(cmd(&srv, r#"{"uid":"here","n":1}"#), "ok\n");
+    assert_eq!(c.recv_text(REPLY), r#"{"uid":"here","n":1}"#);
+}
+
+#[test]
+fn wrong_password_not_redis_and_a_taken_node_id_are_clear_errors() {
+    if !Redis::available() {
+        return;
+    }
+    let locked = Redis::start_with(&["--requirepass", "right"]);
+    refused(
+        &format!("redis://:s3cret@127.0.0.1:{}/0", locked.port),
+        "node-pw",
+        "cluster: cannot reach Redis at redis://…@127.0.0.1",
+    );
+    // Something that is not Redis: another Herald's HTTP port.
+    let other = Server::start();
+    refused(
+        &format!("redis://127.0.0.1:{}/0", other.http),
+        "node-http",
+        "cluster: cannot reach Redis",
+    );
+    // Two running nodes with one name: the second is refused, the first keeps it.
+    let redis = Redis::start();
+    let first = node(&redis.url(), "twin");
+    refused(
+        &redis.url(),
+        "twin",
+        "node_id twin is already used by another running node",
+    );
+    let _c = first.login_acked("still-first");
+    reachable(&first, "still-first", Duration::from_secs(5));
 }
 
 #[test]

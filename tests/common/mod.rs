@@ -1408,7 +1408,18 @@ impl Redis {
 
     /// Starts one on `port` (a restart keeps the port) and waits until it answers `PING`.
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_args(port, &[])
+    }
+
+    /// Starts one on a free port with extra arguments (`--requirepass x`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_args(free_port(), extra)
+    }
+
+    /// Starts one on `port` with `extra` arguments.
+    fn start_args(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
+            .args(extra)
             .args([
                 "--port",
                 &port.to_string(),
@@ -1430,7 +1441,7 @@ impl Redis {
             port,
         };
         assert!(
-            wait_until(Duration::from_secs(10), || r.ping()),
+            wait_until(Duration::from_secs(10), || r.answers()),
             "redis-server on port {port} did not answer PING"
         );
         r
@@ -1441,8 +1452,9 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Whether it answers `PING` (raw RESP over TCP).
-    pub fn ping(&self) -> bool {
+    /// Whether it answers `PING` (raw RESP over TCP), with `+PONG` or, when a password is
+    /// required, an authentication error.
+    pub fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
@@ -1452,7 +1464,7 @@ impl Redis {
             return false;
         }
         let mut buf = [0u8; 16];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     /// Kills it at once (SIGKILL) and waits for it.

@@ -27,6 +27,7 @@
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -68,6 +69,42 @@ for i = 4, #ARGV do
 end
 return n
 "#;
+
+/// The heartbeat: refreshes this member's `alive` key and this node's claim on its name, and
+/// lists the live nodes. ARGV: prefix, member, node, the node's owner token, ttl. Returns the
+/// owner of the node name when another process holds it (a second node with the same
+/// `node_id`), else the live nodes, `|`-joined, after a leading `+`.
+const HEARTBEAT_SCRIPT: &str = r#"
+local p, member, node, token, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local claim = p .. ':node:' .. node
+local owner = redis.call('GET', claim)
+if owner and owner ~= token then
+  return owner
+end
+redis.call('SET', claim, token, 'EX', ttl)
+redis.call('SET', p .. ':alive:' .. member, node, 'EX', ttl)
+redis.call('SADD', p .. ':members', member)
+local nodes, seen = {}, {}
+for _, m in ipairs(redis.call('SMEMBERS', p .. ':members')) do
+  local n = redis.call('GET', p .. ':alive:' .. m)
+  if not n then
+    redis.call('SREM', p .. ':members', m)
+  elseif not seen[n] then
+    seen[n] = true
+    table.insert(nodes, n)
+  end
+end
+table.sort(nodes)
+return '+' .. table.concat(nodes, '|')
+"#;
+
+/// The URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
 
 /// Why the bus could not start.
 #[derive(Debug, Error)]
@@ -122,6 +159,8 @@ pub enum BusEvent {
     Up,
     /// Lost Redis, or cannot reach it (why, for the log).
     Down(String),
+    /// The live nodes of the cluster, sorted (after each change).
+    Nodes(Vec<String>),
     /// How many members a `Route` or `Broadcast` reached; `None` when it could not be sent.
     Published {
         /// The entry's id.
@@ -168,11 +207,14 @@ pub fn node_of(member: &str) -> &str {
 impl Bus {
     /// Starts the two threads for member `NODE/PID` of the cluster at `url`; `waker` wakes the
     /// loop when events wait. Connecting happens in the background (and again after a loss).
+    /// `token` names this node's process (host and master pid): a second process claiming the
+    /// same node name is refused.
     pub fn start(
         url: &str,
         prefix: &str,
         node: &str,
         pid: u32,
+        token: &str,
         waker: Arc<Waker>,
     ) -> Result<Bus, ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
@@ -184,6 +226,8 @@ impl Bus {
             prefix: prefix.to_string(),
             member: member.clone(),
             node: node.to_string(),
+            token: token.to_string(),
+            joined: Arc::new(AtomicBool::new(false)),
             events: ev_tx,
             waker,
         };
@@ -223,6 +267,10 @@ struct Ctx {
     member: String,
     /// This node's name.
     node: String,
+    /// This node's process (host and master pid), the owner of its name in Redis.
+    token: String,
+    /// The command thread holds the node's name: the subscriber may listen.
+    joined: Arc<AtomicBool>,
     /// Events to the loop.
     events: Sender<BusEvent>,
     /// Wakes the loop.
@@ -279,16 +327,31 @@ impl Ctx {
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
-            if !self.emit(BusEvent::Up) {
-                return;
-            }
+            let served = Instant::now();
             match self.serve(&mut con, &rx) {
                 Ok(()) => return,
                 Err(e) => {
+                    self.joined.store(false, Ordering::SeqCst);
                     if !self.emit(BusEvent::Down(e.to_string())) {
                         return;
                     }
+                    if served.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    // A name conflict or a failing Redis: do not hammer it.
+                    let until = Instant::now() + backoff;
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        match rx.recv_timeout(left) {
+                            Ok(cmd) => {
+                                if !self.refuse(cmd) {
+                                    return;
+                                }
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -307,25 +370,43 @@ impl Ctx {
     /// Runs batches on a live connection; `Ok` when the loop is gone, `Err` when Redis is.
     fn serve(&self, con: &mut redis::Connection, rx: &Receiver<BusCmd>) -> redis::RedisResult<()> {
         let route = redis::Script::new(ROUTE);
+        let beat = redis::Script::new(HEARTBEAT_SCRIPT);
         let p = &self.prefix;
-        let alive_key = format!("{p}:alive:{}", self.member);
         let mut next_beat = Instant::now();
+        let mut nodes = String::new();
         // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
         route.prepare_invoke().load(con)?;
         loop {
             if Instant::now() >= next_beat {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&alive_key)
-                    .arg(&self.node)
-                    .arg("EX")
-                    .arg(ALIVE_TTL)
-                    .ignore()
-                    .cmd("SADD")
-                    .arg(format!("{p}:members"))
+                let answer: String = beat
+                    .arg(p)
                     .arg(&self.member)
-                    .ignore()
-                    .query::<()>(con)?;
+                    .arg(&self.node)
+                    .arg(&self.token)
+                    .arg(ALIVE_TTL)
+                    .invoke(con)?;
+                let Some(list) = answer.strip_prefix('+') else {
+                    self.joined.store(false, Ordering::SeqCst);
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "node_id in use",
+                        format!(
+                            "node_id {} is already used by another running node ({answer}); \
+                             give each node its own node_id",
+                            self.node
+                        ),
+                    )));
+                };
+                if !self.joined.swap(true, Ordering::SeqCst) && !self.emit(BusEvent::Up) {
+                    return Ok(());
+                }
+                if list != nodes {
+                    nodes = list.to_string();
+                    let v = nodes.split('|').filter(|n| !n.is_empty()).map(String::from);
+                    if !self.emit(BusEvent::Nodes(v.collect())) {
+                        return Ok(());
+                    }
+                }
                 next_beat = Instant::now() + HEARTBEAT;
             }
             let first = match rx.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
@@ -389,6 +470,10 @@ impl Ctx {
                     }
                 }
             }
+            // A batch may hold nothing to send (a resync of no uid).
+            if pipe.cmd_iter().next().is_none() {
+                continue;
+            }
             match pipe.query::<Vec<u32>>(con) {
                 Ok(counts) => {
                     for (id, n) in answers.iter().zip(counts) {
@@ -415,6 +500,11 @@ impl Ctx {
     fn subscriber(self) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Listen only while the command thread holds the node's name (the thread ends
+            // with the worker's process).
+            while !self.joined.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(50));
+            }
             let res = self.connect().and_then(|mut con| {
                 let mut sub = con.as_pubsub();
                 sub.subscribe(format!("{}:m:{}", self.prefix, self.member))?;
@@ -423,6 +513,13 @@ impl Ctx {
                 sub.set_read_timeout(Some(Duration::from_secs(1)))?;
                 backoff = Duration::from_millis(100);
                 loop {
+                    if !self.joined.load(Ordering::SeqCst) {
+                        // Not (or no longer) holding the node's name: stop listening.
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "not joined",
+                        )));
+                    }
                     match sub.get_message() {
                         Ok(msg) => {
                             let payload = msg.get_payload_bytes().to_vec();
@@ -462,5 +559,13 @@ mod tests {
         );
         assert_eq!(open_envelope(b"no newline"), None);
         assert_eq!(node_of("host.example/17"), "host.example");
+        assert_eq!(
+            redacted("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://…@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use super::mesh::{Holders, Job};
 use super::push::To;
 use super::Worker;
-use crate::cluster::{envelope, node_of, open_envelope, Bus, BusCmd, BusEvent};
+use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use herald_ipc::codec::{read_frame, write_frame};
@@ -65,11 +65,14 @@ pub(super) fn start_bus(
     prefix: &str,
     node: &str,
     pid: u32,
+    instance: u32,
     registry: &mio::Registry,
     token: mio::Token,
 ) -> std::io::Result<Bus> {
     let waker = Arc::new(mio::Waker::new(registry, token)?);
-    Bus::start(url, prefix, node, pid, waker).map_err(std::io::Error::other)
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let owner = format!("{}:{instance}", host.trim());
+    Bus::start(url, prefix, node, pid, &owner, waker).map_err(std::io::Error::other)
 }
 
 /// `msg` as a frame.
@@ -160,7 +163,10 @@ impl Worker {
         match ev {
             BusEvent::Up => {
                 if !self.cluster_up {
-                    log::info!("cluster: connected to Redis at {}", self.cfg.cluster);
+                    log::info!(
+                        "cluster: connected to Redis at {}",
+                        redacted(&self.cfg.cluster)
+                    );
                 }
                 self.cluster_up = true;
                 self.cluster_down_logged = false;
@@ -175,11 +181,17 @@ impl Worker {
                 if !self.cluster_down_logged {
                     log::warn!(
                         "cluster: cannot reach Redis at {}: {why}; serving this host, retrying",
-                        self.cfg.cluster
+                        redacted(&self.cfg.cluster)
                     );
                     self.cluster_down_logged = true;
                 }
                 self.cluster_up = false;
+            }
+            BusEvent::Nodes(nodes) => {
+                if self.id == 0 && nodes != self.cluster_nodes {
+                    log::info!("cluster: nodes {}", nodes.join(", "));
+                }
+                self.cluster_nodes = nodes;
             }
             BusEvent::Published { id, count } => {
                 if let Some(w) = self.gather.answered(id, PENDING) {

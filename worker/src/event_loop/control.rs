@@ -137,6 +137,9 @@ impl Worker {
             row.insert(stat.name.into(), json!(v));
         }
         row.insert("qps".into(), json!((self.qps * 10.0).round() / 10.0));
+        if self.bus.is_some() {
+            row.insert("cluster_nodes".into(), json!(self.cluster_nodes));
+        }
         row.insert("draining".into(), json!(self.drain_deadline.is_some()));
         row.insert("started".into(), json!(started));
         Value::Object(row)

@@ -145,6 +145,8 @@ pub struct Worker {
     cluster_up: bool,
     /// The loss of Redis was logged (once per episode).
     cluster_down_logged: bool,
+    /// The live nodes of the cluster, as Redis last listed them (for `status`).
+    cluster_nodes: Vec<String>,
     /// Bus events are left over from the last turn: handle them before waiting.
     bus_again: bool,
     /// Counters for `status`, `/metrics` and the API (gauges are filled in per row).
@@ -272,6 +274,7 @@ impl Worker {
             bus: None,
             cluster_up: false,
             cluster_down_logged: false,
+            cluster_nodes: Vec::new(),
             bus_again: false,
             stats: Stats::default(),
             qps: 0.0,
@@ -315,6 +318,7 @@ impl Worker {
                 &w.cfg.cluster_prefix,
                 &node,
                 pid,
+                instance,
                 w.poll.registry(),
                 TOK_BUS,
             )?;
