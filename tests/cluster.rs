@@ -239,3 +239,37 @@ fn a_node_killed_is_forgotten_within_fifteen_seconds() {
     assert_eq!(cmd(&a, r#"{"uid":"alice","still":"here"}"#), "ok\n");
     assert_eq!(next_text(&mut alice), r#"{"uid":"alice","still":"here"}"#);
 }
+
+#[test]
+fn the_seeds_php_push_on_one_node_and_groups_found_by_a_later_login_on_another() {
+    if !Redis::available() || !require("php", have_program("php")) {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a");
+    let b = node(&redis.url(), "node-b");
+    let mut uid1 = b.login_acked("uid1");
+    reachable(&a, "uid1", Duration::from_secs(10));
+    // The seed's backend script, unchanged, against node A's text port.
+    let php = std::process::Command::new("php")
+        .arg(workspace_root().join("scripts/php/push.php"))
+        .args(["127.0.0.1", &a.text.to_string(), "uid1"])
+        .output()
+        .expect("run php");
+    assert!(php.status.success(), "php: {}", show(&php.stderr));
+    assert_eq!(show(&php.stdout), show(b"ok\n"));
+    assert_eq!(
+        next_text(&mut uid1),
+        r#"{"uid":"uid1","percent":"88%"}"#
+    );
+    // Joined on A while online on B; a node started later finds the membership at login.
+    assert_eq!(cmd(&a, r#"{"cmd":"join","uid":"carol","group":"late"}"#), "ok\n");
+    let c = node(&redis.url(), "node-c");
+    let mut carol = c.login_acked("carol");
+    reachable(&a, "carol", Duration::from_secs(10));
+    let got = wait_until(Duration::from_secs(10), || {
+        cmd(&a, r#"{"cmd":"group","group":"late","data":"late news"}"#) == "ok\n"
+    });
+    assert!(got, "the group never reached carol on node C");
+    assert_eq!(next_text(&mut carol), "late news");
+}
