@@ -258,12 +258,12 @@ fn the_seeds_php_push_on_one_node_and_groups_found_by_a_later_login_on_another()
         .expect("run php");
     assert!(php.status.success(), "php: {}", show(&php.stderr));
     assert_eq!(show(&php.stdout), show(b"ok\n"));
-    assert_eq!(
-        next_text(&mut uid1),
-        r#"{"uid":"uid1","percent":"88%"}"#
-    );
+    assert_eq!(next_text(&mut uid1), r#"{"uid":"uid1","percent":"88%"}"#);
     // Joined on A while online on B; a node started later finds the membership at login.
-    assert_eq!(cmd(&a, r#"{"cmd":"join","uid":"carol","group":"late"}"#), "ok\n");
+    assert_eq!(
+        cmd(&a, r#"{"cmd":"join","uid":"carol","group":"late"}"#),
+        "ok\n"
+    );
     let c = node(&redis.url(), "node-c");
     let mut carol = c.login_acked("carol");
     reachable(&a, "carol", Duration::from_secs(10));

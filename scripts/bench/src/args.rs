@@ -13,6 +13,7 @@ USAGE:
   herald-bench limit     --clients N --count B [--spacing-ms S]
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
+  herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -29,6 +30,9 @@ MODES:
   limit-unicast  the same as unicast against that trivial server: each line is framed as it is
              and written to one client (one write(2) per push, no parsing, no login), and
              answered ok; the floor of a unicast push (its misrouted count is not reported)
+  cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
+             the clients on node B, the pushes into node A; the unicast figures, with server
+             CPU summed over both nodes and Redis, and Redis's own CPU per push apart
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -193,7 +197,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         }
     }
     match o.mode.as_str() {
-        "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn" => {}
+        "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
+        | "cluster-unicast" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

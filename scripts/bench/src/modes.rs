@@ -43,6 +43,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "limit" => limit(o, d),
         "limit-unicast" => limit_unicast(o, d),
         "churn" => crate::churn::run(o, d),
+        "cluster-unicast" => cluster_unicast(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -79,6 +80,7 @@ pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
         &Launch {
             wrap: o.server_wrap.clone(),
             stop_grace_ms: o.stop_grace_ms,
+            sets: Vec::new(),
         },
     )
 }
@@ -200,6 +202,56 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     unicast_run(o, d, &mut pool, herald.text, &mut m, || herald.sample())?;
     pool.shutdown();
     drop(herald);
+    Ok(Value::Object(m))
+}
+
+/// `cluster-unicast`: the clients on node B, the pushes into node A's text port, both nodes
+/// (of `--workers` workers each) on one `redis-server` this run starts. CPU is the sum of both
+/// nodes and Redis; Redis's own share is reported apart.
+fn cluster_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
+    let redis = crate::server::RedisServer::start()?;
+    let node = |name: &str| {
+        Herald::start(
+            &herald_path(o),
+            o.workers,
+            &Launch {
+                wrap: o.server_wrap.clone(),
+                stop_grace_ms: o.stop_grace_ms,
+                sets: vec![
+                    format!("cluster=\"redis://127.0.0.1:{}/0\"", redis.port),
+                    format!("node_id={name}"),
+                ],
+            },
+        )
+    };
+    let a = node("bench-a")?;
+    let b = node("bench-b")?;
+    let (mut pool, c) = connect_pool(o, d, b.ws, false, o.clients)?;
+    // Every login is in Redis once a push from A to the last uid answers ok.
+    push::wait_ok(
+        a.text,
+        &format!("u{}", o.clients - 1),
+        d.before_end(30_000_000_000),
+    )?;
+    let mut m = base(o, "herald-cluster", &c);
+    let pids = |h: &Herald| procstat::process_tree(h.pid());
+    let all: Vec<i32> = pids(&a)
+        .into_iter()
+        .chain(pids(&b))
+        .chain([redis.pid()])
+        .collect();
+    let r0 = procstat::sample(&[redis.pid()]);
+    unicast_run(o, d, &mut pool, a.text, &mut m, || procstat::sample(&all))?;
+    let r1 = procstat::sample(&[redis.pid()]);
+    let pushes = m.get("pushes").and_then(Value::as_u64).unwrap_or(0);
+    m.insert(
+        "redis_cpu_us_per_push".into(),
+        json!(cpu_per(&r0, &r1, pushes).0),
+    );
+    pool.shutdown();
+    drop(a);
+    drop(b);
+    drop(redis);
     Ok(Value::Object(m))
 }
 

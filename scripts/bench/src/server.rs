@@ -62,6 +62,8 @@ pub struct Launch {
     pub wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL on stop.
     pub stop_grace_ms: u64,
+    /// More `--set KEY=VALUE` settings (a cluster node's `cluster` and `node_id`).
+    pub sets: Vec<String>,
 }
 
 /// A running Herald.
@@ -119,6 +121,7 @@ impl Herald {
             .arg("--pid-file")
             .arg(dir.join("herald.pid"))
             .args(["--set", "login_reply=true"])
+            .args(launch.sets.iter().flat_map(|s| ["--set", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -234,5 +237,56 @@ impl Herald {
 impl Drop for Herald {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A `redis-server` for the cluster mode: a free loopback port, no file written, killed when
+/// dropped.
+pub struct RedisServer {
+    /// The process.
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one and waits (at most 10 s) until it answers `PING`.
+    pub fn start() -> Result<RedisServer, String> {
+        let port = free_ports()?[0];
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server (apt install redis-server): {e}"))?;
+        let r = RedisServer { child, port };
+        let until = mono_ns() + 10_000_000_000;
+        while mono_ns() < until {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+                let mut buf = [0u8; 8];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+                {
+                    return Ok(r);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("redis-server on port {port} did not answer"))
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
