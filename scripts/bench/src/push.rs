@@ -268,6 +268,30 @@ pub fn broadcasts(
     Ok((sent, ok))
 }
 
+/// Pushes `{"uid":UID,"probe":…}` through `text` until it answers `ok` (a cluster has learned
+/// where the uid is), or fails at `deadline_ns`.
+pub fn wait_ok(text: SocketAddrV4, uid: &str, deadline_ns: u64) -> Result<(), String> {
+    loop {
+        let mut s = StdStream::connect(text).map_err(|e| format!("text port: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s.write_all(format!("{{\"uid\":\"{uid}\",\"probe\":true}}\n").as_bytes())
+            .map_err(|e| format!("text port: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .map_err(|e| format!("text port: {e}"))?;
+        if line == "ok\n" {
+            return Ok(());
+        }
+        if mono_ns() > deadline_ns {
+            return Err(format!(
+                "{uid} never reachable through the cluster: {line:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,29 +336,5 @@ mod tests {
         let (b, _) = l.accept().unwrap();
         a.set_nonblocking(true).unwrap();
         (TcpStream::from_std(a), b)
-    }
-}
-
-/// Pushes `{"uid":UID,"probe":…}` through `text` until it answers `ok` (a cluster has learned
-/// where the uid is), or fails at `deadline_ns`.
-pub fn wait_ok(text: SocketAddrV4, uid: &str, deadline_ns: u64) -> Result<(), String> {
-    loop {
-        let mut s = StdStream::connect(text).map_err(|e| format!("text port: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        s.write_all(format!("{{\"uid\":\"{uid}\",\"probe\":true}}\n").as_bytes())
-            .map_err(|e| format!("text port: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(&s)
-            .read_line(&mut line)
-            .map_err(|e| format!("text port: {e}"))?;
-        if line == "ok\n" {
-            return Ok(());
-        }
-        if mono_ns() > deadline_ns {
-            return Err(format!(
-                "{uid} never reachable through the cluster: {line:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
