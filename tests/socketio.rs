@@ -416,3 +416,46 @@ fn pipelined_requests_for_sessions_of_two_workers_are_both_answered() {
         assert_ne!(r.body, br#"{"code":1,"message":"Session ID unknown"}"#);
     }
 }
+
+/// A cluster of two nodes on a real `redis-server`: a socket.io-client v4 page on each node
+/// gets the seed's publish entering the other node, and the online count covers both nodes.
+#[test]
+fn socketio_pages_on_two_nodes_of_a_cluster() {
+    if !node_ready() || !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let node = |name: &str| {
+        let srv = Server::builder()
+            .workers(2)
+            .socketio()
+            .set(&format!("cluster=\"{}\"", redis.url()))
+            .set(&format!("node_id={name}"))
+            .start();
+        srv.wait_mesh();
+        srv
+    };
+    let a = node("sio-a");
+    let b = node("sio-b");
+    let on_a = SioClient::spawn("v4", "default", a.socketio, "page-a");
+    let on_b = SioClient::spawn("v4", "websocket", b.socketio, "page-b");
+    on_a.wait_for("connect", Duration::from_secs(30));
+    on_b.wait_for("connect", Duration::from_secs(30));
+    // One page on each node: both see two.
+    on_a.wait_online(2, Duration::from_secs(20));
+    on_b.wait_online(2, Duration::from_secs(20));
+    for (entry, uid, page) in [(&a, "page-b", &on_b), (&b, "page-a", &on_a)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while publish(entry, uid, "across") != "ok" {
+            assert!(
+                Instant::now() < deadline,
+                "{uid} never reachable across nodes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            page.wait_for("new_msg", Duration::from_secs(10)),
+            "new_msg across"
+        );
+    }
+}
