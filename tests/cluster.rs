@@ -273,3 +273,111 @@ fn the_seeds_php_push_on_one_node_and_groups_found_by_a_later_login_on_another()
     assert!(got, "the group never reached carol on node C");
     assert_eq!(next_text(&mut carol), "late news");
 }
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        show(&out.stderr)
+    );
+}
+
+#[test]
+fn nodes_reach_redis_over_tls() {
+    let has_openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !Redis::available() || !require("openssl (apt install openssl)", has_openssl) {
+        return;
+    }
+    // A CA, and a certificate for 127.0.0.1 that it signs.
+    let dir = TempDir::new();
+    let d = dir.path.as_path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=herald-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let port = free_port();
+    let path = |f: &str| d.join(f).display().to_string();
+    let _redis = Redis::start_tls(
+        port,
+        &path("redis.pem"),
+        &path("redis.key"),
+        &path("ca.pem"),
+    );
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let tls_node = |name: &str| {
+        let srv = Server::builder()
+            .workers(2)
+            .login_reply()
+            .set(&format!("cluster=\"{url}\""))
+            .set(&format!("cluster_ca=\"{}\"", path("ca.pem")))
+            .set(&format!("node_id={name}"))
+            .start();
+        srv.wait_mesh();
+        srv
+    };
+    let a = tls_node("tls-a");
+    let b = tls_node("tls-b");
+    let mut bob = b.login_acked("bob");
+    reachable(&a, "bob", Duration::from_secs(15));
+    assert_eq!(cmd(&a, r#"{"uid":"bob","over":"tls"}"#), "ok\n");
+    assert_eq!(next_text(&mut bob), r#"{"uid":"bob","over":"tls"}"#);
+}

@@ -130,6 +130,9 @@ pub struct Config {
     /// Prefix of every Redis key and channel Herald uses, so several clusters can share one
     /// Redis.
     pub cluster_prefix: String,
+    /// With `rediss://`: a PEM file of the CA that signed Redis's certificate (empty: the
+    /// system's trusted roots).
+    pub cluster_ca: String,
 }
 
 impl Default for Config {
@@ -172,6 +175,7 @@ impl Default for Config {
             cluster: String::new(),
             node_id: String::new(),
             cluster_prefix: "herald".into(),
+            cluster_ca: String::new(),
         }
     }
 }
@@ -255,12 +259,13 @@ impl Config {
         self.auth_mode(&l)?;
         if !self.cluster.is_empty()
             && !self.cluster.starts_with("redis://")
+            && !self.cluster.starts_with("rediss://")
             && !self.cluster.starts_with("redis+unix://")
         {
             return Err(ConfigError::OutOfRange {
                 key: "cluster",
                 why: format!(
-                    "`{}` is not a Redis URL (redis://HOST:PORT/DB, redis://:PASSWORD@HOST:PORT/DB)",
+                    "`{}` is not a Redis URL (redis://HOST:PORT/DB, redis://:PASSWORD@HOST:PORT/DB, rediss:// for TLS)",
                     self.cluster
                 ),
             });

@@ -1416,6 +1416,54 @@ impl Redis {
         Redis::start_args(free_port(), extra)
     }
 
+    /// Starts one speaking TLS only, on `port`, with this certificate, key and CA (clients
+    /// need no certificate of their own).
+    pub fn start_tls(port: u16, cert: &str, key: &str, ca: &str) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+            ])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        let r = Redis {
+            child: Some(child),
+            port,
+        };
+        // The TLS port accepts TCP once it listens; the nodes' handshakes test the rest.
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "redis-server with TLS on port {port} did not listen"
+        );
+        r
+    }
+
     /// Starts one on `port` with `extra` arguments.
     fn start_args(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")

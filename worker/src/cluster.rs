@@ -209,15 +209,35 @@ impl Bus {
     /// loop when events wait. Connecting happens in the background (and again after a loss).
     /// `token` names this node's process (host and master pid): a second process claiming the
     /// same node name is refused.
+    /// `ca` is a PEM file of the CA that signed a `rediss://` server's certificate (empty: the
+    /// system's trusted roots).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         url: &str,
+        ca: &str,
         prefix: &str,
         node: &str,
         pid: u32,
         token: &str,
         waker: Arc<Waker>,
     ) -> Result<Bus, ClusterError> {
-        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        // `rediss://` runs on rustls with ring: make it the process's provider (once; a later
+        // call finds it installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = if ca.is_empty() {
+            redis::Client::open(url)
+        } else {
+            let root = std::fs::read(ca)
+                .map_err(|e| ClusterError::Url(format!("cluster_ca {ca}: {e}")))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            )
+        }
+        .map_err(|e| ClusterError::Url(e.to_string()))?;
         let member = format!("{node}/{pid}");
         let (tx, cmd_rx) = bounded(QUEUE);
         let (ev_tx, rx) = bounded(EVENTS);

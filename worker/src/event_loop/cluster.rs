@@ -60,8 +60,10 @@ pub(super) fn node_name(node_id: &str, instance: u32) -> String {
 }
 
 /// Starts the bus of a worker whose configuration names a cluster.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start_bus(
     url: &str,
+    ca: &str,
     prefix: &str,
     node: &str,
     pid: u32,
@@ -72,7 +74,7 @@ pub(super) fn start_bus(
     let waker = Arc::new(mio::Waker::new(registry, token)?);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let owner = format!("{}:{instance}", host.trim());
-    Bus::start(url, prefix, node, pid, &owner, waker).map_err(std::io::Error::other)
+    Bus::start(url, ca, prefix, node, pid, &owner, waker).map_err(std::io::Error::other)
 }
 
 /// `msg` as a frame.

@@ -315,6 +315,7 @@ impl Worker {
             let node = cluster::node_name(&w.cfg.node_id, instance);
             let bus = cluster::start_bus(
                 &w.cfg.cluster,
+                &w.cfg.cluster_ca,
                 &w.cfg.cluster_prefix,
                 &node,
                 pid,
