@@ -3,7 +3,7 @@
 
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
-use crate::conn::{Port, Proto, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE};
+use crate::conn::{Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, WANT_WRITE};
 use crate::delivery::close_frame;
 use crate::registry::Recipient;
 use bytes::Bytes;
@@ -52,6 +52,10 @@ impl Worker {
                 continue;
             };
             conn.flags &= !DIRTY;
+            if conn.flags & (EOF_IN | CLOSING) == EOF_IN && conn.answered() {
+                // Its input is over and every request read is answered: close after the answers.
+                conn.flags |= CLOSING;
+            }
             let res = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
             if conn.flags & READ_PAUSED != 0 && !read_blocked(conn, &self.cfg) {
                 conn.flags &= !READ_PAUSED;
