@@ -28,6 +28,11 @@ pub const CLOSING: u8 = 2;
 /// backend's lines and requests already read are still answered, then the connection closes
 /// once the answers are written (RFC 9112 §9.6: a server reading EOF still answers).
 pub const EOF_IN: u8 = 32;
+/// Flag: a backend connection of a draining or stopping worker: nothing more is read as
+/// requests; once every request already read is answered and written, the server shuts its
+/// side for writing and reads (and discards) what the peer still sends until its EOF, so
+/// that unread input cannot turn the close into a reset that destroys answers in flight.
+pub const RETIRED: u8 = 64;
 
 /// Which listener a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +202,7 @@ pub struct Conn {
     pub bytes_in: u64,
     /// Bytes written, for `connections`.
     pub bytes_out: u64,
-    /// [`DIRTY`], [`CLOSING`], [`EOF_IN`]…
+    /// [`DIRTY`], [`CLOSING`], [`EOF_IN`], [`RETIRED`]…
     pub flags: u8,
     /// When accepted (worker clock ticks): the handshake and login deadline count from here.
     pub since: u32,
@@ -208,6 +213,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A backend's connection (the text port, the HTTP port): its lines and requests are
+    /// pushes and queries, each answered; a draining or stopping worker retires it.
+    pub fn is_backend(&self) -> bool {
+        matches!(self.port, Port::Text | Port::Http)
+    }
+
     /// Every line or request read from it has its answer queued: no text reply and no HTTP
     /// response waits (for siblings, or for a long poll's packets).
     pub fn answered(&self) -> bool {
@@ -218,9 +229,10 @@ impl Conn {
         }
     }
 
-    /// Whether its socket is read: not after its EOF.
+    /// Whether its socket is read: not after its EOF, nor once retired (until it is closing,
+    /// when what the peer still sends is read and discarded).
     pub fn reads(&self) -> bool {
-        self.flags & EOF_IN == 0
+        self.flags & EOF_IN == 0 && self.flags & (RETIRED | CLOSING) != RETIRED
     }
 }
 

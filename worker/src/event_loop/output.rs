@@ -3,7 +3,9 @@
 
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
-use crate::conn::{Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, WANT_WRITE};
+use crate::conn::{
+    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
+};
 use crate::delivery::close_frame;
 use crate::registry::Recipient;
 use bytes::Bytes;
@@ -52,7 +54,8 @@ impl Worker {
                 continue;
             };
             conn.flags &= !DIRTY;
-            if conn.flags & (EOF_IN | CLOSING) == EOF_IN && conn.answered() {
+            if conn.flags & (EOF_IN | RETIRED) != 0 && conn.flags & CLOSING == 0 && conn.answered()
+            {
                 // Its input is over and every request read is answered: close after the answers.
                 conn.flags |= CLOSING;
             }
@@ -67,15 +70,28 @@ impl Worker {
             match res {
                 Ok(true) => {
                     conn.slow_since = 0;
-                    if conn.flags & CLOSING != 0 {
-                        self.close(slot);
-                    } else if conn.flags & WANT_WRITE != 0 {
+                    if conn.flags & WANT_WRITE != 0 {
                         conn.flags &= !WANT_WRITE;
                         let _ = self.poll.registry().reregister(
                             &mut conn.stream,
                             Token(CONN_BASE + slot),
                             Interest::READABLE,
                         );
+                    }
+                    if conn.flags & (CLOSING | RETIRED | EOF_IN) == CLOSING | RETIRED {
+                        // Lingering close (RFC 9112 §9.6): the FIN goes after the last answer,
+                        // and what the peer still sends is read and discarded, until its EOF
+                        // or until its TCP acknowledged everything (`linger`), so that unread
+                        // input cannot make the close a reset that destroys answers in flight.
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                        if conn.flags & RESUME == 0 {
+                            conn.flags |= RESUME;
+                            self.resume.push(slot);
+                        }
+                        let id = conn.id;
+                        self.linger(slot, id);
+                    } else if conn.flags & CLOSING != 0 {
+                        self.close(slot);
                     }
                 }
                 Ok(false) => {
@@ -138,8 +154,24 @@ impl Worker {
 
     /// Stop or drain end: WebSockets get a close frame with `code`, best effort, then all go.
     pub(super) fn close_all(&mut self, code: u16, reason: &str) {
+        self.close_where(code, reason, |_| true);
+    }
+
+    /// Stop or drain end for the clients (the WebSocket and Socket.IO ports), as
+    /// [`close_all`](Self::close_all); backends are left to finish their answers.
+    pub(super) fn close_clients(&mut self, code: u16, reason: &str) {
+        self.close_where(code, reason, |c| !c.is_backend());
+    }
+
+    /// Closes every connection `which` selects, a WebSocket after a close frame with `code`.
+    fn close_where(&mut self, code: u16, reason: &str, which: impl Fn(&Conn) -> bool) {
         let f = close_frame(code, reason);
-        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        let slots: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| which(c))
+            .map(|(s, _)| s)
+            .collect();
         for slot in slots {
             if let Some(conn) = self.conns.get_mut(slot) {
                 if let Proto::Ws(ws) = &mut conn.proto {

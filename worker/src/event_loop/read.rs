@@ -73,6 +73,9 @@ impl Worker {
             }
         }
         self.scratch = scratch;
+        if self.retire.is_some() {
+            self.retire_conn(slot, false);
+        }
     }
 
     /// The peer of `slot` finished sending. A backend's lines and requests already read are
