@@ -10,6 +10,7 @@
 //!   connection that closed without its reply, a reply lost.
 //! * Connections opened in a loop during three plain reloads are neither refused nor reset,
 //!   and each gets its reply.
+//! * Neither logs a `Broken pipe` warning: a sibling link closing during a reload is expected.
 //!
 //! Synchronisation is on replies, frames and processes (`/proc`), never on sleeps alone.
 
@@ -397,6 +398,21 @@ fn reload(srv: &mut Server, args: &[&str]) {
     );
 }
 
+/// Asserts that the server logged no `Broken pipe` warning.
+fn assert_no_broken_pipe_warnings(srv: &Server) {
+    let log = srv.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("Broken pipe"))
+        .collect();
+    assert!(
+        warned.is_empty(),
+        "{} `Broken pipe` warnings, first: {:?}",
+        warned.len(),
+        &warned[..warned.len().min(5)]
+    );
+}
+
 #[test]
 fn pipelined_backends_lose_no_reply_across_plain_and_graceful_reloads() {
     let mut srv = Server::builder()
@@ -557,6 +573,7 @@ fn pipelined_backends_lose_no_reply_across_plain_and_graceful_reloads() {
         resets, 0,
         "connections reset instead of closed after their last reply"
     );
+    assert_no_broken_pipe_warnings(&srv);
 }
 
 /// How the connections of the connect loop ended.
@@ -641,4 +658,5 @@ fn plain_reloads_refuse_or_reset_no_connection() {
     );
     let failed = r.refused.len() + r.reset.len() + r.closed_without_reply.len() + r.wrong.len();
     assert_eq!(failed, 0, "{r:#?}");
+    assert_no_broken_pipe_warnings(&srv);
 }

@@ -46,6 +46,27 @@ impl Worker {
     /// channel.
     pub(super) fn flush_all(&mut self) {
         self.sio_flush();
+        self.flush_conns();
+        let broken = self.flush_links();
+        if !broken.is_empty() {
+            // A sibling gone while we write to it (it exited in a reload, or died) is
+            // expected: what it answered before it went is read first, then its link ends
+            // (logged once, at info) and what still waited for it completes without it. The
+            // answers that completes go out in this turn too.
+            for (key, why) in broken {
+                self.on_link(key);
+                self.drop_link(key, &why);
+            }
+            self.sio_flush();
+            self.flush_conns();
+            // A link failing now is dropped when its end is read.
+            let _ = self.flush_links();
+        }
+        let _ = self.control.flush();
+    }
+
+    /// Writes every connection in this turn's flush list.
+    fn flush_conns(&mut self) {
         let mut i = 0;
         while i < self.dirty.len() {
             let slot = self.dirty[i];
@@ -117,15 +138,20 @@ impl Worker {
             }
         }
         self.dirty.clear();
-        for (_, link) in self.links.iter_mut() {
+    }
+
+    /// Writes every sibling link with output; returns the links whose write failed, and why.
+    fn flush_links(&mut self) -> Vec<(usize, String)> {
+        let mut broken = Vec::new();
+        for (key, link) in self.links.iter_mut() {
             if link.dirty {
                 link.dirty = false;
                 if let Err(e) = link.chan.flush() {
-                    log::warn!("link to worker {}: {e}", link.peer_worker);
+                    broken.push((key, e.to_string()));
                 }
             }
         }
-        let _ = self.control.flush();
+        broken
     }
 
     /// Removes a connection now.
