@@ -248,6 +248,7 @@ impl Bus {
             node: node.to_string(),
             token: token.to_string(),
             joined: Arc::new(AtomicBool::new(false)),
+            listening: Arc::new(AtomicBool::new(false)),
             events: ev_tx,
             waker,
         };
@@ -291,6 +292,9 @@ struct Ctx {
     token: String,
     /// The command thread holds the node's name: the subscriber may listen.
     joined: Arc<AtomicBool>,
+    /// The subscriber listens: answers to what this member asks can reach it, so the loop
+    /// may be told the bus is up.
+    listening: Arc<AtomicBool>,
     /// Events to the loop.
     events: Sender<BusEvent>,
     /// Wakes the loop.
@@ -394,6 +398,7 @@ impl Ctx {
         let p = &self.prefix;
         let mut next_beat = Instant::now();
         let mut nodes = String::new();
+        let mut up = false;
         // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
         route.prepare_invoke().load(con)?;
         loop {
@@ -417,9 +422,7 @@ impl Ctx {
                         ),
                     )));
                 };
-                if !self.joined.swap(true, Ordering::SeqCst) && !self.emit(BusEvent::Up) {
-                    return Ok(());
-                }
+                self.joined.store(true, Ordering::SeqCst);
                 if list != nodes {
                     nodes = list.to_string();
                     let v = nodes.split('|').filter(|n| !n.is_empty()).map(String::from);
@@ -429,7 +432,19 @@ impl Ctx {
                 }
                 next_beat = Instant::now() + HEARTBEAT;
             }
-            let first = match rx.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
+            // Up once the subscriber listens too (until then, wake often to see it).
+            if !up && self.listening.load(Ordering::SeqCst) {
+                up = true;
+                if !self.emit(BusEvent::Up) {
+                    return Ok(());
+                }
+            }
+            let wait = if up {
+                next_beat.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(10)
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -529,6 +544,7 @@ impl Ctx {
                 let mut sub = con.as_pubsub();
                 sub.subscribe(format!("{}:m:{}", self.prefix, self.member))?;
                 sub.subscribe(format!("{}:all", self.prefix))?;
+                self.listening.store(true, Ordering::SeqCst);
                 // A quiet channel is not a dead one: time out, then listen again.
                 sub.set_read_timeout(Some(Duration::from_secs(1)))?;
                 backoff = Duration::from_millis(100);
@@ -556,6 +572,7 @@ impl Ctx {
                     }
                 }
             });
+            self.listening.store(false, Ordering::SeqCst);
             match res {
                 Ok(()) => return,
                 Err(e) => log::debug!("cluster subscriber: {e}; reconnecting"),

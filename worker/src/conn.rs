@@ -24,6 +24,15 @@ pub const READ_PAUSED: u8 = 8;
 pub const RESUME: u8 = 16;
 /// Flag: close once the output is written (after a close frame, an error response…).
 pub const CLOSING: u8 = 2;
+/// Flag: the peer finished sending (a read returned end of file). Nothing more is read; a
+/// backend's lines and requests already read are still answered, then the connection closes
+/// once the answers are written (RFC 9112 §9.6: a server reading EOF still answers).
+pub const EOF_IN: u8 = 32;
+/// Flag: a backend connection of a draining or stopping worker: nothing more is read as
+/// requests; once every request already read is answered and written, the server shuts its
+/// side for writing and reads (and discards) what the peer still sends until its EOF, so
+/// that unread input cannot turn the close into a reset that destroys answers in flight.
+pub const RETIRED: u8 = 64;
 
 /// Which listener a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +205,7 @@ pub struct Conn {
     pub bytes_in: u64,
     /// Bytes written, for `connections`.
     pub bytes_out: u64,
-    /// [`DIRTY`] and [`CLOSING`].
+    /// [`DIRTY`], [`CLOSING`], [`EOF_IN`], [`RETIRED`]…
     pub flags: u8,
     /// When accepted (worker clock ticks): the handshake and login deadline count from here.
     pub since: u32,
@@ -204,6 +213,30 @@ pub struct Conn {
     pub last_seen: u32,
     /// Since when pushes to it are being dropped for a full queue (ticks; 0: not slow).
     pub slow_since: u32,
+}
+
+impl Conn {
+    /// A backend's connection (the text port, the HTTP port): its lines and requests are
+    /// pushes and queries, each answered; a draining or stopping worker retires it.
+    pub fn is_backend(&self) -> bool {
+        matches!(self.port, Port::Text | Port::Http)
+    }
+
+    /// Every line or request read from it has its answer queued: no text reply and no HTTP
+    /// response waits (for siblings, or for a long poll's packets).
+    pub fn answered(&self) -> bool {
+        match &self.proto {
+            Proto::Text(t) => t.replies.is_empty(),
+            Proto::Http(h) => !h.waiting,
+            Proto::Handshake | Proto::Ws(_) => true,
+        }
+    }
+
+    /// Whether its socket is read: not after its EOF, nor once retired (until it is closing,
+    /// when what the peer still sends is read and discarded).
+    pub fn reads(&self) -> bool {
+        self.flags & EOF_IN == 0 && self.flags & (RETIRED | CLOSING) != RETIRED
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 
 use super::mesh::{Holders, Job};
 use super::push::To;
+use super::query::QReply;
 use super::Worker;
 use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use herald_ipc::codec::{read_frame, write_frame};
-use herald_ipc::{PeerMsg, Push, Share};
+use herald_ipc::{PeerMsg, Push, Query, Share};
 use std::sync::Arc;
 
 /// Gather key: the bus has not said yet how many members got the message.
@@ -173,10 +174,15 @@ impl Worker {
                 self.cluster_up = true;
                 self.cluster_down_logged = false;
                 let uids: Vec<String> = self.registry.iter().map(|(u, _)| u.to_string()).collect();
+                let any = !uids.is_empty();
                 if let Some(bus) = &self.bus {
                     if !bus.send(BusCmd::Resync(uids)) {
                         self.stats.cluster_dropped += 1;
                     }
+                }
+                if any {
+                    // Logins made while Redis was out of reach could not ask for their groups.
+                    self.query(Query::Groups, QReply::ClusterSync);
                 }
             }
             BusEvent::Down(why) => {

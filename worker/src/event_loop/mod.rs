@@ -60,6 +60,7 @@ mod text;
 mod timers;
 mod websocket;
 
+use control::Retire;
 use mesh::Job;
 use socketio::Sio;
 
@@ -161,8 +162,10 @@ pub struct Worker {
     started: SystemTime,
     /// Set by `Drain`: when to close remaining connections.
     drain_deadline: Option<Instant>,
-    /// Set by `Stop` or a closed control channel.
-    stop: bool,
+    /// Set by `Stop` or a closed control channel: exit once the backends' answers are out.
+    stopping: bool,
+    /// Drain or stop: the backends' retirement and the closing of the clients.
+    retire: Option<Retire>,
     /// Checks login tokens.
     auth: Auth,
     /// The worker clock's origin: ticks are tenths of a second since then.
@@ -282,7 +285,8 @@ impl Worker {
             last_tick_pushes: 0,
             started: SystemTime::now(),
             drain_deadline: None,
-            stop: false,
+            stopping: false,
+            retire: None,
             auth,
             epoch: Instant::now(),
             now: 0,
@@ -339,7 +343,7 @@ impl Worker {
     /// Runs until stopped.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        while !self.stop {
+        loop {
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -410,25 +414,16 @@ impl Worker {
                 self.sio_tick();
                 self.last_tick = now;
             }
+            self.wind_down(now);
             self.send_presence();
             self.flush_all();
-            if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() {
-                    log::info!("drained: no connection left");
-                    break;
-                }
-                if now >= deadline {
-                    log::info!(
-                        "drain timeout: closing {} remaining connections with 1001",
-                        self.conns.len()
-                    );
-                    self.close_all(1001, "server going away");
-                    break;
-                }
+            if self.retire.is_some() && self.conns.is_empty() {
+                log::info!(
+                    "{}: no connection left",
+                    if self.stopping { "stopped" } else { "drained" }
+                );
+                break;
             }
-        }
-        if self.stop {
-            self.close_all(1001, "server stopping");
         }
         // Hand the master whatever it was last told (ListenersClosed, a status row).
         let _ = self.control.flush();
@@ -446,7 +441,7 @@ impl Worker {
             self.accept_paused_until,
             (!self.mesh_known).then_some(self.mesh_wait_until),
             self.reconnect_at,
-            self.drain_deadline,
+            self.wind_down_deadline(),
             Some(self.next_sweep),
         ]
         .into_iter()

@@ -3,7 +3,9 @@
 
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
-use crate::conn::{Port, Proto, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE};
+use crate::conn::{
+    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
+};
 use crate::delivery::close_frame;
 use crate::registry::Recipient;
 use bytes::Bytes;
@@ -44,6 +46,27 @@ impl Worker {
     /// channel.
     pub(super) fn flush_all(&mut self) {
         self.sio_flush();
+        self.flush_conns();
+        let broken = self.flush_links();
+        if !broken.is_empty() {
+            // A sibling gone while we write to it (it exited in a reload, or died) is
+            // expected: what it answered before it went is read first, then its link ends
+            // (logged once, at info) and what still waited for it completes without it. The
+            // answers that completes go out in this turn too.
+            for (key, why) in broken {
+                self.on_link(key);
+                self.drop_link(key, &why);
+            }
+            self.sio_flush();
+            self.flush_conns();
+            // A link failing now is dropped when its end is read.
+            let _ = self.flush_links();
+        }
+        let _ = self.control.flush();
+    }
+
+    /// Writes every connection in this turn's flush list.
+    fn flush_conns(&mut self) {
         let mut i = 0;
         while i < self.dirty.len() {
             let slot = self.dirty[i];
@@ -52,6 +75,11 @@ impl Worker {
                 continue;
             };
             conn.flags &= !DIRTY;
+            if conn.flags & (EOF_IN | RETIRED) != 0 && conn.flags & CLOSING == 0 && conn.answered()
+            {
+                // Its input is over and every request read is answered: close after the answers.
+                conn.flags |= CLOSING;
+            }
             let res = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
             if conn.flags & READ_PAUSED != 0 && !read_blocked(conn, &self.cfg) {
                 conn.flags &= !READ_PAUSED;
@@ -68,15 +96,28 @@ impl Worker {
                         handoff = std::mem::take(&mut h.handoff_after_flush);
                         h.waiting &= !handoff;
                     }
-                    if conn.flags & CLOSING != 0 {
-                        self.close(slot);
-                    } else if conn.flags & WANT_WRITE != 0 {
+                    if conn.flags & WANT_WRITE != 0 {
                         conn.flags &= !WANT_WRITE;
                         let _ = self.poll.registry().reregister(
                             &mut conn.stream,
                             Token(CONN_BASE + slot),
                             Interest::READABLE,
                         );
+                    }
+                    if conn.flags & (CLOSING | RETIRED | EOF_IN) == CLOSING | RETIRED {
+                        // Lingering close (RFC 9112 §9.6): the FIN goes after the last answer,
+                        // and what the peer still sends is read and discarded, until its EOF
+                        // or until its TCP acknowledged everything (`linger`), so that unread
+                        // input cannot make the close a reset that destroys answers in flight.
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                        if conn.flags & RESUME == 0 {
+                            conn.flags |= RESUME;
+                            self.resume.push(slot);
+                        }
+                        let id = conn.id;
+                        self.linger(slot, id);
+                    } else if conn.flags & CLOSING != 0 {
+                        self.close(slot);
                     }
                 }
                 Ok(false) => {
@@ -106,15 +147,20 @@ impl Worker {
             }
         }
         self.dirty.clear();
-        for (_, link) in self.links.iter_mut() {
+    }
+
+    /// Writes every sibling link with output; returns the links whose write failed, and why.
+    fn flush_links(&mut self) -> Vec<(usize, String)> {
+        let mut broken = Vec::new();
+        for (key, link) in self.links.iter_mut() {
             if link.dirty {
                 link.dirty = false;
                 if let Err(e) = link.chan.flush() {
-                    log::warn!("link to worker {}: {e}", link.peer_worker);
+                    broken.push((key, e.to_string()));
                 }
             }
         }
-        let _ = self.control.flush();
+        broken
     }
 
     /// Removes a connection now.
@@ -143,8 +189,24 @@ impl Worker {
 
     /// Stop or drain end: WebSockets get a close frame with `code`, best effort, then all go.
     pub(super) fn close_all(&mut self, code: u16, reason: &str) {
+        self.close_where(code, reason, |_| true);
+    }
+
+    /// Stop or drain end for the clients (the WebSocket and Socket.IO ports), as
+    /// [`close_all`](Self::close_all); backends are left to finish their answers.
+    pub(super) fn close_clients(&mut self, code: u16, reason: &str) {
+        self.close_where(code, reason, |c| !c.is_backend());
+    }
+
+    /// Closes every connection `which` selects, a WebSocket after a close frame with `code`.
+    fn close_where(&mut self, code: u16, reason: &str, which: impl Fn(&Conn) -> bool) {
         let f = close_frame(code, reason);
-        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        let slots: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| which(c))
+            .map(|(s, _)| s)
+            .collect();
         for slot in slots {
             if let Some(conn) = self.conns.get_mut(slot) {
                 if let Proto::Ws(ws) = &mut conn.proto {

@@ -41,6 +41,9 @@ pub(super) enum QReply {
     LoginSync(Rc<str>),
     /// The once-a-second count of uids and pages for Socket.IO's `update_online_count`.
     OnlineCount,
+    /// This worker (re)joined the cluster: its uids adopt the groups the cluster knows for
+    /// them (a login made while Redis was out of reach could not ask).
+    ClusterSync,
 }
 
 impl Worker {
@@ -170,6 +173,18 @@ impl Worker {
                     self.sio_online(uids.len(), *connections);
                 } else {
                     self.sio_online(0, 0);
+                }
+            }
+            QReply::ClusterSync => {
+                let now = self.now;
+                if let Merged::Groups(groups) = merged {
+                    for (g, members) in groups {
+                        for u in members {
+                            if !self.registry.get(&u).is_empty() {
+                                self.groups.join(&u, &g, true, now);
+                            }
+                        }
+                    }
                 }
             }
             QReply::LoginSync(uid) => {

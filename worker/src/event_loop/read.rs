@@ -4,7 +4,7 @@
 
 use super::{would_block, Worker, MAX_PENDING_REPLIES, READ_BUDGET, SCRATCH};
 use crate::config::Config;
-use crate::conn::{Conn, Port, Proto, CLOSING, READ_PAUSED, RESUME};
+use crate::conn::{Conn, Port, Proto, CLOSING, EOF_IN, READ_PAUSED, RESUME};
 use std::io::{self, Read};
 
 /// Whether a connection must not be read now: its queued output is over `max_send_buffer`
@@ -25,46 +25,35 @@ impl Worker {
     /// Reads `slot` until `WouldBlock`, its read budget or backpressure. With `short_ok` (the
     /// event said readable and nothing else), a read that did not fill the buffer ends it: the
     /// socket was empty then, and saving the `read` that would only say `WouldBlock` is one
-    /// system call less per backend connection and turn.
+    /// system call less per backend connection and turn. The end of the peer's input ends
+    /// reading, not the connection ([`Worker::on_eof`]).
     pub(super) fn on_readable(&mut self, slot: usize, short_ok: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = READ_BUDGET;
         while let Some(conn) = self.conns.get_mut(slot) {
-            if conn.flags & CLOSING == 0 {
-                if read_blocked(conn, &self.cfg) {
-                    // Backpressure: read again once its output drains or its requests finish.
-                    conn.flags |= READ_PAUSED;
-                    break;
-                }
-                if budget == 0 {
-                    if conn.flags & RESUME == 0 {
-                        conn.flags |= RESUME;
-                        self.resume.push(slot);
-                    }
-                    break;
-                }
+            if !conn.reads() {
+                break;
             }
-            if conn.flags & CLOSING != 0 {
-                // Discard what a closing peer still sends; stop at WouldBlock or EOF.
-                match conn.stream.read(&mut scratch) {
-                    Ok(0) => {
-                        self.close(slot);
-                        break;
-                    }
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
-                        self.close(slot);
-                        break;
-                    }
+            let closing = conn.flags & CLOSING != 0;
+            if !closing && read_blocked(conn, &self.cfg) {
+                // Backpressure: read again once its output drains or its requests finish.
+                conn.flags |= READ_PAUSED;
+                break;
+            }
+            if budget == 0 {
+                if conn.flags & RESUME == 0 {
+                    conn.flags |= RESUME;
+                    self.resume.push(slot);
                 }
+                break;
             }
             match conn.stream.read(&mut scratch) {
                 Ok(0) => {
-                    self.close(slot);
+                    self.on_eof(slot);
                     break;
                 }
+                // Discard what a closing peer still sends, until WouldBlock or its EOF.
+                Ok(n) if closing => budget = budget.saturating_sub(n),
                 Ok(n) => {
                     conn.bytes_in += n as u64;
                     conn.last_seen = self.now;
@@ -84,6 +73,29 @@ impl Worker {
             }
         }
         self.scratch = scratch;
+        if self.retire.is_some() {
+            self.retire_conn(slot, false);
+        }
+    }
+
+    /// The peer of `slot` finished sending. A backend's lines and requests already read are
+    /// still answered, those waiting for siblings included, and the connection closes once
+    /// the answers are written (the flush decides). A WebSocket's end closes it now, after a
+    /// last write of what is queued (a close frame); so does the end of a connection already
+    /// closing with nothing left to write.
+    fn on_eof(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.flags |= EOF_IN;
+        let closing = conn.flags & CLOSING != 0;
+        let answers_due = !closing && matches!(conn.proto, Proto::Text(_) | Proto::Http(_));
+        if answers_due || (closing && !conn.out.is_empty()) {
+            self.mark_dirty(slot);
+        } else {
+            let _ = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
+            self.close(slot);
+        }
     }
 
     /// Handles bytes just read. Works on the bytes in place when nothing was pending, and keeps
