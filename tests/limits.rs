@@ -132,3 +132,115 @@ fn workers_run_without_the_allocator_thread_cache() {
         Some(r#"{"uid":"tuned"}"#)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lists: max_targets
+// ---------------------------------------------------------------------------------------------
+
+/// `n` uids `{prefix}0`, `{prefix}1`, … as a JSON array.
+fn uid_array(prefix: &str, n: usize) -> String {
+    let uids: Vec<String> = (0..n).map(|i| format!("\"{prefix}{i}\"")).collect();
+    format!("[{}]", uids.join(","))
+}
+
+/// Sends one line on a fresh text connection; returns the reply line and how long it took.
+fn timed_line(port: u16, line: &str) -> (String, Duration) {
+    let mut c = TextConn::connect(port);
+    let t0 = Instant::now();
+    c.send(line.as_bytes());
+    let reply = c.read_lines(1, Duration::from_secs(30));
+    (String::from_utf8_lossy(&reply).into_owned(), t0.elapsed())
+}
+
+#[test]
+fn a_push_naming_too_many_targets_is_refused_at_once_and_a_large_one_holds_no_one_up() {
+    let srv = Server::builder().workers(2).login_reply().start();
+    srv.wait_mesh();
+    let mut member = srv.login_acked("t5000");
+    // Another backend pushes all along, timing each answer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        let port = srv.text;
+        std::thread::spawn(move || {
+            let mut c = TextConn::connect(port);
+            let mut lat = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || lat.len() < 200 {
+                let t0 = Instant::now();
+                c.send(b"{\"uid\":\"nobody\",\"n\":1}\n");
+                let r = c.read_lines(1, Duration::from_secs(30));
+                assert_eq!(r, b"fail\n");
+                lat.push(t0.elapsed());
+            }
+            lat
+        })
+    };
+    // 10,000 uids (the default max_targets): delivered, and answered quickly.
+    let line = format!(
+        "{{\"cmd\":\"push\",\"to\":{},\"data\":\"ten-thousand\"}}\n",
+        uid_array("t", 10_000)
+    );
+    let (reply, took_10k) = timed_line(srv.text, &line);
+    assert_eq!(reply, "ok\n");
+    assert_eq!(member.recv_text(REPLY), "ten-thousand");
+    assert!(
+        took_10k < Duration::from_secs(1),
+        "a push to 10,000 uids took {took_10k:?}"
+    );
+    // 80,000 uids (a 690 KB line, under max_line): refused with an error, at once.
+    let line = format!(
+        "{{\"cmd\":\"push\",\"to\":{},\"data\":\"eighty-thousand\"}}\n",
+        uid_array("t", 80_000)
+    );
+    assert!(line.len() < 1024 * 1024, "{} bytes", line.len());
+    let (reply, took_80k) = timed_line(srv.text, &line);
+    assert!(
+        reply.starts_with("{\"error\":") && reply.contains("max_targets"),
+        "80,000 targets: {reply}"
+    );
+    assert!(
+        took_80k < Duration::from_secs(1),
+        "80,000 targets refused after {took_80k:?}"
+    );
+    // Excluded uids and groups count too, on the text port and in the API.
+    let line = format!(
+        "{{\"cmd\":\"all\",\"exclude\":{},\"data\":\"x\"}}\n",
+        uid_array("x", 10_001)
+    );
+    assert!(timed_line(srv.text, &line).0.contains("max_targets"));
+    let line = format!(
+        "{{\"cmd\":\"group\",\"group\":{},\"data\":\"x\"}}\n",
+        uid_array("g", 10_001)
+    );
+    assert!(timed_line(srv.text, &line).0.contains("max_targets"));
+    let line = format!(
+        "{{\"cmd\":\"push\",\"to\":{},\"exclude\":{},\"data\":\"x\"}}\n",
+        uid_array("t", 6_000),
+        uid_array("x", 4_001)
+    );
+    assert!(timed_line(srv.text, &line).0.contains("max_targets"));
+    let body = format!("{{\"to\":{},\"data\":\"x\"}}", uid_array("t", 10_001));
+    let req = format!(
+        "POST /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = srv.http(req.as_bytes());
+    assert_eq!(r.status, 400, "{} {}", r.head, r.text());
+    assert!(r.text().contains("max_targets"), "{}", r.text());
+    member.expect_silence(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut lat = steady.join().expect("steady backend");
+    lat.sort();
+    let p99 = lat[lat.len() * 99 / 100];
+    let max = *lat.last().unwrap();
+    eprintln!(
+        "10,000 targets answered in {took_10k:?}, 80,000 refused in {took_80k:?}; \
+         the other backend: {} pushes, p99 {p99:?}, max {max:?}",
+        lat.len()
+    );
+    assert!(
+        max < Duration::from_secs(1),
+        "another backend's push waited {max:?} (p99 {p99:?})"
+    );
+}

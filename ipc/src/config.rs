@@ -80,6 +80,9 @@ pub struct Config {
     pub max_frame: usize,
     /// Output queued for one connection before pushes to it are dropped and counted.
     pub max_send_buffer: usize,
+    /// Uids, groups and excluded uids one push may name in all; a push naming more is refused
+    /// (text port: an `{"error":…}` line; JSON API: 400).
+    pub max_targets: usize,
     /// How long a push waits for its siblings' answers before replying with what it has.
     pub ipc_timeout: f64,
     /// Graceful stop and reload: how long old connections are served before closing with 1001.
@@ -142,6 +145,7 @@ impl Default for Config {
             max_header: 16 * 1024,
             max_frame: 64 * 1024,
             max_send_buffer: 1024 * 1024,
+            max_targets: 10_000,
             ipc_timeout: 1.0,
             drain_timeout: 30.0,
             stop_timeout: 5.0,
@@ -234,6 +238,12 @@ impl Config {
                 });
             }
         }
+        if self.max_targets == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "max_targets",
+                why: "a push must be allowed at least one target".into(),
+            });
+        }
         if self.max_line > 8 * 1024 * 1024 || self.max_body > 8 * 1024 * 1024 {
             return Err(ConfigError::OutOfRange {
                 key: "max_line",
@@ -317,6 +327,16 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let c = Config {
+            max_targets: 0,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("max_targets"), "{e}");
     }
 
     #[test]
