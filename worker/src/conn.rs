@@ -159,6 +159,8 @@ pub struct Http {
     pub continue_sent: bool,
     /// The Socket.IO session whose long-poll GET this connection holds.
     pub poll_for: Option<u32>,
+    /// How far the chunked body of the request being received was read (reset per request).
+    pub chunks: crate::proto::http::ChunkScan,
 }
 
 /// Protocol state.

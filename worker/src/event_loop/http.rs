@@ -55,7 +55,8 @@ impl Worker {
             if h.waiting || pos == buf.len() {
                 return pos;
             }
-            match http::parse_request(&buf[pos..], self.cfg.max_header, self.cfg.max_body) {
+            let (max_header, max_body) = (self.cfg.max_header, self.cfg.max_body);
+            match http::parse_request_with(&buf[pos..], max_header, max_body, &mut h.chunks) {
                 Parsed::Partial { continue_100 } => {
                     if continue_100 && !h.continue_sent {
                         h.continue_sent = true;
@@ -74,6 +75,7 @@ impl Worker {
                 }
                 Parsed::Request(req, used) => {
                     h.continue_sent = false;
+                    h.chunks = Default::default();
                     let start = pos;
                     pos += used;
                     if port == Port::Sio {
