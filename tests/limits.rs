@@ -1,9 +1,15 @@
-//! Running out of file descriptors: a worker at its open-file limit must neither spin on a
-//! listener it cannot accept from nor stop serving once descriptors free up.
+//! Resource limits, end to end with real processes and sockets:
+//!
+//! * running out of file descriptors: a worker at its open-file limit must neither spin on a
+//!   listener it cannot accept from nor stop serving once descriptors free up;
+//! * long lists: a push naming up to `max_targets` uids is answered at once without holding
+//!   up another backend, and one naming more is refused before its lists are read;
+//! * slow requests: a request trickled a byte at a time is cut at `header_timeout`.
 
 mod common;
 
 use common::*;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -242,5 +248,210 @@ fn a_push_naming_too_many_targets_is_refused_at_once_and_a_large_one_holds_no_on
     assert!(
         max < Duration::from_secs(1),
         "another backend's push waited {max:?} (p99 {p99:?})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines: header_timeout
+// ---------------------------------------------------------------------------------------------
+
+/// The whole server's figures from `GET /api/stats` (its `totals`).
+fn totals(port: u16) -> serde_json::Value {
+    let r = http(
+        port,
+        b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("stats JSON");
+    v["totals"].clone()
+}
+
+/// One figure of [`totals`].
+fn counter(port: u16, name: &str) -> u64 {
+    totals(port)[name].as_u64().unwrap_or(0)
+}
+
+/// Writes `bytes` one at a time, one every 200 ms, watching for the server closing. Returns how
+/// long after the first byte the connection was found closed (None if still open after the
+/// bytes, or 6 s) and what the server sent.
+fn trickle(port: u16, bytes: &[u8]) -> (Option<Duration>, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).ok();
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    for b in bytes.iter().cycle() {
+        if t0.elapsed() > Duration::from_secs(6) {
+            return (None, got);
+        }
+        if s.write_all(&[*b]).is_err() {
+            return (Some(t0.elapsed()), got);
+        }
+        let until = Instant::now() + Duration::from_millis(200);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s.set_read_timeout(Some(left)).ok();
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => return (Some(t0.elapsed()), got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+                Err(_) => return (Some(t0.elapsed()), got),
+            }
+        }
+    }
+    unreachable!("cycle() does not end")
+}
+
+#[test]
+fn requests_trickled_byte_by_byte_are_cut_at_header_timeout() {
+    let srv = Server::builder().socketio().set("header_timeout=1").start();
+    // A head that never ends, a body that never ends, on the HTTP port; a head on the
+    // Socket.IO port. Each byte resets the idle timer, so only a deadline per request ends them.
+    let endless_head =
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaa".to_vec();
+    let mut endless_body =
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    endless_body.extend_from_slice(&[b'a'; 1000]);
+    let sio_head =
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaa"
+            .to_vec();
+    let runs: Vec<_> = [
+        ("http head", srv.http, endless_head),
+        ("http body", srv.http, endless_body),
+        ("socket.io head", srv.socketio, sio_head),
+    ]
+    .into_iter()
+    .map(|(what, port, bytes)| std::thread::spawn(move || (what, trickle(port, &bytes))))
+    .collect();
+    for r in runs {
+        let (what, (closed, got)) = r.join().expect("trickler");
+        let after = closed.unwrap_or_else(|| panic!("{what}: still open after 6 s of trickling"));
+        eprintln!("{what}: closed {after:?} after its first byte");
+        assert!(
+            after >= Duration::from_millis(800) && after <= Duration::from_secs(3),
+            "{what}: closed {after:?} after its first byte (header_timeout=1)"
+        );
+        assert!(
+            got.starts_with(b"HTTP/1.1 408 "),
+            "{what}: answered {}",
+            show(&got)
+        );
+    }
+    assert!(counter(srv.http, "header_timeout") >= 3);
+    // The deadline is per request, from its first byte: a keep-alive connection that waits
+    // longer than header_timeout between requests, and sends each within it, is served.
+    let mut c = HttpConn::connect(srv.http);
+    for i in 0..2 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        for b in
+            b"GET /?type=publish&to=nobody&content=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".chunks(8)
+        {
+            c.send(b).expect("write");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = c.read_response(REPLY);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "offline".to_owned()),
+            "request {i}"
+        );
+    }
+}
+
+/// A measurement rather than a check (run it with `cargo test --release --test limits
+/// slowloris -- --ignored --nocapture`): 1,000 connections per port (HTTP and Socket.IO) each
+/// trickling one byte every 200 ms, with `header_timeout=2`. Prints when they were closed
+/// (after their first byte) and the worker's CPU time meanwhile.
+#[test]
+#[ignore = "a measurement; see its doc comment"]
+fn slowloris_measurement() {
+    const PER_PORT: usize = 1000;
+    let srv = Server::builder().socketio().set("header_timeout=2").start();
+    let worker = *srv.worker_pids().iter().next().expect("a worker");
+    let head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    struct Slow {
+        s: TcpStream,
+        port: u16,
+        sent: usize,
+        first: Instant,
+        closed: Option<Duration>,
+    }
+    let cpu0 = cpu_ticks(worker);
+    let t0 = Instant::now();
+    let mut conns: Vec<Slow> = Vec::new();
+    for port in [srv.http, srv.socketio] {
+        for _ in 0..PER_PORT {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(&head[..1]).expect("first byte");
+            s.set_nonblocking(true).expect("nonblocking");
+            conns.push(Slow {
+                s,
+                port,
+                sent: 1,
+                first: Instant::now(),
+                closed: None,
+            });
+        }
+    }
+    while conns.iter().any(|c| c.closed.is_none()) && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        for c in conns.iter_mut().filter(|c| c.closed.is_none()) {
+            let mut buf = [0u8; 512];
+            let ended = loop {
+                match c.s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+            };
+            let b = head[c.sent % head.len()];
+            if ended || c.s.write_all(&[b]).is_err() {
+                c.closed = Some(c.first.elapsed());
+            } else {
+                c.sent += 1;
+            }
+        }
+    }
+    let took = t0.elapsed();
+    let cpu = cpu_ticks(worker) - cpu0;
+    // The same window with nothing to do, for comparison.
+    let idle0 = cpu_ticks(worker);
+    std::thread::sleep(took);
+    let idle = cpu_ticks(worker) - idle0;
+    for port in [srv.http, srv.socketio] {
+        let mut times: Vec<Duration> = conns
+            .iter()
+            .filter(|c| c.port == port)
+            .filter_map(|c| c.closed)
+            .collect();
+        times.sort();
+        let open = PER_PORT - times.len();
+        let name = if port == srv.http {
+            "http"
+        } else {
+            "socket.io"
+        };
+        eprintln!(
+            "{name}: {} closed, {open} still open; closed after their first byte: min {:?}, \
+             median {:?}, max {:?}",
+            times.len(),
+            times.first(),
+            times.get(times.len() / 2),
+            times.last()
+        );
+    }
+    let hz = 100.0; // USER_HZ
+    eprintln!(
+        "worker CPU over the {took:?} of trickling: {cpu} ticks ({:.0} ms, {:.1}% of one CPU); \
+         the same time idle afterwards: {idle} ticks; header_timeout counted {}",
+        cpu as f64 * 1000.0 / hz,
+        cpu as f64 / hz / took.as_secs_f64() * 100.0,
+        counter(srv.http, "header_timeout")
     );
 }

@@ -83,6 +83,9 @@ pub struct Config {
     /// Uids, groups and excluded uids one push may name in all; a push naming more is refused
     /// (text port: an `{"error":…}` line; JSON API: 400).
     pub max_targets: usize,
+    /// An HTTP or Socket.IO request (head and body) must arrive whole within this time from its
+    /// first byte, however it trickles in; else 408 and the connection is closed. 0: no limit.
+    pub header_timeout: f64,
     /// How long a push waits for its siblings' answers before replying with what it has.
     pub ipc_timeout: f64,
     /// Graceful stop and reload: how long old connections are served before closing with 1001.
@@ -146,6 +149,7 @@ impl Default for Config {
             max_frame: 64 * 1024,
             max_send_buffer: 1024 * 1024,
             max_targets: 10_000,
+            header_timeout: 10.0,
             ipc_timeout: 1.0,
             drain_timeout: 30.0,
             stop_timeout: 5.0,
@@ -215,6 +219,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("slow_timeout", self.slow_timeout),
             ("group_ttl", self.group_ttl),
+            ("header_timeout", self.header_timeout),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -331,12 +336,30 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        let c = Config {
-            max_targets: 0,
+        for (c, key) in [
+            (
+                Config {
+                    max_targets: 0,
+                    ..Config::default()
+                },
+                "max_targets",
+            ),
+            (
+                Config {
+                    header_timeout: -1.0,
+                    ..Config::default()
+                },
+                "header_timeout",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+        let off = Config {
+            header_timeout: 0.0,
             ..Config::default()
         };
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.starts_with("max_targets"), "{e}");
+        assert!(off.validate().is_ok());
     }
 
     #[test]

@@ -106,6 +106,8 @@ table! {
     idle_closed: Counter;
     /// Connections closed after slow_timeout over max_send_buffer
     slow_closed: Counter;
+    /// HTTP and Socket.IO requests not received whole within header_timeout (408)
+    header_timeout: Counter;
     /// Frames, lines, bodies or heads over their limit
     oversize: Counter;
     /// Backend requests without a valid push_secret

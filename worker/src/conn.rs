@@ -161,6 +161,9 @@ pub struct Http {
     pub poll_for: Option<u32>,
     /// How far the chunked body of the request being received was read (reset per request).
     pub chunks: crate::proto::http::ChunkScan,
+    /// When the first byte of the request being received was handled (worker clock ticks; 0:
+    /// none is being received): `header_timeout` counts from here, whatever trickles in.
+    pub started: u32,
 }
 
 /// Protocol state.
