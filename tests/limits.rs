@@ -4,7 +4,9 @@
 //!   listener it cannot accept from nor stop serving once descriptors free up;
 //! * long lists: a push naming up to `max_targets` uids is answered at once without holding
 //!   up another backend, and one naming more is refused before its lists are read;
-//! * slow requests: a request trickled a byte at a time is cut at `header_timeout`.
+//! * slow requests: a request trickled a byte at a time is cut at `header_timeout`;
+//! * a descriptor reserve: clients filling a worker's open files leave room for backends, and
+//!   are refused with 503 rather than left hanging in the accept queue.
 
 mod common;
 
@@ -25,7 +27,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn emfile_neither_spins_nor_wedges() {
-    // 64 descriptors: a handful for listeners, the mesh, logs and control; the rest for clients.
+    // 64 descriptors: a handful for listeners, the mesh, logs and control; the rest for
+    // connections. Backends may use the whole of it, the reserve included.
     let server = Server::builder().nofile(64).login_reply().start();
     let worker = *server.worker_pids().iter().next().expect("a worker");
     // Hold more connections than the worker can accept.
@@ -35,16 +38,33 @@ fn emfile_neither_spins_nor_wedges() {
             held.push(s);
         }
     }
-    let log_says_paused = wait_until(Duration::from_secs(5), || {
-        server.log().contains("pausing accepts")
+    let log_says_full = wait_until(Duration::from_secs(5), || {
+        server.log().contains("refusing new connections")
     });
+    assert!(log_says_full, "worker never hit EMFILE:\n{}", server.log());
+    // Those it could not take were told so, at once, rather than left in the accept queue.
+    let refused = |held: &[TcpStream]| {
+        held.iter()
+            .filter(|s| {
+                s.set_nonblocking(true).ok();
+                let mut buf = [0u8; 256];
+                matches!((&**s).read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"{\"error\":"))
+            })
+            .count()
+    };
+    let mut told = 0;
     assert!(
-        log_says_paused,
-        "worker never hit EMFILE:\n{}",
-        server.log()
+        wait_until(Duration::from_secs(5), || {
+            told += refused(&held);
+            told >= 30
+        }),
+        "{told} of 100 connections were told the server is out of descriptors; worker fds {}",
+        std::fs::read_dir(format!("/proc/{worker}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     );
-    // While the queue stays full, the worker must idle, not spin: over one second it may use a
-    // few ticks for its 100 ms retries, nowhere near a busy loop's ~100.
+    // Out of descriptors, the worker must idle, not spin: over one second it may use a few
+    // ticks, nowhere near a busy loop's ~100.
     let before = cpu_ticks(worker);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
@@ -361,6 +381,111 @@ fn requests_trickled_byte_by_byte_are_cut_at_header_timeout() {
             "request {i}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors: a reserve for the backends
+// ---------------------------------------------------------------------------------------------
+
+/// The opening handshake's request.
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// Connects to the WebSocket port (with a receive buffer of `rcvbuf` bytes, if given), sends
+/// the handshake and reads the answer's head: the socket and the status, or what went wrong
+/// (no answer within `limit` is an error naming the hang).
+fn ws_open(port: u16, rcvbuf: Option<usize>, limit: Duration) -> Result<(TcpStream, u16), String> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).map_err(|e| e.to_string())?;
+    }
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect_timeout(&addr.into(), limit)
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut s: TcpStream = sock.into();
+    s.set_nodelay(true).ok();
+    s.set_write_timeout(Some(limit)).ok();
+    s.write_all(UPGRADE).map_err(|e| format!("write: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte, so nothing after the head (a login reply) is taken from the socket.
+    while !head.ends_with(b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no answer to the handshake within {limit:?} (got {})",
+                show(&head)
+            ));
+        }
+        s.set_read_timeout(Some(left)).ok();
+        match s.read(&mut byte) {
+            Ok(0) => return Err(format!("closed after {}", show(&head))),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(e) => return Err(format!("read: {e} after {}", show(&head))),
+        }
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((s, status))
+}
+
+#[test]
+fn clients_cannot_take_the_descriptors_backends_need() {
+    let srv = Server::builder().nofile(256).login_reply().start();
+    let mut target = srv.login_acked("fd-target");
+    // WebSocket clients until the worker refuses one: each must be answered, 101 or 503, and
+    // none may hang in the accept queue.
+    let mut held = Vec::new();
+    let refused_at = loop {
+        let i = held.len();
+        assert!(
+            i < 300,
+            "300 clients accepted under a limit of 256 descriptors"
+        );
+        let (s, status) = ws_open(srv.ws, None, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("client {i}: {e}\n{}", srv.log()));
+        match status {
+            101 => held.push(s),
+            503 => break i,
+            other => panic!("client {i}: status {other}"),
+        }
+    };
+    assert!(refused_at > 100, "refused after only {refused_at} clients");
+    eprintln!("under 256 descriptors, client {refused_at} was the first refused");
+    // The backends still get in, and their pushes are answered at once.
+    let t0 = Instant::now();
+    let mut c = TextConn::connect(srv.text);
+    c.stream.set_write_timeout(Some(REPLY)).ok();
+    c.send(b"{\"uid\":\"fd-target\",\"n\":1}\n");
+    assert_eq!(c.read_lines(1, Duration::from_secs(2)), b"ok\n");
+    assert_eq!(target.recv_text(REPLY), r#"{"uid":"fd-target","n":1}"#);
+    let r =
+        srv.http(b"GET /?type=publish&to=fd-target&content=hi HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()));
+    assert_eq!(target.recv_text(REPLY), "hi");
+    let took = t0.elapsed();
+    eprintln!("a text push and an HTTP publish, each on a new connection: {took:?}");
+    assert!(took < Duration::from_secs(2), "backends took {took:?}");
+    // More clients are still refused at once, and counted.
+    for i in 0..5 {
+        let (_s, status) = ws_open(srv.ws, None, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("extra client {i}: {e}"));
+        assert_eq!(status, 503, "extra client {i}");
+    }
+    assert!(counter(srv.http, "out_of_fds") >= 6);
+    // Clients leaving make room again.
+    held.truncate(held.len() - 10);
+    assert!(wait_until(REPLY, || {
+        matches!(ws_open(srv.ws, None, REPLY), Ok((_, 101)))
+    }));
+    drop(c);
 }
 
 /// A measurement rather than a check (run it with `cargo test --release --test limits

@@ -86,6 +86,10 @@ pub struct Config {
     /// An HTTP or Socket.IO request (head and body) must arrive whole within this time from its
     /// first byte, however it trickles in; else 408 and the connection is closed. 0: no limit.
     pub header_timeout: f64,
+    /// Descriptors a worker keeps for the text and HTTP ports and its sibling links: the
+    /// WebSocket and Socket.IO ports refuse new clients (503) when fewer are left. At most a
+    /// quarter of the open-file limit is kept.
+    pub fd_reserve: usize,
     /// How long a push waits for its siblings' answers before replying with what it has.
     pub ipc_timeout: f64,
     /// Graceful stop and reload: how long old connections are served before closing with 1001.
@@ -150,6 +154,7 @@ impl Default for Config {
             max_send_buffer: 1024 * 1024,
             max_targets: 10_000,
             header_timeout: 10.0,
+            fd_reserve: 128,
             ipc_timeout: 1.0,
             drain_timeout: 30.0,
             stop_timeout: 5.0,
@@ -357,6 +362,7 @@ mod tests {
         }
         let off = Config {
             header_timeout: 0.0,
+            fd_reserve: 0,
             ..Config::default()
         };
         assert!(off.validate().is_ok());

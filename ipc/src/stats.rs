@@ -108,6 +108,8 @@ table! {
     slow_closed: Counter;
     /// HTTP and Socket.IO requests not received whole within header_timeout (408)
     header_timeout: Counter;
+    /// Connections refused to keep descriptors for backends (fd_reserve), or for lack of any
+    out_of_fds: Counter;
     /// Frames, lines, bodies or heads over their limit
     oversize: Counter;
     /// Backend requests without a valid push_secret
