@@ -6,7 +6,10 @@
 //!   up another backend, and one naming more is refused before its lists are read;
 //! * slow requests: a request trickled a byte at a time is cut at `header_timeout`;
 //! * a descriptor reserve: clients filling a worker's open files leave room for backends, and
-//!   are refused with 503 rather than left hanging in the accept queue.
+//!   are refused with 503 rather than left hanging in the accept queue;
+//! * slow consumers: what the kernel holds for a client that does not read is bounded
+//!   (`client_sndbuf`) and counted against `max_send_buffer`, and a slow client is reset, which
+//!   frees it at once.
 
 mod common;
 
@@ -486,6 +489,191 @@ fn clients_cannot_take_the_descriptors_backends_need() {
         matches!(ws_open(srv.ws, None, REPLY), Ok((_, 101)))
     }));
     drop(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow consumers: the kernel's share
+// ---------------------------------------------------------------------------------------------
+
+/// A masked client frame (final) with `opcode` around `payload`.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut v = vec![0x80 | opcode];
+    let n = payload.len();
+    assert!(n < 126, "short frames only");
+    v.push(0x80 | n as u8);
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    v
+}
+
+/// A raw WebSocket client logged in as `uid` (the login reply is left unread).
+fn ws_login(port: u16, uid: &str, rcvbuf: Option<usize>) -> TcpStream {
+    let (mut s, status) = ws_open(port, rcvbuf, REPLY).expect("handshake");
+    assert_eq!(status, 101, "handshake for {uid}");
+    s.write_all(&masked(0x1, uid.as_bytes())).expect("login");
+    s
+}
+
+/// The send queues (bytes the kernel holds, unsent or unacknowledged) of the server's sockets
+/// on `port`, from /proc/net/tcp: one entry per connection the server still has there.
+fn server_send_queues(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+                continue;
+            };
+            let lport = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // 0A is LISTEN.
+            if lport != Some(port) || *state == "0A" {
+                continue;
+            }
+            let tx = queues
+                .split(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .unwrap_or(0);
+            out.push(tx);
+        }
+    }
+    out
+}
+
+/// `TCP: … mem N` of /proc/net/sockstat: pages the kernel holds for every TCP socket.
+fn sockstat_tcp_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn slow_readers_cannot_pin_kernel_memory_and_are_reset_when_closed() {
+    const CLIENTS: usize = 100;
+    const SIZE: usize = 16 * 1024;
+    const PUSHES: usize = 200; // 3.2 MB for each client, three times max_send_buffer
+    let srv = Server::builder()
+        .set("slow_timeout=2")
+        .login_reply()
+        .start();
+    let pages0 = sockstat_tcp_pages();
+    // Clients that never read, with a small receive buffer: what piles up for them is on the
+    // server's side of the connection, where the test can see it.
+    let mut slow: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| ws_login(srv.ws, &format!("slow{i}"), Some(4096)))
+        .collect();
+    let mut reader = srv.login_acked("reader");
+    // A stream of broadcasts through one backend connection.
+    let mut c = TextConn::connect(srv.text);
+    let mut w = c.stream.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        for i in 0..PUSHES {
+            let mut line = format!("{{\"cmd\":\"all\",\"data\":\"{i:06}").into_bytes();
+            line.resize(22 + SIZE, b'x');
+            line.extend_from_slice(b"\"}\n");
+            w.write_all(&line).expect("write broadcast");
+        }
+    });
+    let mut got = 0;
+    let replies = std::thread::spawn(move || c.read_lines(PUSHES, Duration::from_secs(60)));
+    while got < PUSHES {
+        reader.recv_text(REPLY);
+        got += 1;
+    }
+    writer.join().expect("writer");
+    assert_eq!(replies.join().expect("replies").len(), 3 * PUSHES);
+    let queues = server_send_queues(srv.ws);
+    let pages = sockstat_tcp_pages();
+    let max = queues.iter().copied().max().unwrap_or(0);
+    let sum: u64 = queues.iter().sum();
+    eprintln!(
+        "{} server sockets: kernel send queues max {max} B, mean {} B; sockstat TCP mem \
+         {pages0} -> {pages} pages",
+        queues.len(),
+        sum / queues.len().max(1) as u64
+    );
+    assert!(queues.len() > CLIENTS, "{} sockets", queues.len());
+    assert!(
+        max <= 256 * 1024,
+        "the kernel holds {max} B for one client that does not read (mean {} B)",
+        sum / queues.len() as u64
+    );
+    // After slow_timeout they are closed, counted, and their sockets are gone at once: a
+    // reset, not a close waiting behind data the client will never read.
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(srv.http, "slow_closed")
+            >= CLIENTS as u64),
+        "slow_closed {} of {CLIENTS}",
+        counter(srv.http, "slow_closed")
+    );
+    let gone = wait_until(Duration::from_secs(3), || {
+        server_send_queues(srv.ws).iter().sum::<u64>() == 0
+    });
+    let left = server_send_queues(srv.ws);
+    assert!(
+        gone,
+        "{} server sockets still hold {} B for closed slow clients",
+        left.iter().filter(|q| **q > 0).count(),
+        left.iter().sum::<u64>()
+    );
+    eprintln!(
+        "after the slow clients were closed: {} server sockets, sockstat TCP mem {} pages",
+        left.len(),
+        sockstat_tcp_pages()
+    );
+    // The clients learn it at once.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let mut sink = Vec::new();
+        let (_, how) = read_until_closed(s, &mut sink, Duration::from_secs(3));
+        assert_ne!(how, Eof::Open, "slow client {i} not told");
+    }
+    // The reader was not touched.
+    assert_eq!(srv.text_push(b"{\"uid\":\"reader\",\"n\":2}\n"), b"ok\n");
+    assert_eq!(reader.recv_text(REPLY), r#"{"uid":"reader","n":2}"#);
+}
+
+#[test]
+fn a_close_the_client_does_not_read_is_reset_after_slow_timeout() {
+    let srv = Server::builder()
+        .set("slow_timeout=1")
+        .login_reply()
+        .start();
+    let mut s = ws_login(srv.ws, "deaf", Some(4096));
+    // Fill what the kernel takes for it, staying under max_send_buffer (nothing is dropped,
+    // so it is not a slow consumer yet).
+    let data = "d".repeat(10_000);
+    for _ in 0..30 {
+        let line = format!("{{\"cmd\":\"push\",\"to\":\"deaf\",\"data\":\"{data}\"}}\n");
+        assert_eq!(srv.text_push(line.as_bytes()), b"ok\n");
+    }
+    assert!(wait_until(REPLY, || {
+        server_send_queues(srv.ws).iter().any(|q| *q > 0)
+    }));
+    // A kick queues a close frame behind all that: the connection closes once it is written,
+    // which this client will never allow.
+    assert_eq!(
+        srv.text_push(b"{\"cmd\":\"kick\",\"uid\":\"deaf\"}\n"),
+        b"ok\n"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || counter(srv.http, "slow_closed")
+            == 1),
+        "a closing connection that cannot write its close was kept"
+    );
+    assert!(wait_until(REPLY, || server_send_queues(srv.ws).is_empty()));
+    let mut sink = Vec::new();
+    assert_ne!(
+        read_until_closed(&mut s, &mut sink, Duration::from_secs(3)).1,
+        Eof::Open
+    );
 }
 
 /// A measurement rather than a check (run it with `cargo test --release --test limits

@@ -78,7 +78,8 @@ pub struct Config {
     pub max_header: usize,
     /// Largest WebSocket frame or message accepted from a client.
     pub max_frame: usize,
-    /// Output queued for one connection before pushes to it are dropped and counted.
+    /// Output queued for one connection before pushes to it are dropped and counted. What the
+    /// kernel holds unsent for the connection counts too (measured when a write was short).
     pub max_send_buffer: usize,
     /// Uids, groups and excluded uids one push may name in all; a push naming more is refused
     /// (text port: an `{"error":…}` line; JSON API: 400).
@@ -86,6 +87,10 @@ pub struct Config {
     /// An HTTP or Socket.IO request (head and body) must arrive whole within this time from its
     /// first byte, however it trickles in; else 408 and the connection is closed. 0: no limit.
     pub header_timeout: f64,
+    /// `SO_SNDBUF` of WebSocket and Socket.IO client sockets (the kernel doubles it for its
+    /// bookkeeping): the most the kernel holds for a client that does not read. 0: the
+    /// kernel's default, grown on its own up to `net.ipv4.tcp_wmem`'s maximum.
+    pub client_sndbuf: usize,
     /// Descriptors a worker keeps for the text and HTTP ports and its sibling links: the
     /// WebSocket and Socket.IO ports refuse new clients (503) when fewer are left. At most a
     /// quarter of the open-file limit is kept.
@@ -154,6 +159,7 @@ impl Default for Config {
             max_send_buffer: 1024 * 1024,
             max_targets: 10_000,
             header_timeout: 10.0,
+            client_sndbuf: 64 * 1024,
             fd_reserve: 128,
             ipc_timeout: 1.0,
             drain_timeout: 30.0,
@@ -252,6 +258,15 @@ impl Config {
             return Err(ConfigError::OutOfRange {
                 key: "max_targets",
                 why: "a push must be allowed at least one target".into(),
+            });
+        }
+        if self.client_sndbuf != 0 && !(4096..=64 * 1024 * 1024).contains(&self.client_sndbuf) {
+            return Err(ConfigError::OutOfRange {
+                key: "client_sndbuf",
+                why: format!(
+                    "{} bytes: 0 (the kernel's default) or 4096 to 67108864",
+                    self.client_sndbuf
+                ),
             });
         }
         if self.max_line > 8 * 1024 * 1024 || self.max_body > 8 * 1024 * 1024 {
@@ -356,11 +371,19 @@ mod tests {
                 },
                 "header_timeout",
             ),
+            (
+                Config {
+                    client_sndbuf: 100,
+                    ..Config::default()
+                },
+                "client_sndbuf",
+            ),
         ] {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.starts_with(key), "{e}");
         }
         let off = Config {
+            client_sndbuf: 0,
             header_timeout: 0.0,
             fd_reserve: 0,
             ..Config::default()

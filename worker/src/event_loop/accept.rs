@@ -208,6 +208,10 @@ impl Worker {
             *n += 1;
         }
         let _ = stream.set_nodelay(true);
+        if matches!(port, Port::Ws | Port::Sio) && self.cfg.client_sndbuf > 0 {
+            // The most the kernel holds for a client that does not read (it doubles it).
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.client_sndbuf);
+        }
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) =

@@ -4,10 +4,11 @@
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
 use crate::conn::{Port, Proto, CLOSING, DIRTY, READ_PAUSED, RESUME, WANT_WRITE};
-use crate::delivery::close_frame;
+use crate::delivery::{close_frame, kernel_unsent};
 use crate::registry::Recipient;
 use bytes::Bytes;
 use mio::{Interest, Token};
+use std::os::fd::AsRawFd;
 
 impl Worker {
     /// Queues bytes to connection `slot`, to be written at the end of the turn.
@@ -75,6 +76,9 @@ impl Worker {
                     }
                 }
                 Ok(false) => {
+                    // What the kernel holds for it counts against max_send_buffer.
+                    conn.out
+                        .set_kernel_backlog(kernel_unsent(conn.stream.as_raw_fd()));
                     // The socket is full: ask for WRITABLE until the queue drains. Only slow
                     // connections pay for it; the common case writes at once and never gets
                     // a writable event per write.

@@ -1,10 +1,10 @@
 //! Time: one coarse sweep over the connections for every deadline (handshake, login, request,
-//! idle, slow consumer) and the periodic pings, and giving memory back after a peak. No
-//! connection owns a timer.
+//! idle, slow consumer, a close its peer does not read) and the periodic pings, and giving
+//! memory back after a peak. No connection owns a timer.
 
 use super::http::Refusal;
 use super::{shrink_idle, ticks, Worker};
-use crate::conn::{Proto, CLOSING};
+use crate::conn::{Proto, CLOSING, WANT_WRITE};
 use crate::delivery::{frame, OP_PING};
 use crate::proto::http;
 use std::time::Duration;
@@ -95,10 +95,21 @@ impl Worker {
             Close(u16, &'static str),
             Ping,
             RequestTimeout,
+            Stuck,
         }
         let mut acts: Vec<(usize, Act)> = Vec::new();
         for (slot, c) in self.conns.iter() {
             if c.flags & CLOSING != 0 {
+                // It closes once its output is written, which a peer that does not read
+                // would put off for ever, holding the kernel's buffer: it gets slow_timeout
+                // from when its socket was first seen full here.
+                if c.flags & WANT_WRITE != 0 {
+                    if c.slow_since == 0 {
+                        acts.push((slot, Act::Stuck));
+                    } else if now.saturating_sub(c.slow_since) >= slow {
+                        acts.push((slot, Act::Drop));
+                    }
+                }
                 continue;
             }
             if c.slow_since != 0 && now.saturating_sub(c.slow_since) >= slow {
@@ -142,12 +153,16 @@ impl Worker {
             let (id, remote) = (c.id, c.remote);
             match act {
                 Act::Ping => self.queue(slot, ping.clone()),
+                Act::Stuck => c.slow_since = now.max(1),
                 Act::Drop => {
                     if c.slow_since != 0 {
                         self.stats.slow_closed += 1;
                         log::info!(
-                            "connection {id} from {remote}: output over max_send_buffer for slow_timeout; closing"
+                            "connection {id} from {remote}: output not read for slow_timeout (over max_send_buffer, or a close it does not take); resetting"
                         );
+                        // Its output will never be read: a reset frees the kernel's buffers
+                        // at once and tells the client, where a close would wait behind them.
+                        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
                     } else if matches!(c.proto, Proto::Handshake) {
                         self.stats.auth_timeout += 1;
                         log::info!(
