@@ -441,7 +441,11 @@ fn ws_open(port: u16, rcvbuf: Option<usize>, limit: Duration) -> Result<(TcpStre
 
 #[test]
 fn clients_cannot_take_the_descriptors_backends_need() {
-    let srv = Server::builder().nofile(256).login_reply().start();
+    let srv = Server::builder()
+        .nofile(256)
+        .socketio()
+        .login_reply()
+        .start();
     let mut target = srv.login_acked("fd-target");
     // WebSocket clients until the worker refuses one: each must be answered, 101 or 503, and
     // none may hang in the accept queue.
@@ -482,7 +486,12 @@ fn clients_cannot_take_the_descriptors_backends_need() {
             .unwrap_or_else(|e| panic!("extra client {i}: {e}"));
         assert_eq!(status, 503, "extra client {i}");
     }
-    assert!(counter(srv.http, "out_of_fds") >= 6);
+    // The Socket.IO port is a client port too.
+    let mut sio = HttpConn::connect(srv.socketio);
+    sio.send(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("write");
+    assert_eq!(sio.read_response(Duration::from_secs(3)).status, 503);
+    assert!(counter(srv.http, "out_of_fds") >= 7);
     // Clients leaving make room again.
     held.truncate(held.len() - 10);
     assert!(wait_until(REPLY, || {
