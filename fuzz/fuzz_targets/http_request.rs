@@ -125,7 +125,7 @@ fn check_one(buf: &[u8], max_header: usize, max_body: usize) -> Option<usize> {
             None
         }
         Parsed::Error { status, reason } => {
-            assert!((400..500).contains(&status), "non-4xx error status {status}");
+            assert!((400..500).contains(status), "non-4xx error status {status}");
             assert!(!reason.is_empty());
             None
         }
