@@ -15,10 +15,16 @@
 //! * RFC 9110 section 11.1: the `Bearer` scheme's name is case-insensitive.
 //! * RFC 2046 section 5.1.1 (via RFC 7578): a `multipart/form-data` boundary is matched as
 //!   sent, case included, as browsers' mixed-case boundaries need.
+//! * RFC 9112 section 7.1 (chunked transfer coding) with RFC 9110 section 15.5.14 and RFC 6585
+//!   section 5: a chunked body over `max_body`, whatever its chunks' sizes, is refused with 413
+//!   as soon as it is known to be over, and a flood of trailer fields with 431, both while the
+//!   client is still sending; an ordinary chunked body just under the limit is served.
 
 mod common;
 
 use common::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 /// Asserts that `req`, alone on a fresh connection, is refused with 400 and the connection
 /// then closed.
@@ -276,4 +282,96 @@ fn bearer_scheme_is_case_insensitive() {
         .as_bytes(),
     );
     assert_eq!(r.status, 401, "{}", r.head);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9112 section 7.1: chunked bodies over max_body, trailer floods
+// ---------------------------------------------------------------------------------------------
+
+/// `body` in the chunked coding, `chunk` bytes per chunk, with the last chunk and no trailer.
+fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 2);
+    for c in body.chunks(chunk) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n");
+    out
+}
+
+/// Writes `head` then `rest` (on a thread: the server may stop reading once it has answered),
+/// and reads the response: its status and how long after the first byte it came.
+fn send_and_time(srv: &Server, head: &[u8], rest: Vec<u8>) -> (u16, Duration) {
+    let mut c = HttpConn::connect(srv.http);
+    let mut w = c.stream.try_clone().expect("clone");
+    let t0 = Instant::now();
+    c.send(head).expect("write head");
+    let writer = std::thread::spawn(move || {
+        // An error is the server closing after its answer, which is read below.
+        let _ = w.write_all(&rest);
+    });
+    let r = c.read_response(Duration::from_secs(3));
+    let took = t0.elapsed();
+    let (_, how) = c.read_until_closed(REPLY);
+    assert_ne!(how, Eof::Open, "left open after {}", r.head);
+    drop(c);
+    writer.join().expect("writer");
+    (r.status, took)
+}
+
+const CHUNKED_HEAD: &[u8] = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+    Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+#[test]
+fn chunked_bodies_over_max_body_are_refused_at_once_whatever_their_chunks() {
+    let srv = Server::start();
+    // 1.2 MB and 1.9 MB against max_body's default of 1 MiB, in chunks small enough that their
+    // framing outweighs the limit's margin, and in ordinary ones.
+    for (size, chunk) in [
+        (1_200_000, 10),
+        (1_900_000, 10),
+        (1_200_000, 100),
+        (1_900_000, 4096),
+    ] {
+        let mut body = b"type=publish&to=nobody&content=".to_vec();
+        body.resize(size, b'a');
+        let mut rest = chunked(&body, chunk);
+        rest.extend_from_slice(b"\r\n");
+        let (status, took) = send_and_time(&srv, CHUNKED_HEAD, rest);
+        assert_eq!(status, 413, "{size} B in {chunk} B chunks");
+        assert!(
+            took < Duration::from_secs(2),
+            "{size} B in {chunk} B chunks: 413 after {took:?}"
+        );
+    }
+    // A trailer flood after the last chunk: 1.5 MB of fields.
+    let mut rest = chunked(b"type=publish&to=nobody&content=x", 64);
+    for i in 0..15_000 {
+        rest.extend_from_slice(format!("X-Trailer-{i}: {}\r\n", "t".repeat(80)).as_bytes());
+    }
+    rest.extend_from_slice(b"\r\n");
+    let (status, took) = send_and_time(&srv, CHUNKED_HEAD, rest);
+    assert!(
+        status == 431 || status == 413,
+        "trailer flood answered {status}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "trailer flood refused after {took:?}"
+    );
+    // Under the limit: served, in ordinary chunks and in small ones.
+    for (size, chunk) in [(1_000_000, 4096), (200_000, 16)] {
+        let mut body = b"type=publish&to=nobody&content=".to_vec();
+        body.resize(size, b'a');
+        let mut req = CHUNKED_HEAD.to_vec();
+        req.extend_from_slice(&chunked(&body, chunk));
+        req.extend_from_slice(b"X-Checksum: 1\r\n\r\n");
+        let r = srv.http(&req);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "offline".to_owned()),
+            "{size} B in {chunk} B chunks"
+        );
+    }
 }

@@ -8,9 +8,10 @@
 //!
 //! - `Request(req, used)`: `0 < used <= buf.len()` (a zero `used` would spin the event loop),
 //!   the body respects `max_body`, and `params(&req)` does not panic;
-//! - `Partial` only while the bytes so far fit `max_header + 8 * max_body + 4096` (see
+//! - `Partial` only while the bytes so far fit `http::request_max(max_header, max_body)` (see
 //!   [`buffer_bound`]): the event loop buffers a connection's bytes until the parser decides,
-//!   so a parser that keeps answering `Partial` lets one client grow the worker's memory;
+//!   and reads no further than that, so a parser that keeps answering `Partial` past it lets
+//!   one client grow the worker's memory, or leaves it waiting for an answer that never comes;
 //! - parsing is a pure function of the bytes so far, as the event loop relies on when it
 //!   re-parses after every read: for every prefix `p` of the buffer, a `Request` uses at most
 //!   `p` bytes; if the whole buffer gives `Request(req, used)`, every prefix at least `used`
@@ -23,7 +24,7 @@
 //! run that looks past them: `HERALD_FUZZ_ALLOW=http-buffer-bound,http-split`.
 #![no_main]
 
-use herald_worker::proto::http::{html_escape, params, parse_request, Parsed};
+use herald_worker::proto::http::{html_escape, params, parse_request, request_max, Parsed};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -66,13 +67,12 @@ fn known(check: &str) -> bool {
 }
 
 /// The most bytes a request may hold while still `Partial`. The event loop keeps everything
-/// a client sent until `parse_request` says `Request` or `Error`, so `Partial` is a promise
-/// that buffering more is legitimate: a head within `max_header`, a body within `max_body`
-/// even in the most wasteful honest chunking (one-byte chunks, `1\r\nX\r\n`: 6 bytes a body
-/// byte, counted as 8), and 4 KiB for the last chunk-size line, the final `0` chunk and a few
-/// trailer fields.
+/// a client sent until `parse_request` says `Request` or `Error`, and stops reading a request
+/// at this bound, so `Partial` is a promise that buffering more is legitimate: a head within
+/// `max_header`, a chunked body within `chunked_wire_max(max_body)` (framing included), an
+/// incomplete chunk-size line and trailer fields within `max_header`.
 fn buffer_bound(max_header: usize, max_body: usize) -> usize {
-    max_header + 8 * max_body + 4096
+    request_max(max_header, max_body)
 }
 
 /// The prefix lengths to re-parse: all of them for short inputs, a spread for long ones
@@ -125,7 +125,7 @@ fn check_one(buf: &[u8], max_header: usize, max_body: usize) -> Option<usize> {
             None
         }
         Parsed::Error { status, reason } => {
-            assert!((400..500).contains(&status), "non-4xx error status {status}");
+            assert!((400..500).contains(status), "non-4xx error status {status}");
             assert!(!reason.is_empty());
             None
         }

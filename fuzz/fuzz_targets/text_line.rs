@@ -142,16 +142,23 @@ fn scanner_agrees(line: &[u8]) {
     }
 }
 
+/// `max_targets`' default.
+const MAX_TARGETS: usize = 10_000;
+
 fuzz_target!(|line: &[u8]| {
     scanner_agrees(line);
-    let cmd = parse_line(line);
+    let cmd = parse_line(line, MAX_TARGETS);
     check(line, &cmd);
-    assert_eq!(parse_line(line), cmd, "parse_line is not deterministic");
+    assert_eq!(
+        parse_line(line, MAX_TARGETS),
+        cmd,
+        "parse_line is not deterministic"
+    );
     if line.last() != Some(&b'\r') {
         let mut with_cr = line.to_vec();
         with_cr.push(b'\r');
         assert_eq!(
-            parse_line(&with_cr),
+            parse_line(&with_cr, MAX_TARGETS),
             cmd,
             "a trailing \\r changed the result"
         );

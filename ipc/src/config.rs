@@ -78,8 +78,23 @@ pub struct Config {
     pub max_header: usize,
     /// Largest WebSocket frame or message accepted from a client.
     pub max_frame: usize,
-    /// Output queued for one connection before pushes to it are dropped and counted.
+    /// Output queued for one connection before pushes to it are dropped and counted. What the
+    /// kernel holds unsent for the connection counts too (measured when a write was short).
     pub max_send_buffer: usize,
+    /// Uids, groups and excluded uids one push may name in all; a push naming more is refused
+    /// (text port: an `{"error":…}` line; JSON API: 400).
+    pub max_targets: usize,
+    /// An HTTP or Socket.IO request (head and body) must arrive whole within this time from its
+    /// first byte, however it trickles in; else 408 and the connection is closed. 0: no limit.
+    pub header_timeout: f64,
+    /// `SO_SNDBUF` of WebSocket and Socket.IO client sockets (the kernel doubles it for its
+    /// bookkeeping): the most the kernel holds for a client that does not read. 0: the
+    /// kernel's default, grown on its own up to `net.ipv4.tcp_wmem`'s maximum.
+    pub client_sndbuf: usize,
+    /// Descriptors a worker keeps for the text and HTTP ports and its sibling links: the
+    /// WebSocket and Socket.IO ports refuse new clients (503) when fewer are left. At most a
+    /// quarter of the open-file limit is kept.
+    pub fd_reserve: usize,
     /// How long a push waits for its siblings' answers before replying with what it has.
     pub ipc_timeout: f64,
     /// Graceful stop and reload: how long old connections are served before closing with 1001.
@@ -154,6 +169,10 @@ impl Default for Config {
             max_header: 16 * 1024,
             max_frame: 64 * 1024,
             max_send_buffer: 1024 * 1024,
+            max_targets: 10_000,
+            header_timeout: 10.0,
+            client_sndbuf: 64 * 1024,
+            fd_reserve: 128,
             ipc_timeout: 1.0,
             drain_timeout: 30.0,
             stop_timeout: 5.0,
@@ -227,6 +246,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("slow_timeout", self.slow_timeout),
             ("group_ttl", self.group_ttl),
+            ("header_timeout", self.header_timeout),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -249,6 +269,21 @@ impl Config {
                     why: format!("{v} bytes is too small (at least 64)"),
                 });
             }
+        }
+        if self.max_targets == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "max_targets",
+                why: "a push must be allowed at least one target".into(),
+            });
+        }
+        if self.client_sndbuf != 0 && !(4096..=64 * 1024 * 1024).contains(&self.client_sndbuf) {
+            return Err(ConfigError::OutOfRange {
+                key: "client_sndbuf",
+                why: format!(
+                    "{} bytes: 0 (the kernel's default) or 4096 to 67108864",
+                    self.client_sndbuf
+                ),
+            });
         }
         if self.max_line > 8 * 1024 * 1024 || self.max_body > 8 * 1024 * 1024 {
             return Err(ConfigError::OutOfRange {
@@ -359,6 +394,43 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        for (c, key) in [
+            (
+                Config {
+                    max_targets: 0,
+                    ..Config::default()
+                },
+                "max_targets",
+            ),
+            (
+                Config {
+                    header_timeout: -1.0,
+                    ..Config::default()
+                },
+                "header_timeout",
+            ),
+            (
+                Config {
+                    client_sndbuf: 100,
+                    ..Config::default()
+                },
+                "client_sndbuf",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+        let off = Config {
+            client_sndbuf: 0,
+            header_timeout: 0.0,
+            fd_reserve: 0,
+            ..Config::default()
+        };
+        assert!(off.validate().is_ok());
     }
 
     #[test]

@@ -104,8 +104,12 @@ table! {
     auth_timeout: Counter;
     /// Connections closed after idle_timeout
     idle_closed: Counter;
-    /// Connections closed after slow_timeout over max_send_buffer
+    /// Connections closed after slow_timeout over max_send_buffer (reset: their output is lost)
     slow_closed: Counter;
+    /// HTTP and Socket.IO requests not received whole within header_timeout (408)
+    header_timeout: Counter;
+    /// Connections refused to keep descriptors for backends (fd_reserve), or for lack of any
+    out_of_fds: Counter;
     /// Frames, lines, bodies or heads over their limit
     oversize: Counter;
     /// Backend requests without a valid push_secret

@@ -171,6 +171,11 @@ pub struct Http {
     /// A pipelined request for another worker's session waits until the answers to the
     /// earlier ones are written: the connection then changes hands with nothing pending.
     pub handoff_after_flush: bool,
+    /// How far the chunked body of the request being received was read (reset per request).
+    pub chunks: crate::proto::http::ChunkScan,
+    /// When the first byte of the request being received was handled (worker clock ticks; 0:
+    /// none is being received): `header_timeout` counts from here, whatever trickles in.
+    pub started: u32,
 }
 
 /// Protocol state.

@@ -77,19 +77,30 @@ pub struct OutQueue {
     first: Option<Bytes>,
     /// The buffers after `first`, in order (allocated only when two or more wait).
     rest: VecDeque<Bytes>,
-    /// Bytes queued in all of them, for the `max_send_buffer` check and `connections`.
+    /// Bytes queued in all of them.
     len: usize,
+    /// Bytes the kernel held unsent (or unacknowledged) in the socket's send buffer at the
+    /// last short write; zero once a write took everything.
+    kernel: usize,
 }
 
 impl OutQueue {
-    /// Bytes waiting.
+    /// Bytes waiting for the peer: queued here, plus what the kernel held unsent at the last
+    /// short write. The `max_send_buffer` check and `connections` use it, so a client that
+    /// does not read is over the cap for what it leaves in the kernel too.
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.kernel
     }
 
-    /// Nothing waiting.
+    /// Nothing queued here (the kernel may still hold some).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Records what the kernel holds unsent for the socket after a short write (see
+    /// [`kernel_unsent`]).
+    pub fn set_kernel_backlog(&mut self, bytes: usize) {
+        self.kernel = bytes;
     }
 
     /// Appends a buffer (a reference when it is shared).
@@ -142,6 +153,8 @@ impl OutQueue {
         if self.rest.capacity() > 0 {
             self.rest = VecDeque::new();
         }
+        // The kernel took everything: it has room, and its backlog no longer counts.
+        self.kernel = 0;
         Ok(true)
     }
 
@@ -187,6 +200,21 @@ impl OutQueue {
         self.first = None;
         self.rest = VecDeque::new();
         self.len = 0;
+        self.kernel = 0;
+    }
+}
+
+/// Bytes in a socket's send buffer not yet acknowledged by the peer (`SIOCOUTQ`): what the
+/// kernel holds for a client. One `ioctl`, asked only after a short write.
+pub fn kernel_unsent(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int into `n`; an invalid fd only
+    // makes it fail.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -249,6 +277,56 @@ mod tests {
         assert!(q.flush(&mut w, &mut n).unwrap());
         assert_eq!(w.got, b"frame");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_kernels_backlog_counts_until_a_write_takes_everything() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"0123456789"));
+        let mut full = Trickle {
+            got: vec![],
+            cap: 4,
+            budget: 4,
+        };
+        let mut n = 0;
+        assert!(!q.flush(&mut full, &mut n).unwrap());
+        // What the socket holds unsent, as SIOCOUTQ would say after the short write.
+        q.set_kernel_backlog(1000);
+        assert_eq!(q.len(), 6 + 1000);
+        assert!(!q.is_empty());
+        let mut room = Trickle {
+            got: vec![],
+            cap: 100,
+            budget: 100,
+        };
+        assert!(q.flush(&mut room, &mut n).unwrap());
+        assert_eq!((q.len(), q.is_empty()), (0, true));
+        q.set_kernel_backlog(5);
+        q.clear();
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn kernel_unsent_reads_a_sockets_send_queue() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::AsRawFd;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_b, _) = l.accept().unwrap();
+        assert_eq!(kernel_unsent(a.as_raw_fd()), 0);
+        // The peer never reads: once its receive window is full, what is written stays here.
+        a.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 65536];
+        let mut sent = 0usize;
+        while let Ok(k) = a.write(&chunk) {
+            sent += k;
+            if sent > 64 << 20 {
+                break;
+            }
+        }
+        let q = kernel_unsent(a.as_raw_fd());
+        assert!(q > 0 && q <= sent, "{q} of {sent}");
+        assert_eq!(kernel_unsent(-1), 0);
     }
 
     /// Counts the calls that reach the socket.

@@ -1,17 +1,48 @@
 //! Accepting: every port's listener, the limits on connections (`max_connections`,
-//! `max_connections_per_ip`), the pause after `EMFILE`, and a new connection's entry in the
-//! table.
+//! `max_connections_per_ip`), the descriptors kept for the backends (`fd_reserve`), what
+//! happens at `EMFILE`, and a new connection's entry in the table.
+//!
+//! **The descriptor reserve.** The kernel gives a new socket the lowest free descriptor, so a
+//! client connection whose descriptor is at or above `limit - reserve` means that fewer than
+//! `reserve` descriptors are left: the WebSocket and Socket.IO ports then refuse it (503) at
+//! once. Clients can therefore never hold the top `reserve` descriptors, which stay for the
+//! text and HTTP ports (backends) and the sibling links. No counting, one comparison.
+//!
+//! **At `EMFILE`.** When not even the reserve is left, a spare descriptor (`/dev/null`, opened
+//! at start) is closed for a moment to accept the waiting connection, refuse it (503, or an
+//! error line on the text port) and close it; then the spare is opened again. A client or a
+//! backend is told at once, instead of waiting in the accept queue until it gives up (and its
+//! push runs later, unannounced).
 
 use super::{would_block, Worker, CONN_BASE};
 use crate::conn::{Conn, Http, Port, Proto, Text};
 use crate::proto::{http, text};
 use mio::{Interest, Token};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// How long accepting pauses after `EMFILE`/`ENFILE`.
+/// What a connection refused for lack of descriptors is told.
+const NO_FDS: &str = "server busy: out of file descriptors";
+
+/// How long accepting pauses after `EMFILE`/`ENFILE` when no spare descriptor is at hand.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The soft open-file limit (`usize::MAX` when unlimited).
+pub(super) fn open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return usize::MAX;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
 
 impl Worker {
     /// Takes what waits on every port.
@@ -19,6 +50,16 @@ impl Worker {
         for port in Port::ALL {
             self.accept(port);
         }
+    }
+
+    /// The lowest descriptor a client connection may not have: the ones above are kept for
+    /// backends and sibling links (`fd_reserve`, at most a quarter of the open-file limit).
+    fn client_fd_ceiling(&self) -> usize {
+        if self.fd_limit == usize::MAX {
+            return usize::MAX;
+        }
+        let reserve = self.cfg.fd_reserve.min(self.fd_limit / 4);
+        self.fd_limit - reserve
     }
 
     /// Takes every connection waiting on `port`'s listener (edge-triggered: until
@@ -32,10 +73,31 @@ impl Worker {
                 return;
             };
             match listener.accept() {
-                Ok((stream, remote)) => {
+                Ok((mut stream, remote)) => {
                     if self.emfile {
                         self.emfile = false;
                         log::info!("accepting again: descriptors are available");
+                    }
+                    let client = matches!(port, Port::Ws | Port::Sio);
+                    if client && stream.as_raw_fd() as usize >= self.client_fd_ceiling() {
+                        self.stats.out_of_fds += 1;
+                        if !self.fd_reserve_hit {
+                            self.fd_reserve_hit = true;
+                            log::warn!(
+                                "{} connection from {remote} refused: fewer than fd_reserve ({}) \
+                                 descriptors left of {}, kept for backends; refusing clients \
+                                 until some close",
+                                port.name(),
+                                self.cfg.fd_reserve.min(self.fd_limit / 4),
+                                self.fd_limit
+                            );
+                        }
+                        refuse(&mut stream, port, 503, NO_FDS);
+                        continue;
+                    }
+                    if client && self.fd_reserve_hit {
+                        self.fd_reserve_hit = false;
+                        log::info!("accepting clients again: descriptors are available");
                     }
                     self.add_conn(stream, remote, port)
                 }
@@ -44,25 +106,56 @@ impl Worker {
                     if e.raw_os_error() == Some(libc::EMFILE)
                         || e.raw_os_error() == Some(libc::ENFILE) =>
                 {
-                    // Out of descriptors: the pending connection stays queued in the kernel.
-                    // Pause instead of spinning on a readiness we cannot act on; say so once
-                    // per episode, not every retry.
+                    // Out of descriptors, the reserve included. Say so once per episode.
                     if !self.emfile {
                         self.emfile = true;
                         log::warn!(
-                            "accept on {} port: {e}; pausing accepts, retrying every {:?}",
-                            port.name(),
-                            ACCEPT_BACKOFF
+                            "accept on {} port: {e}; refusing new connections until some close",
+                            port.name()
                         );
+                        self.fd_limit = open_file_limit();
                     }
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                    return;
+                    match self.refuse_with_spare(port) {
+                        Spare::Refused => continue,
+                        Spare::Empty => return,
+                        Spare::Missing => {
+                            // The pending connection stays queued in the kernel. Pause instead
+                            // of spinning on a readiness we cannot act on.
+                            log::debug!("no spare descriptor: pausing accepts");
+                            self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                            return;
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("accept on {} port: {e}", port.name());
                 }
             }
+        }
+    }
+
+    /// At `EMFILE`: frees the spare descriptor for a moment to accept one waiting connection on
+    /// `port` and refuse it, then takes the spare back.
+    fn refuse_with_spare(&mut self, port: Port) -> Spare {
+        let Some(spare) = self.spare_fd.take() else {
+            return Spare::Missing;
+        };
+        drop(spare);
+        let outcome = match self.listeners[port].as_ref().map(|l| l.accept()) {
+            Some(Ok((mut stream, _))) => {
+                self.stats.out_of_fds += 1;
+                refuse(&mut stream, port, 503, NO_FDS);
+                Spare::Refused
+            }
+            // The kernel reports EMFILE before it looks at the queue: nothing was waiting.
+            Some(Err(e)) if would_block(&e) => Spare::Empty,
+            _ => Spare::Missing,
+        };
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        match self.spare_fd {
+            Some(_) => outcome,
+            None => Spare::Missing,
         }
     }
 
@@ -115,6 +208,10 @@ impl Worker {
             *n += 1;
         }
         let _ = stream.set_nodelay(true);
+        if matches!(port, Port::Ws | Port::Sio) && self.cfg.client_sndbuf > 0 {
+            // The most the kernel holds for a client that does not read (it doubles it).
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.client_sndbuf);
+        }
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) =
@@ -173,8 +270,21 @@ impl Worker {
     }
 }
 
-/// Best-effort refusal written straight to a just-accepted socket, which is then dropped.
+/// What freeing the spare descriptor at `EMFILE` came to.
+enum Spare {
+    /// A waiting connection was accepted and refused; the spare is back.
+    Refused,
+    /// Nothing was waiting; the spare is back.
+    Empty,
+    /// No spare (it could not be opened): accepting must pause.
+    Missing,
+}
+
+/// Best-effort refusal written straight to a just-accepted socket, which is then dropped. What
+/// the client already sent is read first: a socket closed with unread input is reset, which
+/// could reach the client before it has read the refusal.
 fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: u16, why: &str) {
+    let _ = stream.read(&mut [0u8; 4096]);
     let bytes = match port {
         Port::Text => text::error_reply(why),
         Port::Ws | Port::Http | Port::Sio => http::text(status, &format!("{why}\n"), false),

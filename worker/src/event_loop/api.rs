@@ -11,7 +11,8 @@ use crate::proto::http::Request;
 impl Worker {
     /// A request under `/api/`: answered now (an error) or when its push or query completes.
     pub(super) fn api_request(&mut self, slot: usize, id: u64, req: &Request) {
-        match route(&req.method, &req.path, &req.query, &req.body) {
+        let max = self.cfg.max_targets;
+        match route(&req.method, &req.path, &req.query, &req.body, max) {
             Ok(ApiCall::Query(q)) => self.query(q, QReply::Http { slot, id }),
             Ok(ApiCall::Push(p)) => {
                 if let Some(Proto::Http(h)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {

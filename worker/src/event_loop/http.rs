@@ -39,6 +39,7 @@ impl Worker {
     /// Requests in `buf`, one at a time; returns the bytes used.
     pub(super) fn consume_http(&mut self, slot: usize, buf: &mut [u8]) -> usize {
         let mut pos = 0;
+        let now = self.now.max(1);
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return buf.len();
@@ -56,8 +57,12 @@ impl Worker {
             if h.waiting || pos == buf.len() {
                 return pos;
             }
-            match http::parse_request(&buf[pos..], self.cfg.max_header, self.cfg.max_body) {
+            let (max_header, max_body) = (self.cfg.max_header, self.cfg.max_body);
+            match http::parse_request_with(&buf[pos..], max_header, max_body, &mut h.chunks) {
                 Parsed::Partial { continue_100 } => {
+                    if h.started == 0 {
+                        h.started = now;
+                    }
                     if continue_100 && !h.continue_sent {
                         h.continue_sent = true;
                         self.queue(slot, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
@@ -75,6 +80,8 @@ impl Worker {
                 }
                 Parsed::Request(req, used) => {
                     h.continue_sent = false;
+                    h.chunks = Default::default();
+                    h.started = 0;
                     let start = pos;
                     pos += used;
                     if port == Port::Sio {

@@ -184,6 +184,13 @@ pub struct Worker {
     groups: Groups,
     /// Accepting hit EMFILE/ENFILE and has not succeeded since (logged once per episode).
     emfile: bool,
+    /// The open-file limit (soft `RLIMIT_NOFILE`) when the worker started.
+    fd_limit: usize,
+    /// A descriptor held in reserve (`/dev/null`): at EMFILE it is closed for a moment, so a
+    /// waiting connection can be accepted and refused instead of hanging in the accept queue.
+    spare_fd: Option<std::fs::File>,
+    /// Client ports are refusing connections to keep `fd_reserve` (logged once per episode).
+    fd_reserve_hit: bool,
     /// Connections to read again next turn (budget spent, or backpressure lifted).
     resume: Vec<usize>,
     /// Recipients of the push being delivered (kept to avoid an allocation per push).
@@ -296,6 +303,9 @@ impl Worker {
             per_ip: HashMap::new(),
             groups: Groups::default(),
             emfile: false,
+            fd_limit: accept::open_file_limit(),
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            fd_reserve_hit: false,
             resume: Vec::new(),
             slots_buf: Vec::new(),
             ready_buf: Vec::new(),

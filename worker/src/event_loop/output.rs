@@ -6,10 +6,11 @@ use super::{Worker, CONN_BASE};
 use crate::conn::{
     Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
 };
-use crate::delivery::close_frame;
+use crate::delivery::{close_frame, kernel_unsent};
 use crate::registry::Recipient;
 use bytes::Bytes;
 use mio::{Interest, Token};
+use std::os::fd::AsRawFd;
 
 impl Worker {
     /// Queues bytes to connection `slot`, to be written at the end of the turn.
@@ -121,6 +122,9 @@ impl Worker {
                     }
                 }
                 Ok(false) => {
+                    // What the kernel holds for it counts against max_send_buffer.
+                    conn.out
+                        .set_kernel_backlog(kernel_unsent(conn.stream.as_raw_fd()));
                     // The socket is full: ask for WRITABLE until the queue drains. Only slow
                     // connections pay for it; the common case writes at once and never gets
                     // a writable event per write.

@@ -5,16 +5,19 @@
 use super::{would_block, Worker, MAX_PENDING_REPLIES, READ_BUDGET, SCRATCH};
 use crate::config::Config;
 use crate::conn::{Conn, Port, Proto, CLOSING, EOF_IN, READ_PAUSED, RESUME};
+use crate::proto::http;
 use std::io::{self, Read};
 
 /// Whether a connection must not be read now: its queued output is over `max_send_buffer`
 /// (a client sending pings, or requests, faster than it reads answers), its unparsed input is
 /// over what one frame, line or request may take, or too many of its replies are in flight.
+/// (An HTTP request's parser always decides before `http::request_max` bytes, so reading never
+/// pauses on a request that is still undecided.)
 pub(super) fn read_blocked(c: &Conn, cfg: &Config) -> bool {
     let max_in = cfg
         .max_line
         .max(cfg.max_frame)
-        .max(cfg.max_header + cfg.max_body)
+        .max(http::request_max(cfg.max_header, cfg.max_body))
         + SCRATCH;
     c.out.len() > cfg.max_send_buffer
         || c.inbuf.len() > max_in

@@ -96,7 +96,7 @@ impl Worker {
             seq,
             kind,
         };
-        match text::parse_line(line) {
+        match text::parse_line(line, self.cfg.max_targets) {
             Command::Seed { uid } => {
                 self.push(
                     To::Uid(&uid),

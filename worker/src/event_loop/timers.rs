@@ -1,10 +1,12 @@
-//! Time: one coarse sweep over the connections for every deadline (handshake, login, idle,
-//! slow consumer) and the periodic pings, and giving memory back after a peak. No connection
-//! owns a timer.
+//! Time: one coarse sweep over the connections for every deadline (handshake, login, request,
+//! idle, slow consumer, a close its peer does not read) and the periodic pings, and giving
+//! memory back after a peak. No connection owns a timer.
 
+use super::http::Refusal;
 use super::{shrink_idle, ticks, Worker};
-use crate::conn::{Proto, CLOSING};
+use crate::conn::{Proto, CLOSING, WANT_WRITE};
 use crate::delivery::{frame, OP_PING};
+use crate::proto::http;
 use std::time::Duration;
 
 impl Worker {
@@ -16,6 +18,7 @@ impl Worker {
             c.ping_interval,
             c.idle_timeout,
             c.slow_timeout,
+            c.header_timeout,
         ]
         .into_iter()
         .filter(|t| *t > 0.0)
@@ -54,14 +57,19 @@ impl Worker {
         }
     }
 
-    /// One coarse pass over the connections: handshake and login deadlines, idle and slow
-    /// connections, and the periodic ping (one shared frame for every WebSocket). Costs one
-    /// comparison per connection per sweep; no connection owns a timer.
+    /// One coarse pass over the connections: handshake, login and request deadlines, idle and
+    /// slow connections, and the periodic ping (one shared frame for every WebSocket). Costs
+    /// one comparison per connection per sweep; no connection owns a timer.
     pub(super) fn sweep(&mut self) {
         let now = self.now;
         let auth = ticks(self.cfg.auth_timeout);
         let idle = ticks(self.cfg.idle_timeout);
         let slow = ticks(self.cfg.slow_timeout);
+        // 0 turns the request deadline off.
+        let request = match ticks(self.cfg.header_timeout) {
+            0 => u32::MAX,
+            t => t,
+        };
         let ping_due = self.cfg.ping_interval > 0.0
             && now.saturating_sub(self.last_ping) >= ticks(self.cfg.ping_interval);
         if ping_due {
@@ -86,10 +94,22 @@ impl Worker {
             Drop,
             Close(u16, &'static str),
             Ping,
+            RequestTimeout,
+            Stuck,
         }
         let mut acts: Vec<(usize, Act)> = Vec::new();
         for (slot, c) in self.conns.iter() {
             if c.flags & CLOSING != 0 {
+                // It closes once its output is written, which a peer that does not read
+                // would put off for ever, holding the kernel's buffer: it gets slow_timeout
+                // from when its socket was first seen full here.
+                if c.flags & WANT_WRITE != 0 {
+                    if c.slow_since == 0 {
+                        acts.push((slot, Act::Stuck));
+                    } else if now.saturating_sub(c.slow_since) >= slow {
+                        acts.push((slot, Act::Drop));
+                    }
+                }
                 continue;
             }
             if c.slow_since != 0 && now.saturating_sub(c.slow_since) >= slow {
@@ -114,6 +134,14 @@ impl Worker {
                 {
                     acts.push((slot, Act::Ping))
                 }
+                // A request (head and body) must arrive whole within header_timeout of its
+                // first byte: each byte resets the idle timer, so a client trickling one byte
+                // at a time would otherwise hold the connection, and its buffer, for ever.
+                Proto::Http(h)
+                    if !h.waiting && h.started != 0 && now.saturating_sub(h.started) >= request =>
+                {
+                    acts.push((slot, Act::RequestTimeout))
+                }
                 Proto::Http(h) if !h.waiting && quiet >= idle => acts.push((slot, Act::Drop)),
                 _ => {}
             }
@@ -125,12 +153,16 @@ impl Worker {
             let (id, remote) = (c.id, c.remote);
             match act {
                 Act::Ping => self.queue(slot, ping.clone()),
+                Act::Stuck => c.slow_since = now.max(1),
                 Act::Drop => {
                     if c.slow_since != 0 {
                         self.stats.slow_closed += 1;
                         log::info!(
-                            "connection {id} from {remote}: output over max_send_buffer for slow_timeout; closing"
+                            "connection {id} from {remote}: output not read for slow_timeout (over max_send_buffer, or a close it does not take); resetting"
                         );
+                        // Its output will never be read: a reset frees the kernel's buffers
+                        // at once and tells the client, where a close would wait behind them.
+                        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
                     } else if matches!(c.proto, Proto::Handshake) {
                         self.stats.auth_timeout += 1;
                         log::info!(
@@ -141,6 +173,12 @@ impl Worker {
                         log::debug!("http connection {id} from {remote}: idle; closing");
                     }
                     self.close(slot);
+                }
+                Act::RequestTimeout => {
+                    self.stats.header_timeout += 1;
+                    let why = "request not received whole within header_timeout";
+                    let r = http::text(408, "request timeout\n", false);
+                    self.reject(slot, why, r, Refusal::Counted);
                 }
                 Act::Close(code, why) => {
                     if code == 1008 {

@@ -68,8 +68,14 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Routes one API request. `path` is the request path (starting with `/api/`), `query` its
-/// raw query string.
-pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
+/// raw query string; a push may name at most `max_targets` uids, groups and excluded uids.
+pub fn route(
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    max_targets: usize,
+) -> Result<ApiCall, ApiError> {
     let shown = path.trim_end_matches('/');
     let parts = segments(path);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -81,7 +87,7 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<ApiCa
     };
     let q = |q: Query| Ok(ApiCall::Query(q));
     match (method, parts.as_slice()) {
-        ("POST", ["push"]) => push::parse_api(&object(body)?)
+        ("POST", ["push"]) => push::parse_api(&object(body)?, max_targets)
             .map(ApiCall::Push)
             .map_err(|e| error(400, &e)),
         ("POST", ["groups", g, "members"]) => {
@@ -144,32 +150,32 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(
-            route("GET", "/api/online/a&b", "", b""),
+            route("GET", "/api/online/a&b", "", b"", 100),
             Ok(ApiCall::Query(Query::Online { uid: "a&b".into() }))
         );
         assert_eq!(
-            route("GET", "/api/uids", "group=g%201", b""),
+            route("GET", "/api/uids", "group=g%201", b"", 100),
             Ok(ApiCall::Query(Query::Uids {
                 group: Some("g 1".into())
             }))
         );
         assert_eq!(
-            route("POST", "/api/groups/g/members", "", br#"{"uid":5}"#),
+            route("POST", "/api/groups/g/members", "", br#"{"uid":5}"#, 100),
             Ok(ApiCall::Query(Query::Join {
                 uid: "5".into(),
                 group: "g".into()
             }))
         );
-        let e = route("GET", "/api/push", "", b"");
+        let e = route("GET", "/api/push", "", b"", 100);
         assert_eq!(e.map_err(|e| (e.status, e.allow)), Err((405, Some("POST"))));
-        let e = route("GET", "/api/nope", "", b"");
+        let e = route("GET", "/api/nope", "", b"", 100);
         assert_eq!(e.map_err(|e| e.status), Err(404));
-        let e = route("POST", "/api/push", "", b"[1]");
+        let e = route("POST", "/api/push", "", b"[1]", 100);
         assert_eq!(
             e.map_err(|e| e.body),
             Err(json!({"error": "body must be a JSON object"}))
         );
-        let e = route("POST", "/api/kick/u", "", br#"{"data":{"a":1}}"#);
+        let e = route("POST", "/api/kick/u", "", br#"{"data":{"a":1}}"#, 100);
         assert_eq!(
             e,
             Ok(ApiCall::Query(Query::Kick {

@@ -65,6 +65,20 @@ fn err(status: u16, reason: &'static str) -> Parsed {
 
 /// Parses one request from the front of `buf`.
 pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
+    parse_request_with(buf, max_header, max_body, &mut ChunkScan::default())
+}
+
+/// [`parse_request`], resuming the scan of a chunked body where the previous call for the same
+/// request left it: the event loop parses again after every read, and the buffer of a request
+/// still arriving only grows at its end, so each byte of chunk framing is read once, not once
+/// per read. `scan` must be reset (`ChunkScan::default()`) for each new request; the answer is
+/// the same as [`parse_request`]'s.
+pub fn parse_request_with(
+    buf: &[u8],
+    max_header: usize,
+    max_body: usize,
+    scan: &mut ChunkScan,
+) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let head = match req.parse(buf) {
@@ -169,7 +183,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     };
     let rest = &buf[head..];
     if chunked {
-        return match dechunk(rest, max_body) {
+        return match dechunk(rest, max_body, max_header, scan) {
             Dechunk::Done(body, used) => {
                 out.body = body;
                 Parsed::Request(out, head + used)
@@ -178,6 +192,7 @@ pub fn parse_request(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
                 continue_100: expect,
             },
             Dechunk::TooLarge => err(413, "request body too large"),
+            Dechunk::TrailersTooLarge => err(431, "trailer fields too large"),
             Dechunk::Bad => err(400, "malformed chunked body"),
         };
     }
@@ -261,6 +276,7 @@ enum Dechunk {
     Done(Vec<u8>, usize),
     Partial,
     TooLarge,
+    TrailersTooLarge,
     Bad,
 }
 
@@ -268,21 +284,57 @@ enum Dechunk {
 const MAX_CHUNK_LINE: usize = 1024;
 /// Longest trailer line accepted, complete or not.
 const MAX_TRAILER_LINE: usize = 8192;
-/// Chunk framing, extensions and trailers may add `max_body` plus this many bytes to a body:
-/// without a bound on the total, one-byte chunks with long extensions, or endless trailers,
-/// would make the server buffer forever.
-const CHUNK_OVERHEAD: usize = 4096;
+/// Chunk framing (size lines, extensions, line ends) may add an eighth of `max_body` plus this
+/// many bytes to a chunked body's data: an ordinary client's chunks (kilobytes each) stay far
+/// below it, while one-byte chunks, whose framing is five times their data, cannot make the
+/// server buffer several times `max_body` before the body is known to be too large.
+const CHUNK_OVERHEAD: usize = 16 * 1024;
 
-fn dechunk(buf: &[u8], max_body: usize) -> Dechunk {
-    let mut pos = 0;
-    let mut body = Vec::new();
-    // The same limits whatever the reads' boundaries: a line is measured, complete or not,
-    // and the total is checked as bytes arrive.
-    let over_total = |pos: usize| pos > max_body.saturating_mul(2).saturating_add(CHUNK_OVERHEAD);
-    loop {
-        if over_total(pos) {
+/// The most bytes a chunked body (its chunks and their framing, up to the last chunk's line)
+/// may take on the wire; past it the request is refused with 413.
+pub fn chunked_wire_max(max_body: usize) -> usize {
+    max_body
+        .saturating_add(max_body / 8)
+        .saturating_add(CHUNK_OVERHEAD)
+}
+
+/// The most bytes of one request the parser may answer [`Parsed::Partial`] for: a head within
+/// `max_header`, a body within [`chunked_wire_max`] (a `Content-Length` body is smaller), an
+/// incomplete chunk-size line, and trailer fields within `max_header`. The event loop may
+/// buffer this much of a request (and must, for the parser to decide); beyond it the parser
+/// has always answered, with the request or with an error.
+pub fn request_max(max_header: usize, max_body: usize) -> usize {
+    max_header
+        .saturating_mul(2)
+        .saturating_add(chunked_wire_max(max_body))
+        .saturating_add(MAX_CHUNK_LINE)
+}
+
+/// How far a chunked body was read by an earlier call for the same request (see
+/// [`parse_request_with`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkScan {
+    /// Offset (after the head) of the first chunk-size line not read yet, or of the trailer
+    /// section once the last chunk was read.
+    at: usize,
+    /// Data bytes of the chunks before `at`.
+    body: usize,
+    /// The last chunk (`0`) was read: `at` is where the trailer section starts.
+    last: bool,
+}
+
+/// Reads a chunked body: the chunks from where `scan` left off (never their data, only their
+/// framing), then the trailer section; the data is gathered once, when the body is whole.
+/// Decides as soon as it can: a chunk whose declared size takes the data past `max_body`, or
+/// the body past [`chunked_wire_max`], is `TooLarge` before its data arrives.
+fn dechunk(buf: &[u8], max_body: usize, max_trailers: usize, scan: &mut ChunkScan) -> Dechunk {
+    let wire_max = chunked_wire_max(max_body);
+    let (mut pos, mut body) = (scan.at, scan.body);
+    while !scan.last {
+        if pos > wire_max {
             return Dechunk::TooLarge;
         }
+        // The same limits whatever the reads' boundaries: a line is measured, complete or not.
         let line_len = memchr::memchr(b'\n', &buf[pos..]).map(|i| i + 1);
         if line_len.unwrap_or(buf.len() - pos) > MAX_CHUNK_LINE {
             return Dechunk::Bad;
@@ -292,44 +344,73 @@ fn dechunk(buf: &[u8], max_body: usize) -> Dechunk {
             Ok(httparse::Status::Partial) => return Dechunk::Partial,
             Err(_) => return Dechunk::Bad,
         };
-        pos += used;
         if size == 0 {
-            // Trailer fields, then the empty line.
-            loop {
-                if over_total(pos) {
-                    return Dechunk::TooLarge;
-                }
-                let Some(eol) = memchr::memchr(b'\n', &buf[pos..]) else {
-                    return if buf.len() - pos > MAX_TRAILER_LINE {
-                        Dechunk::Bad
-                    } else {
-                        Dechunk::Partial
-                    };
-                };
-                if eol + 1 > MAX_TRAILER_LINE {
-                    return Dechunk::Bad;
-                }
-                let line = &buf[pos..pos + eol];
-                pos += eol + 1;
-                if line.is_empty() || line == b"\r" {
-                    return Dechunk::Done(body, pos);
-                }
-            }
+            *scan = ChunkScan {
+                at: pos + used,
+                body,
+                last: true,
+            };
+            break;
         }
-        let size = size as usize;
-        if body.len().saturating_add(size) > max_body {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let end = (pos + used).saturating_add(size).saturating_add(2);
+        if body.saturating_add(size) > max_body || end > wire_max {
             return Dechunk::TooLarge;
         }
-        if buf.len() - pos < size + 2 {
+        if buf.len() < end {
             return Dechunk::Partial;
         }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        pos += size;
-        if &buf[pos..pos + 2] != b"\r\n" {
+        if &buf[end - 2..end] != b"\r\n" {
             return Dechunk::Bad;
         }
-        pos += 2;
+        body += size;
+        pos = end;
+        *scan = ChunkScan {
+            at: pos,
+            body,
+            last: false,
+        };
     }
+    // Trailer fields, then the empty line. Their section is bounded like a head, and is
+    // measured first, complete or not, so its size decides the same way however it is read.
+    let start = scan.at;
+    pos = start;
+    loop {
+        let eol = memchr::memchr(b'\n', &buf[pos..]);
+        let line_end = eol.map_or(buf.len(), |e| pos + e + 1);
+        if line_end - start > max_trailers {
+            return Dechunk::TrailersTooLarge;
+        }
+        if line_end - pos > MAX_TRAILER_LINE {
+            return Dechunk::Bad;
+        }
+        if eol.is_none() {
+            return Dechunk::Partial;
+        }
+        let line = &buf[pos..line_end - 1];
+        pos = line_end;
+        if line.is_empty() || line == b"\r" {
+            return Dechunk::Done(gather_chunks(&buf[..start], scan.body), pos);
+        }
+    }
+}
+
+/// The data of the chunks in `framed` (checked by [`dechunk`]), `len` bytes in all.
+fn gather_chunks(framed: &[u8], len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(len);
+    let mut pos = 0;
+    while let Ok(httparse::Status::Complete((used, size))) =
+        httparse::parse_chunk_size(&framed[pos..])
+    {
+        let size = size as usize;
+        if size == 0 {
+            break;
+        }
+        pos += used;
+        body.extend_from_slice(&framed[pos..pos + size]);
+        pos += size + 2;
+    }
+    body
 }
 
 /// The request's parameters as the seed reads them: the POST fields if there are any, else the
@@ -500,6 +581,7 @@ pub fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Payload Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
@@ -576,6 +658,104 @@ mod tests {
         long.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
         assert!(matches!(parse(&long), Parsed::Error { .. }));
         assert!(matches!(parse(&long[..cut]), Parsed::Error { .. }));
+    }
+
+    /// `body` in chunks of `chunk` bytes after a chunked request head, last chunk included.
+    fn chunked_request(body: &[u8], chunk: usize, trailers: &[u8]) -> Vec<u8> {
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for c in body.chunks(chunk) {
+            req.extend_from_slice(format!("{:x};e=1\r\n", c.len()).as_bytes());
+            req.extend_from_slice(c);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n");
+        req.extend_from_slice(trailers);
+        req.extend_from_slice(b"\r\n");
+        req
+    }
+
+    /// Parses `req` as the event loop does: again after each read of `step` bytes, resuming the
+    /// chunk scan; returns the first decision and the bytes read by then.
+    fn parse_in_reads(
+        req: &[u8],
+        step: usize,
+        max_header: usize,
+        max_body: usize,
+    ) -> (Parsed, usize) {
+        let mut scan = ChunkScan::default();
+        let mut n = 0;
+        loop {
+            n = (n + step).min(req.len());
+            match parse_request_with(&req[..n], max_header, max_body, &mut scan) {
+                Parsed::Partial { .. } if n < req.len() => {
+                    assert!(
+                        n <= request_max(max_header, max_body),
+                        "Partial after {n} bytes, over request_max"
+                    );
+                }
+                p => return (p, n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_chunk_scan_parses_like_a_fresh_one_whatever_the_reads() {
+        let body: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        for chunk in [1, 7, 100, 4096] {
+            for trailers in [&b""[..], b"X-A: 1\r\nX-B: 2\r\n"] {
+                let req = chunked_request(&body, chunk, trailers);
+                let fresh = parse_request(&req, 8192, 1 << 20);
+                let Parsed::Request(ref r, used) = fresh else {
+                    panic!("{chunk}: {fresh:?}")
+                };
+                assert_eq!((r.body.as_slice(), used), (body.as_slice(), req.len()));
+                for step in [1, 2, 3, 5, 64, 1000, req.len()] {
+                    let (p, _) = parse_in_reads(&req, step, 8192, 1 << 20);
+                    assert_eq!(p, fresh, "chunks of {chunk}, reads of {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_over_max_body_are_refused_as_soon_as_that_is_known() {
+        let max_body = 64 * 1024;
+        let big = vec![b'x'; max_body + 1];
+        // Ordinary chunks: refused at the chunk that takes the data over max_body, from its
+        // size line, before its data.
+        let req = chunked_request(&big, 4096, b"");
+        let (p, n) = parse_in_reads(&req, 512, 8192, max_body);
+        assert!(matches!(p, Parsed::Error { status: 413, .. }), "{p:?}");
+        assert!(n < max_body + 1024, "decided after {n} bytes");
+        // One chunk declaring more than max_body: refused from its size line.
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut one = head.to_vec();
+        one.extend_from_slice(format!("{:x}\r\n", max_body + 1).as_bytes());
+        assert!(matches!(
+            parse_request(&one, 8192, max_body),
+            Parsed::Error { status: 413, .. }
+        ));
+        // Tiny chunks whose framing outweighs their data: refused once the wire bound is
+        // passed, although the data is still under max_body.
+        let req = chunked_request(&vec![b'y'; max_body], 1, b"");
+        let (p, n) = parse_in_reads(&req, 4096, 8192, max_body);
+        assert!(matches!(p, Parsed::Error { status: 413, .. }), "{p:?}");
+        assert!(n <= request_max(8192, max_body), "decided after {n} bytes");
+        // Under every bound: served.
+        let ok = chunked_request(&vec![b'z'; max_body], 4096, b"");
+        assert!(matches!(
+            parse_in_reads(&ok, 1000, 8192, max_body).0,
+            Parsed::Request(..)
+        ));
+        // A trailer flood: 431 once the trailer section passes max_header.
+        let mut flood = chunked_request(b"abc", 3, b"");
+        flood.truncate(flood.len() - 2);
+        for i in 0..10_000 {
+            flood.extend_from_slice(format!("X-T{i}: vvvvvvvvvvvvvvvvvvvv\r\n").as_bytes());
+        }
+        let (p, n) = parse_in_reads(&flood, 700, 8192, max_body);
+        assert!(matches!(p, Parsed::Error { status: 431, .. }), "{p:?}");
+        assert!(n < 8192 + 1024, "decided after {n} bytes");
     }
 
     #[test]

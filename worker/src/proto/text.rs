@@ -88,8 +88,9 @@ fn serde_seed(line: &[u8]) -> Option<Command<'_>> {
     })
 }
 
-/// Parses one line (without `\n`; a trailing `\r` is ignored).
-pub fn parse_line(line: &[u8]) -> Command<'_> {
+/// Parses one line (without `\n`; a trailing `\r` is ignored). A push may name at most
+/// `max_targets` uids, groups and excluded uids in all.
+pub fn parse_line(line: &[u8], max_targets: usize) -> Command<'_> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if let Some(c) = fast_seed(line) {
         return c;
@@ -103,7 +104,9 @@ pub fn parse_line(line: &[u8]) -> Command<'_> {
             None => Command::Fail("no uid"),
         };
     };
-    let push = |target: Result<Target, String>| match target.and_then(|t| push::parse(&obj, t)) {
+    let push = |target: Result<Target, String>| match target
+        .and_then(|t| push::parse(&obj, t, max_targets))
+    {
         Ok(p) => Command::Push(p),
         Err(e) => Command::Error(e),
     };
@@ -131,11 +134,19 @@ pub fn parse_line(line: &[u8]) -> Command<'_> {
         Some("all") => push(Ok(Target::All)),
         Some("push") => match obj.get("to") {
             None => Command::Error("missing `to`".into()),
-            Some(to) => push(uid_list(to, "to").map(Target::Uids)),
+            Some(to) => push(
+                push::check_targets(&obj, &["to", "exclude"], max_targets)
+                    .and_then(|()| uid_list(to, "to"))
+                    .map(Target::Uids),
+            ),
         },
         Some("group") => match obj.get("group") {
             None => Command::Error("missing `group`".into()),
-            Some(g) => push(uid_list(g, "group").map(Target::Groups)),
+            Some(g) => push(
+                push::check_targets(&obj, &["group", "exclude"], max_targets)
+                    .and_then(|()| uid_list(g, "group"))
+                    .map(Target::Groups),
+            ),
         },
         Some("join") => query((|| {
             Ok(Query::Join {
@@ -179,6 +190,38 @@ pub fn error_reply(msg: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::parse_line`] with the default `max_targets`.
+    fn parse_line(line: &[u8]) -> Command<'_> {
+        super::parse_line(line, 10_000)
+    }
+
+    #[test]
+    fn a_push_over_max_targets_is_an_error_before_its_lists_are_read() {
+        let over = |line: &[u8]| match super::parse_line(line, 2) {
+            Command::Error(e) => e.contains("max_targets") && e.contains("names 3"),
+            _ => false,
+        };
+        assert!(over(br#"{"cmd":"push","to":["a","b","c"],"data":1}"#));
+        assert!(over(
+            br#"{"cmd":"push","to":["a","b"],"exclude":"c","data":1}"#
+        ));
+        assert!(over(
+            br#"{"cmd":"group","group":["a"],"exclude":["b","c"],"data":1}"#
+        ));
+        assert!(over(br#"{"cmd":"all","exclude":["a","b","c"],"data":1}"#));
+        // Its length refuses it, whatever its entries are.
+        assert!(over(br#"{"cmd":"push","to":[1.5,true,null],"data":1}"#));
+        assert!(matches!(
+            super::parse_line(br#"{"cmd":"push","to":["a"],"exclude":"b","data":1}"#, 2),
+            Command::Push(_)
+        ));
+        // A seed line names one uid: never refused.
+        assert!(matches!(
+            super::parse_line(br#"{"uid":"a"}"#, 1),
+            Command::Seed { .. }
+        ));
+    }
 
     #[test]
     fn seed_line() {
