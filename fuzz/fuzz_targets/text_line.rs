@@ -17,7 +17,8 @@
 //!   uid is the same string.
 #![no_main]
 
-use herald_ipc::Target;
+use herald_ipc::{Query, Target};
+use herald_worker::proto::push::PushRequest;
 use herald_worker::proto::seedscan::{scan, Scan};
 use herald_worker::proto::text::{error_reply, parse_line, Command, Head};
 use libfuzzer_sys::fuzz_target;
@@ -25,13 +26,12 @@ use libfuzzer_sys::fuzz_target;
 fn check(line: &[u8], cmd: &Command) {
     match cmd {
         Command::Seed { uid } => assert!(!uid.is_empty(), "empty seed uid from {line:?}"),
-        Command::Push {
+        Command::Push(PushRequest {
             target,
             exclude,
             payload,
             binary,
-            ..
-        } => {
+        }) => {
             match target {
                 Target::Uids(ids) | Target::Groups(ids) => {
                     assert!(ids.iter().all(|u| !u.is_empty()), "empty uid or group")
@@ -50,11 +50,10 @@ fn check(line: &[u8], cmd: &Command) {
             }
         }
         Command::Query(q) => {
-            let kind = q.get("q").and_then(|k| k.as_str());
-            assert!(
-                kind.is_some_and(|k| !k.is_empty()),
-                "query without `q`: {q}"
-            );
+            // Every query crosses the mesh as JSON and must come back the same.
+            let json = serde_json::to_string(q).unwrap_or_default();
+            let back: Option<Query> = serde_json::from_str(&json).ok();
+            assert_eq!(back.as_ref(), Some(q), "query does not round-trip: {json}");
         }
         Command::Fail(reason) => assert!(!reason.is_empty()),
         Command::Error(msg) => {
