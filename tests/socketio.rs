@@ -459,3 +459,46 @@ fn socketio_pages_on_two_nodes_of_a_cluster() {
         );
     }
 }
+
+/// A Socket.IO page on the WebSocket transport that stops reading is a slow consumer like any
+/// WebSocket: over `max_send_buffer` for `slow_timeout`, it is closed and counted.
+#[test]
+fn a_socketio_websocket_that_stops_reading_is_closed_as_slow() {
+    let srv = Server::builder()
+        .workers(1)
+        .socketio()
+        .set("max_send_buffer=65536")
+        .set("client_sndbuf=4096")
+        .set("slow_timeout=1")
+        .start();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", srv.socketio)).expect("connect");
+    stream.set_read_timeout(Some(REPLY)).ok();
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        srv.socketio
+    );
+    let (mut ws, _) = tungstenite::client(url, stream).expect("engine.io websocket");
+    let open = ws.read().expect("open packet");
+    assert!(open.to_string().starts_with("0{"), "{open}");
+    ws.send(tungstenite::Message::text("40")).expect("connect");
+    ws.send(tungstenite::Message::text(r#"42["login","slow-page"]"#))
+        .expect("login");
+    // Logged in once a publish to it answers ok; from then on the page reads nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publish(&srv, "slow-page", "x") != "ok" {
+        assert!(Instant::now() < deadline, "the page never logged in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let big = "y".repeat(4000);
+    let closed = wait_until(Duration::from_secs(15), || {
+        for _ in 0..20 {
+            publish(&srv, "slow-page", &big);
+        }
+        stat(&srv, "slow_closed") >= 1
+    });
+    assert!(
+        closed,
+        "a Socket.IO page that reads nothing was never closed as slow"
+    );
+    drop(ws);
+}

@@ -430,13 +430,17 @@ impl Worker {
                 Some(f) => f.clone(),
                 None => frame(OP_TEXT, packet.as_bytes()),
             };
-            let over = self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.out.len() + f.len() > cap);
-            if over {
-                self.stats.send_fail += 1;
-                return false;
+            let now = self.now;
+            if let Some(c) = self.conns.get_mut(slot) {
+                if c.out.len() + f.len() > cap {
+                    // As for a plain WebSocket: a transport that stays over the cap for
+                    // `slow_timeout` is closed by the sweep.
+                    self.stats.send_fail += 1;
+                    if c.slow_since == 0 {
+                        c.slow_since = now.max(1);
+                    }
+                    return false;
+                }
             }
             self.queue(slot, f);
             return true;
