@@ -77,8 +77,20 @@ fn emfile_neither_spins_nor_wedges() {
         (used as f64) < 30.0 * elapsed,
         "worker used {used} ticks in {elapsed:.2}s while out of descriptors"
     );
-    // Free the descriptors: the worker serves again, with the right bytes.
+    // Free the descriptors: the worker serves again, with the right bytes (once it has read
+    // the end of the held connections and closed them: until then a new client may still be
+    // refused for want of descriptors).
     drop(held);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{worker}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || fds() < 32),
+        "the worker kept {} descriptors after its clients left",
+        fds()
+    );
     let mut c = server.login_acked("after-emfile");
     server.push_until_ok(
         b"{\"uid\":\"after-emfile\",\"n\":1}\n",

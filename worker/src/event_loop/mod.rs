@@ -13,7 +13,8 @@
 //! - [`accept`]: listeners, limits on connections, the descriptor reserve;
 //! - [`read`]: reading a socket and handing its bytes to its protocol: [`websocket`], [`text`],
 //!   [`http`] (and [`api`] under `/api/`), [`socketio`] (with [`handoff`] of a session's
-//!   connection to the worker owning it);
+//!   connection to the worker owning it, and [`sio_push`]: pushes, kicks and the online count
+//!   as events);
 //! - [`session`]: login and logout, the same for every protocol;
 //! - [`push`]: the only place that reads the registry and the groups to deliver, and that
 //!   sends pushes to the siblings;
@@ -55,6 +56,7 @@ mod push;
 mod query;
 mod read;
 mod session;
+mod sio_push;
 mod socketio;
 mod text;
 mod timers;

@@ -7,7 +7,7 @@
 //! outcome is known (at once when it is already decided, else when the siblings answered).
 
 use super::mesh::{Holders, Job};
-use super::socketio::SioEvent;
+use super::sio_push::SioEvent;
 use super::{mono_ns, Worker};
 use crate::conn::CLOSING;
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
