@@ -817,3 +817,23 @@ fn systemd_notify_ready_reloading_stopping() {
     assert!(out.status.success(), "{}", show(&out.stderr));
     await_notify(&sock, "STOPPING=1", Duration::from_secs(1));
 }
+
+/// Once a client has its login reply, a push for its uid entering any worker reaches it: the
+/// sibling that holds it told the others (its presence) before the client could hear the
+/// reply, and workers read their sibling links before the requests of a turn.
+#[test]
+fn a_push_right_after_the_login_reply_finds_the_uid_on_any_worker() {
+    let srv = Server::builder().workers(4).login_reply().start();
+    srv.wait_mesh();
+    for i in 0..300 {
+        let uid = format!("fresh-{i}");
+        let mut c = srv.login_acked(&uid);
+        let line = format!("{{\"uid\":\"{uid}\",\"n\":{i}}}\n");
+        assert_eq!(
+            show(&srv.text_push(line.as_bytes())),
+            show(b"ok\n"),
+            "push {i} right after the login reply"
+        );
+        assert_eq!(c.recv_text(REPLY), line.trim_end());
+    }
+}

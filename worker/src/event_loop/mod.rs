@@ -364,6 +364,14 @@ impl Worker {
                 return Err(e);
             }
             self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
+            // Sibling links first: what a sibling said before this turn (a login's presence,
+            // answers) is known before any connection's request of this turn is handled.
+            for ev in events.iter() {
+                let Token(t) = ev.token();
+                if t >= LINK_BASE {
+                    self.on_link(t - LINK_BASE);
+                }
+            }
             if std::mem::take(&mut self.bus_again) {
                 self.on_bus();
             }
@@ -380,7 +388,7 @@ impl Worker {
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
                     TOK_BUS => self.on_bus(),
-                    Token(t) if t >= LINK_BASE => self.on_link(t - LINK_BASE),
+                    Token(t) if t >= LINK_BASE => {}
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if ev.is_writable() {

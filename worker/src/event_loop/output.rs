@@ -43,12 +43,14 @@ impl Worker {
         self.mark_dirty(slot);
     }
 
-    /// Writes every connection that got output this turn, then the links and the control
-    /// channel.
+    /// Writes the links, then every connection that got output this turn, then the control
+    /// channel. Links first: a sibling's socket holds the news of a login (`presence`) before
+    /// the client can hear it is logged in, and siblings read their links before the rest of a
+    /// turn, so a push a client's answer makes a backend send finds the uid wherever it enters.
     pub(super) fn flush_all(&mut self) {
+        let broken = self.flush_links();
         self.sio_flush();
         self.flush_conns();
-        let broken = self.flush_links();
         if !broken.is_empty() {
             // A sibling gone while we write to it (it exited in a reload, or died) is
             // expected: what it answered before it went is read first, then its link ends
