@@ -38,6 +38,7 @@ pub enum CommandError {
 
 /// Runs a command and turns its outcome into an exit status.
 pub fn dispatch(command: Command) -> ExitCode {
+    let status = matches!(command, Command::Status(_));
     let result = match command {
         Command::Worker(w) => return worker(w),
         Command::Start(a) => start(a),
@@ -52,7 +53,16 @@ pub fn dispatch(command: Command) -> ExitCode {
         Err(e) => {
             let _ = std::io::stdout().flush();
             eprintln!("herald: {e}");
-            ExitCode::FAILURE
+            // LSB init scripts: `status` of a program that is not running exits 3.
+            let not_running = matches!(
+                e,
+                CommandError::Client(ClientError::NotRunning { .. } | ClientError::Stale { .. })
+            );
+            if status && not_running {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -192,12 +192,19 @@ fn redis_unreachable_at_start_then_up_and_restarted() {
         a.log().contains("cluster: cannot reach Redis"),
         "one clear line in the log"
     );
+    // Alive, not ready: a load balancer sends it no traffic meant for the whole cluster.
+    assert_eq!(a.http(&get("/healthz")).status, 200);
+    assert_eq!(a.http(&get("/readyz")).status, 503);
     // Redis comes up: cross-node pushes work within the retry back-off.
     let mut redis = Redis::start_on(port);
     let mut bob = b.login_acked("bob");
     let t0 = Instant::now();
     reachable(&a, "bob", Duration::from_secs(15));
     eprintln!("cluster formed {:?} after Redis came up", t0.elapsed());
+    assert!(wait_until(Duration::from_secs(10), || a
+        .http(&get("/readyz"))
+        .status
+        == 200));
     assert_eq!(cmd(&a, r#"{"uid":"bob","after":"start"}"#), "ok\n");
     assert_eq!(next_text(&mut bob), r#"{"uid":"bob","after":"start"}"#);
 

@@ -277,3 +277,44 @@ fn post_multipart_form_as_php_curl_sends_it() {
     assert_eq!((r.status, r.text()), (200, "ok".to_owned()), "{}", r.head);
     assert_eq!(c.recv_text(REPLY), "数据 &lt;x&gt;");
 }
+
+/// The probes: `/healthz` answers while the process is up, `/readyz` once the worker reaches
+/// its siblings; neither is behind `push_secret`, and neither asks the other workers.
+#[test]
+fn health_and_readiness_probes() {
+    let srv = Server::builder()
+        .workers(2)
+        .set("push_secret=\"probe-secret\"")
+        .start();
+    for path in ["/healthz", "/readyz"] {
+        let ok = wait_until(Duration::from_secs(5), || {
+            let r = srv.http(&get(path));
+            r.status == 200 && r.text() == "ok\n"
+        });
+        assert!(ok, "{path} never answered 200 ok");
+    }
+    // Anything else on this port still needs the secret.
+    assert_eq!(srv.http(&get("/metrics")).status, 401);
+    // A probe is a GET.
+    let r = srv.http(
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.head);
+}
+
+/// `herald status` of a server that is not running exits 3, as LSB init scripts expect.
+#[test]
+fn status_of_a_stopped_server_exits_3() {
+    let dir = TempDir::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["status", "--pid-file"])
+        .arg(dir.path.join("nobody.pid"))
+        .output()
+        .expect("run herald status");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out.stderr));
+    assert!(
+        show(&out.stderr).contains("not running"),
+        "{}",
+        show(&out.stderr)
+    );
+}

@@ -112,6 +112,17 @@ impl Worker {
         };
         h.close_after = !req.keep_alive;
         let keep = req.keep_alive;
+        // Probes for load balancers and orchestrators: cheap, local, and not behind
+        // `push_secret` (they carry no data).
+        if req.method == "GET" && (req.path == "/healthz" || req.path == "/readyz") {
+            let ready = req.path == "/healthz" || self.ready();
+            let (status, body) = if ready {
+                (200, "ok\n")
+            } else {
+                (503, "not ready\n")
+            };
+            return self.http_respond(slot, http::text(status, body, keep));
+        }
         if !self.cfg.push_secret.is_empty() {
             let given = req
                 .authorization
@@ -271,5 +282,15 @@ impl Worker {
         let r = http::response(status, "application/json", &body, keep, &allow);
         self.http_respond(slot, r);
         self.http_resume(slot);
+    }
+
+    /// Whether this worker is ready to serve the whole server's answers: it knows and reaches
+    /// every sibling the master announced, it is not retiring, and, with a cluster, Redis
+    /// answers.
+    fn ready(&self) -> bool {
+        self.mesh_known
+            && self.retire.is_none()
+            && self.unlinked_peers(super::mesh::Holders::All) == 0
+            && (self.bus.is_none() || self.cluster_up)
     }
 }
