@@ -2,6 +2,7 @@
 //! exit statuses are the ones the master understands).
 
 use crate::config::{self, Flags, LoadError, Sources};
+use crate::logger;
 use crate::{Command, Locate, StartArgs, WorkerArgs};
 use herald_ipc::{Config, EXIT_BAD_START, EXIT_BIND_FAILED};
 use herald_master::client::{self, ClientError};
@@ -82,6 +83,7 @@ fn locate_sources(l: &Locate) -> Sources {
 fn load(sources: &Sources) -> Result<Config, CommandError> {
     let config = config::load(sources)?;
     log::set_max_level(config::parse_level(&config.log_level)?);
+    logger::set_json(config.log_format == "json");
     Ok(config)
 }
 
@@ -233,6 +235,7 @@ fn worker(w: WorkerArgs) -> ExitCode {
     if let Ok(level) = config::parse_level(&w.log_level) {
         log::set_max_level(level);
     }
+    logger::set_json(w.log_format == "json");
     // SAFETY: F_GETFD only reads the descriptor flags of an integer; it has no effect, and
     // fails with EBADF if nothing is open there.
     if unsafe { libc::fcntl(w.control_fd, libc::F_GETFD) } == -1 {

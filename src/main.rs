@@ -156,6 +156,9 @@ struct WorkerArgs {
     /// Log level until the configuration arrives.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Log line format (`text` or `json`), as the master's configuration says.
+    #[arg(long, default_value = "text")]
+    log_format: String,
 }
 
 fn main() -> ExitCode {

@@ -837,3 +837,43 @@ fn a_push_right_after_the_login_reply_finds_the_uid_on_any_worker() {
         assert_eq!(c.recv_text(REPLY), line.trim_end());
     }
 }
+
+/// `log_format = "json"`: every line the master and the workers write is one JSON object; under
+/// the journal (`JOURNAL_STREAM`) each starts with its sd-daemon priority.
+#[test]
+fn json_log_lines_with_journal_priorities() {
+    let srv = Server::builder()
+        .workers(2)
+        .set("log_format=\"json\"")
+        .env("JOURNAL_STREAM", "8:1234")
+        .start();
+    srv.wait_mesh();
+    let log = srv.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('<')).collect();
+    assert!(lines.len() >= 4, "too few log lines:\n{log}");
+    let mut processes = std::collections::BTreeSet::new();
+    for l in &lines {
+        let (prio, json) = l.split_at(3);
+        assert!(
+            matches!(prio, "<3>" | "<4>" | "<6>" | "<7>"),
+            "no priority: {l}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        for k in ["ts", "level", "process", "pid", "msg"] {
+            assert!(v.get(k).is_some(), "no `{k}` in {l}");
+        }
+        let want = match v["level"].as_str() {
+            Some("error") => "<3>",
+            Some("warn") => "<4>",
+            Some("info") => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(prio, want, "{l}");
+        processes.insert(v["process"].as_str().unwrap_or("").to_string());
+    }
+    assert!(
+        processes.contains("master") && processes.contains("worker"),
+        "{processes:?}"
+    );
+}

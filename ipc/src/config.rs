@@ -65,6 +65,9 @@ pub struct Config {
     pub log_file: String,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: String,
+    /// `text` (one readable line per event) or `json` (one JSON object per line, for log
+    /// collectors).
+    pub log_format: String,
     /// After login, send `login success, your uid is UID` (seed 002's reply).
     pub login_reply: bool,
     /// Let a logged-in client push `UID:message` / `all:message` (seed 002). Off: any client
@@ -162,6 +165,7 @@ impl Default for Config {
             status_file: String::new(),
             log_file: "herald.log".into(),
             log_level: "info".into(),
+            log_format: "text".into(),
             login_reply: false,
             client_relay: false,
             max_line: 1024 * 1024,
@@ -289,6 +293,12 @@ impl Config {
             return Err(ConfigError::OutOfRange {
                 key: "max_line",
                 why: "max_line and max_body are at most 8 MiB (a push crosses IPC whole)".into(),
+            });
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::OutOfRange {
+                key: "log_format",
+                why: format!("`{}` is not `text` or `json`", self.log_format),
             });
         }
         self.auth_mode(&l)?;

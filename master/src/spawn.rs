@@ -96,7 +96,7 @@ impl Launcher {
     pub fn spawn(
         &self,
         id: u32,
-        log_level: &str,
+        log: (&str, &str),
         config: &serde_json::Value,
     ) -> Result<Spawned, SpawnError> {
         let (ours, theirs) =
@@ -114,7 +114,9 @@ impl Launcher {
             .arg("--control-fd")
             .arg(fd.to_string())
             .arg("--log-level")
-            .arg(log_level)
+            .arg(log.0)
+            .arg("--log-format")
+            .arg(log.1)
             .env(
                 "GLIBC_TUNABLES",
                 worker_tunables(std::env::var("GLIBC_TUNABLES").ok()),

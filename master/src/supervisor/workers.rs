@@ -146,9 +146,11 @@ impl Master {
 
     /// Starts one worker process and registers its channel.
     pub(super) fn spawn_proc(&mut self, id: u32, role: Role) -> Result<Token, MasterError> {
-        let spawned = self
-            .launcher
-            .spawn(id, &self.config.log_level, &self.config_json)?;
+        let spawned = self.launcher.spawn(
+            id,
+            (&self.config.log_level, &self.config.log_format),
+            &self.config_json,
+        )?;
         let token = Token(self.next_token);
         self.next_token += 1;
         let mut channel = spawned.channel;
