@@ -877,3 +877,41 @@ fn json_log_lines_with_journal_priorities() {
         "{processes:?}"
     );
 }
+
+/// systemd's watchdog: with `WATCHDOG_USEC`, the master sends `WATCHDOG=1` every half interval
+/// while every worker's loop answers its pings; a frozen worker holds them back (systemd would
+/// restart the service), and they resume once it runs again.
+#[test]
+fn systemd_watchdog_pings_while_every_worker_answers() {
+    let sock_dir = TempDir::new();
+    let path = sock_dir.path.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    let srv = Server::builder()
+        .workers(2)
+        .env("NOTIFY_SOCKET", &path.to_string_lossy())
+        .env("WATCHDOG_USEC", "400000")
+        .start();
+    await_notify(&sock, "READY=1", Duration::from_secs(10));
+    await_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
+    await_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
+    let frozen = *srv.worker_pids().iter().next().expect("a worker");
+    signal(frozen, libc::SIGSTOP);
+    // One ping may still come for an answer given before the freeze; after that, silence.
+    std::thread::sleep(Duration::from_millis(500));
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+    sock.set_read_timeout(Some(Duration::from_millis(1000)))
+        .expect("timeout");
+    let mut pinged = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        pinged.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    signal(frozen, libc::SIGCONT);
+    assert!(
+        !pinged.iter().any(|m| m.lines().any(|l| l == "WATCHDOG=1")),
+        "WATCHDOG=1 with a frozen worker: {pinged:?}"
+    );
+    await_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
+}

@@ -274,6 +274,17 @@ pub enum Control {
         /// Worker id.
         worker: u32,
     },
+    /// Master → worker: answer `Pong` (the systemd watchdog asks whether every worker's loop
+    /// turns).
+    Ping {
+        /// Echoed in the `Pong`.
+        seq: u64,
+    },
+    /// Worker → master: the loop turned since `Ping { seq }`.
+    Pong {
+        /// The ping's seq.
+        seq: u64,
+    },
 }
 
 /// Exit status of a worker that could not bind a port (after `Control::BindFailed`): the master

@@ -8,14 +8,33 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 pub struct Notifier {
     /// The unbound datagram socket and the manager's address; `None` when not under systemd.
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// `WatchdogSec=` of the unit (`WATCHDOG_USEC`), when systemd expects `WATCHDOG=1` pings.
+    pub watchdog: Option<std::time::Duration>,
+}
+
+/// The watchdog interval systemd set for this process (`WATCHDOG_USEC`, for `WATCHDOG_PID` if
+/// given), removed from the environment as `NOTIFY_SOCKET` is.
+fn watchdog_from_env() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    std::env::remove_var("WATCHDOG_USEC");
+    std::env::remove_var("WATCHDOG_PID");
+    (for_us && usec > 0).then(|| std::time::Duration::from_micros(usec))
 }
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace) and removes it from
     /// the environment so that workers, which must not speak for the service, do not see it.
     pub fn from_env() -> Notifier {
+        let watchdog = watchdog_from_env();
         let Some(raw) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Notifier { target: None };
+            return Notifier {
+                target: None,
+                watchdog: None,
+            };
         };
         // The master has a single thread, so changing the environment races with nothing.
         std::env::remove_var("NOTIFY_SOCKET");
@@ -23,7 +42,12 @@ impl Notifier {
         let addr = match bytes.first() {
             Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
             Some(_) => SocketAddr::from_pathname(std::path::Path::new(&raw)),
-            None => return Notifier { target: None },
+            None => {
+                return Notifier {
+                    target: None,
+                    watchdog: None,
+                }
+            }
         };
         let target = match (addr, UnixDatagram::unbound()) {
             (Ok(addr), Ok(sock)) => Some((sock, addr)),
@@ -32,7 +56,8 @@ impl Notifier {
                 None
             }
         };
-        Notifier { target }
+        let watchdog = watchdog.filter(|_| target.is_some());
+        Notifier { target, watchdog }
     }
 
     /// Whether systemd is listening.
@@ -47,6 +72,11 @@ impl Notifier {
                 log::warn!("cannot notify systemd ({}): {e}", state.replace('\n', " "));
             }
         }
+    }
+
+    /// The service is alive (every worker's loop answered since the last ping).
+    pub fn watchdog_ping(&self) {
+        self.send("WATCHDOG=1");
     }
 
     /// Every worker is listening.

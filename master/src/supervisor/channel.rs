@@ -146,6 +146,7 @@ impl Master {
                     self.next_step();
                 }
             }
+            Control::Pong { seq } => p.pong = p.pong.max(seq),
             other => log::warn!("worker {id} (pid {pid}) sent an unexpected {other:?}"),
         }
     }

@@ -29,13 +29,13 @@ mod workers;
 
 use self::gather::Gather;
 use self::reload::Reload;
-use self::workers::{Order, Proc, Slot};
+use self::workers::{Order, Proc, Role, Slot};
 use crate::daemon::ReadyPipe;
 use crate::notify::Notifier;
 use crate::pidfile::{PidFile, PidFileError};
 use crate::preflight::{self, PreflightError};
 use crate::spawn::{Launcher, SpawnError};
-use herald_ipc::{Config, ConfigError};
+use herald_ipc::{Config, ConfigError, Control};
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
@@ -149,6 +149,10 @@ struct Master {
     launcher: Launcher,
     /// systemd, if it is listening: told when the master is ready, reloading or stopping.
     notifier: Notifier,
+    /// The last watchdog ping sent to the workers.
+    watchdog_seq: u64,
+    /// When to check the workers' answers and ping them again (half the watchdog interval).
+    watchdog_at: Option<Instant>,
     /// Live processes by token, the token their channel's events carry.
     procs: HashMap<Token, Proc>,
     /// Token of each live pid, for `waitpid` results.
@@ -227,6 +231,8 @@ fn supervise(
         signals,
         launcher: Launcher::new(),
         notifier: Notifier::from_env(),
+        watchdog_seq: 0,
+        watchdog_at: Some(Instant::now()),
         procs: HashMap::new(),
         by_pid: HashMap::new(),
         slots: BTreeMap::new(),
@@ -317,6 +323,10 @@ impl Master {
         }
         all.extend(self.status.as_ref().map(|g| g.deadline));
         all.extend(self.connections.as_ref().map(|g| g.deadline));
+        all.extend(
+            self.watchdog_at
+                .filter(|_| self.notifier.watchdog.is_some()),
+        );
         all.into_iter().min()
     }
 
@@ -364,6 +374,40 @@ impl Master {
         self.kill_overdue(now);
         self.reload_deadline(now);
         self.finish_gathers(true);
+        self.watchdog(now);
+    }
+
+    /// systemd's watchdog (`WatchdogSec=`): every half interval, `WATCHDOG=1` if every current
+    /// worker answered the last ping (its loop turns), then a new ping. A worker stuck in its
+    /// loop holds the pings back, and systemd restarts the service.
+    fn watchdog(&mut self, now: Instant) {
+        let Some(interval) = self.notifier.watchdog else {
+            self.watchdog_at = None;
+            return;
+        };
+        if self.watchdog_at.is_some_and(|t| now < t) {
+            return;
+        }
+        let current: Vec<Token> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.role == Role::Current && p.channel.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        let answered = current.iter().all(|t| {
+            self.procs
+                .get(t)
+                .is_some_and(|p| p.pong >= self.watchdog_seq)
+        });
+        if self.phase == Phase::Running && answered {
+            self.notifier.watchdog_ping();
+        }
+        self.watchdog_seq += 1;
+        let seq = self.watchdog_seq;
+        for t in current {
+            self.send(t, &Control::Ping { seq });
+        }
+        self.watchdog_at = Some(now + interval / 2);
     }
 
     /// Start-up is over once every id's current process is ready.

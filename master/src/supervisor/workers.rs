@@ -57,6 +57,9 @@ pub(super) struct Proc {
     pub(super) order: Option<Order>,
     /// When to SIGKILL it if it has not exited, so an order cannot be ignored forever.
     pub(super) kill_at: Option<Instant>,
+    /// The last watchdog ping it answered: a worker whose loop is stuck holds back systemd's
+    /// `WATCHDOG=1`.
+    pub(super) pong: u64,
 }
 
 impl Proc {
@@ -175,6 +178,7 @@ impl Master {
                 born: Instant::now(),
                 order: None,
                 kill_at: None,
+                pong: self.watchdog_seq,
             },
         );
         Ok(token)

@@ -65,6 +65,7 @@ impl Worker {
                 self.begin_stop();
             }
             Control::Drain => self.begin_drain(),
+            Control::Ping { seq } => self.tell_master(Control::Pong { seq }),
             other => log::warn!("unexpected control message {other:?}"),
         }
     }
