@@ -121,6 +121,7 @@ mod tests {
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         let n = Notifier {
             target: Some((UnixDatagram::unbound().unwrap(), addr)),
+            watchdog: None,
         };
         n.ready();
         let mut buf = [0u8; 128];
