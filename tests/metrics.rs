@@ -48,3 +48,64 @@ fn metric_sum(server: &Server, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// The exposition is read by a real Prometheus parser (the Python `prometheus_client`), and
+/// carries what a Prometheus user looks for: memory in bytes, the build, start time and open
+/// descriptors of each worker.
+#[test]
+fn metrics_pass_a_real_prometheus_parser() {
+    let has_parser = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(
+        "python3 with prometheus_client (pip install prometheus-client)",
+        has_parser,
+    ) {
+        return;
+    }
+    let server = Server::builder().workers(2).start();
+    server.wait_mesh();
+    let r = server.http(&get("/metrics"));
+    assert_eq!(r.status, 200);
+    let dir = TempDir::new();
+    let file = dir.path.join("metrics.txt");
+    std::fs::write(&file, r.text()).expect("write metrics");
+    // Parses every family; prints `name type samples` per family, and fails on any error.
+    let script = concat!(
+        "import sys\n",
+        "from prometheus_client.parser import text_string_to_metric_families\n",
+        "for f in text_string_to_metric_families(open(sys.argv[1]).read()):\n",
+        "    print(f.name, f.type, len(f.samples))\n",
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the parser refused /metrics: {}\n{}",
+        show(&out.stderr),
+        r.text()
+    );
+    let families = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (name, kind, samples) in [
+        ("herald_resident_memory_bytes", "gauge", "2"),
+        ("herald_open_fds", "gauge", "2"),
+        ("herald_start_time_seconds", "gauge", "2"),
+        ("herald_build_info", "gauge", "1"),
+        // The parser names a counter family without its `_total`.
+        ("herald_pushes", "counter", "2"),
+    ] {
+        let line = format!("{name} {kind} {samples}");
+        assert!(
+            families.lines().any(|l| l == line),
+            "no `{line}` in:\n{families}"
+        );
+    }
+    assert!(r.text().contains(&format!(
+        "herald_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+}

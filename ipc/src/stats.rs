@@ -126,6 +126,12 @@ table! {
     inflight: Gauge;
     /// Resident memory of the worker in KiB
     rss_kib: Gauge;
+    /// Resident memory of the worker in bytes
+    resident_memory_bytes: Gauge;
+    /// Open file descriptors of the worker (connections, listeners, links, logs)
+    open_fds: Gauge;
+    /// When the worker started, in seconds since the Unix epoch
+    start_time_seconds: PerWorker;
     /// 1 when the worker reaches the cluster's Redis (0 without a cluster, or while it is down)
     cluster_up: PerWorker;
     /// Messages to or from other hosts dropped (the bus queue was full, or Redis was down)

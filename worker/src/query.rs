@@ -194,6 +194,11 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
     }
     let _ = write!(
         out,
+        "# HELP herald_build_info The running build\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = write!(
+        out,
         "# HELP herald_workers_answered Workers whose figures are included\n# TYPE herald_workers_answered gauge\nherald_workers_answered {}\n# HELP herald_partial 1 when a worker did not answer in time\n# TYPE herald_partial gauge\nherald_partial {}\n",
         rows.len(),
         partial as u8

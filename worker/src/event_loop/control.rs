@@ -280,6 +280,12 @@ impl Worker {
         s.links = self.links.len() as u64;
         s.inflight = self.gather.len() as u64;
         s.rss_kib = rss_kib();
+        s.resident_memory_bytes = s.rss_kib * 1024;
+        s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        s.start_time_seconds = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         s.cluster_up = self.cluster_up as u64;
         s
     }
