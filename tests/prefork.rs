@@ -915,3 +915,73 @@ fn systemd_watchdog_pings_while_every_worker_answers() {
     );
     await_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
 }
+
+/// `start -d` writes to `log_file`; after logrotate moves it away, a reload opens it again and
+/// the new workers write there (the old file keeps what came before).
+#[test]
+fn a_reload_opens_the_daemon_log_file_again() {
+    let dir = TempDir::new();
+    let pid = dir.path.join("herald.pid");
+    let log = dir.path.join("herald.log");
+    let [ws, text, http] = [free_port(), free_port(), free_port()];
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .arg("--pid-file")
+            .arg(&pid)
+            .output()
+            .expect("run herald");
+        assert!(
+            out.status.success(),
+            "herald {args:?}: {}",
+            show(&out.stderr)
+        );
+    };
+    run(&[
+        "start",
+        "-d",
+        "--workers",
+        "1",
+        "--ws",
+        &format!("127.0.0.1:{ws}"),
+        "--text",
+        &format!("127.0.0.1:{text}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--socketio",
+        "off",
+        "--set",
+        &format!("log_file=\"{}\"", log.display()),
+    ]);
+    // Stopped even if an assertion below fails (the daemon is not in the test's process group).
+    struct StopOnDrop(std::path::PathBuf);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(BIN)
+                .args(["stop", "--pid-file"])
+                .arg(&self.0)
+                .output();
+        }
+    }
+    let _daemon = StopOnDrop(pid.clone());
+    let rotated = dir.path.join("herald.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    run(&["reload"]);
+    let reopened = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("worker 0 listening"))
+    });
+    let new = std::fs::read_to_string(&log).unwrap_or_default();
+    let old = std::fs::read_to_string(&rotated).unwrap_or_default();
+    assert!(
+        reopened,
+        "the new workers did not write to the new log file:\n{new}"
+    );
+    assert!(
+        new.contains("log file") && new.contains("opened again"),
+        "{new}"
+    );
+    assert!(
+        old.contains("running:"),
+        "the old file lost its lines:\n{old}"
+    );
+}

@@ -182,6 +182,9 @@ struct Master {
     ready_pipe: Option<ReadyPipe>,
     /// Re-reads the configuration on reload.
     reload_config: Option<ConfigLoader>,
+    /// `start -d`: the log file stdout and stderr go to, opened again at each reload so that
+    /// logrotate can move it away (the new workers then write to the new file).
+    log_file: Option<PathBuf>,
     /// The pid file (fixed for the master's life), beside which reports are written.
     pid_file: PathBuf,
 }
@@ -224,7 +227,9 @@ fn supervise(
         SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP, SIGIOT, SIGIO, SIGCHLD,
     ])?;
     signals.register(poll.registry(), SIGNALS, Interest::READABLE)?;
+    let log_file = ready_pipe.as_ref().map(|_| PathBuf::from(&config.log_file));
     let mut m = Master {
+        log_file,
         config_json: serde_json::to_value(&config)?,
         config,
         poll,

@@ -104,6 +104,7 @@ impl Master {
             return;
         }
         self.notifier.reloading();
+        self.reopen_log();
         self.reread_config();
         let count = self.config.worker_count() as u32;
         log::info!(
@@ -240,6 +241,29 @@ impl Master {
         self.notifier.ready();
         if let Some(again) = self.reload_again.take() {
             self.start_reload(again);
+        }
+    }
+
+    /// With `start -d`: opens the log file again (logrotate moved the old one away) and points
+    /// stdout and stderr at it; the workers this reload starts inherit it.
+    fn reopen_log(&mut self) {
+        let Some(path) = &self.log_file else { return };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        match file {
+            Ok(f) => {
+                let res = nix::unistd::dup2_stdout(&f).and_then(|()| nix::unistd::dup2_stderr(&f));
+                match res {
+                    Ok(()) => log::info!("log file {} opened again", path.display()),
+                    Err(e) => log::warn!("cannot switch to log file {}: {e}", path.display()),
+                }
+            }
+            Err(e) => log::warn!(
+                "cannot open log file {} again: {e}; keeping the old one",
+                path.display()
+            ),
         }
     }
 }
