@@ -113,7 +113,12 @@ fn start(a: StartArgs) -> Result<(), CommandError> {
     let reload_sources = sources.clone();
     let options = |ready_pipe| Options {
         reload_config: Some(Box::new(move || {
-            config::load(&reload_sources).map_err(|e| e.to_string())
+            let (c, notes) = config::load_noting(&reload_sources).map_err(|e| e.to_string())?;
+            // The start command's flags still win; an edited file that loses to them is said.
+            for n in notes {
+                log::warn!("reload: {n}");
+            }
+            Ok(c)
         })),
         ready_pipe,
     };

@@ -111,9 +111,31 @@ fn read_table(path: &Path) -> Result<toml::Table, LoadError> {
 
 /// Builds and validates the configuration.
 pub fn load(s: &Sources) -> Result<Config, LoadError> {
+    load_noting(s).map(|(c, _)| c)
+}
+
+/// [`load`], and the keys where a `--set` or a flag overrides a different value of the file
+/// (worded for the log): a reload keeps the start command's flags, and says so when an edited
+/// file loses to them.
+pub fn load_noting(s: &Sources) -> Result<(Config, Vec<String>), LoadError> {
     let mut table = match &s.file {
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
+    };
+    let file = table.clone();
+    let mut notes = Vec::new();
+    let mut note = |key: &str, given: &str, how: &str| {
+        if let Some(v) = file.get(key) {
+            let in_file = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if in_file != given.trim_matches('"') {
+                notes.push(format!(
+                    "{how} {key}={given} overrides {key} = {v} of the configuration file"
+                ));
+            }
+        }
     };
     for arg in &s.sets {
         let Some((key, value)) = arg.split_once('=') else {
@@ -123,12 +145,26 @@ pub fn load(s: &Sources) -> Result<Config, LoadError> {
         if key.is_empty() {
             return Err(LoadError::SetSyntax { arg: arg.clone() });
         }
+        note(key, value.trim(), "--set");
         table.insert(key.to_string(), set_value(value.trim()));
     }
     let mut config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| LoadError::Set(e.to_string().trim_end().to_string()))?;
     let f = &s.flags;
+    for (key, given) in [
+        ("ws", f.ws.clone()),
+        ("text", f.text.clone()),
+        ("http", f.http.clone()),
+        ("socketio", f.socketio.clone()),
+        ("workers", f.workers.map(|w| w.to_string())),
+        ("pid_file", f.pid_file.clone()),
+        ("log_level", f.log_level.clone()),
+    ] {
+        if let Some(g) = given {
+            note(key, &g, "the flag");
+        }
+    }
     if let Some(v) = &f.ws {
         config.ws = v.clone();
     }
@@ -152,12 +188,31 @@ pub fn load(s: &Sources) -> Result<Config, LoadError> {
     }
     config.validate()?;
     parse_level(&config.log_level)?;
-    Ok(config)
+    Ok((config, notes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_over_a_different_file_value_is_noted() {
+        let file = temp_file("notes.toml", "drain_timeout = 20.0\nworkers = 2\n");
+        let s = Sources {
+            file: Some(file),
+            sets: vec!["drain_timeout=7".into(), "group_ttl=5".into()],
+            flags: Flags {
+                workers: Some(2),
+                ..Flags::default()
+            },
+        };
+        let (c, notes) = load_noting(&s).unwrap();
+        assert_eq!(c.drain_timeout, 7.0);
+        assert_eq!(
+            notes,
+            ["--set drain_timeout=7 overrides drain_timeout = 20.0 of the configuration file"]
+        );
+    }
 
     fn sets(v: &[&str]) -> Sources {
         Sources {

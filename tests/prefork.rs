@@ -985,3 +985,27 @@ fn a_reload_opens_the_daemon_log_file_again() {
         "the old file lost its lines:\n{old}"
     );
 }
+
+/// A reload reads the configuration file again, and the start command's `--set`s and flags
+/// still win over it; when an edited file loses to one, the log says which key and why.
+#[test]
+fn a_reload_says_when_a_flag_overrides_the_edited_file() {
+    let dir = TempDir::new();
+    let file = dir.path.join("herald.toml");
+    std::fs::write(&file, "drain_timeout = 20.0\ngroup_ttl = 60.0\n").expect("write config");
+    let mut srv = Server::builder()
+        .config(&file)
+        .set("drain_timeout=7")
+        .start();
+    std::fs::write(&file, "drain_timeout = 9.0\ngroup_ttl = 61.0\n").expect("edit config");
+    let out = srv.cli(&["reload"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", show(&out.stderr));
+    let said = wait_until(Duration::from_secs(10), || {
+        srv.log().contains(
+            "reload: --set drain_timeout=7 overrides drain_timeout = 9.0 of the configuration file",
+        )
+    });
+    assert!(said, "{}", srv.log());
+    // Keys only the file sets are taken from it, without a note.
+    assert!(!srv.log().contains("group_ttl="), "{}", srv.log());
+}

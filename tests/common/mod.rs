@@ -369,6 +369,8 @@ pub struct Builder {
     nofile: Option<u64>,
     /// Serve the Socket.IO port (off by default in tests).
     socketio: bool,
+    /// `-c FILE`: a configuration file under the flags and `--set`s.
+    config: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -382,6 +384,7 @@ impl Default for Builder {
             env: Vec::new(),
             nofile: None,
             socketio: false,
+            config: None,
         }
     }
 }
@@ -390,6 +393,12 @@ impl Builder {
     /// `--workers n` (default 1).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// `-c path`: a configuration file.
+    pub fn config(mut self, path: &Path) -> Self {
+        self.config = Some(path.to_path_buf());
         self
     }
 
@@ -492,6 +501,10 @@ impl Builder {
         for kv in &self.sets {
             args.push("--set".into());
             args.push(kv.clone());
+        }
+        if let Some(c) = &self.config {
+            args.push("-c".into());
+            args.push(c.to_string_lossy().into_owned());
         }
         let mut cmd = Command::new(BIN);
         cmd.args(&args)
