@@ -66,8 +66,19 @@ fn metrics_pass_a_real_prometheus_parser() {
     }
     let server = Server::builder().workers(2).start();
     server.wait_mesh();
+    // A few answered pushes, so the histogram holds observations.
+    for i in 0..5 {
+        server.text_push(format!("{{\"uid\":\"nobody\",\"n\":{i}}}\n").as_bytes());
+    }
     let r = server.http(&get("/metrics"));
     assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .lines()
+            .any(|l| l.starts_with("herald_push_seconds_count{") && !l.ends_with(" 0")),
+        "{}",
+        r.text()
+    );
     let dir = TempDir::new();
     let file = dir.path.join("metrics.txt");
     std::fs::write(&file, r.text()).expect("write metrics");
@@ -108,4 +119,38 @@ fn metrics_pass_a_real_prometheus_parser() {
         "herald_build_info{{version=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION")
     )));
+    // The push latency histogram: 13 buckets, a sum and a count per worker.
+    assert!(
+        families
+            .lines()
+            .any(|l| l == "herald_push_seconds histogram 30"),
+        "{families}"
+    );
+}
+
+/// Every metric the Grafana dashboard in `scripts/` queries is one Herald exposes.
+#[test]
+fn the_grafana_dashboard_uses_exposed_metrics() {
+    let text = std::fs::read_to_string(workspace_root().join("scripts/grafana-dashboard.json"))
+        .expect("read the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let server = Server::builder().start();
+    let body = server.http(&get("/metrics")).text();
+    let mut used = 0;
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("herald_") {
+                    let base = name.strip_suffix("_bucket").unwrap_or(name);
+                    assert!(
+                        body.contains(&format!("# TYPE herald_{base} ")),
+                        "the dashboard queries herald_{name}, which /metrics does not have"
+                    );
+                    used += 1;
+                }
+            }
+        }
+    }
+    assert!(used >= 10, "{used}");
 }

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod event_loop;
 pub mod gather;
 pub mod groups;
+pub mod histogram;
 pub mod mesh;
 pub mod presence;
 pub mod proto;

@@ -192,6 +192,14 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
             }
         }
     }
+    out.push_str(
+        "# HELP herald_push_seconds How long a backend waited for the answer to a push\n# TYPE herald_push_seconds histogram\n",
+    );
+    for r in rows {
+        if let (Some(id), Some(h)) = (r.get("worker"), r.get("push_latency")) {
+            crate::histogram::render("herald_push_seconds", id, h, &mut out);
+        }
+    }
     let _ = write!(
         out,
         "# HELP herald_build_info The running build\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1\n",

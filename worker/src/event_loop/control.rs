@@ -311,6 +311,7 @@ impl Worker {
             row.insert(stat.name.into(), json!(v));
         }
         row.insert("qps".into(), json!((self.qps * 10.0).round() / 10.0));
+        row.insert("push_latency".into(), self.push_latency.to_json());
         if self.bus.is_some() {
             row.insert("cluster_nodes".into(), json!(self.cluster_nodes));
         }

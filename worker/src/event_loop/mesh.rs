@@ -48,6 +48,8 @@ pub(super) enum Job {
     /// A push: connections reached so far, and where the outcome goes (`Nobody` once it was
     /// replied early).
     Push {
+        /// When it entered this worker (for the `push_seconds` histogram).
+        started: std::time::Instant,
         /// Connections reached here and in the siblings that answered.
         total: u32,
         /// Where the outcome goes.
@@ -350,11 +352,16 @@ impl Worker {
             }
             return;
         }
-        if let Job::Push { total, reply } = &mut w.job {
+        if let Job::Push {
+            total,
+            reply,
+            started,
+        } = &mut w.job
+        {
             if reply.decided(*total) {
-                let (r, t, partial) = (*reply, *total, w.partial);
+                let (r, t, partial, started) = (*reply, *total, w.partial, *started);
                 *reply = ReplyTo::Nobody;
-                self.settle(r, t, partial);
+                self.settle_timed(r, t, partial, started);
             }
         }
     }
@@ -362,7 +369,11 @@ impl Worker {
     /// An entry is done: its outcome goes where it belongs.
     fn complete(&mut self, w: Waiting<Job>) {
         match w.job {
-            Job::Push { total, reply } => self.settle(reply, total, w.partial),
+            Job::Push {
+                total,
+                reply,
+                started,
+            } => self.settle_timed(reply, total, w.partial, started),
             Job::Query {
                 query,
                 shares,

@@ -154,6 +154,8 @@ pub struct Worker {
     bus_again: bool,
     /// Counters for `status`, `/metrics` and the API (gauges are filled in per row).
     stats: Stats,
+    /// How long backends waited for the answers to their pushes.
+    push_latency: crate::histogram::Histogram,
     /// Pushes per second over the last stats tick.
     qps: f64,
     /// When `qps` was last computed (once a second, with Socket.IO's online count).
@@ -289,6 +291,7 @@ impl Worker {
             cluster_nodes: Vec::new(),
             bus_again: false,
             stats: Stats::default(),
+            push_latency: Default::default(),
             qps: 0.0,
             last_tick: Instant::now(),
             last_tick_pushes: 0,

@@ -17,6 +17,7 @@ use crate::registry::Who;
 use bytes::Bytes;
 use herald_ipc::{PeerMsg, Push, Target};
 use std::collections::HashSet;
+use std::time::Instant;
 
 /// Whom a push is for: a target as the mesh carries it, or one uid borrowed from the line or
 /// request that named it (the seeds' hot path: no allocation unless a sibling must be told).
@@ -49,6 +50,7 @@ impl Worker {
         reply: ReplyTo,
     ) {
         self.stats.pushes += 1;
+        let started = Instant::now();
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
         // Siblings that may hold the target: all of them for a broadcast or a group.
@@ -64,7 +66,7 @@ impl Worker {
         if !asked && self.bus.is_none() {
             let missing = self.unlinked_peers(uids);
             self.stats.ipc_undelivered += missing as u64;
-            self.settle(reply, local, missing > 0);
+            self.settle_timed(reply, local, missing > 0, started);
             return;
         }
         let id = self.gather.next_id();
@@ -88,9 +90,10 @@ impl Worker {
         // entry only collects the siblings' answers.
         let early = reply.decided(local);
         if early {
-            self.settle(reply, local, false);
+            self.settle_timed(reply, local, false, started);
         }
         let job = Job::Push {
+            started,
             total: local,
             reply: if early { ReplyTo::Nobody } else { reply },
         };
@@ -211,6 +214,21 @@ impl Worker {
         self.stats.delivered += 1;
         self.queue(slot, f);
         true
+    }
+
+    /// [`Worker::settle`], and the wait of a backend that gets an answer goes into the
+    /// `push_seconds` histogram.
+    pub(super) fn settle_timed(
+        &mut self,
+        reply: ReplyTo,
+        total: u32,
+        partial: bool,
+        started: Instant,
+    ) {
+        if reply != ReplyTo::Nobody {
+            self.push_latency.observe(started.elapsed());
+        }
+        self.settle(reply, total, partial);
     }
 
     /// Sends a push's outcome where it belongs.
