@@ -680,6 +680,9 @@ fn a_close_the_client_does_not_read_is_reset_after_slow_timeout() {
         .login_reply()
         .start();
     let mut s = ws_login(srv.ws, "deaf", Some(4096));
+    // The login is handled when a push to it first answers ok (the login frame and the
+    // pushes travel on different sockets).
+    srv.push_until_ok(b"{\"uid\":\"deaf\",\"probe\":1}\n", REPLY);
     // Fill what the kernel takes for it, staying under max_send_buffer (nothing is dropped,
     // so it is not a slow consumer yet).
     let data = "d".repeat(10_000);
