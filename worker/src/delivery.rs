@@ -77,11 +77,12 @@ pub struct OutQueue {
     first: Option<Bytes>,
     /// The buffers after `first`, in order (allocated only when two or more wait).
     rest: VecDeque<Bytes>,
-    /// Bytes queued in all of them.
-    len: usize,
+    /// Bytes queued in all of them (u32: a queue is bounded far below 4 GiB by
+    /// `max_send_buffer` and the read backpressure, and an idle connection stays small).
+    len: u32,
     /// Bytes the kernel held unsent (or unacknowledged) in the socket's send buffer at the
     /// last short write; zero once a write took everything.
-    kernel: usize,
+    kernel: u32,
 }
 
 impl OutQueue {
@@ -89,7 +90,7 @@ impl OutQueue {
     /// short write. The `max_send_buffer` check and `connections` use it, so a client that
     /// does not read is over the cap for what it leaves in the kernel too.
     pub fn len(&self) -> usize {
-        self.len + self.kernel
+        self.len as usize + self.kernel as usize
     }
 
     /// Nothing queued here (the kernel may still hold some).
@@ -100,7 +101,7 @@ impl OutQueue {
     /// Records what the kernel holds unsent for the socket after a short write (see
     /// [`kernel_unsent`]).
     pub fn set_kernel_backlog(&mut self, bytes: usize) {
-        self.kernel = bytes;
+        self.kernel = u32::try_from(bytes).unwrap_or(u32::MAX);
     }
 
     /// Appends a buffer (a reference when it is shared).
@@ -108,7 +109,9 @@ impl OutQueue {
         if b.is_empty() {
             return;
         }
-        self.len += b.len();
+        self.len = self
+            .len
+            .saturating_add(u32::try_from(b.len()).unwrap_or(u32::MAX));
         if self.first.is_none() {
             self.first = Some(b);
         } else {
@@ -180,7 +183,9 @@ impl OutQueue {
     }
 
     fn consume(&mut self, mut n: usize) {
-        self.len -= n;
+        self.len = self
+            .len
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         while n > 0 {
             let Some(front) = self.first.as_mut() else {
                 return;

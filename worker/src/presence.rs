@@ -16,9 +16,9 @@
 //! before the entry worker learned it answers `fail`, as a push sent just before the login
 //! would: `fail` still means that nobody got it.
 //!
-//! Memory: a worker's counts are one byte per bucket (256 KiB, touched only where uids fall),
-//! and its picture of each sibling one bit per bucket (32 KiB): fixed, whatever the number of
-//! connections. With 20,000 uids in a worker about 7% of its bits are set, which is how often
+//! Memory: a worker's counts are one byte per bucket (256 KiB), allocated when its first
+//! sibling link opens (a single worker has none), and its picture of each sibling one bit per
+//! bucket (32 KiB): fixed, whatever the number of connections. With 20,000 uids in a worker about 7% of its bits are set, which is how often
 //! a push for a uid it does not hold still waits for it.
 
 use std::hash::BuildHasher;
@@ -36,26 +36,33 @@ pub fn bucket(uid: &str) -> u32 {
 }
 
 /// This worker's uids, counted per bucket, and the buckets that changed since the last batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Local {
-    /// Uids per bucket (saturating: a bucket that reached 255 stays set).
+    /// Uids per bucket (saturating: a bucket that reached 255 stays set); empty until
+    /// [`Local::enable`], as long as no sibling needs the picture.
     counts: Vec<u8>,
     /// Buckets that went from 0 to 1 or 1 to 0 since the last [`Local::take_changes`].
     changed: Vec<u32>,
 }
 
-impl Default for Local {
-    fn default() -> Self {
-        Local {
-            counts: vec![0; BUCKETS],
-            changed: Vec::new(),
+impl Local {
+    /// Starts counting, with the uids held now (the first sibling link opens).
+    pub fn enable<'a>(&mut self, uids: impl Iterator<Item = &'a str>) {
+        if !self.counts.is_empty() {
+            return;
+        }
+        self.counts = vec![0; BUCKETS];
+        for u in uids {
+            let c = &mut self.counts[bucket(u) as usize];
+            *c = c.saturating_add(1);
         }
     }
-}
 
-impl Local {
     /// `uid` got its first connection in this worker.
     pub fn arrive(&mut self, uid: &str) {
+        if self.counts.is_empty() {
+            return;
+        }
         let b = bucket(uid);
         let c = &mut self.counts[b as usize];
         if *c == 0 {
@@ -66,6 +73,9 @@ impl Local {
 
     /// `uid` lost its last connection in this worker.
     pub fn depart(&mut self, uid: &str) {
+        if self.counts.is_empty() {
+            return;
+        }
         let b = bucket(uid);
         let c = &mut self.counts[b as usize];
         match *c {
@@ -97,6 +107,11 @@ impl Local {
     /// Every bucket, one bit each (bucket `b` is bit `b % 8` of byte `b / 8`).
     pub fn snapshot(&self) -> Vec<u8> {
         let mut bits = vec![0u8; BUCKETS / 8];
+        if self.counts.is_empty() {
+            // Not counting: every bucket may hold (a sibling then asks this worker always).
+            bits.fill(0xff);
+            return bits;
+        }
         for (b, &c) in self.counts.iter().enumerate() {
             if c > 0 {
                 bits[b / 8] |= 1 << (b % 8);
@@ -147,6 +162,7 @@ mod tests {
     #[test]
     fn a_sibling_learns_what_a_worker_holds() {
         let mut local = Local::default();
+        local.enable(std::iter::empty());
         local.arrive("u1");
         local.arrive("u2");
         let mut view = View::from_snapshot(local.snapshot()).unwrap_or_else(|| unreachable!());
@@ -177,6 +193,7 @@ mod tests {
             .find(|u| bucket(u) == first)
             .unwrap_or_default();
         let mut local = Local::default();
+        local.enable(std::iter::empty());
         local.arrive("a0");
         local.arrive(&twin);
         local.take_changes();
@@ -187,8 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn counting_starts_with_the_uids_held_when_enabled() {
+        let mut local = Local::default();
+        local.arrive("early");
+        assert!(!local.has_changes());
+        local.enable(["early"].into_iter());
+        let view = View::from_snapshot(local.snapshot()).unwrap_or_else(|| unreachable!());
+        assert!(view.may_hold("early"));
+        local.depart("early");
+        assert_eq!(local.take_changes(), (vec![], vec![bucket("early")]));
+    }
+
+    #[test]
     fn a_bucket_that_comes_back_within_a_batch_is_sent_as_it_is() {
         let mut local = Local::default();
+        local.enable(std::iter::empty());
         local.arrive("u");
         local.depart("u");
         local.arrive("u");

@@ -141,7 +141,10 @@ impl Worker {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
         let mut chan = Channel::from_std(s, self.cfg.ipc_max_pending)?;
-        // Who is calling, then which uids this worker holds: the sibling's picture of it.
+        // Who is calling, then which uids this worker holds: the sibling's picture of it
+        // (counted from the first sibling on).
+        self.presence
+            .enable(self.registry.iter().map(|(u, _)| u.as_ref()));
         for m in [
             PeerMsg::Hello {
                 worker: self.id,
