@@ -133,6 +133,13 @@ impl Worker {
         if retry {
             self.reconnect_at = Some(Instant::now() + Duration::from_millis(50));
         }
+        // Once linked, learn the groups the siblings know, once: whether groups are in use at
+        // all (a login then asks for its uid's groups only if they are), and the memberships
+        // of the uids already here.
+        if !self.groups_synced && self.links.iter().any(|(_, l)| l.outbound) {
+            self.groups_synced = true;
+            self.query(Query::Groups, QReply::ClusterSync);
+        }
     }
 
     /// Connects to sibling `p`'s mesh socket and says who is calling.

@@ -186,6 +186,12 @@ pub struct Worker {
     per_ip: HashMap<IpAddr, u32>,
     /// Group membership (replicated in every worker).
     groups: Groups,
+    /// A group exists somewhere (this worker applied a join, or learned one from its
+    /// siblings): until then a login does not ask the siblings for its uid's groups, which
+    /// keeps a login storm free of that question when groups are not used.
+    groups_in_use: bool,
+    /// The one-time group sync with the siblings was asked for.
+    groups_synced: bool,
     /// Accepting hit EMFILE/ENFILE and has not succeeded since (logged once per episode).
     emfile: bool,
     /// The open-file limit (soft `RLIMIT_NOFILE`) when the worker started.
@@ -307,6 +313,8 @@ impl Worker {
             ping_sweeps: 0,
             per_ip: HashMap::new(),
             groups: Groups::default(),
+            groups_in_use: false,
+            groups_synced: false,
             emfile: false,
             fd_limit: accept::open_file_limit(),
             spare_fd: std::fs::File::open("/dev/null").ok(),

@@ -41,8 +41,9 @@ pub(super) enum QReply {
     LoginSync(Rc<str>),
     /// The once-a-second count of uids and pages for Socket.IO's `update_online_count`.
     OnlineCount,
-    /// This worker (re)joined the cluster: its uids adopt the groups the cluster knows for
-    /// them (a login made while Redis was out of reach could not ask).
+    /// This worker linked to its siblings, or (re)joined the cluster: its uids adopt the
+    /// groups the others know for them (a login made before could not ask), and it learns
+    /// whether groups are in use at all.
     ClusterSync,
 }
 
@@ -86,6 +87,7 @@ impl Worker {
                 groups: self.groups.groups_of(uid),
             },
             Query::Join { uid, group } => {
+                self.groups_in_use = true;
                 let present = !self.registry.get(uid).is_empty();
                 self.groups.join(uid, group, present, now);
                 Share::Done
@@ -178,6 +180,7 @@ impl Worker {
             QReply::ClusterSync => {
                 let now = self.now;
                 if let Merged::Groups(groups) = merged {
+                    self.groups_in_use |= !groups.is_empty();
                     for (g, members) in groups {
                         for u in members {
                             if !self.registry.get(&u).is_empty() {

@@ -4,7 +4,8 @@
 //!
 //! A login checks the uid, records the recipient in the registry, and — for the uid's first
 //! recipient in this worker — takes up the uid's groups: those this worker kept for it
-//! (`group_ttl`) and those its siblings know (asked with [`Query::GroupsOf`]).
+//! (`group_ttl`) and those its siblings know (asked with [`Query::GroupsOf`], once any group
+//! exists: a server that uses no group logs in without asking).
 
 use super::query::QReply;
 use super::Worker;
@@ -35,7 +36,7 @@ impl Worker {
             self.presence.arrive(uid);
             self.cluster_presence(uid, true);
             self.groups.arrived(uid);
-            if self.links.iter().any(|(_, l)| l.outbound) {
+            if self.groups_in_use && self.links.iter().any(|(_, l)| l.outbound) {
                 self.query(
                     Query::GroupsOf {
                         uid: uid.to_string(),
