@@ -10,20 +10,20 @@
 //! The loop's work is split by phase, one module each, all of them `impl Worker` blocks over
 //! the one struct below:
 //!
-//! - [`accept`]: listeners, limits on connections, the descriptor reserve;
-//! - [`read`]: reading a socket and handing its bytes to its protocol: [`websocket`], [`text`],
-//!   [`http`] (and [`api`] under `/api/`), [`socketio`] (with [`handoff`] of a session's
-//!   connection to the worker owning it, and [`sio_push`]: pushes, kicks and the online count
+//! - `accept`: listeners, limits on connections, the descriptor reserve;
+//! - `read`: reading a socket and handing its bytes to its protocol: `websocket`, `text`,
+//!   `http` (and `api` under `/api/`), `socketio` (with `handoff` of a session's
+//!   connection to the worker owning it, and `sio_push`: pushes, kicks and the online count
 //!   as events);
-//! - [`session`]: login and logout, the same for every protocol;
-//! - [`push`]: the only place that reads the registry and the groups to deliver, and that
+//! - `session`: login and logout, the same for every protocol;
+//! - `push`: the only place that reads the registry and the groups to deliver, and that
 //!   sends pushes to the siblings;
-//! - [`mesh`]: the links to the siblings and the one scatter-gather over them (pushes waiting
-//!   for `Delivered`, queries waiting for shares); [`query`]: this worker's share of a query
+//! - `mesh`: the links to the siblings and the one scatter-gather over them (pushes waiting
+//!   for `Delivered`, queries waiting for shares); `query`: this worker's share of a query
 //!   and what is done with the merged answer;
-//! - [`output`]: queued output, flushing, closing;
-//! - [`control`]: the master's channel, drain, status rows;
-//! - [`timers`]: the sweep (handshake, login, idle and slow deadlines, pings) and memory.
+//! - `output`: queued output, flushing, closing;
+//! - `control`: the master's channel, drain, status rows;
+//! - `timers`: the sweep (handshake, login, idle and slow deadlines, pings) and memory.
 
 use crate::auth::Auth;
 use crate::config::{Config, Listeners};
