@@ -415,7 +415,7 @@ fn decode_v3_binary_payload(mut b: &[u8]) -> Result<Vec<Packet>, EioError> {
 /// What the open packet announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake<'a> {
-    /// The session id ([`SidGen::next_sid`]).
+    /// The session id ([`SidGen::next_sid`](super::SidGen::next_sid)).
     pub sid: &'a str,
     /// Transports the client may upgrade to: `["websocket"]` when the session starts on
     /// polling, none when it starts on WebSocket (see [`upgrades_from`]).

@@ -250,7 +250,7 @@ fn sio_head(kind: SioType, nsp: &str, id: Option<u64>) -> String {
     out
 }
 
-/// The Engine.IO message (text form, ready for a frame or [`push_payload`]) that emits
+/// The Engine.IO message (text form, ready for a frame or [`push_payload`](super::push_payload)) that emits
 /// `event` with `args` on `nsp`: `42["new_msg","hello"]`, or `42/admin,[…]`.
 pub fn event_message(nsp: &str, event: &str, args: &[Value]) -> String {
     let mut out = sio_head(SioType::Event, nsp, None);
