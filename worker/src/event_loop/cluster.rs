@@ -174,16 +174,14 @@ impl Worker {
                 self.cluster_up = true;
                 self.cluster_down_logged = false;
                 let uids: Vec<String> = self.registry.iter().map(|(u, _)| u.to_string()).collect();
-                let any = !uids.is_empty();
                 if let Some(bus) = &self.bus {
                     if !bus.send(BusCmd::Resync(uids)) {
                         self.stats.cluster_dropped += 1;
                     }
                 }
-                if any {
-                    // Logins made while Redis was out of reach could not ask for their groups.
-                    self.query(Query::Groups, QReply::ClusterSync);
-                }
+                // Logins made while Redis was out of reach could not ask for their groups, and
+                // whether groups are in use anywhere in the cluster is learned here.
+                self.query(Query::Groups, QReply::ClusterSync);
             }
             BusEvent::Down(why) => {
                 if !self.cluster_down_logged {
