@@ -59,124 +59,53 @@ fn line(seq: u64) -> String {
     format!("{{\"uid\":\"w{}\",\"s\":{seq}}}\n", seq % UIDS)
 }
 
-/// Pipelines pushes to the uids on one connection after another until `stop`, keeping
-/// `WINDOW` lines in flight; a connection the server closes is replaced, and the lines it left
-/// without a reply are sent again first.
-fn backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<BackendReport>>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut next = 0u64;
-    let mut again: VecDeque<u64> = VecDeque::new();
-    while !(stop.load(Ordering::SeqCst) && again.is_empty()) && Instant::now() < deadline {
-        let mut s = match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => s,
-            Err(e) => {
-                report.lock().unwrap().errors.push(format!("connect: {e}"));
-                return;
-            }
-        };
-        s.set_nodelay(true).ok();
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.set_write_timeout(Some(Duration::from_secs(10))).ok();
-        let mut inflight: VecDeque<u64> = VecDeque::new();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut can_write = true;
-        loop {
-            let stopping = stop.load(Ordering::SeqCst);
-            if can_write && inflight.len() <= WINDOW / 2 {
-                let mut batch = String::new();
-                let mut resending = Vec::new();
-                while inflight.len() < WINDOW {
-                    let seq = match again.pop_front() {
-                        Some(seq) => {
-                            resending.push(seq);
-                            seq
-                        }
-                        None if !stopping => {
-                            next += 1;
-                            b * 1_000_000_000 + next
-                        }
-                        None => break,
-                    };
-                    batch.push_str(&line(seq));
-                    inflight.push_back(seq);
-                }
-                if !batch.is_empty() {
-                    let mut r = report.lock().unwrap();
-                    r.written += batch.matches('\n').count() as u64;
-                    r.made = next;
-                    let now = Instant::now();
-                    for seq in resending {
-                        r.resent_at.insert(seq, now);
-                    }
-                    drop(r);
-                    // A write refused by a closed connection: the replies already sent are
-                    // still read below, then the connection ends.
-                    if s.write_all(batch.as_bytes()).is_err() {
-                        can_write = false;
-                    }
-                }
-            }
-            if inflight.is_empty() {
-                break;
-            }
-            let mut chunk = [0u8; 16384];
-            match s.read(&mut chunk) {
-                Ok(0) => {
-                    report.lock().unwrap().closes += 1;
-                    break;
-                }
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut r = report.lock().unwrap();
-                    while let Some(i) = buf.iter().position(|c| *c == b'\n') {
-                        let reply: Vec<u8> = buf.drain(..=i).collect();
-                        let Some(seq) = inflight.pop_front() else {
-                            r.errors.push(format!("reply {} to no line", show(&reply)));
-                            continue;
-                        };
-                        let ok = match reply.as_slice() {
-                            b"ok\n" => true,
-                            b"fail\n" => false,
-                            other => {
-                                r.errors.push(format!("line {seq}: reply {}", show(other)));
-                                false
-                            }
-                        };
-                        if r.replies.insert(seq, ok).is_some() {
-                            r.errors.push(format!("line {seq}: a second reply"));
-                        }
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    report.lock().unwrap().errors.push(format!(
-                        "no reply within 10 s with {} lines in flight",
-                        inflight.len()
-                    ));
-                    return;
-                }
-                Err(_) => {
-                    report.lock().unwrap().resets += 1;
-                    break;
-                }
-            }
-        }
-        if !inflight.is_empty() {
-            report.lock().unwrap().resent += inflight.len() as u64;
-            // Resent first, in their order.
-            for seq in inflight.into_iter().rev() {
-                again.push_front(seq);
-            }
-        }
-    }
+/// What differs between a text-port backend and an HTTP one; [`backend`] does the rest.
+struct Wire {
+    /// Requests kept in flight.
+    window: usize,
+    /// What a request is called in error messages (`lines`, `requests`).
+    what: &'static str,
+    /// The request for sequence number `seq`.
+    request: fn(u64) -> String,
+    /// Takes every whole answer from `buf` for the front of `inflight`, recording it; returns
+    /// true when an answer said the connection ends after it.
+    answers: fn(&mut Vec<u8>, &mut VecDeque<u64>, &mut BackendReport) -> bool,
 }
 
-/// Pipelines `POST /api/push` requests on keep-alive HTTP connections until `stop`, like
-/// [`backend`]: a response saying `Connection: close`, or a close, ends a connection, and
-/// the requests it left without a response are sent again on the next one.
-fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<BackendReport>>) {
-    const HTTP_WINDOW: usize = 16;
-    let request = |seq: u64| {
+/// The text port: one line in, one `ok`/`fail` line out.
+const TEXT: Wire = Wire {
+    window: WINDOW,
+    what: "lines",
+    request: line,
+    answers: |buf, inflight, r| {
+        while let Some(i) = buf.iter().position(|c| *c == b'\n') {
+            let reply: Vec<u8> = buf.drain(..=i).collect();
+            let Some(seq) = inflight.pop_front() else {
+                r.errors.push(format!("reply {} to no line", show(&reply)));
+                continue;
+            };
+            let ok = match reply.as_slice() {
+                b"ok\n" => true,
+                b"fail\n" => false,
+                other => {
+                    r.errors.push(format!("line {seq}: reply {}", show(other)));
+                    false
+                }
+            };
+            if r.replies.insert(seq, ok).is_some() {
+                r.errors.push(format!("line {seq}: a second reply"));
+            }
+        }
+        false
+    },
+};
+
+/// The JSON API: `POST /api/push` on keep-alive connections, `{"delivered":N}` back; a
+/// response saying `Connection: close` is the connection's last.
+const HTTP: Wire = Wire {
+    window: 16,
+    what: "requests",
+    request: |seq| {
         let body = format!(
             "{{\"to\":\"w{}\",\"data\":\"{{\\\"s\\\":{seq}}}\"}}",
             seq % UIDS
@@ -186,7 +115,58 @@ fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<Back
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
-    };
+    },
+    answers: |buf, inflight, r| {
+        while let Some(head_end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < head_end + 4 + len {
+                break;
+            }
+            let body: Vec<u8> = buf[head_end + 4..head_end + 4 + len].to_vec();
+            buf.drain(..head_end + 4 + len);
+            let Some(seq) = inflight.pop_front() else {
+                r.errors
+                    .push(format!("response {} to no request", show(&body)));
+                continue;
+            };
+            let delivered = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("delivered")?.as_u64());
+            match delivered {
+                Some(n) if head.starts_with("http/1.1 200 ") => {
+                    if r.replies.insert(seq, n > 0).is_some() {
+                        r.errors.push(format!("request {seq}: a second response"));
+                    }
+                }
+                _ => r.errors.push(format!(
+                    "request {seq}: response {} {}",
+                    head.lines().next().unwrap_or(""),
+                    show(&body)
+                )),
+            }
+            if head.contains("\r\nconnection: close") {
+                return true;
+            }
+        }
+        false
+    },
+};
+
+/// Pipelines requests (`wire`) on one connection after another until `stop`, keeping
+/// `wire.window` in flight; a connection the server closes (or ends with its last answer) is
+/// replaced, and the requests it left without an answer are sent again first.
+fn backend(
+    port: u16,
+    b: u64,
+    wire: &Wire,
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<BackendReport>>,
+) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut next = 0u64;
     let mut again: VecDeque<u64> = VecDeque::new();
@@ -206,10 +186,11 @@ fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<Back
         let (mut can_write, mut last) = (true, false);
         loop {
             let stopping = stop.load(Ordering::SeqCst);
-            if can_write && !last && inflight.len() <= HTTP_WINDOW / 2 {
+            if can_write && !last && inflight.len() <= wire.window / 2 {
                 let mut batch = String::new();
                 let mut resending = Vec::new();
-                while inflight.len() < HTTP_WINDOW {
+                let mut made = 0;
+                while inflight.len() < wire.window {
                     let seq = match again.pop_front() {
                         Some(seq) => {
                             resending.push(seq);
@@ -221,18 +202,21 @@ fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<Back
                         }
                         None => break,
                     };
-                    batch.push_str(&request(seq));
+                    batch.push_str(&(wire.request)(seq));
                     inflight.push_back(seq);
+                    made += 1;
                 }
-                if !batch.is_empty() {
+                if made > 0 {
                     let mut r = report.lock().unwrap();
-                    r.written += batch.matches("POST ").count() as u64;
+                    r.written += made;
                     r.made = next;
                     let now = Instant::now();
                     for seq in resending {
                         r.resent_at.insert(seq, now);
                     }
                     drop(r);
+                    // A write refused by a closed connection: the answers already sent are
+                    // still read below, then the connection ends.
                     if s.write_all(batch.as_bytes()).is_err() {
                         can_write = false;
                     }
@@ -250,51 +234,14 @@ fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<Back
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
                     let mut r = report.lock().unwrap();
-                    // Every whole response in `buf`.
-                    while let Some(head_end) = find(&buf, b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buf.len() < head_end + 4 + len {
-                            break;
-                        }
-                        let body: Vec<u8> = buf[head_end + 4..head_end + 4 + len].to_vec();
-                        buf.drain(..head_end + 4 + len);
-                        let Some(seq) = inflight.pop_front() else {
-                            r.errors
-                                .push(format!("response {} to no request", show(&body)));
-                            continue;
-                        };
-                        let delivered = serde_json::from_slice::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v.get("delivered")?.as_u64());
-                        match delivered {
-                            Some(n) if head.starts_with("http/1.1 200 ") => {
-                                if r.replies.insert(seq, n > 0).is_some() {
-                                    r.errors.push(format!("request {seq}: a second response"));
-                                }
-                            }
-                            _ => r.errors.push(format!(
-                                "request {seq}: response {} {}",
-                                head.lines().next().unwrap_or(""),
-                                show(&body)
-                            )),
-                        }
-                        if head.contains("\r\nconnection: close") {
-                            // The last response on this connection.
-                            last = true;
-                            break;
-                        }
-                    }
+                    last = (wire.answers)(&mut buf, &mut inflight, &mut r);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     report.lock().unwrap().errors.push(format!(
-                        "no response within 10 s with {} requests in flight",
-                        inflight.len()
+                        "no answer within 10 s with {} {} in flight",
+                        inflight.len(),
+                        wire.what
                     ));
                     return;
                 }
@@ -309,6 +256,7 @@ fn http_backend(port: u16, b: u64, stop: Arc<AtomicBool>, report: Arc<Mutex<Back
         }
         if !inflight.is_empty() {
             report.lock().unwrap().resent += inflight.len() as u64;
+            // Resent first, in their order.
             for seq in inflight.into_iter().rev() {
                 again.push_front(seq);
             }
@@ -444,9 +392,9 @@ fn pipelined_backends_lose_no_reply_across_plain_and_graceful_reloads() {
             let (text, http) = (srv.text, srv.http);
             std::thread::spawn(move || {
                 if b < BACKENDS - 1 {
-                    backend(text, b, stop, report)
+                    backend(text, b, &TEXT, stop, report)
                 } else {
-                    http_backend(http, b, stop, report)
+                    backend(http, b, &HTTP, stop, report)
                 }
             })
         })
