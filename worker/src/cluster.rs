@@ -321,64 +321,54 @@ impl Ctx {
         Ok(con)
     }
 
-    /// The command thread: connect, then run batches of commands until the link fails.
+    /// The command thread: connect, then run batches of commands until the link fails; after
+    /// a failure (Redis down, a name conflict) wait a growing back-off before trying again.
     fn commands(self, rx: Receiver<BusCmd>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut con = match self.connect().and_then(|mut c| {
+            let connected = self.connect().and_then(|mut c| {
                 redis::cmd("PING").query::<String>(&mut c)?;
                 Ok(c)
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    if !self.emit(BusEvent::Down(e.to_string())) {
-                        return;
-                    }
-                    // Meanwhile nothing reaches other hosts: answer at once, keep no backlog.
-                    let until = Instant::now() + backoff;
-                    while let Some(left) = until.checked_duration_since(Instant::now()) {
-                        match rx.recv_timeout(left) {
-                            Ok(cmd) => {
-                                if !self.refuse(cmd) {
-                                    return;
-                                }
+            });
+            let failure = match connected {
+                Ok(mut con) => {
+                    let served = Instant::now();
+                    match self.serve(&mut con, &rx) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            self.joined.store(false, Ordering::SeqCst);
+                            if served.elapsed() > Duration::from_secs(10) {
+                                backoff = Duration::from_millis(100);
                             }
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return,
+                            e
                         }
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
                 }
+                Err(e) => e,
             };
-            let served = Instant::now();
-            match self.serve(&mut con, &rx) {
-                Ok(()) => return,
-                Err(e) => {
-                    self.joined.store(false, Ordering::SeqCst);
-                    if !self.emit(BusEvent::Down(e.to_string())) {
-                        return;
+            if !self.emit(BusEvent::Down(failure.to_string())) || !self.refuse_for(&rx, backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Waits `wait` before the next attempt, answering every command that comes meanwhile
+    /// (nothing reaches other hosts: no backlog is kept); false when the loop is gone.
+    fn refuse_for(&self, rx: &Receiver<BusCmd>, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(cmd) => {
+                    if !self.refuse(cmd) {
+                        return false;
                     }
-                    if served.elapsed() > Duration::from_secs(10) {
-                        backoff = Duration::from_millis(100);
-                    }
-                    // A name conflict or a failing Redis: do not hammer it.
-                    let until = Instant::now() + backoff;
-                    while let Some(left) = until.checked_duration_since(Instant::now()) {
-                        match rx.recv_timeout(left) {
-                            Ok(cmd) => {
-                                if !self.refuse(cmd) {
-                                    return;
-                                }
-                            }
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return false,
             }
         }
+        true
     }
 
     /// Answers a command that cannot be sent (Redis is down); false when the loop is gone.
