@@ -74,13 +74,18 @@ fn herald_path(o: &Opts) -> PathBuf {
 
 /// Starts Herald as the options say (binary, workers, wrapper, stop grace).
 pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
+    start_herald_with(o, Vec::new())
+}
+
+/// [`start_herald`] with more `--set KEY=VALUE` settings.
+fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
     Herald::start(
         &herald_path(o),
         o.workers,
         &Launch {
             wrap: o.server_wrap.clone(),
             stop_grace_ms: o.stop_grace_ms,
-            sets: Vec::new(),
+            sets,
         },
     )
 }
@@ -211,17 +216,12 @@ fn unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
 fn cluster_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let redis = crate::server::RedisServer::start()?;
     let node = |name: &str| {
-        Herald::start(
-            &herald_path(o),
-            o.workers,
-            &Launch {
-                wrap: o.server_wrap.clone(),
-                stop_grace_ms: o.stop_grace_ms,
-                sets: vec![
-                    format!("cluster=\"redis://127.0.0.1:{}/0\"", redis.port),
-                    format!("node_id={name}"),
-                ],
-            },
+        start_herald_with(
+            o,
+            vec![
+                format!("cluster=\"redis://127.0.0.1:{}/0\"", redis.port),
+                format!("node_id={name}"),
+            ],
         )
     };
     let a = node("bench-a")?;
