@@ -1432,46 +1432,28 @@ impl Redis {
     /// Starts one speaking TLS only, on `port`, with this certificate, key and CA (clients
     /// need no certificate of their own).
     pub fn start_tls(port: u16, cert: &str, key: &str, ca: &str) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
+        let r = Redis::spawn(
+            port,
+            &[
                 "--port",
                 "0",
                 "--tls-port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
                 "--tls-cert-file",
                 cert,
                 "--tls-key-file",
                 key,
                 "--tls-ca-cert-file",
                 ca,
-            ])
-            .args([
                 "--tls-auth-clients",
                 "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server with TLS");
-        let r = Redis {
-            child: Some(child),
-            port,
-        };
+            ],
+        );
         // The TLS port accepts TCP once it listens; the nodes' handshakes test the rest.
         assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
             "redis-server with TLS on port {port} did not listen"
         );
         r
@@ -1479,33 +1461,31 @@ impl Redis {
 
     /// Starts one on `port` with `extra` arguments.
     fn start_args(port: u16, extra: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
-            .args(extra)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let r = Redis {
-            child: Some(child),
-            port,
-        };
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = Redis::spawn(port, &args);
         assert!(
             wait_until(Duration::from_secs(10), || r.answers()),
             "redis-server on port {port} did not answer PING"
         );
         r
+    }
+
+    /// Runs `redis-server` with `args` on loopback, writing no file.
+    fn spawn(port: u16, args: &[&str]) -> Redis {
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        Redis {
+            child: Some(child),
+            port,
+        }
     }
 
     /// `redis://127.0.0.1:PORT/0`.
