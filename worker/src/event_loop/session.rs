@@ -45,8 +45,6 @@ impl Worker {
                 );
             }
         }
-        // Online figures changed: the next tick tells Socket.IO pages.
-        self.sio.online_text.clear();
         Some(rc)
     }
 
@@ -59,7 +57,6 @@ impl Worker {
             self.cluster_presence(uid, false);
             self.groups.departed(uid, self.now);
         }
-        self.sio.online_text.clear();
     }
 }
 
