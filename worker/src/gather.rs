@@ -28,12 +28,33 @@ pub struct Waiting<T> {
     /// Some sibling's answer is missing (it could not be asked, its link broke, or it was
     /// too slow): the outcome says `partial`.
     pub partial: bool,
+    /// Answers still expected from outside the links (the cluster's other hosts): the count
+    /// Redis gives adds to it, each answer takes one away. It may go below zero while an
+    /// answer comes before its count (they travel on different connections).
+    pub remote: i64,
+    /// How many remote answers to expect is not known yet.
+    pub remote_unknown: bool,
 }
 
 impl<T> Waiting<T> {
-    /// Every link that was asked has answered (or is known never to).
+    /// Every link that was asked has answered (or is known never to), and so has every
+    /// remote member that got the message.
     pub fn complete(&self) -> bool {
-        self.peers.is_empty()
+        self.peers.is_empty() && !self.remote_unknown && self.remote <= 0
+    }
+
+    /// The number of remote answers became known (`None`: the message could not be sent).
+    pub fn remote_count(&mut self, count: Option<u32>) {
+        self.remote_unknown = false;
+        match count {
+            Some(n) => self.remote += i64::from(n),
+            None => self.partial = true,
+        }
+    }
+
+    /// Answers missing now: links, remote members, and an unknown remote count as one.
+    fn missing(&self) -> usize {
+        self.peers.len() + self.remote.max(0) as usize + self.remote_unknown as usize
     }
 }
 
@@ -132,8 +153,9 @@ impl<T> Gather<T> {
                 break;
             }
             if let Some(Some(mut w)) = self.queue.pop_front() {
-                missing += w.peers.len();
-                w.partial |= !w.peers.is_empty();
+                let m = w.missing();
+                missing += m;
+                w.partial |= m > 0;
                 self.live -= 1;
                 out.push(w);
             }
@@ -170,6 +192,8 @@ mod tests {
             peers: peers.iter().copied().collect(),
             deadline,
             partial: false,
+            remote: 0,
+            remote_unknown: false,
         }
     }
 
@@ -227,6 +251,51 @@ mod tests {
         assert_eq!(wb, Some((true, true)));
         let wc = g.get_mut(c).map(|w| w.partial);
         assert_eq!(wc, Some(false));
+    }
+
+    #[test]
+    fn remote_answers_may_come_before_their_count() {
+        let later = Instant::now() + Duration::from_secs(5);
+        let mut g = Gather::default();
+        let mut e = w("push", &[], later);
+        e.remote_unknown = true;
+        let id = g.add(e);
+        // One answer first, then the count of two: one still awaited.
+        let entry = g.get_mut(id).map(|w| {
+            w.remote -= 1;
+            w.complete()
+        });
+        assert_eq!(entry, Some(false));
+        let entry = g.get_mut(id).map(|w| {
+            w.remote_count(Some(2));
+            w.complete()
+        });
+        assert_eq!(entry, Some(false));
+        let entry = g.get_mut(id).map(|w| {
+            w.remote -= 1;
+            (w.complete(), w.partial)
+        });
+        assert_eq!(entry, Some((true, false)));
+        // A count that could not be had settles at once, partial.
+        let id = g.add(Waiting {
+            remote_unknown: true,
+            ..w("push", &[], later)
+        });
+        let entry = g.get_mut(id).map(|w| {
+            w.remote_count(None);
+            (w.complete(), w.partial)
+        });
+        assert_eq!(entry, Some((true, true)));
+        // At the deadline, an unknown count and missing answers are counted missing.
+        let now = Instant::now();
+        let mut g = Gather::default();
+        g.add(Waiting {
+            remote: 2,
+            ..w("push", &[1], now)
+        });
+        let mut out = Vec::new();
+        assert_eq!(g.expire(now, &mut out), 3);
+        assert!(out[0].partial);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The cluster in the loop: what crosses hosts goes through the [`Bus`] (see `crate::cluster`
 //! for the threads and what Redis holds). A push or a question leaves with the same id as on the
 //! mesh, and its [`Job`] waits, beside the siblings' links, for the bus to say how many members
-//! got it (the `PENDING` key), then for that many answers (one `REPLY` key each).
+//! got it, then for that many answers (the gather's `remote` count).
 //!
 //! [`Bus`]: crate::cluster::Bus
 //! [`Job`]: super::mesh::Job
@@ -12,28 +12,10 @@ use super::query::QReply;
 use super::Worker;
 use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
-use crate::gather::{Peers, Waiting};
 use herald_ipc::codec::{read_frame, write_frame};
 use herald_ipc::{PeerMsg, Push, Query, Share};
 use std::sync::Arc;
 
-/// Gather key: the bus has not said yet how many members got the message.
-pub(super) const PENDING: usize = usize::MAX;
-/// Gather key: one answer from a member of another host (as many as the bus counted).
-pub(super) const REPLY: usize = usize::MAX - 1;
-/// Gather key: an answer that came before the bus said how many to wait for (the answer
-/// travels on the subscriber's connection, the count on the command one: either may be
-/// first). It stands for one of the `REPLY` keys the count will add.
-const EARLY: usize = usize::MAX - 2;
-
-/// One answer from another host for `w`: it takes the place of one awaited answer.
-fn remote_answered(w: &mut Waiting<Job>) {
-    if let Some(i) = w.peers.iter().position(|&k| k == REPLY) {
-        w.peers.swap_remove(i);
-    } else if w.peers.contains(&PENDING) {
-        w.peers.push(EARLY);
-    }
-}
 /// Bus events handled per loop turn before other work gets a turn (the rest wake the loop again).
 const EVENTS_PER_TURN: usize = 4096;
 
@@ -88,18 +70,15 @@ fn framed(msg: &PeerMsg) -> Vec<u8> {
 }
 
 impl Worker {
-    /// Also sends `msg`, which waits as entry `id`, to the members of other hosts it concerns;
-    /// adds what it waits for to `peers`. Nothing without a cluster.
+    /// Also sends `msg`, which waits as entry `id`, to the members of other hosts it concerns.
+    /// `None` without a cluster; `Some(sent)` with one (the entry then waits for the count).
     pub(super) fn cluster_out(
         &mut self,
         id: u64,
         msg: &PeerMsg,
         uids: Holders<'_>,
-        peers: &mut Peers,
-    ) -> bool {
-        let Some(bus) = &self.bus else {
-            return true;
-        };
+    ) -> Option<bool> {
+        let bus = self.bus.as_ref()?;
         // A host's monotonic clock means nothing on another: a push crossing hosts has no
         // deadline there (its `fail` at the timeout is for this host's part).
         let env = match msg {
@@ -125,13 +104,11 @@ impl Worker {
             },
             Holders::All => BusCmd::Broadcast { id, env },
         };
-        if bus.send(cmd) {
-            peers.push(PENDING);
-            true
-        } else {
+        let sent = bus.send(cmd);
+        if !sent {
             self.stats.cluster_dropped += 1;
-            false
         }
+        Some(sent)
     }
 
     /// Tells the cluster that `uid` got its first connection here (`arrived`) or lost its
@@ -200,19 +177,11 @@ impl Worker {
                 self.cluster_nodes = nodes;
             }
             BusEvent::Published { id, count } => {
-                if let Some(w) = self.gather.answered(id, PENDING) {
-                    let early = w.peers.iter().filter(|&&k| k == EARLY).count();
-                    w.peers.retain(|k| *k != EARLY);
-                    match count {
-                        Some(n) => w.peers.extend(std::iter::repeat_n(
-                            REPLY,
-                            (n as usize).saturating_sub(early),
-                        )),
-                        None => w.partial = true,
-                    }
-                    if count.is_none() {
-                        self.stats.cluster_dropped += 1;
-                    }
+                if let Some(w) = self.gather.get_mut(id) {
+                    w.remote_count(count);
+                }
+                if count.is_none() {
+                    self.stats.cluster_dropped += 1;
                 }
                 self.progress(id);
             }
@@ -259,7 +228,7 @@ impl Worker {
                     if let Job::Push { total, .. } = &mut w.job {
                         *total += count;
                     }
-                    remote_answered(w);
+                    w.remote -= 1;
                 }
                 self.progress(id);
             }
@@ -268,7 +237,7 @@ impl Worker {
                     if let Job::Query { shares, .. } = &mut w.job {
                         shares.push(share);
                     }
-                    remote_answered(w);
+                    w.remote -= 1;
                 }
                 self.progress(id);
             }

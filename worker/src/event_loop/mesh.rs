@@ -337,7 +337,8 @@ impl Worker {
             }
         }
         let id = self.gather.next_id();
-        if !self.cluster_out(id, msg, uids, &mut peers) {
+        let remote = self.cluster_out(id, msg, uids);
+        if remote == Some(false) {
             missing += 1;
         }
         self.stats.ipc_undelivered += missing as u64;
@@ -346,6 +347,8 @@ impl Worker {
             peers,
             deadline: Instant::now() + ms(self.cfg.ipc_timeout),
             partial: missing > 0,
+            remote: 0,
+            remote_unknown: remote == Some(true),
         });
         self.progress(id);
     }
