@@ -200,6 +200,14 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
             crate::histogram::render("herald_push_seconds", id, h, &mut out);
         }
     }
+    out.push_str(
+        "# HELP herald_delivery_queue_seconds How long frames waited in a client's output queue before the kernel took them\n# TYPE herald_delivery_queue_seconds histogram\n",
+    );
+    for r in rows {
+        if let (Some(id), Some(h)) = (r.get("worker"), r.get("delivery_latency")) {
+            crate::histogram::render("herald_delivery_queue_seconds", id, h, &mut out);
+        }
+    }
     let _ = write!(
         out,
         "# HELP herald_build_info The running build\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1\n",

@@ -14,6 +14,7 @@ USAGE:
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
+  herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -33,6 +34,9 @@ MODES:
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
+  idle       open N clients, log them in, hold them idle; over S seconds report the server's
+             CPU as a share of one core, the pings written and the CPU per ping, memory per
+             client (RSS/PSS) and the kernel's TCP memory per client (/proc/net/sockstat)
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -44,7 +48,7 @@ OPTIONS:
   --conns K          unicast: text-port connections (default 4)
   --rate R           unicast: pushes per second (default: flat out);
                      churn: connects (and disconnects) per second (default 2000)
-  --seconds S        churn: duration in seconds (default 60)
+  --seconds S        churn, idle: duration in seconds (default 60)
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
   --window W         unicast flat out: unanswered lines per connection (default 256)
@@ -61,6 +65,7 @@ OPTIONS:
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
   --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
   --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
+  --set KEY=VALUE    a Herald setting for the run (repeatable), e.g. ping_interval=0
   -h, --help         this text
 ";
 
@@ -111,6 +116,8 @@ pub struct Opts {
     pub server_wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
     pub stop_grace_ms: u64,
+    /// Herald settings (`--set KEY=VALUE`) for the run, such as turning pings off.
+    pub sets: Vec<String>,
 }
 
 impl Default for Opts {
@@ -138,6 +145,7 @@ impl Default for Opts {
             push_rate: 1000.0,
             server_wrap: Vec::new(),
             stop_grace_ms: 3000,
+            sets: Vec::new(),
         }
     }
 }
@@ -193,12 +201,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--push-rate" => o.push_rate = v.parse().map_err(|e| bad(&e))?,
             "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
             "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
+            "--set" if v.contains('=') => o.sets.push(v.to_string()),
+            "--set" => return Err(format!("--set {v}: expected KEY=VALUE")),
             _ => return Err(format!("unknown option {a} (see --help)")),
         }
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" => {}
+        | "cluster-unicast" | "idle" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }
@@ -218,10 +228,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     {
         return Err("--seconds must be positive and --push-rate not negative".into());
     }
-    if o.mode == "churn" && o.seconds + 30.0 > o.deadline_s {
+    if (o.mode == "churn" || o.mode == "idle") && o.seconds + 30.0 > o.deadline_s {
         return Err(format!(
-            "churn: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
-            o.deadline_s, o.seconds
+            "{}: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
+            o.mode, o.deadline_s, o.seconds
         ));
     }
     if o.deadline_s.is_nan() || o.deadline_s <= 0.0 || o.deadline_s > 3600.0 {

@@ -7,6 +7,7 @@
 //! herald-bench limit     --clients N --count B [--spacing-ms S]
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
+//! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
 //! ```
@@ -52,6 +53,7 @@
 mod args;
 mod churn;
 mod clients;
+mod idle;
 mod limit;
 mod modes;
 mod procstat;

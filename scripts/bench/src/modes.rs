@@ -44,6 +44,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "limit-unicast" => limit_unicast(o, d),
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
+        "idle" => crate::idle::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -78,7 +79,7 @@ pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
 }
 
 /// [`start_herald`] with more `--set KEY=VALUE` settings.
-fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
+pub(crate) fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
     Herald::start(
         &herald_path(o),
         o.workers,
