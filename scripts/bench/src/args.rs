@@ -51,6 +51,8 @@ OPTIONS:
   --seconds S        churn, idle: duration in seconds (default 60)
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
+  --query LINE       unicast: meanwhile, ask LINE (e.g. {\"cmd\":\"uids\"}) on its own text
+                     connection every --query-every-ms (default 100); report answer times
   --window W         unicast flat out: unanswered lines per connection (default 256)
   --count B          broadcast/limit: broadcasts (default 30)
   --spacing-ms S     broadcast/limit: milliseconds between broadcasts (default 0)
@@ -116,6 +118,10 @@ pub struct Opts {
     pub server_wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
     pub stop_grace_ms: u64,
+    /// `unicast`: a question asked over and over while the pushes run.
+    pub query: Option<String>,
+    /// `unicast`: milliseconds between two questions.
+    pub query_every_ms: u64,
     /// Herald settings (`--set KEY=VALUE`) for the run, such as turning pings off.
     pub sets: Vec<String>,
 }
@@ -146,6 +152,8 @@ impl Default for Opts {
             server_wrap: Vec::new(),
             stop_grace_ms: 3000,
             sets: Vec::new(),
+            query: None,
+            query_every_ms: 100,
         }
     }
 }
@@ -201,6 +209,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--push-rate" => o.push_rate = v.parse().map_err(|e| bad(&e))?,
             "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
             "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
+            "--query" => o.query = Some(v.to_string()),
+            "--query-every-ms" => o.query_every_ms = v.parse().map_err(|e| bad(&e))?,
             "--set" if v.contains('=') => o.sets.push(v.to_string()),
             "--set" => return Err(format!("--set {v}: expected KEY=VALUE")),
             _ => return Err(format!("unknown option {a} (see --help)")),

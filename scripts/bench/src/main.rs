@@ -58,6 +58,7 @@ mod limit;
 mod modes;
 mod procstat;
 mod push;
+mod query;
 mod server;
 mod util;
 mod ws;
