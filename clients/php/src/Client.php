@@ -53,6 +53,9 @@ class Client
     /** @var resource|null The connection, null until the first call and after close(). */
     private $sock = null;
 
+    /** @var bool Whether the stream is in blocking mode (new streams are; socket() sets it). */
+    private $blocking = true;
+
     /** @var string Bytes read past the last reply consumed. */
     private $buf = '';
 
@@ -105,6 +108,7 @@ class Client
     {
         $sock = $this->connect();
         stream_set_blocking($sock, true);
+        $this->blocking = true;
         return $sock;
     }
 
@@ -216,10 +220,19 @@ class Client
      */
     private function transfer($sock, array $lines, array &$replies): ?string
     {
-        stream_set_blocking($sock, false);
+        if ($this->blocking) {
+            stream_set_blocking($sock, false);
+            $this->blocking = false;
+        }
         $want = count($replies) + count($lines);
         $out = implode('', $lines);
         $deadline = microtime(true) + $this->timeout;
+        // The usual command fits in the socket's buffer: write it at once, then wait to read.
+        $n = @fwrite($sock, $out);
+        if ($n === false) {
+            return 'broken pipe';
+        }
+        $out = (string)substr($out, $n);
         while (true) {
             while (count($replies) < $want && ($nl = strpos($this->buf, "\n")) !== false) {
                 $replies[] = rtrim(substr($this->buf, 0, $nl), "\r");
@@ -283,6 +296,7 @@ class Client
             throw new ConnectionException($why);
         }
         $this->sock = $sock;
+        $this->blocking = true;
         $this->buf = '';
         if ($this->secret !== null) {
             $replies = [];
