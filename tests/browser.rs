@@ -70,6 +70,46 @@ g.connect();
 </script>
 "#;
 
+/// The second page: two clients logging in with tokens fetched for every connection (one on
+/// the URL, one as the first message), dropping a connection that stays silent, and skipping
+/// the backend's heartbeats.
+const TOKEN_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>herald browser test: tokens and silence</title>
+<script type="module">
+import Herald from '/herald.mjs';
+const q = new URLSearchParams(location.search);
+let seq = 0;
+const report = (ev, extra) => fetch('/report', {
+  method: 'POST',
+  body: JSON.stringify(Object.assign({ ev, n: seq++ }, extra || {})),
+});
+for (const tokenIn of ['query', 'message']) {
+  const uid = 'tk-' + tokenIn;
+  const p = tokenIn + '-';
+  new Herald({
+    url: q.get('ws'),
+    token: () => {
+      report(p + 'token');
+      return fetch('/token?uid=' + uid).then((r) => r.text());
+    },
+    tokenIn,
+    minDelay: 200,
+    maxDelay: 1000,
+    stableAfter: 500,
+    connectTimeout: 1500,
+    silenceTimeout: 1500,
+    isHeartbeat: (d) => d === 'hb',
+    onopen: (i) => report(p + 'open', i),
+    onclose: (i) => report(p + 'close', i),
+    onreconnect: (i) => report(p + 'reconnect', i),
+    onerror: (e) => report('error', { message: String(e) }),
+    onmessage: (d) => report(p + 'message', { data: d }),
+  }).connect();
+}
+</script>
+"#;
+
 /// A tiny HTTP/1.1 server for the page and the scripts, collecting the page's reports.
 struct PageServer {
     /// Its port on 127.0.0.1.
@@ -81,7 +121,9 @@ struct PageServer {
 }
 
 impl PageServer {
-    fn start(reports: Sender<Value>) -> PageServer {
+    /// Serves on a free port; `/token` answers `hmac` tokens under `secret`.
+    fn start(reports: Sender<Value>, secret: &str) -> PageServer {
+        let secret = secret.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
@@ -92,7 +134,8 @@ impl PageServer {
                 match listener.accept() {
                     Ok((s, _)) => {
                         let tx = reports.clone();
-                        std::thread::spawn(move || serve(s, &tx));
+                        let secret = secret.clone();
+                        std::thread::spawn(move || serve(s, &tx, &secret));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -116,7 +159,7 @@ impl Drop for PageServer {
 }
 
 /// Answers one request (`Connection: close`).
-fn serve(mut s: TcpStream, reports: &Sender<Value>) {
+fn serve(mut s: TcpStream, reports: &Sender<Value>, secret: &str) {
     s.set_nonblocking(false).ok();
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     let mut buf = Vec::new();
@@ -150,6 +193,17 @@ fn serve(mut s: TcpStream, reports: &Sender<Value>) {
     let js = workspace_root().join("clients/js");
     let (status, kind, content): (&str, &str, Vec<u8>) = match (method, path) {
         ("GET", "/page.html") => ("200 OK", "text/html", PAGE.as_bytes().to_vec()),
+        ("GET", "/tokens.html") => ("200 OK", "text/html", TOKEN_PAGE.as_bytes().to_vec()),
+        ("GET", "/token") => {
+            let uid = target.split_once("?uid=").map(|(_, u)| u).unwrap_or("");
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                + 60;
+            let token = hmac_token(secret, uid, exp);
+            ("200 OK", "text/plain", token.into_bytes())
+        }
         ("GET", "/herald.mjs") | ("GET", "/herald.js") => (
             "200 OK",
             "text/javascript",
@@ -258,7 +312,7 @@ fn browser_client_receives_reconnects_after_a_worker_dies_and_closes() {
     }
     let srv = Server::builder().workers(1).login_reply().start();
     let (tx, rx) = channel();
-    let pages = PageServer::start(tx);
+    let pages = PageServer::start(tx, "");
     let mut reports = Reports {
         rx,
         seen: Vec::new(),
@@ -403,4 +457,155 @@ fn script_build_is_generated_from_the_module() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Pushes `{"cmd":"all","data":"hb"}` every 300 ms until dropped: a backend's heartbeat.
+struct Heartbeat {
+    /// Tells the thread to end.
+    stop: Arc<AtomicBool>,
+    /// The thread.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(port: u16) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                    c.set_read_timeout(Some(Duration::from_secs(1))).ok();
+                    let _ = c.write_all(b"{\"cmd\":\"all\",\"data\":\"hb\"}\n");
+                    let _ = c.read(&mut [0u8; 16]);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Resumes a stopped process when dropped (also when the test fails while it is stopped).
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
+#[test]
+fn browser_client_with_tokens_drops_a_silent_connection_and_comes_back() {
+    if !require("chromium (apt install chromium)", have_program("chromium")) {
+        return;
+    }
+    let secret = "0123456789abcdef-browser";
+    let srv = Server::builder()
+        .workers(1)
+        .login_reply()
+        .set("auth=hmac")
+        .set(&format!("auth_secret={secret}"))
+        .start();
+    let (tx, rx) = channel();
+    let pages = PageServer::start(tx, secret);
+    let mut reports = Reports {
+        rx,
+        seen: Vec::new(),
+    };
+    let heartbeat = Heartbeat::start(srv.text);
+    let profile = TempDir::new();
+    let url = format!(
+        "http://127.0.0.1:{}/tokens.html?ws=ws://127.0.0.1:{}/",
+        pages.port, srv.ws
+    );
+    let browser = chromium(&url, &profile.path);
+
+    for p in ["query", "message"] {
+        let login = format!("login success, your uid is tk-{p}");
+        reports.wait("a token login", EVENT, |v| {
+            v["ev"] == format!("{p}-message") && v["data"] == login.as_str()
+        });
+    }
+    assert_eq!(
+        text(&srv, r#"{"cmd":"push","to":"tk-query","data":"before"}"#),
+        "ok\n"
+    );
+    reports.wait("a push", REPLY, message("query-message", "before"));
+    // The backend's heartbeats keep the connections up for longer than silenceTimeout.
+    reports.drain_for(Duration::from_millis(2500));
+    let closes: Vec<&Value> = reports
+        .seen
+        .iter()
+        .filter(|v| v["ev"].as_str().is_some_and(|e| e.ends_with("-close")))
+        .collect();
+    assert!(closes.is_empty(), "closed despite heartbeats: {closes:?}");
+
+    // The server falls silent (its only worker stopped, the heartbeats ended): each client
+    // drops its connection after silenceTimeout, and its new connections stay unanswered
+    // (the kernel accepts them, the stopped worker never answers) until connectTimeout.
+    drop(heartbeat);
+    let workers = srv.worker_pids();
+    assert_eq!(workers.len(), 1, "one worker");
+    let worker = *workers.iter().next().expect("a worker");
+    signal(worker, libc::SIGSTOP);
+    let stopped = Stopped(worker);
+    for p in ["query", "message"] {
+        let silent = reports.wait("a drop for silence", EVENT, |v| {
+            v["ev"] == format!("{p}-close") && v["reason"] == "silence"
+        });
+        assert_eq!(silent["willReconnect"], true, "{silent}");
+        reports.wait("a connect timeout", EVENT, |v| {
+            v["ev"] == format!("{p}-close") && v["reason"] == "connect timeout"
+        });
+    }
+    drop(stopped);
+    for p in ["query", "message"] {
+        reports.wait("the reconnection", EVENT, |v| {
+            v["ev"] == format!("{p}-open") && v["reconnected"] == true
+        });
+        let line = format!("{{\"cmd\":\"push\",\"to\":\"tk-{p}\",\"data\":\"after\"}}\n");
+        srv.push_until_ok(line.as_bytes(), EVENT);
+        reports.wait(
+            "the push after",
+            REPLY,
+            message(
+                if p == "query" {
+                    "query-message"
+                } else {
+                    "message-message"
+                },
+                "after",
+            ),
+        );
+        // A token per connection: the first, one per attempt while stopped, the last.
+        let tokens = reports
+            .seen
+            .iter()
+            .filter(|v| v["ev"] == format!("{p}-token"))
+            .count();
+        assert!(tokens >= 3, "{p}: {tokens} tokens fetched");
+    }
+    let leaked: Vec<&Value> = reports
+        .seen
+        .iter()
+        .filter(|v| v["data"] == "hb" || v["ev"] == "error")
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "heartbeats or errors reached the page: {leaked:?}"
+    );
+    drop(browser);
+    drop(pages);
 }
