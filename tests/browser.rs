@@ -15,7 +15,7 @@ use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -279,7 +279,7 @@ fn message<'a>(ev: &'static str, text: &'a str) -> impl Fn(&Value) -> bool + 'a 
 
 /// Headless Chromium on `url`, in its own process group (killed with it on drop) and with a
 /// fresh profile in `profile`.
-fn chromium(url: &str, profile: &PathBuf) -> Group {
+fn chromium(url: &str, profile: &Path) -> Group {
     let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
