@@ -98,7 +98,7 @@ for (const tokenIn of ['query', 'message']) {
     maxDelay: 1000,
     stableAfter: 500,
     connectTimeout: 1500,
-    silenceTimeout: 1500,
+    silenceTimeout: 3000,
     isHeartbeat: (d) => d === 'hb',
     onopen: (i) => report(p + 'open', i),
     onclose: (i) => report(p + 'close', i),
@@ -544,7 +544,7 @@ fn browser_client_with_tokens_drops_a_silent_connection_and_comes_back() {
     );
     reports.wait("a push", REPLY, message("query-message", "before"));
     // The backend's heartbeats keep the connections up for longer than silenceTimeout.
-    reports.drain_for(Duration::from_millis(2500));
+    reports.drain_for(Duration::from_millis(4000));
     let closes: Vec<&Value> = reports
         .seen
         .iter()
