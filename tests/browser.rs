@@ -100,6 +100,7 @@ for (const tokenIn of ['query', 'message']) {
     connectTimeout: 1500,
     silenceTimeout: 3000,
     isHeartbeat: (d) => d === 'hb',
+    heartbeatInterval: tokenIn === 'message' ? 250 : 0,
     onopen: (i) => report(p + 'open', i),
     onclose: (i) => report(p + 'close', i),
     onreconnect: (i) => report(p + 'reconnect', i),

@@ -439,3 +439,35 @@ fn package_tokens_log_in_on_hmac_and_jwt_servers() {
         assert_eq!(login_by_message(&srv, &other, uid), Err(4001), "{mode}");
     }
 }
+
+#[test]
+fn http_publisher_sends_again_on_a_new_connection_after_an_idle_close() {
+    if !have_php_and_composer() {
+        return;
+    }
+    let srv = Server::builder().set("idle_timeout=1").start();
+    let dir = TempDir::new();
+    let pkg = composer_copy(&dir.path);
+    let out = run_with_limit(
+        Command::new("php")
+            .arg(pkg.join("tests/run.php"))
+            .arg("idle")
+            .env("HERALD_HTTP_PORT", srv.http.to_string())
+            .env("HERALD_AUTOLOAD", pkg.join("vendor/autoload.php")),
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "run.php idle failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "online before: {\"online\":false,\"connections\":0}\n\
+         probe closed by the server: true\n\
+         online after the server closed: {\"online\":false,\"connections\":0}\n\
+         done\n"
+    );
+}

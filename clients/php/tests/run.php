@@ -7,6 +7,7 @@
 //
 // Usage:
 //   php run.php text      with HERALD_TEXT_PORT, HERALD_HTTP_PORT, HERALD_PUSH_SECRET set
+//   php run.php idle      with HERALD_HTTP_PORT set, against a server with a short idle_timeout
 //   php run.php tokens SECRET UID
 //                         prints an hmac token, a JWT, and tokens that must be refused
 //
@@ -87,8 +88,30 @@ if ($mode === 'tokens') {
     exit(0);
 }
 
+if ($mode === 'idle') {
+    // The server closes idle HTTP keep-alive connections (`idle_timeout`): the publisher finds
+    // its connection closed and sends the request again on a new one.
+    $httpPort = (int)env('HERALD_HTTP_PORT');
+    $http = new HttpPublisher("http://127.0.0.1:$httpPort");
+    show('online before', $http->online('nobody'));
+    // A probe connection opened after the publisher's: once the server has closed it for
+    // idleness, it has closed the publisher's too.
+    $probe = stream_socket_client("tcp://127.0.0.1:$httpPort");
+    fwrite($probe, "GET /api/online/nobody HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream_set_timeout($probe, 10);
+    while (!feof($probe)) {
+        if (fread($probe, 8192) === false || stream_get_meta_data($probe)['timed_out']) {
+            break;
+        }
+    }
+    show('probe closed by the server', feof($probe));
+    show('online after the server closed', $http->online('nobody'));
+    echo "done\n";
+    exit(0);
+}
+
 if ($mode !== 'text') {
-    fwrite(STDERR, "usage: php run.php text | tokens SECRET UID\n");
+    fwrite(STDERR, "usage: php run.php text | idle | tokens SECRET UID\n");
     exit(2);
 }
 
