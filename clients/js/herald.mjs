@@ -84,6 +84,9 @@ export class Herald {
     this.lastMessageAt = 0;
     this._ws = null;
     this._stopped = true;
+    // Counts connection starts and close() calls: a token that arrives for an older one is
+    // dropped.
+    this._generation = 0;
     this._opened = false;
     this._timers = {};
     this._onOnline = () => {
@@ -103,20 +106,30 @@ export class Herald {
     return this;
   }
 
-  /** Closes the connection for good (no reconnection). */
+  /** Closes the connection for good (no reconnection); onclose follows when it has ended. */
   close(code = 1000, reason = '') {
     this._stopped = true;
+    this._generation += 1;
     if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
     for (const name of Object.keys(this._timers)) this._clear(name);
+    this.state = 'closed';
     const ws = this._ws;
-    if (ws && ws.readyState <= 1) {
-      try {
-        ws.close(code, reason);
-      } catch (e) {
-        ws.close();
-      }
-    } else {
-      this.state = 'closed';
+    this._ws = null;
+    if (!ws) return;
+    // Detached, so that a connect() made before its closing handshake ends starts afresh.
+    ws.onopen = ws.onmessage = ws.onerror = null;
+    ws.onclose = (event) => {
+      this._emit('onclose', {
+        code: event.code,
+        reason: event.reason,
+        wasClean: event.wasClean,
+        willReconnect: false,
+      });
+    };
+    try {
+      ws.close(code, reason);
+    } catch (e) {
+      ws.close();
     }
   }
 
@@ -130,6 +143,7 @@ export class Herald {
   _open() {
     this.state = 'connecting';
     const o = this.options;
+    const generation = ++this._generation;
     let credential;
     try {
       credential = Promise.resolve(typeof o.token === 'function' ? o.token() : o.token);
@@ -138,11 +152,12 @@ export class Herald {
     }
     credential.then(
       (token) => {
-        if (!this._stopped) this._dial(token == null ? null : String(token));
+        if (generation === this._generation) this._dial(token == null ? null : String(token));
       },
       (error) => {
+        if (generation !== this._generation) return;
         this._emit('onerror', error);
-        if (!this._stopped) this._retry(0);
+        this._retry(0);
       },
     );
   }
