@@ -55,6 +55,7 @@ const h = new Herald({
   onreconnect: (i) => report('reconnect', i),
   onerror: (e) => report('error', { message: String(e) }),
   onmessage: (d) => report('message', { data: show(d) }),
+  recover: (i) => report('recover', { age: Date.now() - i.lastMessageAt }),
 });
 h.connect();
 const g = new window.Herald({
@@ -386,6 +387,13 @@ fn browser_client_receives_reconnects_after_a_worker_dies_and_closes() {
     reports.wait("the reconnection", EVENT, |v| {
         v["ev"] == "open" && v["reconnected"] == true
     });
+    // The recovery hook runs after the new connection opened, knowing when the last message
+    // came (before the drop).
+    let recover = reports.wait("the recovery hook", REPLY, |v| v["ev"] == "recover");
+    assert!(
+        recover["age"].as_u64().is_some_and(|a| a < 60_000),
+        "{recover}"
+    );
     // Sent until one is delivered: the new worker registers the login asynchronously.
     srv.push_until_ok(
         b"{\"cmd\":\"push\",\"to\":\"pg\",\"data\":\"after the drop\"}\n",
