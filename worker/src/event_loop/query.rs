@@ -57,53 +57,60 @@ impl Worker {
             Query::Online { uid } => Share::Connections {
                 connections: self.registry.get(uid).len() as u64,
             },
-            Query::Count { group: None } => {
-                let connections = self.registry.connection_count() as u64;
-                Share::Hashes {
-                    connections,
-                    hashes: self.registry.uid_hashes().to_vec(),
-                }
-            }
-            Query::Count { group: Some(g) } if !g.is_empty() => {
-                let (mut connections, mut hashes) = (0u64, Vec::new());
+            Query::Count { group } => {
+                let Some(g) = group.as_deref().filter(|g| !g.is_empty()) else {
+                    let connections = self.registry.connection_count() as u64;
+                    return Share::Hashes {
+                        connections,
+                        hashes: self.registry.uid_hashes().to_vec(),
+                    };
+                };
+                let (mut connections, mut hashes_of) = (0u64, Vec::new());
                 for u in self.groups.members(g) {
                     let n = self.registry.get(u).len() as u64;
                     if n > 0 {
                         connections += n;
-                        hashes.push(herald_ipc::uid_hash(u));
+                        hashes_of.push(herald_ipc::uid_hash(u));
                     }
                 }
-                hashes.sort_unstable();
-                hashes.dedup();
+                hashes_of.sort_unstable();
+                hashes_of.dedup();
                 Share::Hashes {
                     connections,
-                    hashes,
+                    hashes: hashes_of,
                 }
             }
             Query::Generation => Share::Generation {
                 pid: self.pid,
                 generation: self.registry.generation(),
             },
-            Query::Uids { group } | Query::Count { group } => {
-                let (mut connections, mut uids) = (0u64, Vec::new());
+            Query::Uids { group } => {
+                let (mut connections, mut uids) = (0u64, Vec::<&str>::new());
                 match group.as_deref().filter(|g| !g.is_empty()) {
                     None => {
-                        for (u, slots) in self.registry.iter() {
-                            connections += slots.len() as u64;
-                            uids.push(u.to_string());
-                        }
+                        connections = self.registry.connection_count() as u64;
+                        uids.extend(self.registry.iter().map(|(u, _)| &**u));
                     }
                     Some(g) => {
                         for u in self.groups.members(g) {
                             let n = self.registry.get(u).len() as u64;
                             if n > 0 {
                                 connections += n;
-                                uids.push(u.clone());
+                                uids.push(u);
                             }
                         }
                     }
                 }
-                Share::Uids { connections, uids }
+                uids.sort_unstable();
+                let mut list = String::with_capacity(uids.iter().map(|u| u.len() + 1).sum());
+                for u in uids {
+                    list.push_str(u);
+                    list.push('\n');
+                }
+                Share::UidList {
+                    connections,
+                    uids: list,
+                }
             }
             Query::Groups => Share::Groups {
                 groups: self
@@ -177,8 +184,8 @@ impl Worker {
                 self.text_reply(slot, id, seq, Bytes::from(line));
             }
             QReply::Http { slot, id } => {
-                let (status, v) = render_http(q, &merged, partial);
-                self.http_json(slot, id, status, &v, None);
+                let (status, body) = render_http(q, &merged, partial);
+                self.http_json_text(slot, id, status, body);
             }
             QReply::Metrics { slot, id } => {
                 let Some(keep) = self.http_keep_alive(slot, id) else {
