@@ -74,6 +74,8 @@ const TOK_MESH: Token = Token(9);
 const TOK_HANDOFF: Token = Token(10);
 /// The cluster bus's waker: events from Redis wait.
 const TOK_BUS: Token = Token(11);
+/// The answer writer's waker: big answers written off the loop wait (see `render`).
+const TOK_RENDER: Token = Token(14);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -144,6 +146,8 @@ pub struct Worker {
     views: HashMap<u32, View>,
     /// The way to the other hosts of a cluster (`None`: a single host).
     bus: Option<crate::cluster::Bus>,
+    /// The thread that writes big answers (`uids` over many uids), started at the first.
+    renderer: Option<crate::render::Renderer>,
     /// Redis answers (for `status`, `/metrics` and the log).
     cluster_up: bool,
     /// The loss of Redis was logged (once per episode).
@@ -305,6 +309,7 @@ impl Worker {
             cluster_nodes: Vec::new(),
             bus_again: false,
             stats: Stats::default(),
+            renderer: None,
             push_latency: Default::default(),
             delivery_latency: Default::default(),
             turn_start: Instant::now(),
@@ -411,6 +416,7 @@ impl Worker {
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
                     TOK_BUS => self.on_bus(),
+                    TOK_RENDER => self.on_rendered(),
                     Token(t) if t >= LINK_BASE => {}
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;

@@ -7,6 +7,7 @@ use super::mesh::{Holders, Job};
 use super::Worker;
 use crate::query::{merge, render_http, render_metrics, render_text, Merged};
 use crate::registry::Who;
+use crate::render;
 use bytes::Bytes;
 use herald_ipc::{PeerMsg, Query, Share};
 use std::rc::Rc;
@@ -154,6 +155,47 @@ impl Worker {
         }
     }
 
+    /// The answer writer, started on first use; `None` if its thread cannot start (the loop
+    /// then writes big answers itself).
+    fn renderer(&mut self) -> Option<&render::Renderer> {
+        if self.renderer.is_none() {
+            let started = mio::Waker::new(self.poll.registry(), super::TOK_RENDER)
+                .and_then(render::Renderer::start);
+            match started {
+                Ok(r) => self.renderer = Some(r),
+                Err(e) => {
+                    log::warn!("cannot start the answer writer thread: {e}");
+                    return None;
+                }
+            }
+        }
+        self.renderer.as_ref()
+    }
+
+    /// Answers the writer thread finished: send them.
+    pub(super) fn on_rendered(&mut self) {
+        loop {
+            let Some((to, written)) = self.renderer.as_ref().and_then(|r| r.rx.try_recv().ok())
+            else {
+                return;
+            };
+            self.send_written(to, written);
+        }
+    }
+
+    /// Sends a written answer where it goes.
+    fn send_written(&mut self, to: render::To, written: render::Written) {
+        match (to, written) {
+            (render::To::Text { slot, id, seq }, render::Written::Text(line)) => {
+                self.text_reply(slot, id, seq, Bytes::from(line));
+            }
+            (render::To::Http { slot, id }, render::Written::Http(status, body)) => {
+                self.http_json_text(slot, id, status, body);
+            }
+            _ => {}
+        }
+    }
+
     /// Answers `q` here and asks every sibling; the merged answer goes to `reply`.
     pub(super) fn query(&mut self, q: Query, reply: QReply) {
         let local = self.answer_query(&q);
@@ -178,6 +220,29 @@ impl Worker {
         partial: bool,
     ) {
         let merged = merge(q, shares);
+        let to = match reply {
+            QReply::Text { slot, id, seq } => Some(render::To::Text { slot, id, seq }),
+            QReply::Http { slot, id } => Some(render::To::Http { slot, id }),
+            _ => None,
+        };
+        if let Some(to) = to.filter(|_| render::is_big(&merged)) {
+            let job = render::Job {
+                to,
+                query: q.clone(),
+                merged,
+                partial,
+            };
+            let job = match self.renderer() {
+                Some(r) => match r.submit(job) {
+                    Ok(()) => return,
+                    Err(job) => job,
+                },
+                None => job,
+            };
+            let written = render::write(&job);
+            self.send_written(to, written);
+            return;
+        }
         match reply {
             QReply::Text { slot, id, seq } => {
                 let line = render_text(q, &merged, partial);
