@@ -98,9 +98,9 @@ impl Renderer {
     }
 
     /// Hands `job` to the thread; gives it back when the thread has no room or is gone.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => Box::new(j),
         })
     }
 }

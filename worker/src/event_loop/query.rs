@@ -86,20 +86,19 @@ impl Worker {
                 generation: self.registry.generation(),
             },
             Query::Uids { group } => {
+                let Some(g) = group.as_deref().filter(|g| !g.is_empty()) else {
+                    let connections = self.registry.connection_count() as u64;
+                    return Share::UidList {
+                        connections,
+                        uids: self.registry.uid_list().to_string(),
+                    };
+                };
                 let (mut connections, mut uids) = (0u64, Vec::<&str>::new());
-                match group.as_deref().filter(|g| !g.is_empty()) {
-                    None => {
-                        connections = self.registry.connection_count() as u64;
-                        uids.extend(self.registry.iter().map(|(u, _)| &**u));
-                    }
-                    Some(g) => {
-                        for u in self.groups.members(g) {
-                            let n = self.registry.get(u).len() as u64;
-                            if n > 0 {
-                                connections += n;
-                                uids.push(u);
-                            }
-                        }
+                for u in self.groups.members(g) {
+                    let n = self.registry.get(u).len() as u64;
+                    if n > 0 {
+                        connections += n;
+                        uids.push(u);
                     }
                 }
                 uids.sort_unstable();
@@ -235,7 +234,7 @@ impl Worker {
             let job = match self.renderer() {
                 Some(r) => match r.submit(job) {
                     Ok(()) => return,
-                    Err(job) => job,
+                    Err(job) => *job,
                 },
                 None => job,
             };
