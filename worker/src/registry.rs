@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(r.uid_list(), "a\n");
         assert_eq!(r.uid_hashes(), &[herald_ipc::uid_hash("a")][..]);
         r.add("c", Recipient::session(0));
-        let mut want = vec![herald_ipc::uid_hash("a"), herald_ipc::uid_hash("c")];
+        let mut want = [herald_ipc::uid_hash("a"), herald_ipc::uid_hash("c")];
         want.sort_unstable();
         assert_eq!(r.uid_hashes(), &want[..]);
         assert_eq!(r.uid_list(), "a\nc\n");
