@@ -741,3 +741,29 @@ fn slowloris_measurement() {
         counter(srv.http, "header_timeout")
     );
 }
+
+/// At start the server says what its limits let it hold, and warns when the open-file limit
+/// caps a worker below `max_connections`.
+#[test]
+fn start_reports_capacity_and_warns_when_the_file_limit_caps_it() {
+    let srv = Server::builder()
+        .workers(2)
+        .nofile(512)
+        .set("max_connections=1000")
+        .start();
+    let log = srv.log();
+    assert!(
+        log.contains("capacity: 2 workers x about 352 connections each (open-file limit 512, fd_reserve 128)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("max_connections = 1000 per worker, but the open-file limit (512) caps a worker at about 352"),
+        "{log}"
+    );
+    let roomy = Server::builder().workers(2).start();
+    assert!(
+        !roomy.log().contains("max_connections ="),
+        "{}",
+        roomy.log()
+    );
+}
