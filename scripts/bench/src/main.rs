@@ -8,6 +8,7 @@
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
+//! herald-bench storm     --clients N --steady K --rate R --pushes M
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
 //! ```
@@ -60,6 +61,7 @@ mod procstat;
 mod push;
 mod query;
 mod server;
+mod storm;
 mod util;
 mod ws;
 

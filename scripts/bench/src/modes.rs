@@ -28,7 +28,7 @@ pub struct Deadlines {
 impl Deadlines {
     /// A time `margin_ns` before the end, or a quarter of the time left, whichever is later:
     /// what remains after it is for collecting the results.
-    fn before_end(&self, margin_ns: u64) -> u64 {
+    pub(crate) fn before_end(&self, margin_ns: u64) -> u64 {
         let left = self.all.saturating_sub(mono_ns());
         self.all - margin_ns.min(left / 4)
     }
@@ -45,6 +45,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
         "idle" => crate::idle::run(o, d),
+        "storm" => crate::storm::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -105,17 +106,31 @@ pub(crate) fn connect_pool(
     raw: bool,
     total_connects: usize,
 ) -> Result<(ClientPool, ConnectOutcome), String> {
+    connect_pool_of(o, d, ws, raw, total_connects, 0, o.clients)
+}
+
+/// [`connect_pool`] for `clients` clients numbered from `uid_base`.
+pub(crate) fn connect_pool_of(
+    o: &Opts,
+    d: Deadlines,
+    ws: std::net::SocketAddrV4,
+    raw: bool,
+    total_connects: usize,
+    uid_base: usize,
+    clients: usize,
+) -> Result<(ClientPool, ConnectOutcome), String> {
     let mut pool = ClientPool::spawn(&PoolConfig {
         ws,
-        clients: o.clients,
-        procs: procs(o),
+        clients,
+        uid_base,
+        procs: o.procs.unwrap_or(clients.div_ceil(15_000) + 1).max(1),
         per_addr: o.per_addr,
         inflight: o.inflight,
         raw,
         connect_deadline_ns: d.connect,
         total_connects,
     })?;
-    util::progress(&format!("connecting {} clients", o.clients));
+    util::progress(&format!("connecting {clients} clients"));
     let c = pool.connect()?;
     util::progress(&format!(
         "{} connected, {} failed in {:.2} s",
@@ -274,7 +289,7 @@ fn limit_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
 
 /// Pushes `o.pushes` lines through `text` while `pool`'s clients receive them, and adds the
 /// unicast figures to `m`; `sample` reads the server's CPU.
-fn unicast_run(
+pub(crate) fn unicast_run(
     o: &Opts,
     d: Deadlines,
     pool: &mut ClientPool,
