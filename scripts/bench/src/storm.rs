@@ -45,7 +45,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let (mut steady_pool, sc) = connect_pool_of(o, d, herald.ws, false, steady, 0, steady)?;
     let (mut pool, c) = connect_pool_of(o, d, herald.ws, false, o.clients, steady, o.clients)?;
     let (over0, drops0) = listen_overflows();
-    let n = c.connected as u64;
+    let n = c.connected;
     let settle = d.before_end(20_000_000_000);
     let storm = std::thread::spawn(move || -> Result<(ClientPool, Value), String> {
         // Pushes run a second before the drop.
