@@ -16,6 +16,7 @@ USAGE:
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
   herald-bench storm     --clients N --steady K --rate R --pushes M
+  herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -42,6 +43,9 @@ MODES:
              --inflight handshakes going) while K steady clients get R pushes/s (M in all, so
              M/R seconds: longer than the storm); report the time until all N are back, failed
              reconnects, the steady pushes' latency and losses, and ListenOverflows/ListenDrops
+  cluster-broadcast  N clients spread over three Herald nodes (--workers each) on a
+             redis-server started for the run, B broadcasts into node 0; the broadcast figures,
+             with CPU summed over the nodes and Redis, and Redis's CPU per broadcast
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -228,7 +232,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "idle" | "storm" => {}
+        | "cluster-unicast" | "idle" | "storm" | "cluster-broadcast" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

@@ -46,6 +46,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "cluster-unicast" => cluster_unicast(o, d),
         "idle" => crate::idle::run(o, d),
         "storm" => crate::storm::run(o, d),
+        "cluster-broadcast" => crate::cluster_bc::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -388,7 +389,7 @@ pub(crate) fn unicast_run(
 }
 
 /// Figures of a finished series of broadcasts, from the clients' reports.
-fn broadcast_figures(
+pub(crate) fn broadcast_figures(
     m: &mut Map<String, Value>,
     reports: &[Value],
     sent: &[u64],
