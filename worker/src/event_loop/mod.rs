@@ -111,6 +111,9 @@ pub struct Worker {
     listeners: PortMap<Option<TcpListener>>,
     /// Accepting is paused after EMFILE until then.
     accept_paused_until: Option<Instant>,
+    /// Listeners (bit `Port::index`) whose queue was not emptied last turn (the accept budget
+    /// ran out): taken again this turn, since edge-triggered readiness will not say so again.
+    accept_again: u8,
     /// The master has said which workers are alive (its first `Peers`), and this worker has
     /// linked to them. Until then connections wait in the kernel's accept queue: a push taken
     /// by a fresh worker that does not know its siblings yet would reach nobody and answer
@@ -288,6 +291,7 @@ impl Worker {
             poll: Poll::new()?,
             listeners,
             accept_paused_until: None,
+            accept_again: 0,
             mesh_known: false,
             mesh_wait_until: Instant::now() + MESH_WAIT,
             conns: Slab::new(),
@@ -403,6 +407,12 @@ impl Worker {
             if std::mem::take(&mut self.bus_again) {
                 self.on_bus();
             }
+            let again = std::mem::take(&mut self.accept_again);
+            for port in Port::ALL {
+                if again & (1 << port.index()) != 0 {
+                    self.accept(port);
+                }
+            }
             for slot in std::mem::take(&mut self.resume) {
                 if let Some(c) = self.conns.get_mut(slot) {
                     c.flags &= !RESUME;
@@ -480,7 +490,7 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || self.bus_again {
+        if !self.resume.is_empty() || self.bus_again || self.accept_again != 0 {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
