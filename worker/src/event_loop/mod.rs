@@ -60,6 +60,7 @@ mod sio_push;
 mod socketio;
 mod text;
 mod timers;
+mod tls;
 mod websocket;
 
 use control::Retire;
@@ -211,6 +212,10 @@ pub struct Worker {
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
     trim_mark: usize,
+    /// The rustls configuration of each port that speaks TLS.
+    tls: crate::tls::Acceptors,
+    /// TLS connections relayed to the sibling owning their Socket.IO session.
+    relays: Slab<tls::Relay>,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -324,7 +329,10 @@ impl Worker {
             ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
+            tls: crate::tls::Acceptors::default(),
+            relays: Slab::new(),
         };
+        w.tls = crate::tls::Acceptors::new(&w.cfg).map_err(io::Error::other)?;
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -400,6 +408,7 @@ impl Worker {
                     TOK_HANDOFF => self.sio_adopt(),
                     TOK_BUS => self.on_bus(),
                     Token(t) if t >= LINK_BASE => {}
+                    Token(t) if t >= tls::RELAY_BASE => self.on_relay((t - tls::RELAY_BASE) / 2),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if ev.is_writable() {

@@ -175,6 +175,7 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(slot);
+        conn.stream.goodbye();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.forget_ip(conn.remote.ip());
         if conn.port == Port::Sio {
