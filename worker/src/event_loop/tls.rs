@@ -302,10 +302,10 @@ impl Worker {
 
     /// A relay's socket is ready: moves bytes both ways until neither side can go on.
     pub(super) fn on_relay(&mut self, key: usize) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let buf = &mut scratch[..RELAY_CHUNK];
+        // On the stack: a relay starts while the worker's read buffer is lent out.
+        let mut buf = [0u8; RELAY_CHUNK];
         let done = match self.relays.get_mut(key) {
-            Some(r) => match r.pump(buf) {
+            Some(r) => match r.pump(&mut buf) {
                 Ok(done) => done,
                 Err(e) => {
                     log::debug!("relay for {}: {e}", r.remote);
@@ -314,7 +314,6 @@ impl Worker {
             },
             None => false,
         };
-        self.scratch = scratch;
         if done {
             let mut r = self.relays.remove(key);
             r.tls.goodbye();
