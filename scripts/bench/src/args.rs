@@ -61,6 +61,8 @@ OPTIONS:
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
   --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
   --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
+  --tls              the WebSocket port speaks TLS (tls = [\"ws\"], a certificate made with
+                     openssl for the run) and the clients connect with wss:// (rustls)
   -h, --help         this text
 ";
 
@@ -111,6 +113,8 @@ pub struct Opts {
     pub server_wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
     pub stop_grace_ms: u64,
+    /// `--tls`: clients over `wss://` to a WebSocket port speaking TLS.
+    pub tls: bool,
 }
 
 impl Default for Opts {
@@ -138,6 +142,7 @@ impl Default for Opts {
             push_rate: 1000.0,
             server_wrap: Vec::new(),
             stop_grace_ms: 3000,
+            tls: false,
         }
     }
 }
@@ -158,6 +163,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     while let Some(a) = it.next() {
         if a == "-h" || a == "--help" || a == "help" {
             return Ok(Parsed::Help);
+        }
+        if a == "--tls" {
+            o.tls = true;
+            continue;
         }
         if !a.starts_with("--") {
             if !o.mode.is_empty() {

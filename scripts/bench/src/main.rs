@@ -8,7 +8,7 @@
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
-//!         --server-wrap CMD  --stop-grace-ms G
+//!         --server-wrap CMD  --stop-grace-ms G  --tls
 //! ```
 //!
 //! Each run starts its own server — `herald start --workers W --ws … --text … --http …
@@ -57,6 +57,7 @@ mod modes;
 mod procstat;
 mod push;
 mod server;
+mod tls;
 mod util;
 mod ws;
 
@@ -94,6 +95,9 @@ fn main() {
     util::start_watchdog(deadlines.all, opts.mode.clone(), opts.json_out.clone());
     let result = modes::run(&opts, deadlines);
     util::cleanup_all();
+    if opts.tls {
+        tls::cleanup();
+    }
     let (obj, code) = match result {
         Ok(v) => (v, 0),
         Err(e) => {

@@ -78,7 +78,10 @@ pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
 }
 
 /// [`start_herald`] with more `--set KEY=VALUE` settings.
-fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
+fn start_herald_with(o: &Opts, mut sets: Vec<String>) -> Result<Herald, String> {
+    if o.tls {
+        sets.extend(crate::tls::server_sets()?);
+    }
     Herald::start(
         &herald_path(o),
         o.workers,
@@ -111,6 +114,7 @@ pub(crate) fn connect_pool(
         per_addr: o.per_addr,
         inflight: o.inflight,
         raw,
+        ca: (o.tls && !raw).then(|| crate::tls::dir().join("ca.pem")),
         connect_deadline_ns: d.connect,
         total_connects,
     })?;
