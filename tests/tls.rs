@@ -752,3 +752,68 @@ fn php_tls_push_and_curl_https_publish() {
     assert!(show(&out.stdout).contains("ok"), "{}", show(&out.stdout));
     assert_eq!(c.recv_text(REPLY), "via-curl");
 }
+
+#[test]
+fn slow_tls_clients_are_dropped_then_closed_while_a_reader_gets_everything() {
+    if !openssl_ready() {
+        return;
+    }
+    const SLOW: usize = 4;
+    let pki = Pki::new();
+    let srv = pki
+        .server(&["ws"])
+        .set("max_send_buffer=65536")
+        .set("slow_timeout=1")
+        .set("client_sndbuf=4096")
+        .login_reply()
+        .start();
+    let cfg = pki.client_config(false, false);
+    // Logged in, then never read again.
+    let mut slow: Vec<Wss> = (0..SLOW)
+        .map(|i| wss_login(srv.ws, &cfg, &format!("slow{i}")))
+        .collect();
+    let mut reader = wss_login(srv.ws, &cfg, "reader");
+    let big = "y".repeat(30_000);
+    let body = format!("type=publish&to=&content={big}");
+    let t0 = Instant::now();
+    let mut n = 0;
+    while stat(&srv, "slow_closed") < SLOW as u64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "slow TLS clients not closed: slow_closed {}, send_fail {}",
+            stat(&srv, "slow_closed"),
+            stat(&srv, "send_fail")
+        );
+        assert_eq!(srv.http(&post(&body)).text(), "ok");
+        assert_eq!(wss_text(&mut reader), big, "broadcast {n} to the reader");
+        n += 1;
+    }
+    assert!(stat(&srv, "send_fail") > 0);
+    // Each slow client, reading what the kernel held, finds its connection ended.
+    for (i, ws) in slow.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ws.read() {
+                Ok(_) => assert!(Instant::now() < deadline, "slow client {i} still open"),
+                Err(_) => break,
+            }
+        }
+    }
+    // The reader still gets pushes.
+    assert_eq!(
+        srv.http(&get("/?type=publish&to=reader&content=last"))
+            .text(),
+        "ok"
+    );
+    assert_eq!(wss_text(&mut reader), "last");
+}
+
+/// A form POST to `/` with `body`, kept alive.
+fn post(body: &str) -> Vec<u8> {
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
