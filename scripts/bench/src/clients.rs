@@ -1057,8 +1057,10 @@ mod tests {
             inflight: 64,
             connect_deadline_ns: 99,
             raw: true,
+            ca: "/tmp/ca.pem".into(),
         };
         let back = ChildConfig::parse(&c.to_args()).unwrap();
+        assert_eq!(back.ca, "/tmp/ca.pem");
         assert_eq!(back.first, 10);
         assert_eq!(back.count, 20);
         assert!(back.raw);

@@ -76,7 +76,7 @@ impl Worker {
         let Some(sc) = self.tls.get(port) else {
             return Some(Stream::Plain(tcp));
         };
-        match rustls::ServerConnection::new(sc.clone()) {
+        match rustls::server::UnbufferedServerConnection::new(sc.clone()) {
             Ok(s) => Some(Stream::tls(tcp, s)),
             Err(e) => {
                 log::warn!(
