@@ -814,3 +814,51 @@ fn post(body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// The body of an HTTP response (after the head).
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[test]
+fn socketio_requests_over_tls_reach_the_owning_worker_through_the_relay() {
+    if !openssl_ready() {
+        return;
+    }
+    let pki = Pki::new();
+    let srv = pki.server(&["socketio"]).workers(2).socketio().start();
+    srv.wait_mesh();
+    let cfg = pki.client_config(false, true);
+    let port = srv.socketio;
+    let req = |method: &str, query: &str, body: &str| {
+        format!(
+            "{method} /socket.io/?EIO=4&transport=polling{query} HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let open = https(port, &cfg, &req("GET", "", ""));
+    let body = body_of(&open);
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {open}"))
+        .to_string();
+    let q = format!("&sid={sid}");
+    assert_eq!(body_of(&https(port, &cfg, &req("POST", &q, "40"))), "ok");
+    // Each request is a new TLS connection, taken by either worker: those reaching the worker
+    // that does not own the session are relayed to it, and answered all the same.
+    let mut n = 0;
+    while stat(&srv, "tls_relayed") < 2 {
+        n += 1;
+        assert!(n <= 40, "no request was relayed in 40");
+        let r = https(port, &cfg, &req("POST", &q, "3"));
+        assert_eq!(body_of(&r), "ok", "request {n}: {r}");
+    }
+    // The connect answer waits for the next poll, wherever it lands.
+    let r = https(port, &cfg, &req("GET", &q, ""));
+    assert!(body_of(&r).starts_with("40{\"sid\":"), "{r}");
+}

@@ -3,19 +3,26 @@
 //! keeps (a Socket.IO request relayed to the worker owning its session, see `event_loop::tls`).
 //!
 //! Every variant reads and writes plaintext, so the protocols above, the output queue and the
-//! flush see one kind of stream. The TLS variant drives a rustls `ServerConnection` without
-//! blocking:
+//! flush see one kind of stream. The TLS variant drives rustls's unbuffered server connection
+//! without blocking; the session holds the protocol state and keys only, and the bytes in
+//! flight are in three vectors of [`Tls`] that are empty and unallocated while the connection
+//! is idle (rustls's buffered connection keeps a 4 KiB read buffer per connection for good):
 //!
-//! - `read` returns plaintext rustls already decrypted, else reads the socket once
-//!   (`read_tls`), processes the records, answers what the handshake asks (`write_tls`, as
-//!   far as the socket takes it) and tries again; `WouldBlock` when the socket is empty.
-//! - `write`/`write_vectored` hand plaintext to rustls, which encrypts it into its bounded
-//!   send buffer (`set_buffer_limit`), then write the records out; when that buffer is full
-//!   and the socket takes nothing, `WouldBlock`, so the caller's queue keeps the rest (the
-//!   frames queued by reference, never copied per connection until encrypted).
-//! - `flush` writes out the records rustls still holds: `WouldBlock` while the socket is
-//!   full. The output queue calls it after its last write, so "all written" means the
-//!   ciphertext too.
+//! - `read` returns plaintext already decrypted, else reads the socket once (one record's
+//!   worth, on the stack), appends it to what was left of an incomplete record, lets rustls
+//!   decrypt every whole record in place and answer what the handshake asks, writes those
+//!   answers as far as the socket takes them, and tries again; `WouldBlock` when the socket is
+//!   empty. Only an incomplete record's bytes stay with the connection.
+//! - `write`/`write_vectored` encrypt up to one record of plaintext (small frames queued
+//!   together become one record) into the connection's output, bounded by
+//!   [`crate::tls::BUFFER_LIMIT`], then write it out; when that output is full and the socket
+//!   takes nothing, `WouldBlock`, so the caller's queue keeps the rest (the frames queued by
+//!   reference, never copied per connection until encrypted).
+//! - `flush` writes out the records still held: `WouldBlock` while the socket is full. The
+//!   output queue calls it after its last write, so "all written" means the ciphertext too.
+//!
+//! After a failure (a bad record, a refused handshake) rustls's alert is written and the
+//! session is never called again.
 //!
 //! Before its first record, a TLS stream looks at the first byte: anything but a handshake
 //! record (a plain HTTP request, a JSON line) is refused with [`not_tls`] rather than a TLS

@@ -18,8 +18,9 @@ use rustls::{RootCertStore, ServerConfig};
 use std::sync::Arc;
 use thiserror::Error;
 
-/// Most ciphertext (and plaintext waiting for the handshake) rustls buffers per connection
-/// for output: what the socket does not take waits in the connection's own output queue.
+/// Most ciphertext a TLS connection holds for output (one record and change): what the socket
+/// does not take beyond it waits, as plaintext frames shared by reference, in the connection's
+/// output queue.
 pub const BUFFER_LIMIT: usize = 16 * 1024 + 256;
 
 /// TLS material that cannot make a server.
