@@ -457,7 +457,7 @@ impl Worker {
             self.wind_down(now);
             self.send_presence();
             self.flush_all();
-            if self.retire.is_some() && self.conns.is_empty() {
+            if self.retire.is_some() && self.conns.is_empty() && self.relays.is_empty() {
                 log::info!(
                     "{}: no connection left",
                     if self.stopping { "stopped" } else { "drained" }

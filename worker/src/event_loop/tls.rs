@@ -100,10 +100,12 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        if c.stream.take_handshake_news() {
+        let news = c.stream.take_handshake_news();
+        if news {
             self.stats.tls_handshakes += 1;
         }
-        if c.stream.tls_pending() {
+        // Records the handshake left, or output queued before its end, go out now.
+        if c.stream.tls_pending() || (news && !c.out.is_empty()) {
             self.mark_dirty(slot);
         }
     }
@@ -298,6 +300,17 @@ impl Worker {
         let stream = Stream::Relayed(UnixStream::from_std(std_stream));
         self.add_conn_with(stream, remote, Port::Sio, Some(&mut bytes));
         true
+    }
+
+    /// Stop or drain end: every relay ends (its client gets `close_notify`, the owner's end
+    /// EOF), as the clients' own connections do.
+    pub(super) fn tls_end_relays(&mut self) {
+        let reg = self.poll.registry();
+        for mut r in self.relays.drain() {
+            r.tls.goodbye();
+            let _ = reg.deregister(&mut r.tls);
+            let _ = reg.deregister(&mut r.pair);
+        }
     }
 
     /// A relay's socket is ready: moves bytes both ways until neither side can go on.
