@@ -292,7 +292,12 @@ impl Worker {
         // SAFETY: `fd` arrived in SCM_RIGHTS just now: a new descriptor that this process owns
         // and nothing else refers to.
         let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-        if std_stream.set_nonblocking(true).is_err() {
+        // Only a sibling's socket pair carries a relay; anything else is dropped (closed).
+        let unix = socket2::SockRef::from(&std_stream)
+            .domain()
+            .is_ok_and(|d| d == socket2::Domain::UNIX);
+        if !unix || std_stream.set_nonblocking(true).is_err() {
+            log::warn!("a relayed socket.io connection that is not a socket pair: dropped");
             return true;
         }
         self.stats.adopted += 1;
