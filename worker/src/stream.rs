@@ -71,6 +71,9 @@ const MAX_INCOMING: usize = 64 * 1024 + 512;
 const READ_CHUNK: usize = 16 * 1024 + 512;
 /// Plaintext encrypted at a time: several small frames become one record.
 const RECORD: usize = 16 * 1024;
+/// Ciphertext one read takes from the socket at most while it yields no plaintext (records
+/// without data: empty ones, alerts, handshake messages), so that a peer cannot hold the loop.
+const READ_CAP: usize = 4 * READ_CHUNK;
 
 /// A TCP socket and its TLS session, on rustls's unbuffered API: the session holds only the
 /// protocol state and keys; the bytes in flight are in three vectors of this struct that own
@@ -102,6 +105,9 @@ pub struct Tls {
     /// The session failed: rustls must not be called again (its positions in `incoming` no
     /// longer hold).
     failed: bool,
+    /// A read stopped at [`READ_CAP`] without plaintext, with the socket maybe not empty: the
+    /// loop reads it again next turn (edge-triggered readiness will not say so again).
+    yielded: bool,
 }
 
 /// Appends what `encode` writes to `out`, sized exactly: `encode` is first asked with no room,
@@ -296,6 +302,7 @@ impl Tls {
                 _ => self.fresh = false,
             }
         }
+        let mut taken = 0;
         loop {
             if self.plain_at < self.plain.len() {
                 let n = buf.len().min(self.plain.len() - self.plain_at);
@@ -310,6 +317,10 @@ impl Tls {
             if self.ended {
                 return Ok(0);
             }
+            if taken >= READ_CAP {
+                self.yielded = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             let mut chunk = [0u8; READ_CHUNK];
             match self.tcp.read(&mut chunk) {
                 Ok(0) => {
@@ -317,6 +328,7 @@ impl Tls {
                     return Ok(0);
                 }
                 Ok(n) => {
+                    taken += n;
                     if self.incoming.len() + n > MAX_INCOMING {
                         return Err(refused(rustls::Error::General(
                             "handshake message too large".into(),
@@ -404,6 +416,7 @@ impl Stream {
             ended: false,
             bye_sent: false,
             failed: false,
+            yielded: false,
         }))
     }
 
@@ -421,6 +434,14 @@ impl Stream {
     pub fn take_handshake_news(&mut self) -> bool {
         match self {
             Stream::Tls(t) => std::mem::take(&mut t.handshake_news),
+            _ => false,
+        }
+    }
+
+    /// A read stopped early with the socket maybe not empty (once per stop): read it again.
+    pub fn take_yielded(&mut self) -> bool {
+        match self {
+            Stream::Tls(t) => std::mem::take(&mut t.yielded),
             _ => false,
         }
     }

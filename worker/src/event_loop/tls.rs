@@ -16,7 +16,7 @@
 //! (idle, ping, drain) therefore end it too, by closing its end.
 
 use super::Worker;
-use crate::conn::Port;
+use crate::conn::{Port, RESUME};
 use crate::stream::{Stream, TlsFailure, TLS_HANDSHAKE};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -100,6 +100,11 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
+        if c.stream.take_yielded() && c.flags & RESUME == 0 {
+            // Many records without data: the rest of the socket waits for the next turn.
+            c.flags |= RESUME;
+            self.resume.push(slot);
+        }
         let news = c.stream.take_handshake_news();
         if news {
             self.stats.tls_handshakes += 1;
@@ -324,6 +329,12 @@ impl Worker {
         let mut buf = [0u8; RELAY_CHUNK];
         let done = match self.relays.get_mut(key) {
             Some(r) => match r.pump(&mut buf) {
+                // 64 KiB of records without data from a client already served: abuse, and
+                // a relay has no later turn to read the rest in.
+                Ok(_) if r.tls.take_yielded() => {
+                    log::info!("relay for {}: records without data; closing", r.remote);
+                    true
+                }
                 Ok(done) => done,
                 Err(e) => {
                     log::debug!("relay for {}: {e}", r.remote);
