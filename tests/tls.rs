@@ -46,6 +46,9 @@ fn wss_text_and_https_pushes_over_tls() {
     let line = format!("{{\"uid\":\"alice\",\"big\":\"{big}\"}}");
     assert_eq!(tls_line(&mut text, &format!("{line}\n")).unwrap(), "ok\n");
     assert_eq!(wss_text(&mut ws), line);
+    // A request that is not a WebSocket upgrade is refused over TLS as over TCP.
+    let r = https(srv.ws, &cfg, &get("/"));
+    assert!(r.starts_with("HTTP/1.1 426"), "{r}");
     // The plain HTTP port still answers, and counts the handshakes.
     let r = srv.http(&get("/?type=publish&to=alice&content=plain"));
     assert_eq!(r.text(), "ok");
