@@ -25,7 +25,7 @@
 //! session is never called again.
 //!
 //! Before its first record, a TLS stream looks at the first byte: anything but a handshake
-//! record (a plain HTTP request, a JSON line) is refused with [`not_tls`] rather than a TLS
+//! record (a plain HTTP request, a JSON line) is refused with [`TlsFailure::NotTls`] rather than a TLS
 //! alert the plain client could not read.
 
 use mio::event::Source;
