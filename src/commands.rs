@@ -101,7 +101,8 @@ fn start(a: StartArgs) -> Result<(), CommandError> {
             log_level: a.log_level.clone(),
         },
     };
-    let config = load(&sources)?;
+    let mut config = load(&sources)?;
+    config::load_tls(&mut config)?;
     let pid_file = PathBuf::from(&config.pid_file);
     // A friendly early answer; the master's own lock is what really decides.
     if let Ok(Probe::Running(pid)) = pidfile::probe(&pid_file) {
@@ -113,7 +114,9 @@ fn start(a: StartArgs) -> Result<(), CommandError> {
     let reload_sources = sources.clone();
     let options = |ready_pipe| Options {
         reload_config: Some(Box::new(move || {
-            let (c, notes) = config::load_noting(&reload_sources).map_err(|e| e.to_string())?;
+            let (mut c, notes) = config::load_noting(&reload_sources).map_err(|e| e.to_string())?;
+            // A renewed certificate is read now; a broken one keeps the running material.
+            config::load_tls(&mut c).map_err(|e| e.to_string())?;
             // The start command's flags still win; an edited file that loses to them is said.
             for n in notes {
                 log::warn!("reload: {n}");

@@ -38,6 +38,9 @@ pub enum LoadError {
     /// The merged configuration is invalid.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// The TLS files (`tls_cert`, `tls_key`, `tls_client_ca`) cannot make a server.
+    #[error(transparent)]
+    Tls(#[from] herald_worker::tls::TlsError),
     /// `log_level` names no level.
     #[error("log_level: `{0}` is not one of off, error, warn, info, debug, trace")]
     LogLevel(String),
@@ -189,6 +192,14 @@ pub fn load_noting(s: &Sources) -> Result<(Config, Vec<String>), LoadError> {
     config.validate()?;
     parse_level(&config.log_level)?;
     Ok((config, notes))
+}
+
+/// Reads the TLS files `c` names into `c.tls_pem` (whatever the sources said of it), and checks
+/// that they make a server. Done by `start` and by every reload, not by the commands that
+/// only find the master (they need not read a private key).
+pub fn load_tls(c: &mut Config) -> Result<(), LoadError> {
+    c.tls_pem = herald_worker::tls::load(c)?;
+    Ok(())
 }
 
 #[cfg(test)]

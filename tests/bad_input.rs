@@ -178,9 +178,20 @@ fn binary_garbage_on_ws_port_closes_that_connection() {
 fn binary_garbage_on_http_port_is_400() {
     let srv = Server::builder().login_reply().start();
     let mut client = srv.login_acked("g");
+    // A TLS ClientHello's first bytes: a port without TLS answers with a TLS alert
+    // (`handshake_failure`), which a TLS client reports, and closes (see tests/tls.rs).
+    let tls_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.http)).expect("connect");
+    let _ = raw.write_all(&tls_hello);
+    let (got, how) = read_until_closed(&mut raw, &mut Vec::new(), REPLY);
+    assert!(got.starts_with(&[0x15, 0x03]), "{}", show(&got));
+    assert_ne!(how, Eof::Open, "connection kept open after a TLS alert");
+    // Other binary garbage: 400.
     let mut conn = HttpConn::connect(srv.http);
     let mut junk = vec![
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        0x00, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
     junk.extend(garbage(1000, 9));
     junk.extend_from_slice(b"\r\n\r\n");

@@ -151,7 +151,57 @@ pub struct Config {
     /// With `rediss://`: a PEM file of the CA that signed Redis's certificate (empty: the
     /// system's trusted roots).
     pub cluster_ca: String,
+    /// Which ports speak TLS: any of `ws`, `socketio`, `http`, `text` (default: none). Needs
+    /// `tls_cert` and `tls_key`.
+    pub tls: Vec<String>,
+    /// PEM file of the server's certificate chain, leaf first (Let's Encrypt's
+    /// `fullchain.pem`); re-read on reload.
+    pub tls_cert: String,
+    /// PEM file of the certificate's private key (PKCS#8, RSA or EC; Let's Encrypt's
+    /// `privkey.pem`); re-read on reload.
+    pub tls_key: String,
+    /// PEM file of the CA(s) whose client certificates the text and HTTP ports require when
+    /// they speak TLS (mutual TLS for backends); empty: no client certificate asked.
+    pub tls_client_ca: String,
+    /// What the three files held when the configuration was loaded (`start`, `reload`): the
+    /// master reads them and sends their contents to the workers, so a file broken by a
+    /// renewal cannot reach a worker, and the running material stays. Never read from the
+    /// configuration file (loading overwrites it).
+    #[serde(skip_serializing_if = "TlsPem::is_empty")]
+    pub tls_pem: TlsPem,
 }
+
+/// The PEM contents of `tls_cert`, `tls_key` and `tls_client_ca`, as loaded.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsPem {
+    /// The certificate chain.
+    pub cert: String,
+    /// The private key (kept out of `Debug`).
+    pub key: String,
+    /// The client CA(s); empty when no client certificate is required.
+    pub client_ca: String,
+}
+
+impl TlsPem {
+    /// Nothing was loaded (TLS is off).
+    pub fn is_empty(&self) -> bool {
+        self.cert.is_empty() && self.key.is_empty() && self.client_ca.is_empty()
+    }
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("key", &format_args!("{} bytes (hidden)", self.key.len()))
+            .field("client_ca", &format_args!("{} bytes", self.client_ca.len()))
+            .finish()
+    }
+}
+
+/// The ports `tls` may name, as written in the configuration.
+pub const TLS_PORTS: [&str; 4] = ["ws", "text", "http", "socketio"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -199,6 +249,11 @@ impl Default for Config {
             node_id: String::new(),
             cluster_prefix: "herald".into(),
             cluster_ca: String::new(),
+            tls: Vec::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
+            tls_pem: TlsPem::default(),
         }
     }
 }
@@ -328,6 +383,20 @@ impl Config {
                 why: "node_id and cluster_prefix are letters, digits, `-`, `_` and `.`".into(),
             });
         }
+        for p in &self.tls {
+            if !TLS_PORTS.contains(&p.as_str()) {
+                return Err(ConfigError::OutOfRange {
+                    key: "tls",
+                    why: format!("`{p}` is not one of ws, socketio, http, text"),
+                });
+            }
+        }
+        if !self.tls.is_empty() && (self.tls_cert.is_empty() || self.tls_key.is_empty()) {
+            return Err(ConfigError::OutOfRange {
+                key: "tls",
+                why: "ports speaking TLS need tls_cert (PEM chain) and tls_key (PEM key)".into(),
+            });
+        }
         Ok(l)
     }
 
@@ -366,6 +435,11 @@ impl Config {
             });
         }
         Ok(mode)
+    }
+
+    /// Whether the port named `name` (`ws`, `text`, `http`, `socketio`) speaks TLS.
+    pub fn tls_on(&self, name: &str) -> bool {
+        self.tls.iter().any(|p| p == name)
     }
 
     /// Worker count with 0 resolved to the number of CPUs.
@@ -441,6 +515,35 @@ mod tests {
             ..Config::default()
         };
         assert!(off.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_ports_are_checked() {
+        let c = Config {
+            tls: vec!["ws".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().starts_with("tls"));
+        let c = Config {
+            tls: vec!["smtp".into()],
+            tls_cert: "c.pem".into(),
+            tls_key: "k.pem".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("smtp"));
+        let c = Config {
+            tls: vec!["ws".into(), "text".into()],
+            tls_cert: "c.pem".into(),
+            tls_key: "k.pem".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
+        assert!(c.tls_on("text") && !c.tls_on("http"));
+        let pem = TlsPem {
+            key: "SECRET".into(),
+            ..TlsPem::default()
+        };
+        assert!(!format!("{pem:?}").contains("SECRET"));
     }
 
     #[test]

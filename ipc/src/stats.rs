@@ -136,6 +136,14 @@ table! {
     cluster_up: PerWorker;
     /// Messages to or from other hosts dropped (the bus queue was full, or Redis was down)
     cluster_dropped: Counter;
+    /// TLS handshakes completed
+    tls_handshakes: Counter;
+    /// TLS connections refused (not TLS, a bad handshake, no client certificate, renegotiation, too slow)
+    tls_refused: Counter;
+    /// TLS handshakes (a ClientHello) refused on a port that does not speak TLS
+    tls_on_plain: Counter;
+    /// Socket.IO TLS connections relayed, decrypted, to the worker owning their session
+    tls_relayed: Counter;
 }
 
 impl Stat {

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
+pub mod tls;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
 

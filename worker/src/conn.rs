@@ -7,8 +7,8 @@
 use crate::config::Listeners;
 use crate::delivery::OutQueue;
 use crate::proto::ws_message::Messages;
+use crate::stream::Stream;
 use bytes::Bytes;
-use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -192,8 +192,9 @@ pub enum Proto {
 
 /// One accepted socket.
 pub struct Conn {
-    /// The socket (registered READABLE | WRITABLE once, edge-triggered).
-    pub stream: TcpStream,
+    /// The socket, plain or speaking TLS (registered READABLE, and WRITABLE while a flush left
+    /// output behind; edge-triggered).
+    pub stream: Stream,
     /// Peer address, for logs and `connections`.
     pub remote: SocketAddr,
     /// Unique per worker; guards replies against a slot reused by a newer connection.

@@ -156,6 +156,12 @@ impl OutQueue {
         if self.rest.capacity() > 0 {
             self.rest = VecDeque::new();
         }
+        // A TLS stream may still hold records: all written means those too.
+        match w.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
         // The kernel took everything: it has room, and its backlog no longer counts.
         self.kernel = 0;
         Ok(true)

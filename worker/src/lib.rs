@@ -24,6 +24,8 @@ pub mod proto;
 pub mod query;
 pub mod registry;
 pub mod render;
+pub mod stream;
+pub mod tls;
 
 pub use config::{Config, ConfigError, Listeners};
 /// The configuration lives in `herald-ipc` (the master needs it without this crate); it is

@@ -78,6 +78,8 @@ OPTIONS:
   --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
   --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
   --set KEY=VALUE    a Herald setting for the run (repeatable), e.g. ping_interval=0
+  --tls              the WebSocket port speaks TLS (tls = [\"ws\"], a certificate made with
+                     openssl for the run) and the clients connect with wss:// (rustls)
   -h, --help         this text
 ";
 
@@ -136,6 +138,8 @@ pub struct Opts {
     pub query_every_ms: u64,
     /// Herald settings (`--set KEY=VALUE`) for the run, such as turning pings off.
     pub sets: Vec<String>,
+    /// `--tls`: clients over `wss://` to a WebSocket port speaking TLS.
+    pub tls: bool,
 }
 
 impl Default for Opts {
@@ -167,6 +171,7 @@ impl Default for Opts {
             query: None,
             query_every_ms: 100,
             steady: 1000,
+            tls: false,
         }
     }
 }
@@ -187,6 +192,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     while let Some(a) = it.next() {
         if a == "-h" || a == "--help" || a == "help" {
             return Ok(Parsed::Help);
+        }
+        if a == "--tls" {
+            o.tls = true;
+            continue;
         }
         if !a.starts_with("--") {
             if !o.mode.is_empty() {

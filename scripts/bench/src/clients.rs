@@ -27,6 +27,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{json, Value};
 
+use crate::tls::Sock;
 use crate::util::{self, mono_ns, Rng, Victim};
 use crate::ws;
 
@@ -57,6 +58,8 @@ pub struct ChildConfig {
     /// Raw mode (the `limit` server): no handshake and no uid sent; the server's first frame
     /// (`login success`) means ready.
     pub raw: bool,
+    /// `--tls`: the CA file the clients trust for `wss://` (empty: plain `ws://`).
+    pub ca: String,
 }
 
 impl ChildConfig {
@@ -77,6 +80,12 @@ impl ChildConfig {
             self.connect_deadline_ns.to_string(),
             "--raw".into(),
             (self.raw as u8).to_string(),
+            "--ca".into(),
+            if self.ca.is_empty() {
+                "-".into()
+            } else {
+                self.ca.clone()
+            },
         ]
     }
 
@@ -104,6 +113,10 @@ impl ChildConfig {
             inflight: (num("--inflight")? as usize).max(1),
             connect_deadline_ns: num("--connect-deadline-ns")?,
             raw: num("--raw")? != 0,
+            ca: match get("--ca")? {
+                "-" => String::new(),
+                p => p.to_string(),
+            },
         })
     }
 }
@@ -123,8 +136,8 @@ enum St {
 
 /// One client connection.
 struct Conn {
-    /// The socket.
-    sock: TcpStream,
+    /// The socket (plain, or TLS with `--tls`).
+    sock: Sock,
     /// Global client number: the uid is `u{uid}`.
     uid: u64,
     /// Life stage.
@@ -391,6 +404,8 @@ struct ClientProc {
     churn: Option<churn::Churn>,
     /// Slots to open again (`reopen` after `drop`), opened as the in-flight limit allows.
     reopen: Vec<usize>,
+    /// `--tls`: the clients' TLS configuration.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Runs a client process (the hidden `_clients` subcommand) until `quit` or end of input.
@@ -412,7 +427,13 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
     poll.registry()
         .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
         .map_err(|e| format!("_clients: register stdin: {e}"))?;
+    let tls = if cfg.ca.is_empty() {
+        None
+    } else {
+        Some(crate::tls::client_config(std::path::Path::new(&cfg.ca))?)
+    };
     let mut p = ClientProc {
+        tls,
         conns: (0..cfg.count).map(|_| None).collect(),
         rng: Rng::new(cfg.first as u64 + 1),
         cfg,
@@ -513,7 +534,9 @@ impl ClientProc {
     /// `127.0.0.{1 + g % addrs}`; a failure counts as a failed client.
     fn open_slot(&mut self, i: usize, g: u64) {
         let src = Ipv4Addr::new(127, 0, 0, 1 + (g % self.cfg.addrs as u64) as u8);
-        let opened = open_socket(src, self.cfg.ws).and_then(|mut sock| {
+        let tls = self.tls.as_ref();
+        let opened = open_socket(src, self.cfg.ws).and_then(|tcp| {
+            let mut sock = Sock::new(tcp, tls)?;
             self.poll.registry().register(
                 &mut sock,
                 Token(i),
@@ -556,11 +579,11 @@ impl ClientProc {
         let mut logged = false;
         let mut drop: Option<String> = None;
         if c.state == St::Connecting {
-            match c.sock.take_error() {
+            match c.sock.tcp().take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => return self.drop_conn(i, format!("connect: {e}")),
             }
-            match c.sock.peer_addr() {
+            match c.sock.tcp().peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotConnected => return,
                 Err(e) => return self.drop_conn(i, format!("connect: {e}")),
@@ -585,7 +608,8 @@ impl ClientProc {
                     }
                     // A short read drained the socket: with edge-triggered readiness, bytes that
                     // arrive later raise a new event, so the extra read to see EAGAIN is saved.
-                    if n < self.scratch.len() {
+                    // (Not so for TLS, whose reads give one record at a time.)
+                    if n < self.scratch.len() && !c.sock.is_tls() {
                         break;
                     }
                 }
@@ -596,6 +620,12 @@ impl ClientProc {
         }
         if drop.is_none() && !c.out.is_empty() {
             if let Err(e) = flush(c) {
+                drop = Some(format!("write: {e}"));
+            }
+        }
+        if drop.is_none() {
+            // TLS records (handshake, pongs) not yet written.
+            if let Err(e) = c.sock.push() {
                 drop = Some(format!("write: {e}"));
             }
         }
@@ -787,6 +817,8 @@ pub struct PoolConfig {
     pub inflight: usize,
     /// Raw TCP clients (for `limit`).
     pub raw: bool,
+    /// `--tls`: the CA file the clients trust.
+    pub ca: Option<std::path::PathBuf>,
     /// Monotonic deadline for logging in.
     pub connect_deadline_ns: u64,
     /// Connections opened over the whole run (more than `clients` when churning): the source
@@ -849,6 +881,11 @@ impl ClientPool {
                 inflight: cfg.inflight,
                 connect_deadline_ns: cfg.connect_deadline_ns,
                 raw: cfg.raw,
+                ca: cfg
+                    .ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             };
             first += count;
             let mut child = Command::new(&exe)
@@ -1070,8 +1107,10 @@ mod tests {
             inflight: 64,
             connect_deadline_ns: 99,
             raw: true,
+            ca: "/tmp/ca.pem".into(),
         };
         let back = ChildConfig::parse(&c.to_args()).unwrap();
+        assert_eq!(back.ca, "/tmp/ca.pem");
         assert_eq!(back.first, 10);
         assert_eq!(back.count, 20);
         assert!(back.raw);

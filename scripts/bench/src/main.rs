@@ -11,7 +11,7 @@
 //! herald-bench storm     --clients N --steady K --rate R --pushes M
 //! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
-//!         --server-wrap CMD  --stop-grace-ms G
+//!         --server-wrap CMD  --stop-grace-ms G  --tls
 //! ```
 //!
 //! Each run starts its own server — `herald start --workers W --ws … --text … --http …
@@ -64,6 +64,7 @@ mod push;
 mod query;
 mod server;
 mod storm;
+mod tls;
 mod util;
 mod ws;
 
@@ -101,6 +102,9 @@ fn main() {
     util::start_watchdog(deadlines.all, opts.mode.clone(), opts.json_out.clone());
     let result = modes::run(&opts, deadlines);
     util::cleanup_all();
+    if opts.tls {
+        tls::cleanup();
+    }
     let (obj, code) = match result {
         Ok(v) => (v, 0),
         Err(e) => {

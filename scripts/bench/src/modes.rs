@@ -81,7 +81,10 @@ pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
 }
 
 /// [`start_herald`] with more `--set KEY=VALUE` settings.
-pub(crate) fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
+pub(crate) fn start_herald_with(o: &Opts, mut sets: Vec<String>) -> Result<Herald, String> {
+    if o.tls {
+        sets.extend(crate::tls::server_sets()?);
+    }
     Herald::start(
         &herald_path(o),
         o.workers,
@@ -128,6 +131,7 @@ pub(crate) fn connect_pool_of(
         per_addr: o.per_addr,
         inflight: o.inflight,
         raw,
+        ca: (o.tls && !raw).then(|| crate::tls::dir().join("ca.pem")),
         connect_deadline_ns: d.connect,
         total_connects,
     })?;

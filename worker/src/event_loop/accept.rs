@@ -17,6 +17,7 @@
 use super::{would_block, Worker, CONN_BASE};
 use crate::conn::{Conn, Http, Port, Proto, Text};
 use crate::proto::{http, text};
+use crate::stream::Stream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -172,21 +173,23 @@ impl Worker {
         }
     }
 
-    /// Adds a connection just accepted.
+    /// Adds a connection just accepted (its TLS session begins when its port speaks TLS).
     pub(super) fn add_conn(
         &mut self,
         stream: mio::net::TcpStream,
         remote: std::net::SocketAddr,
         port: Port,
     ) {
-        self.add_conn_with(stream, remote, port, None);
+        if let Some(stream) = self.tls_wrap(stream, remote, port) {
+            self.add_conn_with(stream, remote, port, None);
+        }
     }
 
     /// Adds a connection; `initial` holds bytes already read from it (a connection handed
     /// over by a sibling), handled before the socket is read.
     pub(super) fn add_conn_with(
         &mut self,
-        mut stream: mio::net::TcpStream,
+        mut stream: Stream,
         remote: std::net::SocketAddr,
         port: Port,
         initial: Option<&mut Vec<u8>>,
@@ -198,7 +201,7 @@ impl Worker {
                 "{} connection from {remote} refused: max_connections ({max}) reached",
                 port.name()
             );
-            refuse(&mut stream, port, 503, "too many connections");
+            refuse_stream(&mut stream, port, 503, "too many connections");
             return;
         }
         let per_ip = self.cfg.max_connections_per_ip;
@@ -210,7 +213,7 @@ impl Worker {
                     "{} connection from {remote} refused: max_connections_per_ip ({per_ip}) reached",
                     port.name()
                 );
-                refuse(
+                refuse_stream(
                     &mut stream,
                     port,
                     429,
@@ -293,10 +296,19 @@ enum Spare {
     Missing,
 }
 
+/// [`refuse`] below any TLS: on the socket itself.
+fn refuse_stream(stream: &mut Stream, port: Port, status: u16, why: &str) {
+    match stream.tcp() {
+        Some(tcp) => refuse(tcp, port, status, why),
+        None => refuse(stream, port, status, why),
+    }
+}
+
 /// Best-effort refusal written straight to a just-accepted socket, which is then dropped. What
 /// the client already sent is read first: a socket closed with unread input is reset, which
-/// could reach the client before it has read the refusal.
-fn refuse(stream: &mut mio::net::TcpStream, port: Port, status: u16, why: &str) {
+/// could reach the client before it has read the refusal. (A TLS client is refused in plain
+/// words, before any handshake: it reports a protocol error.)
+fn refuse<S: Read + Write>(stream: &mut S, port: Port, status: u16, why: &str) {
     let _ = stream.read(&mut [0u8; 4096]);
     let bytes = match port {
         Port::Text => text::error_reply(why),

@@ -374,7 +374,7 @@ pub(super) struct Retire {
 const LINGER_CHECK: Duration = Duration::from_millis(10);
 
 /// Bytes written to `s` (the FIN included) that its peer has not acknowledged yet.
-fn unacknowledged(s: &mio::net::TcpStream) -> i32 {
+fn unacknowledged(s: &crate::stream::Stream) -> i32 {
     use std::os::fd::AsRawFd;
     let mut n: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which points to `n`;

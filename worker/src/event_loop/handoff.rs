@@ -7,6 +7,7 @@ use super::socketio::eio_error;
 use super::Worker;
 use crate::conn::{Port, Proto};
 use crate::proto::engineio::{self, ErrorCode};
+use crate::stream::Stream;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 
@@ -62,8 +63,16 @@ impl Worker {
             .iter()
             .find(|p| p.pid & engineio::MAX_SID_WORKER == owner)
             .map(|p| p.pid);
+        let plain = self
+            .conns
+            .get(slot)
+            .is_some_and(|c| matches!(c.stream, Stream::Plain(_)));
         let sent = raw.len() <= MAX_HANDOFF
             && owner_pid.is_some_and(|pid| {
+                if !plain {
+                    // TLS, or relayed already: see `tls`'s header.
+                    return self.tls_handoff(slot, pid, raw);
+                }
                 let Some(conn) = self.conns.get(slot) else {
                     return false;
                 };
@@ -135,6 +144,9 @@ impl Worker {
                 }
             };
             for fd in fds {
+                if self.adopt_relayed(fd, &buf[..n]) {
+                    continue;
+                }
                 // SAFETY: `fd` arrived in SCM_RIGHTS just now: a new descriptor that this process
                 // owns and nothing else refers to.
                 let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
@@ -148,7 +160,7 @@ impl Worker {
                 let stream = mio::net::TcpStream::from_std(std_stream);
                 self.stats.adopted += 1;
                 let mut bytes = buf[..n].to_vec();
-                self.add_conn_with(stream, remote, Port::Sio, Some(&mut bytes));
+                self.add_conn_with(Stream::Plain(stream), remote, Port::Sio, Some(&mut bytes));
             }
         }
     }

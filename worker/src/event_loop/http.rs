@@ -82,6 +82,9 @@ impl Worker {
                     h.continue_sent = false;
                     h.chunks = Default::default();
                     h.started = 0;
+                    // A request asking to close gets its answer, then the close it was told
+                    // (on the Socket.IO port too).
+                    h.close_after = !req.keep_alive;
                     let start = pos;
                     pos += used;
                     if port == Port::Sio {

@@ -60,6 +60,7 @@ mod sio_push;
 mod socketio;
 mod text;
 mod timers;
+mod tls;
 mod websocket;
 
 use control::Retire;
@@ -226,6 +227,10 @@ pub struct Worker {
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
     trim_mark: usize,
+    /// The rustls configuration of each port that speaks TLS.
+    tls: crate::tls::Acceptors,
+    /// TLS connections relayed to the sibling owning their Socket.IO session.
+    relays: Slab<tls::Relay>,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -344,7 +349,10 @@ impl Worker {
             ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
+            tls: crate::tls::Acceptors::default(),
+            relays: Slab::new(),
         };
+        w.tls = crate::tls::Acceptors::new(&w.cfg).map_err(io::Error::other)?;
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -428,6 +436,7 @@ impl Worker {
                     TOK_BUS => self.on_bus(),
                     TOK_RENDER => self.on_rendered(),
                     Token(t) if t >= LINK_BASE => {}
+                    Token(t) if t >= tls::RELAY_BASE => self.on_relay((t - tls::RELAY_BASE) / 2),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if ev.is_writable() {
@@ -476,7 +485,7 @@ impl Worker {
             self.wind_down(now);
             self.send_presence();
             self.flush_all();
-            if self.retire.is_some() && self.conns.is_empty() {
+            if self.retire.is_some() && self.conns.is_empty() && self.relays.is_empty() {
                 log::info!(
                     "{}: no connection left",
                     if self.stopping { "stopped" } else { "drained" }

@@ -208,6 +208,7 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(slot);
+        conn.stream.goodbye();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if !self.blocked_since.is_empty() {
             self.blocked_since.remove(&slot);
@@ -231,12 +232,14 @@ impl Worker {
 
     /// Stop or drain end: WebSockets get a close frame with `code`, best effort, then all go.
     pub(super) fn close_all(&mut self, code: u16, reason: &str) {
+        self.tls_end_relays();
         self.close_where(code, reason, |_| true);
     }
 
     /// Stop or drain end for the clients (the WebSocket and Socket.IO ports), as
     /// [`close_all`](Self::close_all); backends are left to finish their answers.
     pub(super) fn close_clients(&mut self, code: u16, reason: &str) {
+        self.tls_end_relays();
         self.close_where(code, reason, |c| !c.is_backend());
     }
 

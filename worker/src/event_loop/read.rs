@@ -58,11 +58,16 @@ impl Worker {
                 // Discard what a closing peer still sends, until WouldBlock or its EOF.
                 Ok(n) if closing => budget = budget.saturating_sub(n),
                 Ok(n) => {
+                    let first = conn.bytes_in == 0;
                     conn.bytes_in += n as u64;
                     conn.last_seen = self.now;
                     budget = budget.saturating_sub(n);
+                    if first && self.tls_on_plain(slot, &scratch[..n]) {
+                        break;
+                    }
                     self.on_bytes(slot, &mut scratch[..n]);
-                    if short_ok && n < scratch.len() {
+                    // (A TLS stream's short read may leave records in rustls.)
+                    if short_ok && n < scratch.len() && !self.tls_read_more(slot) {
                         break;
                     }
                 }
@@ -70,12 +75,14 @@ impl Worker {
                 Err(e) if would_block(&e) => break,
                 Err(e) => {
                     log::debug!("read from connection in slot {slot}: {e}");
+                    self.tls_read_failed(slot, &e);
                     self.close(slot);
                     break;
                 }
             }
         }
         self.scratch = scratch;
+        self.tls_after_read(slot);
         if self.retire.is_some() {
             self.retire_conn(slot, false);
         }

@@ -413,6 +413,17 @@ impl Worker {
             h.waiting = true;
             h.poll_for = Some(idx as u32);
         }
+        // An upgrade is under way: this poll may have come after the probe (a relayed or
+        // handed-over request is late), so it returns at once (a noop, as the probe's
+        // `3probe` does for a poll held then) and the client can pause polling.
+        let s = &mut self.sio.sessions[idx];
+        if s.probe.is_some() && s.queue.is_empty() {
+            s.poll = None;
+            let origin = s.origin.clone();
+            let mut body = String::new();
+            push_payload(s.version, &mut body, "6");
+            self.sio_answer_poll(slot, id, body, origin.as_deref());
+        }
     }
 
     /// Sends one encoded packet to a session: on its WebSocket, or queued for its next poll.

@@ -94,6 +94,7 @@ impl Worker {
         self.groups.expire(now, ticks(self.cfg.group_ttl));
         self.give_back_memory();
         self.sio_sweep(ping_due);
+        self.tls_sweep(auth);
         enum Act {
             Drop,
             Close(u16, &'static str),
