@@ -23,7 +23,9 @@
 //!   and what is done with the merged answer;
 //! - `output`: queued output, flushing, closing;
 //! - `control`: the master's channel, drain, status rows;
-//! - `timers`: the sweep (handshake, login, idle and slow deadlines, pings) and memory.
+//! - `timers`: the sweep (handshake, login, idle and slow deadlines, pings) and memory;
+//! - `upstream`: events from clients (login, message, logout, online, offline) for the
+//!   webhook and the text port's subscribers.
 
 use crate::auth::Auth;
 use crate::config::{Config, Listeners};
@@ -46,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod accept;
 mod api;
+mod backends;
 mod cluster;
 mod control;
 mod handoff;
@@ -60,6 +63,7 @@ mod sio_push;
 mod socketio;
 mod text;
 mod timers;
+mod upstream;
 mod websocket;
 
 use control::Retire;
@@ -72,7 +76,7 @@ const TOK_CONTROL: Token = Token(8);
 const TOK_MESH: Token = Token(9);
 /// The Socket.IO handoff socket: connections passed by siblings.
 const TOK_HANDOFF: Token = Token(10);
-/// The cluster bus's waker: events from Redis wait.
+/// The loop's one waker (shared by the cluster bus and the webhook): news from a thread wait.
 const TOK_BUS: Token = Token(11);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
@@ -211,6 +215,8 @@ pub struct Worker {
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
     trim_mark: usize,
+    /// Events from clients: subscribers, the webhook, server-wide presence.
+    up: upstream::Upstream,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -324,7 +330,18 @@ impl Worker {
             ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
+            up: upstream::Upstream::default(),
         };
+        // mio allows one waker per poll: the cluster bus and the webhook share it.
+        let waker = if !w.cfg.cluster.is_empty() || !w.cfg.webhook_url.is_empty() {
+            Some(std::sync::Arc::new(mio::Waker::new(
+                w.poll.registry(),
+                TOK_BUS,
+            )?))
+        } else {
+            None
+        };
+        w.up = upstream::Upstream::new(&w.cfg, pid, waker.clone())?;
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -347,8 +364,7 @@ impl Worker {
                 &node,
                 pid,
                 instance,
-                w.poll.registry(),
-                TOK_BUS,
+                waker.clone(),
             )?;
             log::info!("cluster: node {node}, member {}", bus.member);
             w.bus = Some(bus);
@@ -386,6 +402,9 @@ impl Worker {
             if std::mem::take(&mut self.bus_again) {
                 self.on_bus();
             }
+            if std::mem::take(&mut self.up.news_again) {
+                self.on_webhook();
+            }
             for slot in std::mem::take(&mut self.resume) {
                 if let Some(c) = self.conns.get_mut(slot) {
                     c.flags &= !RESUME;
@@ -398,7 +417,10 @@ impl Worker {
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
-                    TOK_BUS => self.on_bus(),
+                    TOK_BUS => {
+                        self.on_bus();
+                        self.on_webhook();
+                    }
                     Token(t) if t >= LINK_BASE => {}
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
@@ -443,6 +465,7 @@ impl Worker {
                 self.qps = (self.stats.pushes - self.last_tick_pushes) as f64 / secs;
                 self.last_tick_pushes = self.stats.pushes;
                 self.sio_tick();
+                self.up_tick();
                 self.last_tick = now;
             }
             self.wind_down(now);
@@ -462,7 +485,7 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || self.bus_again {
+        if !self.resume.is_empty() || self.bus_again || self.up.news_again {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -497,6 +520,14 @@ fn mono_ns() -> u64 {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.
