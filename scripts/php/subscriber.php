@@ -1,0 +1,50 @@
+<?php
+// A long-running event consumer on Herald's text port (GatewayWorker's BusinessWorker, in one
+// loop): `php scripts/php/subscriber.php [HOST] [PORT] [EVENTS]`, EVENTS a comma-separated
+// list (default message,login,logout,online,offline).
+//
+// It subscribes, prints every event as one JSON line on stdout, and runs the same chat as
+// webhook.php: a message {"to":"UID","text":"…"} is pushed to UID as "FROM: TEXT", and the
+// sender gets "sent" (a reply to its connection, or its Socket.IO ack). Pushes, replies and
+// acks go on the same connection; their answers (ok, fail) are lines that are not events.
+
+$host = $argv[1] ?? '127.0.0.1';
+$port = (int) ($argv[2] ?? 5678);
+$events = explode(',', $argv[3] ?? 'message,login,logout,online,offline');
+
+$s = stream_socket_client("tcp://$host:$port", $errno, $errstr, 5);
+if (!$s) {
+    fwrite(STDERR, "cannot connect: $errstr\n");
+    exit(1);
+}
+function send($s, array $cmd) {
+    fwrite($s, json_encode($cmd) . "\n");
+}
+send($s, ['cmd' => 'subscribe', 'events' => $events]);
+$first = fgets($s);
+if (trim($first) !== 'ok') {
+    fwrite(STDERR, "subscribe refused: $first");
+    exit(1);
+}
+echo "subscribed\n";
+
+while (($line = fgets($s)) !== false) {
+    $e = json_decode($line, true);
+    if (!is_array($e) || !isset($e['event'])) {
+        continue;                       // the answer to one of our commands
+    }
+    echo json_encode($e), "\n";
+    if ($e['event'] !== 'message') {
+        continue;
+    }
+    $msg = isset($e['name']) ? ($e['args'][0] ?? null) : json_decode($e['data'] ?? '', true);
+    if (!is_array($msg) || !isset($msg['to'], $msg['text'])) {
+        continue;
+    }
+    send($s, ['cmd' => 'push', 'to' => (string) $msg['to'], 'data' => $e['uid'] . ': ' . $msg['text']]);
+    if (isset($e['ack'])) {
+        send($s, ['cmd' => 'ack', 'conn' => $e['conn'], 'ack' => $e['ack'], 'data' => ['sent']]);
+    } else {
+        send($s, ['cmd' => 'reply', 'conn' => $e['conn'], 'data' => 'sent']);
+    }
+}
