@@ -14,6 +14,7 @@ USAGE:
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
+  herald-bench upstream  --clients N [--rate R] --pushes M
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -33,6 +34,10 @@ MODES:
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
+  upstream   N WebSocket clients send messages (to the next client's uid) that Herald turns into
+             events for one backend subscribed on the text port, which answers each with a
+             push; report messages/s, losses, latency client -> backend -> client, and server
+             CPU per upstream message
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -198,7 +203,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" => {}
+        | "cluster-unicast" | "upstream" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

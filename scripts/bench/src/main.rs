@@ -7,6 +7,7 @@
 //! herald-bench limit     --clients N --count B [--spacing-ms S]
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
+//! herald-bench upstream  --clients N [--rate R] --pushes M
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
 //! ```
@@ -41,6 +42,8 @@
 //!   connection per client process); connects attempted/failed, disconnects, pushes ok/fail,
 //!   losses (`ok`, the client stayed connected 1 s more, never received), and server RSS/PSS at
 //!   baseline, peak and 2 s after every client left (`memory_return_pct`). See `churn.rs`.
+//! * `upstream` — client messages through a backend subscribed to events and back as pushes;
+//!   messages/s, latency, server CPU per message. See `upstream.rs`.
 //!
 //! `--server-wrap CMD` starts Herald under a wrapper (`scripts/profile` uses valgrind's
 //! callgrind); `--stop-grace-ms` gives it time to write its output after SIGTERM.
@@ -57,6 +60,7 @@ mod modes;
 mod procstat;
 mod push;
 mod server;
+mod upstream;
 mod util;
 mod ws;
 

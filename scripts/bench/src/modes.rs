@@ -28,7 +28,7 @@ pub struct Deadlines {
 impl Deadlines {
     /// A time `margin_ns` before the end, or a quarter of the time left, whichever is later:
     /// what remains after it is for collecting the results.
-    fn before_end(&self, margin_ns: u64) -> u64 {
+    pub(crate) fn before_end(&self, margin_ns: u64) -> u64 {
         let left = self.all.saturating_sub(mono_ns());
         self.all - margin_ns.min(left / 4)
     }
@@ -44,6 +44,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "limit-unicast" => limit_unicast(o, d),
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
+        "upstream" => crate::upstream::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -78,7 +79,7 @@ pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
 }
 
 /// [`start_herald`] with more `--set KEY=VALUE` settings.
-fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
+pub(crate) fn start_herald_with(o: &Opts, sets: Vec<String>) -> Result<Herald, String> {
     Herald::start(
         &herald_path(o),
         o.workers,
