@@ -7,39 +7,25 @@
 // webhook.php: a message {"to":"UID","text":"…"} is pushed to UID as "FROM: TEXT", and the
 // sender gets "sent" (a reply to its connection, or its Socket.IO ack). Pushes, replies and
 // acks go on the same connection; their answers (ok, fail) are lines that are not events.
+// When the connection ends (a reload retires the worker that held it), it connects again.
 
 $host = $argv[1] ?? '127.0.0.1';
 $port = (int) ($argv[2] ?? 5678);
 $events = explode(',', $argv[3] ?? 'message,login,logout,online,offline');
 
-$s = stream_socket_client("tcp://$host:$port", $errno, $errstr, 5);
-if (!$s) {
-    fwrite(STDERR, "cannot connect: $errstr\n");
-    exit(1);
-}
 function send($s, array $cmd) {
     fwrite($s, json_encode($cmd) . "\n");
 }
-send($s, ['cmd' => 'subscribe', 'events' => $events]);
-$first = fgets($s);
-if (trim($first) !== 'ok') {
-    fwrite(STDERR, "subscribe refused: $first");
-    exit(1);
-}
-echo "subscribed\n";
 
-while (($line = fgets($s)) !== false) {
-    $e = json_decode($line, true);
-    if (!is_array($e) || !isset($e['event'])) {
-        continue;                       // the answer to one of our commands
-    }
+function handle($s, array $e) {
     echo json_encode($e), "\n";
     if ($e['event'] !== 'message') {
-        continue;
+        return;
     }
+    // The chat message: a WebSocket's text as JSON, or a Socket.IO `chat` event's argument.
     $msg = isset($e['name']) ? ($e['args'][0] ?? null) : json_decode($e['data'] ?? '', true);
     if (!is_array($msg) || !isset($msg['to'], $msg['text'])) {
-        continue;
+        return;
     }
     send($s, ['cmd' => 'push', 'to' => (string) $msg['to'], 'data' => $e['uid'] . ': ' . $msg['text']]);
     if (isset($e['ack'])) {
@@ -47,4 +33,29 @@ while (($line = fgets($s)) !== false) {
     } else {
         send($s, ['cmd' => 'reply', 'conn' => $e['conn'], 'data' => 'sent']);
     }
+}
+
+while (true) {
+    $s = @stream_socket_client("tcp://$host:$port", $errno, $errstr, 5);
+    if (!$s) {
+        fwrite(STDERR, "cannot connect: $errstr; retrying\n");
+        sleep(1);
+        continue;
+    }
+    send($s, ['cmd' => 'subscribe', 'events' => $events]);
+    $first = fgets($s);
+    if ($first === false || trim($first) !== 'ok') {
+        fwrite(STDERR, "subscribe refused: $first");
+        exit(1);
+    }
+    echo "subscribed\n";
+    while (($line = fgets($s)) !== false) {
+        $e = json_decode($line, true);
+        if (is_array($e) && isset($e['event'])) {
+            handle($s, $e);
+        }
+        // Anything else is the answer to one of our commands (ok, fail).
+    }
+    fclose($s);
+    sleep(1);
 }

@@ -284,6 +284,9 @@ impl Worker {
             .filter(|(u, _)| owner(u, n) == worker)
             .map(|(u, _)| u.to_string())
             .collect();
+        // What this worker decided alone for them while it had no way to their owner is the
+        // owner's business again (it holds only this worker's pid).
+        self.up.held.retain(|u, _| owner(u, n) != worker);
         let subs = PeerMsg::Subscribers(self.up.subs.values().copied().collect());
         if let Some(l) = self.links.get_mut(key) {
             l.dirty = true;
