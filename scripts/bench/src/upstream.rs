@@ -62,21 +62,26 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
     }
     let sent_done = mono_ns();
     let mut lat = Vec::with_capacity(sent as usize);
+    let mut last = t0;
     let wait_until = d.before_end(2_000_000_000).min(sent_done + 5_000_000_000);
     while (lat.len() as u64) < sent {
         let left = wait_until.saturating_sub(mono_ns());
         match rx.recv_timeout(Duration::from_nanos(left.max(1))) {
-            Ok(l) => lat.push(l),
+            Ok(l) => {
+                lat.push(l);
+                last = mono_ns();
+            }
             Err(_) => break,
         }
     }
     let t1 = mono_ns();
     let s1 = herald.sample();
+    let stats = totals(herald.http);
     herald.stop();
     drop(backend);
     lat.sort_unstable();
     let got = lat.len() as u64;
-    let secs = (t1 - t0) as f64 / 1e9;
+    let _ = t1;
     let cpu_ns = s1.cpu_ns.saturating_sub(s0.cpu_ns);
     let us = |ns: u64| r3(ns as f64 / 1000.0);
     Ok(json!({
@@ -88,7 +93,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "sent": sent,
         "received": got,
         "lost": sent.saturating_sub(got),
-        "messages_per_s": r3(got as f64 / ((sent_done - t0) as f64 / 1e9).max(secs.min(1e-9))),
+        "messages_per_s": r3(got as f64 / ((last.max(sent_done) - t0) as f64 / 1e9)),
         "latency_us": {
             "p50": us(quantile(&lat, 0.5)),
             "p99": us(quantile(&lat, 0.99)),
@@ -97,7 +102,37 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         },
         "server_cpu_us_per_message": r3(cpu_ns as f64 / 1000.0 / got.max(1) as f64),
         "steal_pct": r3(procstat::steal_pct(&s0, &s1)),
+        "server_counters": {
+            "upstream_messages": stats["upstream_messages"],
+            "events": stats["events"],
+            "events_dropped": stats["events_dropped"],
+            "pushes": stats["pushes"],
+            "send_fail": stats["send_fail"],
+        },
     }))
+}
+
+/// The server's summed figures (`GET /api/stats`), or null.
+fn totals(http: std::net::SocketAddrV4) -> Value {
+    let mut s = match TcpStream::connect(http) {
+        Ok(s) => s,
+        Err(_) => return Value::Null,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    if s.write_all(b"GET /api/stats HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return Value::Null;
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&answer[..0], |i| &answer[i + 4..]);
+    serde_json::from_slice::<Value>(body)
+        .map(|v| v["totals"].clone())
+        .unwrap_or(Value::Null)
 }
 
 /// A WebSocket client logged in as `uid` (waits for the login reply).
