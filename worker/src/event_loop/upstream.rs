@@ -21,6 +21,7 @@
 
 use super::Worker;
 use crate::conn::CLOSING;
+use crate::delivery::kernel_unsent;
 use crate::events::{self, Body, ConnRef, Origin, Rate};
 use crate::mesh::ReplyTo;
 use crate::proto::engineio::Event;
@@ -32,6 +33,7 @@ use herald_ipc::PeerMsg;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -498,6 +500,19 @@ impl Worker {
             self.stats.events_dropped += 1;
             return;
         };
+        if c.flags & CLOSING == 0 && !c.out.is_empty() && c.out.len() + line.len() > cap {
+            // A burst of events within one loop turn (many clients read in one turn) may fill
+            // the queue of a subscriber that reads well: write what is queued now, and drop
+            // only what the kernel will not take either. The end of the turn's flush still
+            // handles the connection (it is in the flush list) and any write error.
+            if c.out
+                .flush(&mut c.stream, &mut c.bytes_out)
+                .is_ok_and(|done| !done)
+            {
+                c.out
+                    .set_kernel_backlog(kernel_unsent(c.stream.as_raw_fd()));
+            }
+        }
         if c.flags & CLOSING != 0 || c.out.len() + line.len() > cap {
             // A subscriber that does not read: its events are dropped, counted, and the sweep
             // closes it after `slow_timeout`, as any slow consumer.
