@@ -537,6 +537,65 @@ mod tests {
         assert!(dechunk(b"zz\r\n").is_err());
     }
 
+    /// Reads one request (head and `Content-Length` body) from `s`; its head.
+    fn read_request(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            buf.push(b[0]);
+        }
+        let head = String::from_utf8(buf).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        head
+    }
+
+    #[test]
+    fn the_client_keeps_its_connection_and_reads_both_framings() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let head = read_request(&mut s);
+            assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+            assert!(head.contains("X-Herald-Signature: sha256="), "{head}");
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                .unwrap();
+            read_request(&mut s);
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            )
+            .unwrap();
+            read_request(&mut s);
+            s.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            // A new connection after the close.
+            let (mut s, _) = l.accept().unwrap();
+            read_request(&mut s);
+            s.write_all(b"HTTP/1.0 200 OK\r\n\r\nbye").unwrap();
+        });
+        let mut c = Client {
+            target: parse_url(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
+            secret: "k".into(),
+            timeout: Duration::from_secs(5),
+            stream: None,
+        };
+        assert_eq!(c.post(b"{}").unwrap(), b"{}");
+        assert_eq!(c.post(b"{}").unwrap(), b"abc");
+        assert!(c.post(b"{}").unwrap_err().contains("503"));
+        assert!(c.stream.is_none());
+        assert_eq!(c.post(b"{}").unwrap(), b"bye");
+        server.join().unwrap();
+    }
+
     fn ev(id: &str) -> Outgoing {
         Outgoing {
             id: id.into(),
