@@ -226,9 +226,19 @@ impl Worker {
         }
         let close = self.up.closes.remove(&who);
         if let Some(c) = self.up.clients.remove(&who) {
-            let (code, reason) = close.unwrap_or(match who.who() {
-                Who::Conn(_) => (Some(1006), "connection lost".to_string()),
-                Who::Session(_) => (None, "session ended".to_string()),
+            // A stop or the end of a drain closes every client at once (with 1001).
+            let ending = if self.stopping {
+                Some("server stopping")
+            } else if self.retire.is_some() {
+                Some("server going away")
+            } else {
+                None
+            };
+            let (code, reason) = close.unwrap_or(match (who.who(), ending) {
+                (Who::Conn(_), Some(r)) => (Some(1001), r.to_string()),
+                (Who::Session(_), Some(r)) => (None, r.to_string()),
+                (Who::Conn(_), None) => (Some(1006), "connection lost".to_string()),
+                (Who::Session(_), None) => (None, "session ended".to_string()),
             });
             let id = self.event_id();
             let o = self.origin(&id, uid, &c.conn);
