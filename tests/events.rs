@@ -314,7 +314,7 @@ fn messages_go_to_one_subscriber_per_uid_in_order_and_presence_to_all() {
         .start();
     srv.wait_mesh();
     let subs: Vec<Sub> = (0..3)
-        .map(|_| Sub::connect(&srv, r#"["login","message","online"]"#))
+        .map(|_| Sub::connect(&srv, r#"["login","message","online","offline"]"#))
         .collect();
     let refs: Vec<&Sub> = subs.iter().collect();
     wait_subscribers_known(&srv, &refs);
@@ -361,7 +361,10 @@ fn messages_go_to_one_subscriber_per_uid_in_order_and_presence_to_all() {
     let mut seen = HashSet::new();
     let mut order: HashMap<String, Vec<String>> = HashMap::new();
     for (k, evs) in per_sub.iter().enumerate() {
-        for v in evs.iter().filter(|v| v["event"] != "online") {
+        for v in evs
+            .iter()
+            .filter(|v| v["event"] != "online" && v["event"] != "offline")
+        {
             let uid = v["uid"].as_str().expect("uid").to_string();
             if uid.starts_with("probe") {
                 continue;
@@ -402,6 +405,47 @@ fn messages_go_to_one_subscriber_per_uid_in_order_and_presence_to_all() {
             .filter(|u| u.starts_with("user"))
             .collect();
         assert_eq!(online.len(), 12, "{online:?}");
+    }
+    // Offline once per uid, when its last connection (of two, maybe in two workers) is gone.
+    for pair in clients.chunks_mut(2) {
+        let [first, _] = pair else { continue };
+        let c = std::mem::replace(first, srv.login_acked("filler"));
+        c.close();
+    }
+    for s in &subs {
+        let early: Vec<Value> = s
+            .drain(Duration::from_millis(500))
+            .into_iter()
+            .filter(|v| {
+                v["event"] == "offline" && v["uid"].as_str().is_some_and(|u| u.starts_with("user"))
+            })
+            .collect();
+        assert!(
+            early.is_empty(),
+            "offline with a connection left: {early:?}"
+        );
+    }
+    let mut left = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 1 {
+            c.close();
+        } else {
+            left.push(c);
+        }
+    }
+    for s in &subs {
+        let mut offline = HashSet::new();
+        let deadline = Instant::now() + LONG;
+        while offline.len() < 12 {
+            assert!(Instant::now() < deadline, "offline missing: {offline:?}");
+            for v in s.drain(Duration::from_millis(100)) {
+                if v["event"] == "offline" {
+                    if let Some(u) = v["uid"].as_str().filter(|u| u.starts_with("user")) {
+                        assert!(offline.insert(u.to_string()), "offline twice for {u}");
+                    }
+                }
+            }
+        }
     }
 }
 
