@@ -586,3 +586,80 @@ fn event_commands_are_checked() {
     s.send(b"{\"cmd\":\"unsubscribe\"}\n");
     assert!(wait_until(LONG, || stat(&srv, "subscribers") == 0));
 }
+
+#[test]
+fn a_killed_workers_uids_go_offline() {
+    let srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set("events=true")
+        .start();
+    srv.wait_mesh();
+    let sub = Sub::connect(&srv, r#"["login","online","offline"]"#);
+    wait_subscribers_known(&srv, &[&sub]);
+    let sub_pid = Owners::snapshot(&srv.worker_pids())
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let r = srv.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let stats: Value = serde_json::from_slice(&r.body).expect("stats");
+    let rows = stats["workers"].as_array().expect("rows").clone();
+    let id_of = |pid: u32| {
+        rows.iter()
+            .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+            .and_then(|r| r["worker"].as_u64())
+    };
+    let survivor = id_of(sub_pid).expect("survivor id");
+    let victim_pid = srv
+        .worker_pids()
+        .into_iter()
+        .find(|p| *p != sub_pid)
+        .expect("victim");
+    sub.drain(Duration::from_millis(300));
+
+    let mut clients = Vec::new();
+    let mut login_in = HashMap::new();
+    let mut owner_of = HashMap::new();
+    for i in 0..40 {
+        let uid = format!("d{i}");
+        clients.push(srv.login_acked(&uid));
+    }
+    while login_in.len() < 40 || owner_of.len() < 40 {
+        let v = sub.wait("logins and onlines", LONG, |v| {
+            v["uid"].as_str().is_some_and(|u| u.starts_with('d'))
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        let w = v["worker"].as_u64().expect("worker");
+        match v["event"].as_str() {
+            Some("login") => login_in.insert(uid, w),
+            Some("online") => owner_of.insert(uid, w),
+            _ => None,
+        };
+    }
+    // In the victim, and owned by the survivor: the survivor must say offline when it dies.
+    let doomed: HashSet<&String> = login_in
+        .iter()
+        .filter(|(u, w)| **w != survivor && owner_of.get(*u) == Some(&survivor))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "no uid in the victim owned by the survivor"
+    );
+    signal(victim_pid, libc::SIGKILL);
+    let mut offline = HashSet::new();
+    while offline.len() < doomed.len() {
+        let v = sub.wait("offline of the dead worker's uids", LONG, |v| {
+            v["event"] == "offline"
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        assert_ne!(
+            login_in.get(&uid),
+            Some(&survivor),
+            "offline for {uid}, still connected"
+        );
+        offline.insert(uid);
+    }
+    for u in doomed {
+        assert!(offline.contains(u), "no offline for {u}");
+    }
+}
