@@ -201,7 +201,8 @@ fn redis_unreachable_at_start_then_up_and_restarted() {
     let t0 = Instant::now();
     reachable(&a, "bob", Duration::from_secs(15));
     eprintln!("cluster formed {:?} after Redis came up", t0.elapsed());
-    assert!(wait_until(Duration::from_secs(10), || a
+    // Each worker retries on its own back-off (at most 5 s), and a probe asks one of them.
+    assert!(wait_until(Duration::from_secs(20), || a
         .http(&get("/readyz"))
         .status
         == 200));

@@ -126,6 +126,12 @@ fn metrics_pass_a_real_prometheus_parser() {
             .any(|l| l == "herald_push_seconds histogram 30"),
         "{families}"
     );
+    assert!(
+        families
+            .lines()
+            .any(|l| l == "herald_delivery_queue_seconds histogram 30"),
+        "{families}"
+    );
 }
 
 /// Every metric the Grafana dashboard in `scripts/` queries is one Herald exposes.
@@ -153,4 +159,65 @@ fn the_grafana_dashboard_uses_exposed_metrics() {
         }
     }
     assert!(used >= 10, "{used}");
+}
+
+/// `herald_delivery_queue_seconds`: a frame written at once counts in the lowest buckets; the
+/// frames of a client that stops reading count, once it reads again, for as long as they
+/// waited in its queue.
+#[test]
+fn delivery_queue_histogram_counts_what_waited_for_a_slow_reader() {
+    use std::io::Read;
+    let server = Server::builder()
+        .login_reply()
+        .set("client_sndbuf=4096")
+        .set("max_send_buffer=8388608")
+        .start();
+    let mut quick = server.login_acked("quick");
+    assert_eq!(server.text_push(b"{\"uid\":\"quick\",\"k\":1}\n"), b"ok\n");
+    assert!(quick.try_recv_text(Duration::from_secs(5)).is_some());
+    let h = |server: &Server| -> (u64, u64) {
+        let r = server.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let value = |prefix: &str| -> u64 {
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        (
+            value("herald_delivery_queue_seconds_bucket{worker=\"0\",le=\"0.1\"}"),
+            value("herald_delivery_queue_seconds_count{"),
+        )
+    };
+    let (fast0, count0) = h(&server);
+    assert!(count0 >= 1, "the login reply and the push were counted");
+    assert_eq!(fast0, count0, "nothing waited 100 ms yet");
+    // A client with a small receive buffer that stops reading: 2 MB of pushes wait for it.
+    let mut slow = ws_login(server.ws, "slow", Some(4096));
+    let big = "x".repeat(32 * 1024);
+    let line = format!("{{\"uid\":\"slow\",\"b\":\"{big}\"}}\n");
+    let lines = line.repeat(64);
+    let replies = server.text_push(lines.as_bytes());
+    assert_eq!(replies, b"ok\n".repeat(64), "every push was queued");
+    std::thread::sleep(Duration::from_millis(300));
+    // Read everything: the queue drains, and its wait is recorded.
+    let total = 64 * line.len() - 64;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    slow.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    while got < total {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got >= total, "read {got} of at least {total} bytes");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (fast, count) = h(&server);
+            count > fast && count > count0
+        }),
+        "no frame counted as waiting over 100 ms: {:?}",
+        h(&server)
+    );
 }

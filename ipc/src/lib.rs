@@ -31,5 +31,5 @@ pub use config::{AuthMode, Config, ConfigError, Listeners};
 pub use msg::{
     mesh_name, Control, Peer, PeerMsg, Presence, Push, Target, EXIT_BAD_START, EXIT_BIND_FAILED,
 };
-pub use query::{Query, Share};
+pub use query::{uid_hash, Query, Share};
 pub use stats::Stats;

@@ -202,7 +202,10 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
         if let Some(Value::Object(m)) = &a.reply {
             for k in m.keys() {
                 let known = first.contains(&k.as_str())
-                    || matches!(k.as_str(), "worker" | "pid" | "rss_kib" | "push_latency");
+                    || matches!(
+                        k.as_str(),
+                        "worker" | "pid" | "rss_kib" | "push_latency" | "delivery_latency"
+                    );
                 if !known && !extra.contains(k) {
                     extra.push(k.clone());
                 }

@@ -1522,3 +1522,76 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// The opening handshake's request.
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// Connects to the WebSocket port (with a receive buffer of `rcvbuf` bytes, if given), sends
+/// the handshake and reads the answer's head: the socket and the status, or what went wrong
+/// (no answer within `limit` is an error naming the hang).
+pub fn ws_open(
+    port: u16,
+    rcvbuf: Option<usize>,
+    limit: Duration,
+) -> Result<(TcpStream, u16), String> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).map_err(|e| e.to_string())?;
+    }
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect_timeout(&addr.into(), limit)
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut s: TcpStream = sock.into();
+    s.set_nodelay(true).ok();
+    s.set_write_timeout(Some(limit)).ok();
+    s.write_all(UPGRADE).map_err(|e| format!("write: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte, so nothing after the head (a login reply) is taken from the socket.
+    while !head.ends_with(b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no answer to the handshake within {limit:?} (got {})",
+                show(&head)
+            ));
+        }
+        s.set_read_timeout(Some(left)).ok();
+        match s.read(&mut byte) {
+            Ok(0) => return Err(format!("closed after {}", show(&head))),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(e) => return Err(format!("read: {e} after {}", show(&head))),
+        }
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((s, status))
+}
+
+/// A masked client frame (final) with `opcode` around `payload`.
+pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut v = vec![0x80 | opcode];
+    let n = payload.len();
+    assert!(n < 126, "short frames only");
+    v.push(0x80 | n as u8);
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    v
+}
+
+/// A raw WebSocket client logged in as `uid` (the login reply is left unread).
+pub fn ws_login(port: u16, uid: &str, rcvbuf: Option<usize>) -> TcpStream {
+    let (mut s, status) = ws_open(port, rcvbuf, REPLY).expect("handshake");
+    assert_eq!(status, 101, "handshake for {uid}");
+    s.write_all(&masked(0x1, uid.as_bytes())).expect("login");
+    s
+}

@@ -28,6 +28,17 @@ impl Histogram {
         self.sum_us = self.sum_us.saturating_add(us);
     }
 
+    /// Records `n` observations of the same duration.
+    pub fn observe_n(&mut self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = BOUNDS_US.partition_point(|&b| b < us);
+        self.counts[i] += n;
+        self.sum_us = self.sum_us.saturating_add(us.saturating_mul(n));
+    }
+
     /// As the status row carries it: `{"buckets":[…per bucket…],"sum_us":…}`.
     pub fn to_json(&self) -> Value {
         json!({ "buckets": self.counts.to_vec(), "sum_us": self.sum_us })

@@ -20,8 +20,18 @@ pub enum Merged {
         /// Connections summed over workers.
         connections: u64,
         /// Distinct uids, sorted.
-        uids: BTreeSet<String>,
+        uids: Vec<String>,
     },
+    /// Distinct uids counted, and their connections (count).
+    Count {
+        /// Connections summed over workers.
+        connections: u64,
+        /// Distinct uids over workers.
+        uids: u64,
+    },
+    /// Every answering worker's (pid, generation), folded into one number that moves when any
+    /// of them does.
+    Generation(u64),
     /// Every group and its distinct members.
     Groups(BTreeMap<String, BTreeSet<String>>),
     /// The groups of one uid.
@@ -45,8 +55,55 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
                 })
                 .sum(),
         ),
-        Query::Uids { .. } | Query::Count { .. } => {
-            let (mut connections, mut all) = (0, BTreeSet::new());
+        Query::Count { .. } => {
+            let mut connections = 0;
+            let mut lists: Vec<std::borrow::Cow<'_, [u64]>> = Vec::with_capacity(shares.len());
+            for s in shares {
+                match s {
+                    Share::Hashes {
+                        connections: c,
+                        hashes,
+                    } => {
+                        connections += c;
+                        lists.push(hashes.as_slice().into());
+                    }
+                    // A sibling of an older build answers with the uids themselves.
+                    Share::Uids {
+                        connections: c,
+                        uids,
+                    } => {
+                        connections += c;
+                        let mut h: Vec<u64> =
+                            uids.iter().map(|u| herald_ipc::uid_hash(u)).collect();
+                        h.sort_unstable();
+                        lists.push(h.into());
+                    }
+                    _ => {}
+                }
+            }
+            Merged::Count {
+                connections,
+                uids: distinct_in_sorted(&lists),
+            }
+        }
+        Query::Generation => {
+            let mut pairs: Vec<(u32, u64)> = shares
+                .iter()
+                .filter_map(|s| match s {
+                    Share::Generation { pid, generation } => Some((*pid, *generation)),
+                    _ => None,
+                })
+                .collect();
+            pairs.sort_unstable();
+            let fold = pairs.iter().fold(pairs.len() as u64, |acc, (pid, g)| {
+                herald_ipc::uid_hash(&format!("{acc}:{pid}:{g}"))
+            });
+            Merged::Generation(fold)
+        }
+        Query::Uids { .. } => {
+            // References first: one sort and one copy of each distinct uid, where a set of
+            // copies would allocate and rebalance for every uid of every worker.
+            let (mut connections, mut all) = (0, Vec::new());
             for s in shares {
                 if let Share::Uids {
                     connections: c,
@@ -54,12 +111,14 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
                 } = s
                 {
                     connections += c;
-                    all.extend(uids.iter().cloned());
+                    all.extend(uids.iter().map(String::as_str));
                 }
             }
+            all.sort_unstable();
+            all.dedup();
             Merged::Uids {
                 connections,
-                uids: all,
+                uids: all.into_iter().map(str::to_string).collect(),
             }
         }
         Query::Groups => {
@@ -98,6 +157,33 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
     }
 }
 
+/// How many distinct values the ascending lists hold together: a merge that walks each list
+/// once (k is the number of workers and nodes, a handful).
+pub fn distinct_in_sorted(lists: &[std::borrow::Cow<'_, [u64]>]) -> u64 {
+    let mut at = vec![0usize; lists.len()];
+    let mut count = 0u64;
+    let mut last: Option<u64> = None;
+    loop {
+        // The smallest head among the lists.
+        let mut min: Option<(usize, u64)> = None;
+        for (i, l) in lists.iter().enumerate() {
+            if let Some(&v) = l.get(at[i]) {
+                if min.is_none_or(|(_, m)| v < m) {
+                    min = Some((i, v));
+                }
+            }
+        }
+        let Some((i, v)) = min else {
+            return count;
+        };
+        at[i] += 1;
+        if last != Some(v) {
+            count += 1;
+            last = Some(v);
+        }
+    }
+}
+
 /// Group sizes, as `groups` answers them.
 fn group_sizes(groups: &BTreeMap<String, BTreeSet<String>>) -> Map<String, Value> {
     groups
@@ -117,10 +203,10 @@ pub fn render_text(q: &Query, m: &Merged, partial: bool) -> Vec<u8> {
     let mut line = match (q, m) {
         (Query::Online { .. }, Merged::Connections(n)) => if *n > 0 { "1" } else { "0" }.into(),
         (Query::Kick { .. }, Merged::Connections(n)) => if *n > 0 { "ok" } else { "fail" }.into(),
-        (Query::Count { .. }, Merged::Uids { connections, uids }) => {
+        (Query::Count { .. }, Merged::Count { connections, uids }) => {
             let mut o = Map::new();
             o.insert("connections".into(), json!(connections));
-            o.insert("uids".into(), json!(uids.len()));
+            o.insert("uids".into(), json!(uids));
             with_partial(o)
         }
         (Query::Uids { .. }, Merged::Uids { uids, .. }) => {
@@ -162,8 +248,11 @@ pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, Value) {
             json!({ "online": *n > 0, "connections": n })
         }
         (Query::Kick { .. }, Merged::Connections(n)) => json!({ "ok": *n > 0, "connections": n }),
-        (Query::Uids { .. } | Query::Count { .. }, Merged::Uids { connections, uids }) => {
+        (Query::Uids { .. }, Merged::Uids { connections, uids }) => {
             json!({ "uids": uids, "count": uids.len(), "connections": connections })
+        }
+        (Query::Count { .. }, Merged::Count { connections, uids }) => {
+            json!({ "count": uids, "connections": connections })
         }
         (Query::Groups, Merged::Groups(g)) => json!({ "groups": group_sizes(g) }),
         (Query::Stats, Merged::Workers(rows)) => json!({ "totals": totals(rows), "workers": rows }),
@@ -200,6 +289,14 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
             crate::histogram::render("herald_push_seconds", id, h, &mut out);
         }
     }
+    out.push_str(
+        "# HELP herald_delivery_queue_seconds How long frames waited in a client's output queue before the kernel took them\n# TYPE herald_delivery_queue_seconds histogram\n",
+    );
+    for r in rows {
+        if let (Some(id), Some(h)) = (r.get("worker"), r.get("delivery_latency")) {
+            crate::histogram::render("herald_delivery_queue_seconds", id, h, &mut out);
+        }
+    }
     let _ = write!(
         out,
         "# HELP herald_build_info The running build\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1\n",
@@ -217,6 +314,73 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_merge_hashes_and_older_shares_alike() {
+        let h = |u: &[&str]| {
+            let mut v: Vec<u64> = u.iter().map(|s| herald_ipc::uid_hash(s)).collect();
+            v.sort_unstable();
+            v
+        };
+        let shares = [
+            Share::Hashes {
+                connections: 3,
+                hashes: h(&["a", "b", "c"]),
+            },
+            Share::Hashes {
+                connections: 2,
+                hashes: h(&["c", "d"]),
+            },
+            // An older sibling's share: uids, hashed here.
+            uids(2, &["d", "e"]),
+            Share::Hashes {
+                connections: 0,
+                hashes: vec![],
+            },
+        ];
+        let q = Query::Count { group: None };
+        assert_eq!(
+            merge(&q, &shares),
+            Merged::Count {
+                connections: 7,
+                uids: 5
+            }
+        );
+        assert_eq!(
+            render_text(&q, &merge(&q, &shares), true),
+            b"{\"connections\":7,\"uids\":5,\"partial\":true}\n"
+        );
+        let lists: Vec<std::borrow::Cow<'_, [u64]>> = vec![
+            vec![1, 2, 2, 9].into(),
+            vec![].into(),
+            vec![0, 2, 10].into(),
+        ];
+        assert_eq!(distinct_in_sorted(&lists), 5);
+        assert_eq!(distinct_in_sorted(&[]), 0);
+    }
+
+    #[test]
+    fn a_generation_moves_when_any_worker_moves() {
+        let g = |pairs: &[(u32, u64)]| {
+            let shares: Vec<Share> = pairs
+                .iter()
+                .map(|&(pid, generation)| Share::Generation { pid, generation })
+                .collect();
+            merge(&Query::Generation, &shares)
+        };
+        assert_eq!(
+            g(&[(1, 5), (2, 7)]),
+            g(&[(2, 7), (1, 5)]),
+            "order does not matter"
+        );
+        assert_ne!(g(&[(1, 5), (2, 7)]), g(&[(1, 5), (2, 8)]));
+        assert_ne!(
+            g(&[(1, 5), (2, 7)]),
+            g(&[(1, 5), (3, 7)]),
+            "a replaced worker"
+        );
+        assert_ne!(g(&[(1, 5), (2, 7)]), g(&[(1, 5)]), "a missing worker");
+    }
 
     fn uids(c: u64, u: &[&str]) -> Share {
         Share::Uids {

@@ -60,18 +60,37 @@ impl Recipient {
 pub type Slots = SmallVec<[Recipient; 2]>;
 
 /// uid → recipients (connections of the worker's table, Socket.IO sessions).
-#[derive(Default)]
 pub struct Registry {
     /// The map; a uid with no connection left is removed.
     uids: HashMap<Rc<str>, Slots, foldhash::fast::RandomState>,
     /// Logged-in connections, summed over all uids.
     connections: usize,
+    /// Logins and logouts so far: a count asked again with nothing changed is not redone.
+    generation: u64,
+    /// The uids' hashes, sorted, as of `hashed_at` (built for the first count, kept while the
+    /// set of uids stays the same).
+    hashes: Vec<u64>,
+    /// The generation `hashes` was built at (`u64::MAX`: never).
+    hashed_at: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            uids: HashMap::default(),
+            connections: 0,
+            generation: 0,
+            hashes: Vec::new(),
+            hashed_at: u64::MAX,
+        }
+    }
 }
 
 impl Registry {
     /// Records that `slot` is logged in as `uid`; returns the shared uid.
     pub fn add(&mut self, uid: &str, slot: Recipient) -> Rc<str> {
         self.connections += 1;
+        self.generation += 1;
         if let Some(k) = self.uids.get_key_value(uid).map(|(k, _)| k.clone()) {
             if let Some(v) = self.uids.get_mut(uid) {
                 v.push(slot);
@@ -91,6 +110,7 @@ impl Registry {
             if let Some(i) = v.iter().position(|&s| s == slot) {
                 v.swap_remove(i);
                 self.connections -= 1;
+                self.generation += 1;
             }
             if v.is_empty() {
                 self.uids.remove(uid);
@@ -110,11 +130,36 @@ impl Registry {
 
     /// Gives back table space left over from a peak (called from the sweep).
     pub fn shrink(&mut self) -> bool {
+        let mut shrunk = false;
         if self.uids.capacity() > 2 * self.uids.len() + 1024 {
             self.uids.shrink_to_fit();
-            return true;
+            shrunk = true;
         }
-        false
+        // Hashes of a set long gone are not worth their memory.
+        if self.hashed_at != self.generation && !self.hashes.is_empty() {
+            self.hashes = Vec::new();
+            self.hashed_at = u64::MAX;
+        }
+        shrunk
+    }
+
+    /// Logins and logouts so far.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every uid's [`herald_ipc::uid_hash`], ascending: rebuilt only when a login or logout
+    /// came since the last call.
+    pub fn uid_hashes(&mut self) -> &[u64] {
+        if self.hashed_at != self.generation {
+            self.hashes.clear();
+            self.hashes
+                .extend(self.uids.keys().map(|u| herald_ipc::uid_hash(u)));
+            self.hashes.sort_unstable();
+            self.hashes.shrink_to_fit();
+            self.hashed_at = self.generation;
+        }
+        &self.hashes
     }
 
     /// Distinct uids with at least one connection here.

@@ -15,6 +15,7 @@ USAGE:
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench upstream  --clients N [--rate R] --pushes M
+  herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -38,6 +39,9 @@ MODES:
              events for one backend subscribed on the text port, which answers each with a
              push; report messages/s, losses, latency client -> backend -> client, and server
              CPU per upstream message
+  idle       open N clients, log them in, hold them idle; over S seconds report the server's
+             CPU as a share of one core, the pings written and the CPU per ping, memory per
+             client (RSS/PSS) and the kernel's TCP memory per client (/proc/net/sockstat)
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -49,9 +53,11 @@ OPTIONS:
   --conns K          unicast: text-port connections (default 4)
   --rate R           unicast: pushes per second (default: flat out);
                      churn: connects (and disconnects) per second (default 2000)
-  --seconds S        churn: duration in seconds (default 60)
+  --seconds S        churn, idle: duration in seconds (default 60)
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
+  --query LINE       unicast: meanwhile, ask LINE (e.g. {\"cmd\":\"uids\"}) on its own text
+                     connection every --query-every-ms (default 100); report answer times
   --window W         unicast flat out: unanswered lines per connection (default 256)
   --count B          broadcast/limit: broadcasts (default 30)
   --spacing-ms S     broadcast/limit: milliseconds between broadcasts (default 0)
@@ -66,6 +72,7 @@ OPTIONS:
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
   --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
   --stop-grace-ms G  wait G ms after SIGTERM before killing Herald (default 3000)
+  --set KEY=VALUE    a Herald setting for the run (repeatable), e.g. ping_interval=0
   -h, --help         this text
 ";
 
@@ -116,6 +123,12 @@ pub struct Opts {
     pub server_wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
     pub stop_grace_ms: u64,
+    /// `unicast`: a question asked over and over while the pushes run.
+    pub query: Option<String>,
+    /// `unicast`: milliseconds between two questions.
+    pub query_every_ms: u64,
+    /// Herald settings (`--set KEY=VALUE`) for the run, such as turning pings off.
+    pub sets: Vec<String>,
 }
 
 impl Default for Opts {
@@ -143,6 +156,9 @@ impl Default for Opts {
             push_rate: 1000.0,
             server_wrap: Vec::new(),
             stop_grace_ms: 3000,
+            sets: Vec::new(),
+            query: None,
+            query_every_ms: 100,
         }
     }
 }
@@ -198,12 +214,16 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--push-rate" => o.push_rate = v.parse().map_err(|e| bad(&e))?,
             "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
             "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
+            "--query" => o.query = Some(v.to_string()),
+            "--query-every-ms" => o.query_every_ms = v.parse().map_err(|e| bad(&e))?,
+            "--set" if v.contains('=') => o.sets.push(v.to_string()),
+            "--set" => return Err(format!("--set {v}: expected KEY=VALUE")),
             _ => return Err(format!("unknown option {a} (see --help)")),
         }
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "upstream" => {}
+        | "cluster-unicast" | "upstream" | "idle" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }
@@ -223,10 +243,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     {
         return Err("--seconds must be positive and --push-rate not negative".into());
     }
-    if o.mode == "churn" && o.seconds + 30.0 > o.deadline_s {
+    if (o.mode == "churn" || o.mode == "idle") && o.seconds + 30.0 > o.deadline_s {
         return Err(format!(
-            "churn: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
-            o.deadline_s, o.seconds
+            "{}: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
+            o.mode, o.deadline_s, o.seconds
         ));
     }
     if o.deadline_s.is_nan() || o.deadline_s <= 0.0 || o.deadline_s > 3600.0 {

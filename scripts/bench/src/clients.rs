@@ -924,6 +924,15 @@ impl ClientPool {
             .sum())
     }
 
+    /// The `report` field `key` summed over every client process.
+    pub fn report_sum(&mut self, key: &str) -> Result<u64, String> {
+        Ok(self
+            .ask("report")?
+            .iter()
+            .map(|a| a[key].as_u64().unwrap_or(0))
+            .sum())
+    }
+
     /// Waits until the `stat` field `key` reaches `expected`, or stops growing for `settle`, or
     /// `deadline_ns` passes. Returns the last total.
     pub fn wait_for(

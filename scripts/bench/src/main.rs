@@ -8,6 +8,7 @@
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! herald-bench upstream  --clients N [--rate R] --pushes M
+//! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
 //! ```
@@ -55,10 +56,12 @@
 mod args;
 mod churn;
 mod clients;
+mod idle;
 mod limit;
 mod modes;
 mod procstat;
 mod push;
+mod query;
 mod server;
 mod upstream;
 mod util;

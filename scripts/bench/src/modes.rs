@@ -45,6 +45,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
         "upstream" => crate::upstream::run(o, d),
+        "idle" => crate::idle::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -292,6 +293,10 @@ fn unicast_run(
             .map(|r| format!("at {r}/s"))
             .unwrap_or_else(|| "flat out".into())
     ));
+    let asker = match &o.query {
+        Some(q) => Some(crate::query::Asker::start(text, q, o.query_every_ms)?),
+        None => None,
+    };
     let out = push::unicast(&push::UnicastPlan {
         text,
         conns: o.conns,
@@ -302,6 +307,9 @@ fn unicast_run(
         seed: o.seed,
         deadline_ns: d.before_end(10_000_000_000),
     })?;
+    if let (Some(a), Some(q)) = (asker, &o.query) {
+        a.finish(q, m)?;
+    }
     let delivered = pool.wait_for(
         "uni",
         out.ok_t.len() as u64,

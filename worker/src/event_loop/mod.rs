@@ -160,6 +160,14 @@ pub struct Worker {
     stats: Stats,
     /// How long backends waited for the answers to their pushes.
     push_latency: crate::histogram::Histogram,
+    /// How long clients' frames waited in their output queues before the kernel took them
+    /// (from the turn that queued them to the write that finished them).
+    delivery_latency: crate::histogram::Histogram,
+    /// When this turn's events were taken: frames queued in the turn are counted from it.
+    turn_start: Instant,
+    /// Client connections whose output did not all go in one write, with the turn their
+    /// oldest waiting frame was queued in (few: only slow readers are here).
+    blocked_since: foldhash::HashMap<usize, Instant>,
     /// Pushes per second over the last stats tick.
     qps: f64,
     /// When `qps` was last computed (once a second, with Socket.IO's online count).
@@ -304,6 +312,9 @@ impl Worker {
             bus_again: false,
             stats: Stats::default(),
             push_latency: Default::default(),
+            delivery_latency: Default::default(),
+            turn_start: Instant::now(),
+            blocked_since: Default::default(),
             qps: 0.0,
             last_tick: Instant::now(),
             last_tick_pushes: 0,
@@ -390,6 +401,7 @@ impl Worker {
                 }
                 return Err(e);
             }
+            self.turn_start = Instant::now();
             self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
             // Sibling links first: what a sibling said before this turn (a login's presence,
             // answers) is known before any connection's request of this turn is handled.

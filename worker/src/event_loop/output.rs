@@ -11,6 +11,7 @@ use crate::registry::Recipient;
 use bytes::Bytes;
 use mio::{Interest, Token};
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 impl Worker {
     /// Queues bytes to connection `slot`, to be written at the end of the turn.
@@ -71,7 +72,17 @@ impl Worker {
     /// Writes every connection in this turn's flush list.
     fn flush_conns(&mut self) {
         let mut i = 0;
+        // Frames written in this turn count from the turn's start; the clock is read once
+        // per batch of writes, and the writes of one batch are recorded together.
+        let mut clock = Instant::now();
+        let mut same = 0u64;
         while i < self.dirty.len() {
+            if i % 64 == 0 && same > 0 {
+                clock = Instant::now();
+                self.delivery_latency
+                    .observe_n(clock.saturating_duration_since(self.turn_start), same);
+                same = 0;
+            }
             let slot = self.dirty[i];
             i += 1;
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -83,7 +94,24 @@ impl Worker {
                 // Its input is over and every request read is answered: close after the answers.
                 conn.flags |= CLOSING;
             }
+            let client = !conn.out.is_empty() && !conn.is_backend();
             let res = conn.out.flush(&mut conn.stream, &mut conn.bytes_out);
+            if client {
+                let done = matches!(res, Ok(true));
+                let waited = if done {
+                    self.blocked_since.remove(&slot)
+                } else {
+                    self.blocked_since.entry(slot).or_insert(self.turn_start);
+                    None
+                };
+                match (done, waited) {
+                    (true, Some(since)) => self
+                        .delivery_latency
+                        .observe(clock.saturating_duration_since(since)),
+                    (true, None) => same += 1,
+                    _ => {}
+                }
+            }
             if conn.flags & READ_PAUSED != 0 && !read_blocked(conn, &self.cfg) {
                 conn.flags &= !READ_PAUSED;
                 if conn.flags & RESUME == 0 {
@@ -152,6 +180,11 @@ impl Worker {
                 self.http_resume(slot);
             }
         }
+        if same > 0 {
+            let now = Instant::now();
+            self.delivery_latency
+                .observe_n(now.saturating_duration_since(self.turn_start), same);
+        }
         self.dirty.clear();
     }
 
@@ -176,6 +209,9 @@ impl Worker {
         }
         let mut conn = self.conns.remove(slot);
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if !self.blocked_since.is_empty() {
+            self.blocked_since.remove(&slot);
+        }
         self.forget_ip(conn.remote.ip());
         if conn.port == Port::Sio {
             self.sio_conn_closed(slot, &conn);

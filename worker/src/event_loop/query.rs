@@ -39,7 +39,9 @@ pub(super) enum QReply {
     },
     /// A uid logged in here: adopt the groups its siblings know for it.
     LoginSync(Rc<str>),
-    /// The once-a-second count of uids and pages for Socket.IO's `update_online_count`.
+    /// The once-a-second check whether any worker's logins moved, before Socket.IO's count.
+    OnlineGeneration,
+    /// The count of uids and pages for Socket.IO's `update_online_count`.
     OnlineCount,
     /// This worker linked to its siblings, or (re)joined the cluster: its uids adopt the
     /// groups the others know for them (a login made before could not ask), and it learns
@@ -54,6 +56,33 @@ impl Worker {
         match q {
             Query::Online { uid } => Share::Connections {
                 connections: self.registry.get(uid).len() as u64,
+            },
+            Query::Count { group: None } => {
+                let connections = self.registry.connection_count() as u64;
+                Share::Hashes {
+                    connections,
+                    hashes: self.registry.uid_hashes().to_vec(),
+                }
+            }
+            Query::Count { group: Some(g) } if !g.is_empty() => {
+                let (mut connections, mut hashes) = (0u64, Vec::new());
+                for u in self.groups.members(g) {
+                    let n = self.registry.get(u).len() as u64;
+                    if n > 0 {
+                        connections += n;
+                        hashes.push(herald_ipc::uid_hash(u));
+                    }
+                }
+                hashes.sort_unstable();
+                hashes.dedup();
+                Share::Hashes {
+                    connections,
+                    hashes,
+                }
+            }
+            Query::Generation => Share::Generation {
+                pid: self.pid,
+                generation: self.registry.generation(),
             },
             Query::Uids { group } | Query::Count { group } => {
                 let (mut connections, mut uids) = (0u64, Vec::new());
@@ -170,9 +199,23 @@ impl Worker {
                 self.http_respond(slot, r);
                 self.http_resume(slot);
             }
+            QReply::OnlineGeneration => {
+                // A partial answer moves the figure too: the count after it is redone.
+                let g = match merged {
+                    Merged::Generation(g) if !partial => Some(g),
+                    _ => None,
+                };
+                match g {
+                    Some(g) => self.sio_generation(g),
+                    None => {
+                        self.sio.online_generation = None;
+                        self.sio_generation(0);
+                    }
+                }
+            }
             QReply::OnlineCount => {
-                if let Merged::Uids { connections, uids } = &merged {
-                    self.sio_online(uids.len(), *connections);
+                if let Merged::Count { connections, uids } = &merged {
+                    self.sio_online(*uids, *connections);
                 } else {
                     self.sio_online(0, 0);
                 }

@@ -18,11 +18,23 @@ impl Worker {
             return;
         }
         self.sio.online_asked = true;
-        self.query(Query::Uids { group: None }, QReply::OnlineCount);
+        self.query(Query::Generation, QReply::OnlineGeneration);
+    }
+
+    /// The workers' generations arrived: count again only if one moved since the last count
+    /// (at 100,000 uids a count is a merge of every worker's uids, not worth doing each second
+    /// for nothing).
+    pub(super) fn sio_generation(&mut self, generation: u64) {
+        if self.sio.online_generation == Some(generation) {
+            self.sio.online_asked = false;
+            return;
+        }
+        self.sio.online_generation = Some(generation);
+        self.query(Query::Count { group: None }, QReply::OnlineCount);
     }
 
     /// The merged counts arrived: tell every connected session if they changed.
-    pub(super) fn sio_online(&mut self, uids: usize, pages: u64) {
+    pub(super) fn sio_online(&mut self, uids: u64, pages: u64) {
         self.sio.online_asked = false;
         let text = format!("当前<b>{uids}</b>人在线，共打开<b>{pages}</b>个页面");
         if text == self.sio.online_text {

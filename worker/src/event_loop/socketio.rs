@@ -94,6 +94,9 @@ pub struct Sio {
     pub online_text: String,
     /// A count query is in flight.
     pub online_asked: bool,
+    /// The generations behind the last count (see `Query::Generation`): while no worker's
+    /// logins moved, the count stands and is not asked again.
+    pub online_generation: Option<u64>,
 }
 
 impl Sio {
@@ -112,6 +115,7 @@ impl Sio {
             handoff: mio::net::UnixDatagram::from_std(s),
             online_text: String::new(),
             online_asked: false,
+            online_generation: None,
         })
     }
 }

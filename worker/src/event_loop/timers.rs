@@ -63,7 +63,11 @@ impl Worker {
     pub(super) fn sweep(&mut self) {
         let now = self.now;
         let auth = ticks(self.cfg.auth_timeout);
-        let idle = ticks(self.cfg.idle_timeout);
+        // 0 turns the idle deadline off (with pings off too, a silent client stays for ever).
+        let idle = match ticks(self.cfg.idle_timeout) {
+            0 => u32::MAX,
+            t => t,
+        };
         let slow = ticks(self.cfg.slow_timeout);
         // 0 turns the request deadline off.
         let request = match ticks(self.cfg.header_timeout) {
