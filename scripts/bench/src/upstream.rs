@@ -7,7 +7,7 @@
 //! client), and server CPU (master + workers) per upstream message.
 //!
 //! `--clients N` (the senders, also the receivers), `--pushes M` (messages in all), `--rate R`
-//! (messages per second over all clients; default flat out).
+//! (messages per second over all clients; default flat out); `--set KEY=VALUE` for the server.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,7 +25,9 @@ use crate::ws;
 
 /// Runs the mode.
 pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let mut herald = crate::modes::start_herald_with(o, vec!["events=true".into()])?;
+    let mut sets = vec!["events=true".to_string()];
+    sets.extend(o.sets.iter().cloned());
+    let mut herald = crate::modes::start_herald_with(o, sets)?;
     let n = o.clients.clamp(1, 500);
     let backend = backend(herald.text)?;
     let mut clients = Vec::new();

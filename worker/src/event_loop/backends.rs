@@ -15,6 +15,7 @@ use crate::webhook::News;
 use bytes::Bytes;
 use herald_ipc::PeerMsg;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Webhook news handled per loop turn before other work gets a turn.
@@ -239,7 +240,7 @@ impl Worker {
     /// The owner's part: worker `pid` holds `uid` now (`on`) or no more.
     fn apply_held(&mut self, pid: u32, uid: &str, on: bool) {
         let changed = if on {
-            let e = self.up.held.entry(uid.to_string()).or_default();
+            let e = self.up.held.entry(uid.into()).or_default();
             let first = e.is_empty();
             if !e.contains(&pid) {
                 e.push(pid);
@@ -310,7 +311,7 @@ impl Worker {
             .held
             .iter()
             .filter(|(_, pids)| pids.contains(&pid))
-            .map(|(u, _)| u.clone())
+            .map(|(u, _)| u.to_string())
             .collect();
         for uid in gone {
             self.apply_held(pid, &uid, false);
@@ -363,6 +364,18 @@ impl Worker {
             .retain(|slot, (id, _)| conns.get(*slot).is_some_and(|c| c.id == *id));
         let sessions = &self.sio.sessions;
         self.up.sessions.retain(|idx, _| sessions.contains(*idx));
+        // Tables sized by a peak (a login storm) give their room back.
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 1024 && m.len() * 4 < m.capacity() {
+                m.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.up.handshakes);
+        shrink(&mut self.up.sessions);
+        shrink(&mut self.up.closes);
+        shrink(&mut self.up.clients);
+        shrink(&mut self.up.rates);
+        shrink(&mut self.up.held);
     }
 }
 

@@ -36,15 +36,37 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A logged-in client, as its events name it.
+/// A logged-in client, as its events name it: kept small (no allocation of its own), since
+/// every logged-in connection has one while events are on.
 #[derive(Debug)]
 pub(super) struct Client {
+    /// What its `conn` string is made of, besides the worker's pid and its slot.
+    key: ConnKey,
+    /// When it logged in (milliseconds since the worker's clock origin), for the logout's
+    /// `duration`.
+    since_ms: u64,
+}
+
+/// A client connection's lasting identity in this worker.
+#[derive(Debug, Clone)]
+enum ConnKey {
+    /// A WebSocket's connection id (its slot is the recipient's).
+    Ws(u64),
+    /// A Socket.IO session's id (shared with the session).
+    Session(Rc<str>),
+}
+
+impl Client {
     /// Its `conn` string.
-    conn: Rc<str>,
-    /// When it logged in (for the logout's `duration`).
-    since: Instant,
+    fn conn(&self, pid: u32, who: Recipient) -> String {
+        match (&self.key, who.who()) {
+            (ConnKey::Ws(id), Who::Conn(slot)) => ConnRef::Ws { pid, slot, id: *id }.to_string(),
+            (ConnKey::Session(sid), _) => format!("{pid}.s.{sid}"),
+            (ConnKey::Ws(id), Who::Session(_)) => format!("{pid}.0.{id}"),
+        }
+    }
 }
 
 /// The events state of a worker.
@@ -82,7 +104,7 @@ pub(super) struct Upstream {
     /// How a client's connection is ending: (close code, reason), noted when the close starts.
     pub(super) closes: HashMap<Recipient, (Option<u16>, String)>,
     /// Owner's part of presence: uid → the worker pids holding it.
-    pub(super) held: HashMap<String, SmallVec<[u32; 2]>>,
+    pub(super) held: HashMap<Box<str>, SmallVec<[u32; 2]>>,
     /// Messages per second per logged-in client (with `max_upstream_rate`).
     pub(super) rates: HashMap<Recipient, Rate>,
 }
@@ -173,7 +195,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let (conn, remote, protocol, query) = match who.who() {
+        let (key, remote, protocol, query) = match who.who() {
             Who::Conn(slot) => {
                 let Some(c) = self.conns.get(slot) else {
                     return;
@@ -182,33 +204,22 @@ impl Worker {
                     Some((id, q)) if id == c.id => q,
                     _ => String::new(),
                 };
-                let conn = ConnRef::Ws {
-                    pid: self.pid,
-                    slot,
-                    id: c.id,
-                };
-                (conn, Some(c.remote), "websocket", query)
+                (ConnKey::Ws(c.id), Some(c.remote), "websocket", query)
             }
             Who::Session(idx) => {
                 let Some(s) = self.sio.sessions.get(idx) else {
                     return;
                 };
                 let (query, remote) = self.up.sessions.remove(&idx).unwrap_or_default();
-                let conn = ConnRef::Session {
-                    pid: self.pid,
-                    sid: s.sid.to_string(),
-                };
-                (conn, remote, "socketio", query)
+                (ConnKey::Session(s.sid.clone()), remote, "socketio", query)
             }
         };
-        let conn: Rc<str> = Rc::from(conn.to_string());
-        self.up.clients.insert(
-            who,
-            Client {
-                conn: conn.clone(),
-                since: Instant::now(),
-            },
-        );
+        let client = Client {
+            key,
+            since_ms: self.epoch.elapsed().as_millis() as u64,
+        };
+        let conn = client.conn(self.pid, who);
+        self.up.clients.insert(who, client);
         let id = self.event_id();
         let o = self.origin(&id, uid, &conn);
         let json = events::login(&o, remote, protocol, &query);
@@ -241,9 +252,12 @@ impl Worker {
                 (Who::Session(_), None) => (None, "session ended".to_string()),
             });
             let id = self.event_id();
-            let o = self.origin(&id, uid, &c.conn);
-            let json = events::logout(&o, code, &reason, c.since.elapsed().as_secs_f64());
-            self.emit(events::LOGOUT, uid, json, id, Some(&c.conn), None);
+            let conn = c.conn(self.pid, who);
+            let o = self.origin(&id, uid, &conn);
+            let now_ms = self.epoch.elapsed().as_millis() as u64;
+            let duration = now_ms.saturating_sub(c.since_ms) as f64 / 1000.0;
+            let json = events::logout(&o, code, &reason, duration);
+            self.emit(events::LOGOUT, uid, json, id, Some(&conn), None);
         }
         if last_here {
             self.up_held(uid, false);
@@ -312,7 +326,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn.clone()) else {
+        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn(self.pid, who)) else {
             return;
         };
         let body = match text {
@@ -341,7 +355,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn.clone()) else {
+        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn(self.pid, who)) else {
             return;
         };
         let id = self.event_id();
