@@ -663,3 +663,53 @@ fn a_killed_workers_uids_go_offline() {
         assert!(offline.contains(u), "no offline for {u}");
     }
 }
+
+#[test]
+fn the_php_subscriber_reconnects_after_a_graceful_reload() {
+    if !php_ready() {
+        return;
+    }
+    let mut srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set("events=true")
+        .set("drain_timeout=1")
+        .start();
+    srv.wait_mesh();
+    let php = Lines::spawn(
+        "subscriber.php",
+        Command::new("php").args([
+            workspace_root()
+                .join("scripts/php/subscriber.php")
+                .to_str()
+                .expect("path"),
+            "127.0.0.1",
+            &srv.text.to_string(),
+            "login,message",
+        ]),
+    );
+    php.wait("subscribed", LONG, |l| l == "subscribed");
+    let old = srv.worker_pids();
+    let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "reload: {}", show(&out.stderr));
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = srv.worker_pids();
+        now.len() == 2 && now.is_disjoint(&old)
+    }));
+    // The old worker retired the subscriber's connection; the script subscribed again.
+    php.wait("subscribed again", LONG, |l| l == "subscribed");
+    srv.wait_mesh();
+    // New workers, same chat: a message reaches the consumer and its push comes back.
+    let deadline = Instant::now() + LONG;
+    let mut a = srv.login_acked("after");
+    let mut b = srv.login_acked("other");
+    loop {
+        // Until every new worker knows the subscriber (a message before that has no taker).
+        a.send_text(r#"{"to":"other","text":"after reload"}"#);
+        if b.try_recv_text(Duration::from_millis(300)).as_deref() == Some("after: after reload") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chat after the reload");
+    }
+    assert_eq!(a.recv_text(LONG), "sent");
+}
