@@ -62,6 +62,22 @@ pub fn pick(uid: &str, n: usize) -> usize {
     (h % n as u64) as usize
 }
 
+/// Which of `subscribers` (each a worker pid and a subscriber id) gets the events of `uid`:
+/// the one with the highest hash of (uid, subscriber), the same in every worker for the same
+/// list. When a subscriber comes or goes, only the uids it wins or held move (rendezvous
+/// hashing), so the others stay with the backend that had them.
+pub fn choose(uid: &str, subscribers: &[(u32, u64)]) -> usize {
+    let state = foldhash::fast::FixedState::with_seed(0x5374_6963_6b79);
+    let mut best = (0u64, 0usize);
+    for (i, (pid, id)) in subscribers.iter().enumerate() {
+        let h = state.hash_one((uid.as_bytes(), *pid, *id));
+        if i == 0 || h > best.0 {
+            best = (h, i);
+        }
+    }
+    best.1
+}
+
 /// A client connection as events name it (`conn`): the worker process holding it, and the
 /// connection there. Backends hand it back to reply to that connection or answer its acks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,6 +557,28 @@ mod tests {
         assert!(r.allow(1, 2));
         assert!(!r.allow(1, 2));
         assert!(r.allow(2, 2));
+    }
+
+    #[test]
+    fn choose_moves_few_uids_when_a_subscriber_comes() {
+        let three = [(1, 10), (1, 11), (2, 7)];
+        let four = [(1, 10), (1, 11), (2, 7), (2, 9)];
+        let mut seen = [0; 3];
+        let mut moved = 0;
+        for i in 0..1000 {
+            let uid = format!("u{i}");
+            let a = choose(&uid, &three);
+            seen[a] += 1;
+            let b = choose(&uid, &four);
+            if b != a {
+                // Only to the new subscriber.
+                assert_eq!(b, 3);
+                moved += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 250), "{seen:?}");
+        assert!((150..350).contains(&moved), "{moved} moved");
+        assert_eq!(choose("x", &[]), 0);
     }
 
     #[test]

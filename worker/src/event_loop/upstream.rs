@@ -412,7 +412,7 @@ impl Worker {
             if ring.is_empty() {
                 return;
             }
-            let (pid, sub) = ring[events::pick(uid, ring.len())];
+            let (pid, sub) = ring[events::choose(uid, &ring)];
             if pid == self.pid {
                 self.send_to_sub(sub, Bytes::from(line));
             } else {
