@@ -191,6 +191,17 @@ fn webhook_runs_a_chat_with_signed_batches_replies_acks_and_pushes() {
     let unique: HashSet<&&str> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len());
     assert_eq!(stat(&srv, "webhook_dropped"), 0);
+
+    // A stop closes bob with 1001; his logout is POSTed before the workers exit.
+    let mut srv = srv;
+    let out = srv.cli(&["stop"], Duration::from_secs(30));
+    assert!(out.status.success(), "stop: {}", show(&out.stderr));
+    let out = wait_recorded(&log, "bob's logout at the stop", |v| {
+        v["event"] == "logout" && v["uid"] == "bob"
+    });
+    assert_eq!(out["code"], 1001);
+    assert_eq!(out["reason"], "server stopping");
+    drop(bob);
 }
 
 #[test]

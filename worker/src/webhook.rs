@@ -22,6 +22,7 @@ use mio::Waker;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -90,6 +91,10 @@ pub struct Webhook {
     tx: Sender<Outgoing>,
     /// News from the thread.
     pub rx: Receiver<News>,
+    /// The thread, waited for (a little) when the worker exits.
+    thread: thread::JoinHandle<()>,
+    /// Set when the worker stops waiting for it: a POST failing then is not tried again.
+    abandon: Arc<AtomicBool>,
 }
 
 /// Where to POST.
@@ -156,10 +161,40 @@ impl Webhook {
             stream: None,
         };
         let (batch, delay) = (s.batch, s.delay);
-        thread::Builder::new()
+        let abandon = Arc::new(AtomicBool::new(false));
+        let give_up = abandon.clone();
+        let thread = thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || run(client, rx_events, news_tx, waker, batch, delay))?;
-        Ok(Webhook { tx, rx })
+            .spawn(move || run(client, rx_events, news_tx, waker, batch, delay, give_up))?;
+        Ok(Webhook {
+            tx,
+            rx,
+            thread,
+            abandon,
+        })
+    }
+
+    /// The worker exits: the events still queued (a drain's logouts) are POSTed, for at most
+    /// `limit`; whether all went out.
+    pub fn finish(self, limit: Duration) -> bool {
+        let Webhook {
+            tx,
+            rx,
+            thread,
+            abandon,
+        } = self;
+        // The thread ends once the queue is empty; its news have no reader any more.
+        drop(tx);
+        drop(rx);
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                abandon.store(true, Ordering::SeqCst);
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Queues an event; false when the queue is full (the caller counts the drop).
@@ -171,13 +206,12 @@ impl Webhook {
     }
 }
 
-/// Tells the loop; false when it is gone.
-fn tell(news: &Sender<News>, waker: &Waker, n: News) -> bool {
-    if news.send(n).is_err() {
-        return false;
+/// Tells the loop (nothing when it is gone: the worker is exiting, and the queue is still
+/// POSTed).
+fn tell(news: &Sender<News>, waker: &Waker, n: News) {
+    if news.send(n).is_ok() {
+        let _ = waker.wake();
     }
-    let _ = waker.wake();
-    true
 }
 
 /// The thread: batch, POST until accepted, hand the answers back.
@@ -188,6 +222,7 @@ fn run(
     waker: Arc<Waker>,
     max: usize,
     delay: Duration,
+    abandon: Arc<AtomicBool>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -204,20 +239,19 @@ fn run(
             match client.post(&body) {
                 Ok(a) => break a,
                 Err(why) => {
-                    if !tell(&news, &waker, News::Failed(why)) {
+                    if abandon.load(Ordering::SeqCst) {
                         return;
                     }
+                    tell(&news, &waker, News::Failed(why));
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         };
-        if !tell(&news, &waker, News::Sent(batch.len())) {
-            return;
-        }
+        tell(&news, &waker, News::Sent(batch.len()));
         let replies = answers(&answer, &batch);
-        if !replies.is_empty() && !tell(&news, &waker, News::Answers(replies)) {
-            return;
+        if !replies.is_empty() {
+            tell(&news, &waker, News::Answers(replies));
         }
     }
 }

@@ -493,6 +493,14 @@ impl Worker {
         }
         // Hand the master whatever it was last told (ListenersClosed, a status row).
         let _ = self.control.flush();
+        // The last events (a drain's logouts) to the webhook, well within the master's
+        // `stop_timeout`.
+        let limit = ms(self
+            .cfg
+            .webhook_timeout
+            .min(self.cfg.stop_timeout / 2.0)
+            .min(2.0));
+        self.up.finish(limit);
         Ok(())
     }
 

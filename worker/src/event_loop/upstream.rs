@@ -139,6 +139,18 @@ impl Upstream {
         Ok(up)
     }
 
+    /// The worker exits: what the webhook still has queued is POSTed, for at most `limit`.
+    pub(super) fn finish(&mut self, limit: Duration) {
+        if let Some(w) = self.webhook.take() {
+            if !w.finish(limit) {
+                log::warn!(
+                    "webhook: events still queued at exit after {} s were not sent",
+                    limit.as_secs_f64()
+                );
+            }
+        }
+    }
+
     /// Subscribers in this worker (the `subscribers` gauge).
     pub(super) fn subscribers(&self) -> usize {
         self.subs.len()
