@@ -1,7 +1,8 @@
 <?php
 // A long-running event consumer on Herald's text port (GatewayWorker's BusinessWorker, in one
-// loop): `php scripts/php/subscriber.php [HOST] [PORT] [EVENTS]`, EVENTS a comma-separated
-// list (default message,login,logout,online,offline).
+// loop): `php scripts/php/subscriber.php [HOST] [PORT] [EVENTS] [PUSH_SECRET]`, EVENTS a
+// comma-separated list (default message,login,logout,online,offline), PUSH_SECRET the
+// server's push_secret when it has one.
 //
 // It subscribes, prints every event as one JSON line on stdout, and runs the same chat as
 // webhook.php: a message {"to":"UID","text":"…"} is pushed to UID as "FROM: TEXT", and the
@@ -12,6 +13,7 @@
 $host = $argv[1] ?? '127.0.0.1';
 $port = (int) ($argv[2] ?? 5678);
 $events = explode(',', $argv[3] ?? 'message,login,logout,online,offline');
+$secret = $argv[4] ?? '';
 
 function send($s, array $cmd) {
     fwrite($s, json_encode($cmd) . "\n");
@@ -41,6 +43,13 @@ while (true) {
         fwrite(STDERR, "cannot connect: $errstr; retrying\n");
         sleep(1);
         continue;
+    }
+    if ($secret !== '') {
+        send($s, ['cmd' => 'auth', 'secret' => $secret]);
+        if (trim((string) fgets($s)) !== 'ok') {
+            fwrite(STDERR, "push_secret refused\n");
+            exit(1);
+        }
     }
     send($s, ['cmd' => 'subscribe', 'events' => $events]);
     $first = fgets($s);
