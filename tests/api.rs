@@ -1757,3 +1757,35 @@ done
         ]
     );
 }
+
+/// A `uids` answer of over 64 KB of uids is written by the worker's answer thread: it still
+/// comes in its place among pipelined replies, sorted, each uid once, on the text port and the
+/// API, and the pushes after it are answered too.
+#[test]
+fn big_uid_lists_are_answered_in_order_on_every_surface() {
+    let server = Server::builder().workers(2).login_reply().start();
+    server.wait_mesh();
+    // 300 uids of 240 bytes: 72 KB of lists; one uid twice (on two connections).
+    let uid = |i: usize| format!("{i:03}{}", "x".repeat(237));
+    let mut clients: Vec<_> = (0..300).map(|i| server.login_acked(&uid(i))).collect();
+    clients.push(server.login_acked(&uid(7)));
+    let lines =
+        "{\"cmd\":\"uids\"}\n{\"cmd\":\"count\"}\n{\"uid\":\"nobody\"}\n{\"cmd\":\"uids\"}\n";
+    let reply = String::from_utf8(server.text_push(lines.as_bytes())).expect("utf-8");
+    let got: Vec<&str> = reply.lines().collect();
+    assert_eq!(got.len(), 4, "{}", show(reply.as_bytes()));
+    let want: Vec<String> = (0..300).map(uid).collect();
+    let list: Vec<String> = serde_json::from_str(got[0]).expect("a JSON list");
+    assert_eq!(list, want);
+    assert_eq!(got[1], r#"{"connections":301,"uids":300}"#);
+    assert_eq!(got[2], "fail");
+    assert_eq!(got[3], got[0]);
+    let r = server.http(&get("/api/uids"));
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v["count"], 300);
+    assert_eq!(v["connections"], 301);
+    assert_eq!(v["uids"].as_array().map(Vec::len), Some(300));
+    assert_eq!(v["uids"][299], uid(299));
+    clients.clear();
+}

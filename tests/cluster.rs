@@ -51,7 +51,7 @@ fn a_push_entering_one_node_reaches_a_uid_on_another() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a");
+    let mut a = node(&redis.url(), "node-a");
     let b = node(&redis.url(), "node-b");
     let mut bob = b.login_acked("bob");
     let mut alice = a.login_acked("alice");
@@ -107,6 +107,17 @@ fn a_push_entering_one_node_reaches_a_uid_on_another() {
             && v["workers"][0]["cluster_up"] == serde_json::json!(1)
     });
     assert!(listed, "status does not list both nodes");
+    let out = a.cli(&["status"], Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("this node:      node-a\n"), "{text}");
+    assert!(
+        text.contains("redis:          2 of 2 workers connected\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("live nodes:     2 (node-a, node-b)\n"),
+        "{text}"
+    );
 }
 
 /// A start that cannot join says why in one clear line, keeps serving its own clients, and

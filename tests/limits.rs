@@ -741,3 +741,65 @@ fn slowloris_measurement() {
         counter(srv.http, "header_timeout")
     );
 }
+
+/// At start the server says what its limits let it hold, and warns when the open-file limit
+/// caps a worker below `max_connections`.
+#[test]
+fn start_reports_capacity_and_warns_when_the_file_limit_caps_it() {
+    let srv = Server::builder()
+        .workers(2)
+        .nofile(512)
+        .set("max_connections=1000")
+        .start();
+    let log = srv.log();
+    assert!(
+        log.contains("capacity: 2 workers x about 352 connections each (open-file limit 512, fd_reserve 128)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("max_connections = 1000 per worker, but the open-file limit (512) caps a worker at about 352"),
+        "{log}"
+    );
+    let roomy = Server::builder().workers(2).start();
+    assert!(
+        !roomy.log().contains("max_connections ="),
+        "{}",
+        roomy.log()
+    );
+}
+
+/// A burst of connections queued at once (a reconnect storm) is taken a budget per loop turn:
+/// every one is answered, none stays in the accept queue, and a push in the middle of the
+/// burst is answered too.
+#[test]
+fn a_burst_of_queued_connections_is_taken_in_turns_and_none_is_left() {
+    let srv = Server::builder().login_reply().start();
+    let mut target = srv.login_acked("burst-target");
+    // 600 connections queued, with their handshakes, while the worker is stopped: when it
+    // runs again they are all there at one readiness edge.
+    let worker = *srv.worker_pids().iter().next().expect("a worker");
+    signal(worker, libc::SIGSTOP);
+    let mut socks: Vec<TcpStream> = (0..600)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", srv.ws)).expect("connect");
+            s.write_all(UPGRADE).expect("handshake");
+            s
+        })
+        .collect();
+    signal(worker, libc::SIGCONT);
+    assert_eq!(
+        srv.text_push(b"{\"uid\":\"burst-target\",\"m\":1}\n"),
+        b"ok\n"
+    );
+    assert_eq!(
+        target.try_recv_text(Duration::from_secs(10)).as_deref(),
+        Some(r#"{"uid":"burst-target","m":1}"#)
+    );
+    for (i, s) in socks.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("connection {i} not answered: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 101", "connection {i}");
+    }
+}

@@ -608,3 +608,76 @@ fn plain_reloads_refuse_or_reset_no_connection() {
     assert_eq!(failed, 0, "{r:#?}");
     assert_no_broken_pipe_warnings(&srv);
 }
+
+/// Load balancer probes through reloads: `/healthz` answers 200 at every probe while the
+/// workers are replaced (plain and graceful), `/readyz` answers 200 or 503 (a new worker still
+/// reaching its siblings, an old one retiring), never a refused or broken connection, and 200
+/// again once the reload is over.
+#[test]
+fn health_probes_answer_through_reloads() {
+    let mut srv = Server::builder().workers(WORKERS).start();
+    srv.wait_mesh();
+    let http = srv.http;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen: HashMap<(&'static str, u16), usize> = HashMap::new();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for path in ["/healthz", "/readyz"] {
+                    match try_http(http, &get(path)) {
+                        Ok(r) => *seen.entry((path, r.status)).or_default() += 1,
+                        Err(e) => failures.push(format!("{path}: {e}")),
+                    }
+                }
+            }
+            (seen, failures)
+        })
+    };
+    for args in [&["reload"][..], &["reload", "-g"]] {
+        reload(&mut srv, args);
+        assert!(
+            wait_until(Duration::from_secs(10), || srv.http(&get("/readyz")).status
+                == 200),
+            "not ready after herald {}",
+            args.join(" ")
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (seen, failures) = probing.join().expect("prober");
+    eprintln!("probes during the reloads: {seen:?}");
+    assert!(failures.is_empty(), "probes failed: {failures:?}");
+    assert!(
+        seen.get(&("/healthz", 200)).copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+    for ((path, status), n) in &seen {
+        match *path {
+            "/healthz" => assert_eq!(*status, 200, "{n} probes of {path}: {seen:?}"),
+            _ => assert!(matches!(status, 200 | 503), "{seen:?}"),
+        }
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`): the status, or what went wrong.
+fn try_http(port: u16, req: &[u8]) -> Result<HttpStatus, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(REPLY)).ok();
+    s.write_all(req).map_err(|e| format!("write: {e}"))?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)
+        .map_err(|e| format!("read: {e} after {}", show(&all)))?;
+    let status = String::from_utf8_lossy(&all)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no status in {}", show(&all)))?;
+    Ok(HttpStatus { status })
+}
+
+/// The status line's code of an answer.
+struct HttpStatus {
+    /// The code.
+    status: u16,
+}

@@ -82,6 +82,15 @@ pub enum Share {
         /// Their uids.
         uids: Vec<String>,
     },
+    /// The uids with a connection here, sorted and joined by `\n` (a uid has no control
+    /// character): one string to encode and decode instead of one per uid, and lists that an
+    /// answer merges in one pass.
+    UidList {
+        /// Connections here.
+        connections: u64,
+        /// The uids, ascending, each followed by `\n`.
+        uids: String,
+    },
     /// The uids with a connection here as [`uid_hash`]es, sorted and distinct, and those
     /// connections: what a count needs, at 8 bytes a uid and a merge of numbers.
     Hashes {

@@ -46,6 +46,42 @@ pub fn raise_nofile() -> u64 {
     }
 }
 
+/// The accept queue every listener asks for (the worker's `listen(4096)`).
+const BACKLOG: u64 = 4096;
+
+/// Descriptors a worker holds besides its connections (listeners, links, the epoll, files).
+const OVERHEAD_FDS: u64 = 32;
+
+/// Says at start what the machine's limits let this server hold, and warns about a limit that
+/// caps it below what the configuration asks: the open-file limit per worker against
+/// `max_connections`, and `net.core.somaxconn` against the listeners' accept queue (a login storm beyond them is dropped by the kernel and counted in
+/// `ListenOverflows`).
+pub fn capacity(nofile: u64, workers: usize, fd_reserve: usize, max_connections: usize) {
+    let per_worker = nofile.saturating_sub(fd_reserve as u64 + OVERHEAD_FDS);
+    log::info!(
+        "capacity: {workers} workers x about {per_worker} connections each (open-file limit {nofile}, fd_reserve {fd_reserve}) = about {} connections",
+        per_worker * workers as u64
+    );
+    if max_connections > 0 && (max_connections as u64) > per_worker {
+        log::warn!(
+            "max_connections = {max_connections} per worker, but the open-file limit ({nofile}) caps a worker at about {per_worker}: raise LimitNOFILE= in the unit (or ulimit -n), or add workers"
+        );
+    }
+    for (path, what) in [("/proc/sys/net/core/somaxconn", "net.core.somaxconn")] {
+        let Some(v) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if v < BACKLOG {
+            log::warn!(
+                "{what} = {v} caps each listener's queue of connections not yet accepted below {BACKLOG}: in a reconnect storm the kernel drops the excess (ListenOverflows in /proc/net/netstat); `sysctl -w {what}={BACKLOG}` raises it"
+            );
+        }
+    }
+}
+
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// Turns on `net.ipv4.tcp_migrate_req` if it is off: the kernel then moves connections queued

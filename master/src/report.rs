@@ -204,7 +204,13 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
                 let known = first.contains(&k.as_str())
                     || matches!(
                         k.as_str(),
-                        "worker" | "pid" | "rss_kib" | "push_latency" | "delivery_latency"
+                        "worker"
+                            | "pid"
+                            | "rss_kib"
+                            | "push_latency"
+                            | "delivery_latency"
+                            | "cluster_node"
+                            | "cluster_nodes"
                     );
                 if !known && !extra.contains(k) {
                     extra.push(k.clone());
@@ -253,6 +259,57 @@ pub fn format_status(g: &Global, answers: &[Answer<Value>]) -> String {
         "total: {} (answered {answered} of {})\n",
         sums.join(", "),
         sorted.len()
+    ));
+    out.push_str(&cluster_block(&sorted));
+    out
+}
+
+/// The `CLUSTER` block of the status report, when the workers are nodes of a cluster: this
+/// node's name, how many workers reach Redis, and the live nodes as worker 0 last listed them.
+fn cluster_block(sorted: &[&Answer<Value>]) -> String {
+    let rows: Vec<&serde_json::Map<String, Value>> = sorted
+        .iter()
+        .filter_map(|a| match &a.reply {
+            Some(Value::Object(m)) if m.contains_key("cluster_node") => Some(m),
+            _ => None,
+        })
+        .collect();
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let up = rows
+        .iter()
+        .filter(|m| m.get("cluster_up").and_then(Value::as_u64) == Some(1))
+        .count();
+    // Worker 0 keeps the list (the others' may be empty).
+    let nodes: Vec<String> = rows
+        .iter()
+        .filter_map(|m| m.get("cluster_nodes")?.as_array().cloned())
+        .max_by_key(Vec::len)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect();
+    let mut out = rule("CLUSTER");
+    out.push_str(&format!(
+        "this node:      {}\n",
+        first
+            .get("cluster_node")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+    ));
+    out.push_str(&format!(
+        "redis:          {up} of {} workers connected\n",
+        rows.len()
+    ));
+    out.push_str(&format!(
+        "live nodes:     {} ({})\n",
+        nodes.len(),
+        if nodes.is_empty() {
+            "none listed yet".to_string()
+        } else {
+            nodes.join(", ")
+        }
     ));
     out
 }

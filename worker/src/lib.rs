@@ -24,6 +24,7 @@ pub mod presence;
 pub mod proto;
 pub mod query;
 pub mod registry;
+pub mod render;
 pub mod webhook;
 
 pub use config::{Config, ConfigError, Listeners};

@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Merged {
     /// Connections summed over workers (online, kick).
     Connections(u64),
-    /// Distinct uids and their connections (uids, count).
+    /// Distinct uids and their connections (uids): each worker's sorted list, merged as the
+    /// answer is written (see [`each_uid`]).
     Uids {
         /// Connections summed over workers.
         connections: u64,
-        /// Distinct uids, sorted.
-        uids: Vec<String>,
+        /// Each worker's uids, ascending, each followed by `\n`.
+        lists: Vec<String>,
     },
     /// Distinct uids counted, and their connections (count).
     Count {
@@ -101,25 +102,34 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
             Merged::Generation(fold)
         }
         Query::Uids { .. } => {
-            // References first: one sort and one copy of each distinct uid, where a set of
-            // copies would allocate and rebalance for every uid of every worker.
-            let (mut connections, mut all) = (0, Vec::new());
+            let (mut connections, mut lists) = (0, Vec::new());
             for s in shares {
-                if let Share::Uids {
-                    connections: c,
-                    uids,
-                } = s
-                {
-                    connections += c;
-                    all.extend(uids.iter().map(String::as_str));
+                match s {
+                    Share::UidList {
+                        connections: c,
+                        uids,
+                    } => {
+                        connections += c;
+                        lists.push(uids.clone());
+                    }
+                    // A sibling of an older build answers with a vector of uids.
+                    Share::Uids {
+                        connections: c,
+                        uids,
+                    } => {
+                        connections += c;
+                        let mut v: Vec<&str> = uids
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|u| !u.contains('\n'))
+                            .collect();
+                        v.sort_unstable();
+                        lists.push(v.iter().flat_map(|u| [*u, "\n"]).collect());
+                    }
+                    _ => {}
                 }
             }
-            all.sort_unstable();
-            all.dedup();
-            Merged::Uids {
-                connections,
-                uids: all.into_iter().map(str::to_string).collect(),
-            }
+            Merged::Uids { connections, lists }
         }
         Query::Groups => {
             let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -155,6 +165,56 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
         ),
         Query::Join { .. } | Query::Leave { .. } | Query::Ungroup { .. } => Merged::Done,
     }
+}
+
+/// Calls `f` with every distinct uid of the ascending `\n`-terminated lists, in order: a merge
+/// that reads each list once (k is the number of workers and nodes, a handful), so 100,000
+/// uids cost one comparison per list each, and no allocation.
+pub fn each_uid(lists: &[String], mut f: impl FnMut(&str)) {
+    let mut at = vec![0usize; lists.len()];
+    let mut last: Option<&str> = None;
+    loop {
+        let mut min: Option<(usize, &str)> = None;
+        for (i, l) in lists.iter().enumerate() {
+            let rest = &l[at[i].min(l.len())..];
+            let Some(end) = rest.find('\n') else {
+                continue;
+            };
+            let head = &rest[..end];
+            if min.is_none_or(|(_, m)| head < m) {
+                min = Some((i, head));
+            }
+        }
+        let Some((i, u)) = min else {
+            return;
+        };
+        at[i] += u.len() + 1;
+        if last != Some(u) {
+            f(u);
+            last = Some(u);
+        }
+    }
+}
+
+/// Writes the distinct uids of `lists` as a JSON array; returns how many there were.
+fn uids_json(lists: &[String], out: &mut String) -> u64 {
+    let mut n = 0u64;
+    out.push('[');
+    each_uid(lists, |u| {
+        if n > 0 {
+            out.push(',');
+        }
+        n += 1;
+        if u.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            out.push_str(&Value::from(u).to_string());
+        } else {
+            out.push('"');
+            out.push_str(u);
+            out.push('"');
+        }
+    });
+    out.push(']');
+    n
 }
 
 /// How many distinct values the ascending lists hold together: a merge that walks each list
@@ -209,12 +269,17 @@ pub fn render_text(q: &Query, m: &Merged, partial: bool) -> Vec<u8> {
             o.insert("uids".into(), json!(uids));
             with_partial(o)
         }
-        (Query::Uids { .. }, Merged::Uids { uids, .. }) => {
+        (Query::Uids { .. }, Merged::Uids { lists, .. }) => {
+            let mut s =
+                String::with_capacity(lists.iter().map(|l| l.len() + 3 * l.len() / 8).sum());
             if partial {
-                json!({ "uids": uids, "partial": true }).to_string()
+                s.push_str("{\"uids\":");
+                uids_json(lists, &mut s);
+                s.push_str(",\"partial\":true}");
             } else {
-                json!(uids).to_string()
+                uids_json(lists, &mut s);
             }
+            s
         }
         (Query::Groups, Merged::Groups(g)) => {
             if partial {
@@ -242,14 +307,22 @@ fn totals(rows: &[Value]) -> Map<String, Value> {
 }
 
 /// The JSON API's (status, body) for a merged answer.
-pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, Value) {
+pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, String) {
     let mut v = match (q, m) {
         (Query::Online { .. }, Merged::Connections(n)) => {
             json!({ "online": *n > 0, "connections": n })
         }
         (Query::Kick { .. }, Merged::Connections(n)) => json!({ "ok": *n > 0, "connections": n }),
-        (Query::Uids { .. }, Merged::Uids { connections, uids }) => {
-            json!({ "uids": uids, "count": uids.len(), "connections": connections })
+        (Query::Uids { .. }, Merged::Uids { connections, lists }) => {
+            // Written directly: a JSON value of 100,000 strings would allocate each twice.
+            let mut s = String::from("{\"uids\":");
+            let count = uids_json(lists, &mut s);
+            s.push_str(&format!(",\"count\":{count},\"connections\":{connections}"));
+            if partial {
+                s.push_str(",\"partial\":true");
+            }
+            s.push('}');
+            return (200, s);
         }
         (Query::Count { .. }, Merged::Count { connections, uids }) => {
             json!({ "count": uids, "connections": connections })
@@ -261,7 +334,7 @@ pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, Value) {
     if partial {
         v["partial"] = json!(true);
     }
-    (200, v)
+    (200, v.to_string())
 }
 
 /// Prometheus text exposition of every worker's status row: one family per figure of the
@@ -360,6 +433,35 @@ mod tests {
     }
 
     #[test]
+    fn uid_lists_merge_in_order_once_each() {
+        let list = |c: u64, u: &str| Share::UidList {
+            connections: c,
+            uids: u.to_string(),
+        };
+        let shares = [
+            list(3, "a\nc\nz\u{e9}\n"),
+            list(1, "b\nc\n"),
+            uids(2, &["\"q\"", "a"]),
+            list(0, ""),
+        ];
+        let q = Query::Uids { group: None };
+        let m = merge(&q, &shares);
+        assert_eq!(
+            String::from_utf8(render_text(&q, &m, false)).expect("utf-8"),
+            "[\"\\\"q\\\"\",\"a\",\"b\",\"c\",\"z\u{e9}\"]\n"
+        );
+        let (_, body) = render_http(&q, &m, true);
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["count"], json!(5));
+        assert_eq!(v["connections"], json!(6));
+        assert_eq!(v["partial"], json!(true));
+        assert_eq!(v["uids"][0], json!("\"q\""));
+        let mut seen = Vec::new();
+        each_uid(&[], |u| seen.push(u.to_string()));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
     fn a_generation_moves_when_any_worker_moves() {
         let g = |pairs: &[(u32, u64)]| {
             let shares: Vec<Share> = pairs
@@ -426,6 +528,7 @@ mod tests {
         );
         assert_eq!(render_text(&q, &m, true), b"1\n");
         let (status, v) = render_http(&q, &m, true);
+        let v: Value = serde_json::from_str(&v).expect("json");
         assert_eq!(status, 200);
         assert_eq!(v, json!({"online":true,"connections":1,"partial":true}));
     }
@@ -451,6 +554,7 @@ mod tests {
         };
         let rows = vec![row(0), row(1)];
         let (_, v) = render_http(&Query::Stats, &Merged::Workers(rows.clone()), false);
+        let v: Value = serde_json::from_str(&v).expect("json");
         let metrics = render_metrics(&rows, false);
         for s in TABLE {
             let metric = match s.kind {

@@ -72,6 +72,11 @@ pub struct Registry {
     hashes: Vec<u64>,
     /// The generation `hashes` was built at (`u64::MAX`: never).
     hashed_at: u64,
+    /// The uids, sorted, each followed by `\n`, as of `listed_at` (built for the first `uids`
+    /// question, kept while the set of uids stays the same).
+    list: String,
+    /// The generation `list` was built at (`u64::MAX`: never).
+    listed_at: u64,
 }
 
 impl Default for Registry {
@@ -82,6 +87,8 @@ impl Default for Registry {
             generation: 0,
             hashes: Vec::new(),
             hashed_at: u64::MAX,
+            list: String::new(),
+            listed_at: u64::MAX,
         }
     }
 }
@@ -140,6 +147,10 @@ impl Registry {
             self.hashes = Vec::new();
             self.hashed_at = u64::MAX;
         }
+        if self.listed_at != self.generation && !self.list.is_empty() {
+            self.list = String::new();
+            self.listed_at = u64::MAX;
+        }
         shrunk
     }
 
@@ -162,6 +173,25 @@ impl Registry {
         &self.hashes
     }
 
+    /// Every uid, ascending, each followed by `\n`: rebuilt only when a login or logout came
+    /// since the last call.
+    pub fn uid_list(&mut self) -> &str {
+        if self.listed_at != self.generation {
+            let mut uids: Vec<&str> = self.uids.keys().map(|u| &**u).collect();
+            uids.sort_unstable();
+            self.list.clear();
+            self.list
+                .reserve(uids.iter().map(|u| u.len() + 1).sum::<usize>());
+            for u in uids {
+                self.list.push_str(u);
+                self.list.push('\n');
+            }
+            self.list.shrink_to_fit();
+            self.listed_at = self.generation;
+        }
+        &self.list
+    }
+
     /// Distinct uids with at least one connection here.
     pub fn uid_count(&self) -> usize {
         self.uids.len()
@@ -176,6 +206,28 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_and_hashes_follow_logins_and_logouts() {
+        let mut r = Registry::default();
+        r.add("b", Recipient::conn(1));
+        r.add("a", Recipient::conn(2));
+        assert_eq!(r.uid_list(), "a\nb\n");
+        assert_eq!(r.uid_hashes().len(), 2);
+        let g = r.generation();
+        // A second connection of a known uid moves the generation, not the list.
+        r.add("a", Recipient::conn(3));
+        assert!(r.generation() > g);
+        assert_eq!(r.uid_list(), "a\nb\n");
+        r.remove("b", Recipient::conn(1));
+        assert_eq!(r.uid_list(), "a\n");
+        assert_eq!(r.uid_hashes(), &[herald_ipc::uid_hash("a")][..]);
+        r.add("c", Recipient::session(0));
+        let mut want = [herald_ipc::uid_hash("a"), herald_ipc::uid_hash("c")];
+        want.sort_unstable();
+        assert_eq!(r.uid_hashes(), &want[..]);
+        assert_eq!(r.uid_list(), "a\nc\n");
+    }
 
     #[test]
     fn several_connections_per_uid() {

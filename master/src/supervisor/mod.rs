@@ -218,7 +218,13 @@ fn supervise(
     let listeners = config.validate()?;
     let pid_file = PathBuf::from(&config.pid_file);
     let _lock = PidFile::create(&pid_file)?;
-    preflight::raise_nofile();
+    let nofile = preflight::raise_nofile();
+    preflight::capacity(
+        nofile,
+        config.worker_count(),
+        config.fd_reserve,
+        config.max_connections,
+    );
     preflight::check_ports(&listeners)?;
     preflight::enable_migrate_req();
 

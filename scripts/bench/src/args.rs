@@ -16,6 +16,8 @@ USAGE:
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench upstream  --clients N [--rate R] --pushes M
   herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
+  herald-bench storm     --clients N --steady K --rate R --pushes M
+  herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
 
@@ -42,6 +44,13 @@ MODES:
   idle       open N clients, log them in, hold them idle; over S seconds report the server's
              CPU as a share of one core, the pings written and the CPU per ping, memory per
              client (RSS/PSS) and the kernel's TCP memory per client (/proc/net/sockstat)
+  storm      N clients drop their connections at once and reconnect (each process keeping
+             --inflight handshakes going) while K steady clients get R pushes/s (M in all, so
+             M/R seconds: longer than the storm); report the time until all N are back, failed
+             reconnects, the steady pushes' latency and losses, and ListenOverflows/ListenDrops
+  cluster-broadcast  N clients spread over three Herald nodes (--workers each) on a
+             redis-server started for the run, B broadcasts into node 0; the broadcast figures,
+             with CPU summed over the nodes and Redis, and Redis's CPU per broadcast
   churn      keep about N clients connected while opening R new ones per second and closing R
              random ones per second for S seconds, pushing P/s to connected uids; report connects
              attempted/failed, disconnects, pushes ok/fail, losses (ok, the client stayed 1 s
@@ -56,6 +65,7 @@ OPTIONS:
   --seconds S        churn, idle: duration in seconds (default 60)
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
+  --steady K         storm: clients that stay connected and get the pushes (default 1000)
   --query LINE       unicast: meanwhile, ask LINE (e.g. {\"cmd\":\"uids\"}) on its own text
                      connection every --query-every-ms (default 100); report answer times
   --window W         unicast flat out: unanswered lines per connection (default 256)
@@ -123,6 +133,8 @@ pub struct Opts {
     pub server_wrap: Vec<String>,
     /// Milliseconds between SIGTERM and SIGKILL when Herald is stopped.
     pub stop_grace_ms: u64,
+    /// `storm`: clients that stay connected and receive the pushes.
+    pub steady: usize,
     /// `unicast`: a question asked over and over while the pushes run.
     pub query: Option<String>,
     /// `unicast`: milliseconds between two questions.
@@ -159,6 +171,7 @@ impl Default for Opts {
             sets: Vec::new(),
             query: None,
             query_every_ms: 100,
+            steady: 1000,
         }
     }
 }
@@ -214,6 +227,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--push-rate" => o.push_rate = v.parse().map_err(|e| bad(&e))?,
             "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
             "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
+            "--steady" => o.steady = v.parse().map_err(|e| bad(&e))?,
             "--query" => o.query = Some(v.to_string()),
             "--query-every-ms" => o.query_every_ms = v.parse().map_err(|e| bad(&e))?,
             "--set" if v.contains('=') => o.sets.push(v.to_string()),
@@ -223,7 +237,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "upstream" | "idle" => {}
+        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

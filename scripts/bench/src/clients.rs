@@ -389,6 +389,8 @@ struct ClientProc {
     ready: Vec<usize>,
     /// The churn in progress (`churn` command), if any.
     churn: Option<churn::Churn>,
+    /// Slots to open again (`reopen` after `drop`), opened as the in-flight limit allows.
+    reopen: Vec<usize>,
 }
 
 /// Runs a client process (the hidden `_clients` subcommand) until `quit` or end of input.
@@ -429,6 +431,7 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
         cmd_buf: Vec::new(),
         ready: Vec::new(),
         churn: None,
+        reopen: Vec::new(),
     };
     reply(&json!({"hello": true, "pid": std::process::id()}))?;
     p.run()
@@ -482,6 +485,28 @@ impl ClientProc {
             self.next_open += 1;
             self.open_slot(i, (self.cfg.first + i) as u64);
         }
+        while self.inflight < self.cfg.inflight {
+            let Some(i) = self.reopen.pop() else { break };
+            if self.conns.get(i).is_some_and(Option::is_none) {
+                self.open_slot(i, (self.cfg.first + i) as u64);
+            }
+        }
+    }
+
+    /// Closes every connection at once (a network drop, as the clients see it); returns how
+    /// many were open.
+    fn drop_all(&mut self) -> usize {
+        let mut n = 0;
+        for i in 0..self.conns.len() {
+            if let Some(mut c) = self.take_conn(i) {
+                let _ = self.poll.registry().deregister(&mut c.sock);
+                if c.state != St::Ready {
+                    self.inflight -= 1;
+                }
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Opens connection `i` (an empty slot of `conns`) for client `u{g}`, from source address
@@ -694,7 +719,21 @@ impl ClientProc {
                     "connected": self.connected,
                     "closed": self.closed,
                     "other": self.rec.other,
+                    "live": self.ready.len(),
+                    "failed": self.failed,
                 }))?,
+                "drop" => {
+                    let dropped = self.drop_all();
+                    reply(&json!({"dropped": dropped}))?;
+                }
+                "reopen" => {
+                    self.reopen = (0..self.conns.len())
+                        .rev()
+                        .filter(|&i| self.conns[i].is_none())
+                        .collect();
+                    self.started = true;
+                    reply(&json!({"reopening": self.reopen.len()}))?;
+                }
                 "reset" => {
                     self.rec = Recorder::default();
                     reply(&json!({"ok": true}))?;
@@ -753,6 +792,8 @@ pub struct PoolConfig {
     /// Connections opened over the whole run (more than `clients` when churning): the source
     /// addresses are chosen so that each carries at most `per_addr` of them.
     pub total_connects: usize,
+    /// The first client's number (uid `u{uid_base}`): two pools side by side hold distinct uids.
+    pub uid_base: usize,
 }
 
 /// One spawned client process, seen from the parent.
@@ -797,7 +838,7 @@ impl ClientPool {
             .div_ceil(cfg.per_addr.max(1))
             .clamp(1, 254);
         let mut pool = ClientPool { procs: Vec::new() };
-        let mut first = 0;
+        let mut first = cfg.uid_base;
         for p in 0..procs {
             let count = cfg.clients / procs + usize::from(p < cfg.clients % procs);
             let cc = ChildConfig {

@@ -9,6 +9,8 @@
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! herald-bench upstream  --clients N [--rate R] --pushes M
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
+//! herald-bench storm     --clients N --steady K --rate R --pushes M
+//! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G
 //! ```
@@ -56,6 +58,7 @@
 mod args;
 mod churn;
 mod clients;
+mod cluster_bc;
 mod idle;
 mod limit;
 mod modes;
@@ -63,6 +66,7 @@ mod procstat;
 mod push;
 mod query;
 mod server;
+mod storm;
 mod upstream;
 mod util;
 mod ws;

@@ -46,6 +46,8 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "cluster-unicast" => cluster_unicast(o, d),
         "upstream" => crate::upstream::run(o, d),
         "idle" => crate::idle::run(o, d),
+        "storm" => crate::storm::run(o, d),
+        "cluster-broadcast" => crate::cluster_bc::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }
@@ -106,17 +108,31 @@ pub(crate) fn connect_pool(
     raw: bool,
     total_connects: usize,
 ) -> Result<(ClientPool, ConnectOutcome), String> {
+    connect_pool_of(o, d, ws, raw, total_connects, 0, o.clients)
+}
+
+/// [`connect_pool`] for `clients` clients numbered from `uid_base`.
+pub(crate) fn connect_pool_of(
+    o: &Opts,
+    d: Deadlines,
+    ws: std::net::SocketAddrV4,
+    raw: bool,
+    total_connects: usize,
+    uid_base: usize,
+    clients: usize,
+) -> Result<(ClientPool, ConnectOutcome), String> {
     let mut pool = ClientPool::spawn(&PoolConfig {
         ws,
-        clients: o.clients,
-        procs: procs(o),
+        clients,
+        uid_base,
+        procs: o.procs.unwrap_or(clients.div_ceil(15_000) + 1).max(1),
         per_addr: o.per_addr,
         inflight: o.inflight,
         raw,
         connect_deadline_ns: d.connect,
         total_connects,
     })?;
-    util::progress(&format!("connecting {} clients", o.clients));
+    util::progress(&format!("connecting {clients} clients"));
     let c = pool.connect()?;
     util::progress(&format!(
         "{} connected, {} failed in {:.2} s",
@@ -275,7 +291,7 @@ fn limit_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
 
 /// Pushes `o.pushes` lines through `text` while `pool`'s clients receive them, and adds the
 /// unicast figures to `m`; `sample` reads the server's CPU.
-fn unicast_run(
+pub(crate) fn unicast_run(
     o: &Opts,
     d: Deadlines,
     pool: &mut ClientPool,
@@ -374,7 +390,7 @@ fn unicast_run(
 }
 
 /// Figures of a finished series of broadcasts, from the clients' reports.
-fn broadcast_figures(
+pub(crate) fn broadcast_figures(
     m: &mut Map<String, Value>,
     reports: &[Value],
     sent: &[u64],

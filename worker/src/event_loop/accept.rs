@@ -26,6 +26,12 @@ use std::time::{Duration, Instant};
 /// What a connection refused for lack of descriptors is told.
 const NO_FDS: &str = "server busy: out of file descriptors";
 
+/// Connections taken from one listener in one loop turn at most: each is read at once (its
+/// handshake is usually there already), so a reconnect storm's full accept queue (4,096)
+/// taken in one turn would hold every push of the worker for 100 ms and more; the rest waits
+/// for the next turn, after the other sockets' events.
+const ACCEPT_BUDGET: usize = 64;
+
 /// How long accepting pauses after `EMFILE`/`ENFILE` when no spare descriptor is at hand.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -62,13 +68,20 @@ impl Worker {
         self.fd_limit - reserve
     }
 
-    /// Takes every connection waiting on `port`'s listener (edge-triggered: until
-    /// `WouldBlock`), unless accepting is paused.
+    /// Takes the connections waiting on `port`'s listener (edge-triggered: until `WouldBlock`,
+    /// or [`ACCEPT_BUDGET`] of them, the rest marked to be taken next turn), unless accepting
+    /// is paused.
     pub(super) fn accept(&mut self, port: Port) {
         if self.accept_paused_until.is_some() || !self.mesh_known {
             return;
         }
+        let mut budget = ACCEPT_BUDGET;
         loop {
+            if budget == 0 {
+                self.accept_again |= 1 << port.index();
+                return;
+            }
+            budget -= 1;
             let Some(listener) = self.listeners[port].as_ref() else {
                 return;
             };

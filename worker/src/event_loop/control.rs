@@ -314,7 +314,8 @@ impl Worker {
         row.insert("qps".into(), json!((self.qps * 10.0).round() / 10.0));
         row.insert("push_latency".into(), self.push_latency.to_json());
         row.insert("delivery_latency".into(), self.delivery_latency.to_json());
-        if self.bus.is_some() {
+        if let Some(bus) = &self.bus {
+            row.insert("cluster_node".into(), json!(bus.node));
             row.insert("cluster_nodes".into(), json!(self.cluster_nodes));
         }
         row.insert("draining".into(), json!(self.drain_deadline.is_some()));

@@ -273,10 +273,27 @@ impl Worker {
         v: &Value,
         allow: Option<&str>,
     ) {
+        self.http_json_with(slot, id, status, v.to_string(), allow);
+    }
+
+    /// [`Worker::http_json`] for a body already written as JSON text.
+    pub(super) fn http_json_text(&mut self, slot: usize, id: u64, status: u16, body: String) {
+        self.http_json_with(slot, id, status, body, None);
+    }
+
+    /// Sends `body` (JSON text, a newline added) as the answer on `slot`.
+    fn http_json_with(
+        &mut self,
+        slot: usize,
+        id: u64,
+        status: u16,
+        body: String,
+        allow: Option<&str>,
+    ) {
         let Some(keep) = self.http_keep_alive(slot, id) else {
             return;
         };
-        let mut body = v.to_string().into_bytes();
+        let mut body = body.into_bytes();
         body.push(b'\n');
         let allow = allow.map(|a| format!("Allow: {a}\r\n")).unwrap_or_default();
         let r = http::response(status, "application/json", &body, keep, &allow);

@@ -78,6 +78,8 @@ const TOK_MESH: Token = Token(9);
 const TOK_HANDOFF: Token = Token(10);
 /// The loop's one waker (shared by the cluster bus and the webhook): news from a thread wait.
 const TOK_BUS: Token = Token(11);
+/// The answer writer's waker: big answers written off the loop wait (see `render`).
+const TOK_RENDER: Token = Token(14);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -113,6 +115,9 @@ pub struct Worker {
     listeners: PortMap<Option<TcpListener>>,
     /// Accepting is paused after EMFILE until then.
     accept_paused_until: Option<Instant>,
+    /// Listeners (bit `Port::index`) whose queue was not emptied last turn (the accept budget
+    /// ran out): taken again this turn, since edge-triggered readiness will not say so again.
+    accept_again: u8,
     /// The master has said which workers are alive (its first `Peers`), and this worker has
     /// linked to them. Until then connections wait in the kernel's accept queue: a push taken
     /// by a fresh worker that does not know its siblings yet would reach nobody and answer
@@ -148,6 +153,8 @@ pub struct Worker {
     views: HashMap<u32, View>,
     /// The way to the other hosts of a cluster (`None`: a single host).
     bus: Option<crate::cluster::Bus>,
+    /// The thread that writes big answers (`uids` over many uids), started at the first.
+    renderer: Option<crate::render::Renderer>,
     /// Redis answers (for `status`, `/metrics` and the log).
     cluster_up: bool,
     /// The loss of Redis was logged (once per episode).
@@ -290,6 +297,7 @@ impl Worker {
             poll: Poll::new()?,
             listeners,
             accept_paused_until: None,
+            accept_again: 0,
             mesh_known: false,
             mesh_wait_until: Instant::now() + MESH_WAIT,
             conns: Slab::new(),
@@ -311,6 +319,7 @@ impl Worker {
             cluster_nodes: Vec::new(),
             bus_again: false,
             stats: Stats::default(),
+            renderer: None,
             push_latency: Default::default(),
             delivery_latency: Default::default(),
             turn_start: Instant::now(),
@@ -417,6 +426,12 @@ impl Worker {
             if std::mem::take(&mut self.up.news_again) {
                 self.on_webhook();
             }
+            let again = std::mem::take(&mut self.accept_again);
+            for port in Port::ALL {
+                if again & (1 << port.index()) != 0 {
+                    self.accept(port);
+                }
+            }
             for slot in std::mem::take(&mut self.resume) {
                 if let Some(c) = self.conns.get_mut(slot) {
                     c.flags &= !RESUME;
@@ -433,6 +448,7 @@ impl Worker {
                         self.on_bus();
                         self.on_webhook();
                     }
+                    TOK_RENDER => self.on_rendered(),
                     Token(t) if t >= LINK_BASE => {}
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
@@ -505,7 +521,8 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || self.bus_again || self.up.news_again {
+        if !self.resume.is_empty() || self.bus_again || self.up.news_again || self.accept_again != 0
+        {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -7,6 +7,7 @@ use super::mesh::{Holders, Job};
 use super::Worker;
 use crate::query::{merge, render_http, render_metrics, render_text, Merged};
 use crate::registry::Who;
+use crate::render;
 use bytes::Bytes;
 use herald_ipc::{PeerMsg, Query, Share};
 use std::rc::Rc;
@@ -57,53 +58,59 @@ impl Worker {
             Query::Online { uid } => Share::Connections {
                 connections: self.registry.get(uid).len() as u64,
             },
-            Query::Count { group: None } => {
-                let connections = self.registry.connection_count() as u64;
-                Share::Hashes {
-                    connections,
-                    hashes: self.registry.uid_hashes().to_vec(),
-                }
-            }
-            Query::Count { group: Some(g) } if !g.is_empty() => {
-                let (mut connections, mut hashes) = (0u64, Vec::new());
+            Query::Count { group } => {
+                let Some(g) = group.as_deref().filter(|g| !g.is_empty()) else {
+                    let connections = self.registry.connection_count() as u64;
+                    return Share::Hashes {
+                        connections,
+                        hashes: self.registry.uid_hashes().to_vec(),
+                    };
+                };
+                let (mut connections, mut hashes_of) = (0u64, Vec::new());
                 for u in self.groups.members(g) {
                     let n = self.registry.get(u).len() as u64;
                     if n > 0 {
                         connections += n;
-                        hashes.push(herald_ipc::uid_hash(u));
+                        hashes_of.push(herald_ipc::uid_hash(u));
                     }
                 }
-                hashes.sort_unstable();
-                hashes.dedup();
+                hashes_of.sort_unstable();
+                hashes_of.dedup();
                 Share::Hashes {
                     connections,
-                    hashes,
+                    hashes: hashes_of,
                 }
             }
             Query::Generation => Share::Generation {
                 pid: self.pid,
                 generation: self.registry.generation(),
             },
-            Query::Uids { group } | Query::Count { group } => {
-                let (mut connections, mut uids) = (0u64, Vec::new());
-                match group.as_deref().filter(|g| !g.is_empty()) {
-                    None => {
-                        for (u, slots) in self.registry.iter() {
-                            connections += slots.len() as u64;
-                            uids.push(u.to_string());
-                        }
-                    }
-                    Some(g) => {
-                        for u in self.groups.members(g) {
-                            let n = self.registry.get(u).len() as u64;
-                            if n > 0 {
-                                connections += n;
-                                uids.push(u.clone());
-                            }
-                        }
+            Query::Uids { group } => {
+                let Some(g) = group.as_deref().filter(|g| !g.is_empty()) else {
+                    let connections = self.registry.connection_count() as u64;
+                    return Share::UidList {
+                        connections,
+                        uids: self.registry.uid_list().to_string(),
+                    };
+                };
+                let (mut connections, mut uids) = (0u64, Vec::<&str>::new());
+                for u in self.groups.members(g) {
+                    let n = self.registry.get(u).len() as u64;
+                    if n > 0 {
+                        connections += n;
+                        uids.push(u);
                     }
                 }
-                Share::Uids { connections, uids }
+                uids.sort_unstable();
+                let mut list = String::with_capacity(uids.iter().map(|u| u.len() + 1).sum());
+                for u in uids {
+                    list.push_str(u);
+                    list.push('\n');
+                }
+                Share::UidList {
+                    connections,
+                    uids: list,
+                }
             }
             Query::Groups => Share::Groups {
                 groups: self
@@ -147,6 +154,47 @@ impl Worker {
         }
     }
 
+    /// The answer writer, started on first use; `None` if its thread cannot start (the loop
+    /// then writes big answers itself).
+    fn renderer(&mut self) -> Option<&render::Renderer> {
+        if self.renderer.is_none() {
+            let started = mio::Waker::new(self.poll.registry(), super::TOK_RENDER)
+                .and_then(render::Renderer::start);
+            match started {
+                Ok(r) => self.renderer = Some(r),
+                Err(e) => {
+                    log::warn!("cannot start the answer writer thread: {e}");
+                    return None;
+                }
+            }
+        }
+        self.renderer.as_ref()
+    }
+
+    /// Answers the writer thread finished: send them.
+    pub(super) fn on_rendered(&mut self) {
+        loop {
+            let Some((to, written)) = self.renderer.as_ref().and_then(|r| r.rx.try_recv().ok())
+            else {
+                return;
+            };
+            self.send_written(to, written);
+        }
+    }
+
+    /// Sends a written answer where it goes.
+    fn send_written(&mut self, to: render::To, written: render::Written) {
+        match (to, written) {
+            (render::To::Text { slot, id, seq }, render::Written::Text(line)) => {
+                self.text_reply(slot, id, seq, Bytes::from(line));
+            }
+            (render::To::Http { slot, id }, render::Written::Http(status, body)) => {
+                self.http_json_text(slot, id, status, body);
+            }
+            _ => {}
+        }
+    }
+
     /// Answers `q` here and asks every sibling; the merged answer goes to `reply`.
     pub(super) fn query(&mut self, q: Query, reply: QReply) {
         let local = self.answer_query(&q);
@@ -171,14 +219,37 @@ impl Worker {
         partial: bool,
     ) {
         let merged = merge(q, shares);
+        let to = match reply {
+            QReply::Text { slot, id, seq } => Some(render::To::Text { slot, id, seq }),
+            QReply::Http { slot, id } => Some(render::To::Http { slot, id }),
+            _ => None,
+        };
+        if let Some(to) = to.filter(|_| render::is_big(&merged)) {
+            let job = render::Job {
+                to,
+                query: q.clone(),
+                merged,
+                partial,
+            };
+            let job = match self.renderer() {
+                Some(r) => match r.submit(job) {
+                    Ok(()) => return,
+                    Err(job) => *job,
+                },
+                None => job,
+            };
+            let written = render::write(&job);
+            self.send_written(to, written);
+            return;
+        }
         match reply {
             QReply::Text { slot, id, seq } => {
                 let line = render_text(q, &merged, partial);
                 self.text_reply(slot, id, seq, Bytes::from(line));
             }
             QReply::Http { slot, id } => {
-                let (status, v) = render_http(q, &merged, partial);
-                self.http_json(slot, id, status, &v, None);
+                let (status, body) = render_http(q, &merged, partial);
+                self.http_json_text(slot, id, status, body);
             }
             QReply::Metrics { slot, id } => {
                 let Some(keep) = self.http_keep_alive(slot, id) else {
