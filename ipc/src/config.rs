@@ -22,6 +22,9 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// The events a client's connection produces, by name (`webhook_events`, `subscribe`).
+pub const EVENT_NAMES: [&str; 5] = ["login", "message", "logout", "online", "offline"];
+
 /// A configuration that cannot run.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -169,6 +172,34 @@ pub struct Config {
     /// configuration file (loading overwrites it).
     #[serde(skip_serializing_if = "TlsPem::is_empty")]
     pub tls_pem: TlsPem,
+    /// Events from clients (login, message, logout, online, offline) are produced, for
+    /// subscribers on the text port and the webhook. Off by default: each logged-in client then
+    /// costs a little more memory (its connection's name and login time).
+    pub events: bool,
+    /// Where events are POSTed as JSON, in batches (`http://HOST[:PORT]/PATH`); empty: no
+    /// webhook. Setting it turns `events` on.
+    pub webhook_url: String,
+    /// Which events the webhook receives (`login`, `message`, `logout`, `online`, `offline`).
+    pub webhook_events: Vec<String>,
+    /// Key of the HMAC-SHA256 signature of every webhook body (`X-Herald-Signature`); empty:
+    /// bodies are not signed.
+    pub webhook_secret: String,
+    /// Events in one webhook POST at most.
+    pub webhook_batch: usize,
+    /// How long the first event of a batch waits for others before the POST goes (seconds).
+    pub webhook_delay: f64,
+    /// Events waiting for the webhook per worker at most; beyond, events are dropped and
+    /// counted (`webhook_dropped`), so an endpoint that is down costs bounded memory.
+    pub webhook_queue: usize,
+    /// How long one webhook POST may take (connect, send, answer) before it counts as failed
+    /// and is retried.
+    pub webhook_timeout: f64,
+    /// Messages per second one logged-in client may send (0: no limit); what is over it is
+    /// dropped and counted, or closes the connection (`upstream_rate_close`).
+    pub max_upstream_rate: u32,
+    /// A client over `max_upstream_rate` is closed with 1008 instead of having its excess
+    /// messages dropped.
+    pub upstream_rate_close: bool,
 }
 
 /// The PEM contents of `tls_cert`, `tls_key` and `tls_client_ca`, as loaded.
@@ -254,6 +285,18 @@ impl Default for Config {
             tls_key: String::new(),
             tls_client_ca: String::new(),
             tls_pem: TlsPem::default(),
+            events: false,
+            webhook_url: String::new(),
+            webhook_events: ["login", "message", "logout", "online", "offline"]
+                .map(String::from)
+                .to_vec(),
+            webhook_secret: String::new(),
+            webhook_batch: 100,
+            webhook_delay: 0.005,
+            webhook_queue: 10_000,
+            webhook_timeout: 5.0,
+            max_upstream_rate: 0,
+            upstream_rate_close: false,
         }
     }
 }
@@ -306,6 +349,8 @@ impl Config {
             ("slow_timeout", self.slow_timeout),
             ("group_ttl", self.group_ttl),
             ("header_timeout", self.header_timeout),
+            ("webhook_delay", self.webhook_delay),
+            ("webhook_timeout", self.webhook_timeout),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -397,7 +442,53 @@ impl Config {
                 why: "ports speaking TLS need tls_cert (PEM chain) and tls_key (PEM key)".into(),
             });
         }
+        self.check_events()?;
         Ok(l)
+    }
+
+    /// Events are produced: asked for, or needed by a webhook.
+    pub fn events_on(&self) -> bool {
+        self.events || !self.webhook_url.is_empty()
+    }
+
+    /// The event and webhook keys.
+    fn check_events(&self) -> Result<(), ConfigError> {
+        if !self.webhook_url.is_empty() && !self.webhook_url.starts_with("http://") {
+            return Err(ConfigError::OutOfRange {
+                key: "webhook_url",
+                why: format!(
+                    "`{}` is not an http:// URL (http://HOST[:PORT]/PATH; put a TLS proxy in front for https)",
+                    self.webhook_url
+                ),
+            });
+        }
+        for e in &self.webhook_events {
+            if !EVENT_NAMES.contains(&e.as_str()) {
+                return Err(ConfigError::OutOfRange {
+                    key: "webhook_events",
+                    why: format!("`{e}` is not one of {}", EVENT_NAMES.join(", ")),
+                });
+            }
+        }
+        if !(1..=10_000).contains(&self.webhook_batch) {
+            return Err(ConfigError::OutOfRange {
+                key: "webhook_batch",
+                why: format!("{} events: 1 to 10000", self.webhook_batch),
+            });
+        }
+        if !(1..=10_000_000).contains(&self.webhook_queue) {
+            return Err(ConfigError::OutOfRange {
+                key: "webhook_queue",
+                why: format!("{} events: 1 to 10000000", self.webhook_queue),
+            });
+        }
+        if self.webhook_timeout <= 0.0 {
+            return Err(ConfigError::OutOfRange {
+                key: "webhook_timeout",
+                why: "a POST needs some time (more than 0 s)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The WebSocket authentication mode, with the empty default resolved.
@@ -544,6 +635,51 @@ mod tests {
             ..TlsPem::default()
         };
         assert!(!format!("{pem:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn event_keys_are_checked() {
+        let ok = Config {
+            webhook_url: "http://127.0.0.1:8080/herald.php".into(),
+            webhook_events: vec!["message".into()],
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        assert!(ok.events_on());
+        assert!(!Config::default().events_on());
+        for (c, key) in [
+            (
+                Config {
+                    webhook_url: "https://x/".into(),
+                    ..Config::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Config {
+                    webhook_events: vec!["msg".into()],
+                    ..Config::default()
+                },
+                "webhook_events",
+            ),
+            (
+                Config {
+                    webhook_batch: 0,
+                    ..Config::default()
+                },
+                "webhook_batch",
+            ),
+            (
+                Config {
+                    webhook_timeout: 0.0,
+                    ..Config::default()
+                },
+                "webhook_timeout",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 
     #[test]

@@ -89,6 +89,40 @@ pub enum PeerMsg {
         /// Its share.
         share: Share,
     },
+    /// The sender's event subscribers, whole (sent when a link opens and after each change):
+    /// each subscriber's id (its text connection's id) and the events it wants (a bit mask).
+    /// Every worker routes a client's `message` to one subscriber of the whole server.
+    Subscribers(Vec<(u64, u8)>),
+    /// An event line for the receiver's subscribers: the one whose id is `sub`, or, with
+    /// `sub` 0, every subscriber wanting one of the events in `mask`.
+    Event {
+        /// The subscriber, or 0 for all that want `mask`.
+        sub: u64,
+        /// The event's bit.
+        mask: u8,
+        /// The JSON line, newline included.
+        line: Vec<u8>,
+    },
+    /// To the worker that keeps the server-wide presence of these uids: the sender got the
+    /// first connection of each (`on`), or lost the last one.
+    UidsHeld {
+        /// Arrived (true) or departed.
+        on: bool,
+        /// The uids.
+        uids: Vec<String>,
+    },
+    /// A backend's answer for one client connection of the receiver (its `conn` string, as
+    /// the events name it): a message to it, or the payload of a Socket.IO acknowledgement.
+    ToClient {
+        /// The connection, as the events name it.
+        conn: String,
+        /// The Socket.IO ack id the answer is for; `None`: a message (reply).
+        ack: Option<u64>,
+        /// A binary frame (a reply only).
+        binary: bool,
+        /// The reply's bytes, or the ack's arguments as a JSON array.
+        payload: Vec<u8>,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -98,6 +132,10 @@ const QUERY: u8 = 4;
 const ANSWER: u8 = 5;
 const PRESENCE_SNAPSHOT: u8 = 6;
 const PRESENCE_CHANGES: u8 = 7;
+const SUBSCRIBERS: u8 = 8;
+const EVENT: u8 = 9;
+const UIDS_HELD: u8 = 10;
+const TO_CLIENT: u8 = 11;
 
 const T_UIDS: u8 = 0;
 const T_ALL: u8 = 1;
@@ -156,6 +194,38 @@ impl Wire for PeerMsg {
                 put::u64(out, *id);
                 let _ = serde_json::to_writer(&mut *out, share);
             }
+            PeerMsg::Subscribers(list) => {
+                put::u8(out, SUBSCRIBERS);
+                put::u32(out, list.len() as u32);
+                for (id, mask) in list {
+                    put::u64(out, *id);
+                    put::u8(out, *mask);
+                }
+            }
+            PeerMsg::Event { sub, mask, line } => {
+                put::u8(out, EVENT);
+                put::u64(out, *sub);
+                put::u8(out, *mask);
+                out.extend_from_slice(line);
+            }
+            PeerMsg::UidsHeld { on, uids } => {
+                put::u8(out, UIDS_HELD);
+                put::u8(out, *on as u8);
+                put::strs(out, uids);
+            }
+            PeerMsg::ToClient {
+                conn,
+                ack,
+                binary,
+                payload,
+            } => {
+                put::u8(out, TO_CLIENT);
+                put::bytes(out, conn.as_bytes());
+                put::u8(out, ack.is_some() as u8);
+                put::u64(out, ack.unwrap_or(0));
+                put::u8(out, *binary as u8);
+                out.extend_from_slice(payload);
+            }
         }
     }
 
@@ -205,6 +275,38 @@ impl Wire for PeerMsg {
                 share: serde_json::from_slice(r.rest())
                     .map_err(|e| CodecError::Json(e.to_string()))?,
             },
+            SUBSCRIBERS => {
+                let n = r.u32("subscribers")? as usize;
+                // Each entry is 9 bytes: refuse counts the body cannot hold.
+                if n > body.len() / 9 {
+                    return Err(CodecError::Truncated("subscribers"));
+                }
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push((r.u64("subscriber")?, r.u8("mask")?));
+                }
+                PeerMsg::Subscribers(list)
+            }
+            EVENT => PeerMsg::Event {
+                sub: r.u64("sub")?,
+                mask: r.u8("mask")?,
+                line: r.rest().to_vec(),
+            },
+            UIDS_HELD => PeerMsg::UidsHeld {
+                on: r.u8("on")? != 0,
+                uids: r.strs("uids")?,
+            },
+            TO_CLIENT => {
+                let conn = r.string("conn")?;
+                let has_ack = r.u8("has_ack")? != 0;
+                let ack = r.u64("ack")?;
+                PeerMsg::ToClient {
+                    conn,
+                    ack: has_ack.then_some(ack),
+                    binary: r.u8("binary")? != 0,
+                    payload: r.rest().to_vec(),
+                }
+            }
             other => return Err(CodecError::UnknownKind(other)),
         })
     }
@@ -393,6 +495,32 @@ mod tests {
                 row: serde_json::json!({"pushes": 3}),
             },
         });
+        round(PeerMsg::Subscribers(vec![(7, 3), (1 << 50, 0x1f)]));
+        round(PeerMsg::Subscribers(vec![]));
+        round(PeerMsg::Event {
+            sub: 0,
+            mask: 2,
+            line: b"{\"event\":\"online\"}\n".to_vec(),
+        });
+        round(PeerMsg::UidsHeld {
+            on: true,
+            uids: vec!["u1".into(), "u2".into()],
+        });
+        round(PeerMsg::ToClient {
+            conn: "12.3.4".into(),
+            ack: Some(5),
+            binary: false,
+            payload: b"[1]".to_vec(),
+        });
+        round(PeerMsg::ToClient {
+            conn: "12.s.abc".into(),
+            ack: None,
+            binary: true,
+            payload: vec![0, 1],
+        });
+        let mut evil = Vec::new();
+        put::u32(&mut evil, u32::MAX);
+        assert!(PeerMsg::decode(SUBSCRIBERS, &evil).is_err());
         // A query this build does not know is an error, not a silent default.
         let mut out = Vec::new();
         put::u64(&mut out, 1);

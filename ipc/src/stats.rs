@@ -144,6 +144,22 @@ table! {
     tls_on_plain: Counter;
     /// Socket.IO TLS connections relayed, decrypted, to the worker owning their session
     tls_relayed: Counter;
+    /// Messages from logged-in clients (WebSocket messages, Socket.IO events other than login)
+    upstream_messages: Counter;
+    /// Client messages over max_upstream_rate (dropped, or their connection closed)
+    upstream_limited: Counter;
+    /// Events produced here (login, message, logout, online, offline)
+    events: Counter;
+    /// Event lines dropped for a subscriber: its queue over max_send_buffer, a sibling link full, or no subscriber left
+    events_dropped: Counter;
+    /// Text connections subscribed to events
+    subscribers: Gauge;
+    /// Events the webhook endpoint accepted (2xx)
+    webhook_sent: Counter;
+    /// Events dropped because the webhook queue (webhook_queue) was full
+    webhook_dropped: Counter;
+    /// Webhook POSTs that failed (no answer, or not 2xx) and were retried
+    webhook_retries: Counter;
 }
 
 impl Stat {

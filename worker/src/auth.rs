@@ -136,10 +136,17 @@ impl Auth {
 /// `hash_hmac('sha256', "$uid.$exp", $secret)` gives), for backends written in Rust and tests.
 pub fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
     let payload = format!("{uid}.{exp}");
+    let sig = hmac_hex(secret.as_bytes(), payload.as_bytes());
+    format!("{payload}.{sig}")
+}
+
+/// The lowercase hex HMAC-SHA256 of `msg` under `key` (PHP: `hash_hmac('sha256', $msg, $key)`):
+/// the signature of tokens and of webhook bodies.
+pub fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let sig: String = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+    match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mut mac) => {
-            mac.update(payload.as_bytes());
+            mac.update(msg);
             mac.finalize()
                 .into_bytes()
                 .iter()
@@ -147,8 +154,7 @@ pub fn hmac_token(secret: &str, uid: &str, exp: u64) -> String {
                 .collect()
         }
         Err(_) => String::new(),
-    };
-    format!("{payload}.{sig}")
+    }
 }
 
 /// `token` from a request target's query string (`/path?token=…`).

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;
+pub mod events;
 pub mod gather;
 pub mod groups;
 pub mod histogram;
@@ -26,6 +27,7 @@ pub mod registry;
 pub mod render;
 pub mod stream;
 pub mod tls;
+pub mod webhook;
 
 pub use config::{Config, ConfigError, Listeners};
 /// The configuration lives in `herald-ipc` (the master needs it without this crate); it is

@@ -79,10 +79,9 @@ pub struct Renderer {
 
 impl Renderer {
     /// Starts the thread; it wakes the loop through `waker` after each answer.
-    pub fn start(waker: Waker) -> std::io::Result<Renderer> {
+    pub fn start(waker: Arc<Waker>) -> std::io::Result<Renderer> {
         let (tx, jobs) = bounded::<Job>(QUEUE);
         let (done, rx) = bounded::<(To, Written)>(QUEUE);
-        let waker = Arc::new(waker);
         std::thread::Builder::new()
             .name("herald-render".into())
             .spawn(move || {

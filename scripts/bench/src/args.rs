@@ -14,6 +14,7 @@ USAGE:
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
+  herald-bench upstream  --clients N [--rate R] --pushes M
   herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
   herald-bench storm     --clients N --steady K --rate R --pushes M
   herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
@@ -36,6 +37,10 @@ MODES:
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
+  upstream   N WebSocket clients send messages (to the next client's uid) that Herald turns into
+             events for one backend subscribed on the text port, which answers each with a
+             push; report messages/s, losses, latency client -> backend -> client, and server
+             CPU per upstream message
   idle       open N clients, log them in, hold them idle; over S seconds report the server's
              CPU as a share of one core, the pings written and the CPU per ping, memory per
              client (RSS/PSS) and the kernel's TCP memory per client (/proc/net/sockstat)
@@ -241,7 +246,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "idle" | "storm" | "cluster-broadcast" => {}
+        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

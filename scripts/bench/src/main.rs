@@ -7,6 +7,7 @@
 //! herald-bench limit     --clients N --count B [--spacing-ms S]
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
+//! herald-bench upstream  --clients N [--rate R] --pushes M
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
 //! herald-bench storm     --clients N --steady K --rate R --pushes M
 //! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
@@ -44,6 +45,8 @@
 //!   connection per client process); connects attempted/failed, disconnects, pushes ok/fail,
 //!   losses (`ok`, the client stayed connected 1 s more, never received), and server RSS/PSS at
 //!   baseline, peak and 2 s after every client left (`memory_return_pct`). See `churn.rs`.
+//! * `upstream` — client messages through a backend subscribed to events and back as pushes;
+//!   messages/s, latency, server CPU per message. See `upstream.rs`.
 //!
 //! `--server-wrap CMD` starts Herald under a wrapper (`scripts/profile` uses valgrind's
 //! callgrind); `--stop-grace-ms` gives it time to write its output after SIGTERM.
@@ -65,6 +68,7 @@ mod query;
 mod server;
 mod storm;
 mod tls;
+mod upstream;
 mod util;
 mod ws;
 

@@ -44,6 +44,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "limit-unicast" => limit_unicast(o, d),
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
+        "upstream" => crate::upstream::run(o, d),
         "idle" => crate::idle::run(o, d),
         "storm" => crate::storm::run(o, d),
         "cluster-broadcast" => crate::cluster_bc::run(o, d),

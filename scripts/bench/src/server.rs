@@ -76,6 +76,8 @@ pub struct Herald {
     pub ws: SocketAddrV4,
     /// Text push port address.
     pub text: SocketAddrV4,
+    /// HTTP port address (the JSON API's figures).
+    pub http: SocketAddrV4,
     /// Its temporary directory (pid file, log).
     dir: PathBuf,
     /// Set once stopped.
@@ -104,6 +106,7 @@ impl Herald {
         let log2 = log.try_clone().map_err(|e| format!("herald.log: {e}"))?;
         let ws = SocketAddrV4::new([127, 0, 0, 1].into(), pw);
         let text = SocketAddrV4::new([127, 0, 0, 1].into(), pt);
+        let http = SocketAddrV4::new([127, 0, 0, 1].into(), ph);
         let mut cmd = match launch.wrap.split_first() {
             Some((prog, args)) => {
                 let mut c = Command::new(prog);
@@ -116,7 +119,7 @@ impl Herald {
             .args(["--workers", &workers.to_string()])
             .args(["--ws", &ws.to_string()])
             .args(["--text", &text.to_string()])
-            .args(["--http", &format!("127.0.0.1:{ph}")])
+            .args(["--http", &http.to_string()])
             .args(["--socketio", "off"])
             .arg("--pid-file")
             .arg(dir.join("herald.pid"))
@@ -148,6 +151,7 @@ impl Herald {
             victim,
             ws,
             text,
+            http,
             dir,
             stopped: false,
             stop_grace_ms: launch.stop_grace_ms,

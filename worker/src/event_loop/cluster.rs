@@ -51,10 +51,10 @@ pub(super) fn start_bus(
     node: &str,
     pid: u32,
     instance: u32,
-    registry: &mio::Registry,
-    token: mio::Token,
+    waker: Option<Arc<mio::Waker>>,
 ) -> std::io::Result<Bus> {
-    let waker = Arc::new(mio::Waker::new(registry, token)?);
+    let waker =
+        waker.ok_or_else(|| std::io::Error::other("the cluster bus needs the loop's waker"))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let owner = format!("{}:{instance}", host.trim());
     Bus::start(url, ca, prefix, node, pid, &owner, waker).map_err(std::io::Error::other)
@@ -241,7 +241,12 @@ impl Worker {
                 }
                 self.progress(id);
             }
-            PeerMsg::Hello { .. } | PeerMsg::Presence(_) => {}
+            PeerMsg::Hello { .. }
+            | PeerMsg::Presence(_)
+            | PeerMsg::Subscribers(_)
+            | PeerMsg::Event { .. }
+            | PeerMsg::UidsHeld { .. }
+            | PeerMsg::ToClient { .. } => {}
         }
     }
 

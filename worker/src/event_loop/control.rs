@@ -278,6 +278,7 @@ impl Worker {
         s.logged_in = self.registry.connection_count() as u64;
         s.uids = self.registry.uid_count() as u64;
         s.links = self.links.len() as u64;
+        s.subscribers = self.up.subscribers() as u64;
         s.inflight = self.gather.len() as u64;
         s.rss_kib = rss_kib();
         s.resident_memory_bytes = s.rss_kib * 1024;

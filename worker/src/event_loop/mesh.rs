@@ -167,6 +167,7 @@ impl Worker {
             Token(LINK_BASE + entry.key()),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let key = entry.key();
         entry.insert(Link {
             chan,
             outbound: true,
@@ -174,6 +175,7 @@ impl Worker {
             peer_worker: p.worker,
             dirty: true,
         });
+        self.up_link_opened(key);
         Ok(())
     }
 
@@ -296,6 +298,10 @@ impl Worker {
                 }
                 self.progress(id);
             }
+            m @ (PeerMsg::Subscribers(_)
+            | PeerMsg::Event { .. }
+            | PeerMsg::UidsHeld { .. }
+            | PeerMsg::ToClient { .. }) => self.up_peer_msg(key, m),
         }
     }
 
@@ -422,6 +428,7 @@ impl Worker {
             // Its picture came on this link; a new link brings a new snapshot.
             self.views.remove(&l.peer_pid);
         }
+        self.up_link_lost(l.peer_pid, l.outbound);
         let mut ids = Vec::new();
         self.gather.link_lost(key, &mut ids);
         self.stats.ipc_undelivered += ids.len() as u64;

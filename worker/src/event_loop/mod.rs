@@ -23,7 +23,9 @@
 //!   and what is done with the merged answer;
 //! - `output`: queued output, flushing, closing;
 //! - `control`: the master's channel, drain, status rows;
-//! - `timers`: the sweep (handshake, login, idle and slow deadlines, pings) and memory.
+//! - `timers`: the sweep (handshake, login, idle and slow deadlines, pings) and memory;
+//! - `upstream`: events from clients (login, message, logout, online, offline) for the
+//!   webhook and the text port's subscribers.
 
 use crate::auth::Auth;
 use crate::config::{Config, Listeners};
@@ -46,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod accept;
 mod api;
+mod backends;
 mod cluster;
 mod control;
 mod handoff;
@@ -61,6 +64,7 @@ mod socketio;
 mod text;
 mod timers;
 mod tls;
+mod upstream;
 mod websocket;
 
 use control::Retire;
@@ -73,10 +77,9 @@ const TOK_CONTROL: Token = Token(8);
 const TOK_MESH: Token = Token(9);
 /// The Socket.IO handoff socket: connections passed by siblings.
 const TOK_HANDOFF: Token = Token(10);
-/// The cluster bus's waker: events from Redis wait.
+/// The loop's one waker (shared by the cluster bus, the webhook and the answer writer): news
+/// from a thread wait.
 const TOK_BUS: Token = Token(11);
-/// The answer writer's waker: big answers written off the loop wait (see `render`).
-const TOK_RENDER: Token = Token(14);
 /// Connection tokens start here: `Token(CONN_BASE + slot)`.
 const CONN_BASE: usize = 16;
 /// Sibling link tokens start here: `Token(LINK_BASE + slot)`.
@@ -152,6 +155,8 @@ pub struct Worker {
     bus: Option<crate::cluster::Bus>,
     /// The thread that writes big answers (`uids` over many uids), started at the first.
     renderer: Option<crate::render::Renderer>,
+    /// The loop's one waker, for the threads that hand it work (set once the loop is built).
+    waker: Option<std::sync::Arc<mio::Waker>>,
     /// Redis answers (for `status`, `/metrics` and the log).
     cluster_up: bool,
     /// The loss of Redis was logged (once per episode).
@@ -231,6 +236,8 @@ pub struct Worker {
     tls: crate::tls::Acceptors,
     /// TLS connections relayed to the sibling owning their Socket.IO session.
     relays: Slab<tls::Relay>,
+    /// Events from clients: subscribers, the webhook, server-wide presence.
+    up: upstream::Upstream,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -318,6 +325,7 @@ impl Worker {
             cluster_nodes: Vec::new(),
             bus_again: false,
             stats: Stats::default(),
+            waker: None,
             renderer: None,
             push_latency: Default::default(),
             delivery_latency: Default::default(),
@@ -351,8 +359,15 @@ impl Worker {
             trim_mark: 0,
             tls: crate::tls::Acceptors::default(),
             relays: Slab::new(),
+            up: upstream::Upstream::default(),
         };
         w.tls = crate::tls::Acceptors::new(&w.cfg).map_err(io::Error::other)?;
+        // mio allows one waker per poll: the cluster bus, the webhook and the answer writer
+        // share it.
+        let shared = std::sync::Arc::new(mio::Waker::new(w.poll.registry(), TOK_BUS)?);
+        w.waker = Some(shared.clone());
+        let waker = (!w.cfg.cluster.is_empty() || !w.cfg.webhook_url.is_empty()).then_some(shared);
+        w.up = upstream::Upstream::new(&w.cfg, pid, waker.clone())?;
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -375,8 +390,7 @@ impl Worker {
                 &node,
                 pid,
                 instance,
-                w.poll.registry(),
-                TOK_BUS,
+                waker.clone(),
             )?;
             log::info!("cluster: node {node}, member {}", bus.member);
             w.bus = Some(bus);
@@ -415,6 +429,9 @@ impl Worker {
             if std::mem::take(&mut self.bus_again) {
                 self.on_bus();
             }
+            if std::mem::take(&mut self.up.news_again) {
+                self.on_webhook();
+            }
             let again = std::mem::take(&mut self.accept_again);
             for port in Port::ALL {
                 if again & (1 << port.index()) != 0 {
@@ -433,8 +450,11 @@ impl Worker {
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
-                    TOK_BUS => self.on_bus(),
-                    TOK_RENDER => self.on_rendered(),
+                    TOK_BUS => {
+                        self.on_bus();
+                        self.on_webhook();
+                        self.on_rendered();
+                    }
                     Token(t) if t >= LINK_BASE => {}
                     Token(t) if t >= tls::RELAY_BASE => self.on_relay((t - tls::RELAY_BASE) / 2),
                     Token(t) if t >= CONN_BASE => {
@@ -480,6 +500,7 @@ impl Worker {
                 self.qps = (self.stats.pushes - self.last_tick_pushes) as f64 / secs;
                 self.last_tick_pushes = self.stats.pushes;
                 self.sio_tick();
+                self.up_tick();
                 self.last_tick = now;
             }
             self.wind_down(now);
@@ -495,11 +516,20 @@ impl Worker {
         }
         // Hand the master whatever it was last told (ListenersClosed, a status row).
         let _ = self.control.flush();
+        // The last events (a drain's logouts) to the webhook, well within the master's
+        // `stop_timeout`.
+        let limit = ms(self
+            .cfg
+            .webhook_timeout
+            .min(self.cfg.stop_timeout / 2.0)
+            .min(2.0));
+        self.up.finish(limit);
         Ok(())
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || self.bus_again || self.accept_again != 0 {
+        if !self.resume.is_empty() || self.bus_again || self.up.news_again || self.accept_again != 0
+        {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -534,6 +564,14 @@ fn mono_ns() -> u64 {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.

@@ -217,6 +217,9 @@ impl Worker {
         if conn.port == Port::Sio {
             self.sio_conn_closed(slot, &conn);
         }
+        if conn.port == Port::Text {
+            self.up_unsubscribe(slot);
+        }
         if let Proto::Ws(ws) = &conn.proto {
             if let Some(uid) = &ws.uid {
                 self.logout(Recipient::conn(slot), uid);

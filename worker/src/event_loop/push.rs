@@ -196,7 +196,7 @@ impl Worker {
     }
 
     /// Queues one frame to one logged-in connection, unless its output is over the cap.
-    fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
+    pub(super) fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
         let cap = self.cfg.max_send_buffer;
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;

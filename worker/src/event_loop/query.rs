@@ -158,9 +158,8 @@ impl Worker {
     /// then writes big answers itself).
     fn renderer(&mut self) -> Option<&render::Renderer> {
         if self.renderer.is_none() {
-            let started = mio::Waker::new(self.poll.registry(), super::TOK_RENDER)
-                .and_then(render::Renderer::start);
-            match started {
+            let waker = self.waker.clone()?;
+            match render::Renderer::start(waker) {
                 Ok(r) => self.renderer = Some(r),
                 Err(e) => {
                     log::warn!("cannot start the answer writer thread: {e}");

@@ -45,6 +45,7 @@ impl Worker {
                 );
             }
         }
+        self.up_login(who, &rc, first_here);
         Some(rc)
     }
 
@@ -52,11 +53,13 @@ impl Worker {
     /// `group_ttl`.
     pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
         self.registry.remove(uid, who);
-        if self.registry.get(uid).is_empty() {
+        let last_here = self.registry.get(uid).is_empty();
+        if last_here {
             self.presence.depart(uid);
             self.cluster_presence(uid, false);
             self.groups.departed(uid, self.now);
         }
+        self.up_logout(who, uid, last_here);
     }
 }
 

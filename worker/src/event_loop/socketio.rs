@@ -184,10 +184,12 @@ impl Worker {
                 );
                 return Routed::Here;
             }
+            let next = self.sio.sessions.vacant_key();
             match q.transport {
                 Transport::Polling => self.sio_open_polling(slot, q.version, origin, keep),
                 Transport::Websocket => self.sio_open_ws(slot, id, &req, q.version, None),
             }
+            self.up_sio_handshake(next, slot, &req.query);
             return Routed::Here;
         };
         let owner = engineio::sid_worker(&sid).unwrap_or(0);
@@ -554,7 +556,7 @@ impl Worker {
 
     fn sio_event(&mut self, idx: usize, ev: engineio::Event) {
         if ev.name != "login" {
-            return;
+            return self.up_sio_event(idx, ev);
         }
         let Some(s) = self.sio.sessions.get(idx) else {
             return;
@@ -644,6 +646,7 @@ impl Worker {
         self.sio.sids.remove(&s.sid);
         log::debug!("socket.io session {} closed: {why}", s.sid);
         if let Some(uid) = &s.uid {
+            self.up_note_close(Recipient::session(idx), None, why);
             self.logout(Recipient::session(idx), uid);
         }
         if let Some((slot, id)) = s.poll {

@@ -128,6 +128,7 @@ impl Worker {
             Command::Error(e) => {
                 self.text_reply(slot, id, seq, Bytes::from(text::error_reply(&e)));
             }
+            Command::Upstream(cmd) => self.up_command(slot, id, seq, cmd),
         }
     }
 

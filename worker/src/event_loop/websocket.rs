@@ -7,9 +7,7 @@ use super::{unix_now, Worker};
 use crate::auth::{self, Mode};
 use crate::conn::{Proto, Ws, CLOSING};
 use crate::delivery::{close_frame, frame, OP_PONG, OP_TEXT};
-use crate::mesh::ReplyTo;
 use crate::proto::http;
-use crate::proto::push::parse_relay;
 use crate::proto::websocket::{self, Handshake, WsError};
 use crate::proto::ws_message::Incoming;
 use crate::registry::Recipient;
@@ -68,6 +66,7 @@ impl Worker {
                 if let Some(conn) = self.conns.get_mut(slot) {
                     conn.proto = Proto::Ws(Ws::default());
                 }
+                self.up_handshake(slot, &target);
                 self.queue(slot, Bytes::from(response));
                 if let Some(uid) = uid {
                     if !self.ws_login(slot, &uid) {
@@ -133,6 +132,7 @@ impl Worker {
             if !ws.close_sent {
                 ws.close_sent = true;
                 self.queue(slot, close_frame(code, reason));
+                self.up_note_close(Recipient::conn(slot), Some(code), reason);
             }
         }
         self.close_after_flush(slot);
@@ -157,15 +157,15 @@ impl Worker {
                     self.queue(slot, frame(OP_PONG, p));
                 }
             }
-            Incoming::Text(t) => self.ws_message(slot, Some(&t)),
-            Incoming::Binary(_) => self.ws_message(slot, None),
+            Incoming::Text(t) => self.ws_message(slot, Some(&t), &[]),
+            Incoming::Binary(b) => self.ws_message(slot, None, &b),
             Incoming::Nothing => {}
         }
         Ok(())
     }
 
-    /// A whole message (`text` is `None` for a binary one).
-    fn ws_message(&mut self, slot: usize, text: Option<&str>) {
+    /// A whole message (`text` is `None` for a binary one, whose bytes are `data`).
+    fn ws_message(&mut self, slot: usize, text: Option<&str>, data: &[u8]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -202,18 +202,11 @@ impl Worker {
                     self.ws_close(slot, 4001, "invalid token");
                 }
             },
-            (Some(_), Some(msg)) if self.cfg.client_relay => {
-                if let Some(p) = parse_relay(msg) {
-                    self.push(
-                        p.target.into(),
-                        p.exclude,
-                        &p.payload,
-                        false,
-                        ReplyTo::Nobody,
-                    );
-                }
+            // After login: a relay (seed 002) and a `message` event.
+            (Some(uid), _) => {
+                let uid = uid.clone();
+                self.up_ws_message(slot, uid, text, data);
             }
-            _ => {}
         }
     }
 

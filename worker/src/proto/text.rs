@@ -28,6 +28,8 @@ pub enum Command<'a> {
     Fail(&'static str),
     /// A malformed `cmd`: replies `{"error":"…"}`.
     Error(String),
+    /// An events command (`subscribe`, `unsubscribe`, `reply`, `ack`), or what is wrong with it.
+    Upstream(Result<crate::events::UpCmd, String>),
 }
 
 /// The two fields that decide a line's kind, borrowed from the line. Every other field is
@@ -169,6 +171,9 @@ pub fn parse_line(line: &[u8], max_targets: usize) -> Command<'_> {
             uid,
             data: kick_data(obj.get("data")),
         })),
+        Some(c) if crate::events::is_up_cmd(c) => {
+            Command::Upstream(crate::events::parse_cmd(c, &obj))
+        }
         Some(other) => Command::Error(format!("unknown cmd `{other}`")),
         None => Command::Error("`cmd` must be a string".into()),
     }

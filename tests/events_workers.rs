@@ -1,0 +1,139 @@
+//! Events when workers change: the uids of a worker killed with `kill -9` go offline (said by
+//! their owner worker), and the PHP consumer connects again after a graceful reload, with the
+//! chat going on through the new workers.
+
+mod common;
+mod events_common;
+
+use common::*;
+use events_common::*;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+#[test]
+fn a_killed_workers_uids_go_offline() {
+    let srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set("events=true")
+        .start();
+    srv.wait_mesh();
+    let sub = Sub::connect(&srv, r#"["login","online","offline"]"#);
+    wait_subscribers_known(&srv, &[&sub]);
+    let sub_pid = Owners::snapshot(&srv.worker_pids())
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let r = srv.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let stats: Value = serde_json::from_slice(&r.body).expect("stats");
+    let rows = stats["workers"].as_array().expect("rows").clone();
+    let id_of = |pid: u32| {
+        rows.iter()
+            .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+            .and_then(|r| r["worker"].as_u64())
+    };
+    let survivor = id_of(sub_pid).expect("survivor id");
+    let victim_pid = srv
+        .worker_pids()
+        .into_iter()
+        .find(|p| *p != sub_pid)
+        .expect("victim");
+    sub.drain(Duration::from_millis(300));
+
+    let mut clients = Vec::new();
+    let mut login_in = HashMap::new();
+    let mut owner_of = HashMap::new();
+    for i in 0..40 {
+        let uid = format!("d{i}");
+        clients.push(srv.login_acked(&uid));
+    }
+    while login_in.len() < 40 || owner_of.len() < 40 {
+        let v = sub.wait("logins and onlines", LONG, |v| {
+            v["uid"].as_str().is_some_and(|u| u.starts_with('d'))
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        let w = v["worker"].as_u64().expect("worker");
+        match v["event"].as_str() {
+            Some("login") => login_in.insert(uid, w),
+            Some("online") => owner_of.insert(uid, w),
+            _ => None,
+        };
+    }
+    // In the victim, and owned by the survivor: the survivor must say offline when it dies.
+    let doomed: HashSet<&String> = login_in
+        .iter()
+        .filter(|(u, w)| **w != survivor && owner_of.get(*u) == Some(&survivor))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "no uid in the victim owned by the survivor"
+    );
+    signal(victim_pid, libc::SIGKILL);
+    let mut offline = HashSet::new();
+    while offline.len() < doomed.len() {
+        let v = sub.wait("offline of the dead worker's uids", LONG, |v| {
+            v["event"] == "offline"
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        assert_ne!(
+            login_in.get(&uid),
+            Some(&survivor),
+            "offline for {uid}, still connected"
+        );
+        offline.insert(uid);
+    }
+    for u in doomed {
+        assert!(offline.contains(u), "no offline for {u}");
+    }
+}
+
+#[test]
+fn the_php_subscriber_reconnects_after_a_graceful_reload() {
+    if !php_ready() {
+        return;
+    }
+    let mut srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set("events=true")
+        .set("drain_timeout=1")
+        .start();
+    srv.wait_mesh();
+    let php = Lines::spawn(
+        "subscriber.php",
+        Command::new("php").args([
+            workspace_root()
+                .join("scripts/php/subscriber.php")
+                .to_str()
+                .expect("path"),
+            "127.0.0.1",
+            &srv.text.to_string(),
+            "login,message",
+        ]),
+    );
+    php.wait("subscribed", LONG, |l| l == "subscribed");
+    let old = srv.worker_pids();
+    let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "reload: {}", show(&out.stderr));
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = srv.worker_pids();
+        now.len() == 2 && now.is_disjoint(&old)
+    }));
+    // The old worker retired the subscriber's connection; the script subscribed again.
+    php.wait("subscribed again", LONG, |l| l == "subscribed");
+    srv.wait_mesh();
+    // New workers, same chat: a message reaches the consumer and its push comes back.
+    let deadline = Instant::now() + LONG;
+    let mut a = srv.login_acked("after");
+    let mut b = srv.login_acked("other");
+    loop {
+        // Until every new worker knows the subscriber (a message before that has no taker).
+        a.send_text(r#"{"to":"other","text":"after reload"}"#);
+        if b.try_recv_text(Duration::from_millis(300)).as_deref() == Some("after: after reload") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chat after the reload");
+    }
+    assert_eq!(a.recv_text(LONG), "sent");
+}
