@@ -353,3 +353,62 @@ fn slow_tls_clients_are_dropped_then_closed_while_a_reader_gets_everything() {
     );
     assert_eq!(wss_text(&mut reader), "last");
 }
+
+/// Limits over TLS: a connection over `max_connections_per_ip` or `max_connections` finishes
+/// its handshake and is told why in words it can read (429, 503, an error line on the text
+/// port), where a plain refusal before the handshake would read as a protocol error; the
+/// connections within the limits stay served.
+#[test]
+fn limit_refusals_are_readable_over_tls() {
+    if !openssl_ready() {
+        return;
+    }
+    let pki = Pki::new();
+    let cfg = pki.client_config(false, false);
+    let srv = pki
+        .server(&["ws", "text"])
+        .set("max_connections_per_ip=2")
+        .login_reply()
+        .start();
+    let mut a = wss_login(srv.ws, &cfg, "lim-a");
+    let _b = wss_login(srv.ws, &cfg, "lim-b");
+    let got = https(
+        srv.ws,
+        &cfg,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        got.starts_with("HTTP/1.1 429") && got.contains("too many connections from this address"),
+        "{got}"
+    );
+    let mut t = tls_connect(srv.text, &cfg).expect("tls text");
+    let line = tls_line(&mut t, "{\"uid\":\"lim-a\"}\n").expect("a line");
+    assert!(line.contains("too many connections"), "{line}");
+    // The two within the limit are still served.
+    // (From another address: this one is at its limit on every port.)
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let here: std::net::SocketAddr = ([127, 0, 0, 2], 0).into();
+    sock.bind(&here.into()).expect("bind 127.0.0.2");
+    let there: std::net::SocketAddr = ([127, 0, 0, 1], srv.http).into();
+    sock.connect(&there.into()).expect("connect");
+    let mut ok: TcpStream = sock.into();
+    ok.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 31\r\nConnection: close\r\n\r\ntype=publish&to=lim-a&content=x")
+        .expect("publish");
+    assert_eq!(wss_text(&mut a), "x");
+    let srv2 = pki
+        .server(&["ws"])
+        .set("max_connections=1")
+        .login_reply()
+        .start();
+    let _c = wss_login(srv2.ws, &cfg, "lim-c");
+    let got = https(
+        srv2.ws,
+        &cfg,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        got.starts_with("HTTP/1.1 503") && got.contains("too many connections"),
+        "{got}"
+    );
+}

@@ -188,6 +188,15 @@ pub enum Proto {
     Text(Text),
     /// HTTP port.
     Http(Http),
+    /// A TLS connection over a limit (`max_connections`, `max_connections_per_ip`): it is
+    /// refused in words once its handshake is done and its first bytes arrive, since a refusal
+    /// in plain text before the handshake reads as a protocol error to a TLS client.
+    Refused {
+        /// HTTP status of the refusal (503, 429).
+        status: u16,
+        /// What the refusal says.
+        why: &'static str,
+    },
 }
 
 /// One accepted socket.
@@ -234,7 +243,7 @@ impl Conn {
         match &self.proto {
             Proto::Text(t) => t.replies.is_empty(),
             Proto::Http(h) => !h.waiting,
-            Proto::Handshake | Proto::Ws(_) => true,
+            Proto::Handshake | Proto::Ws(_) | Proto::Refused { .. } => true,
         }
     }
 

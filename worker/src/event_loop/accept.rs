@@ -201,8 +201,19 @@ impl Worker {
                 "{} connection from {remote} refused: max_connections ({max}) reached",
                 port.name()
             );
-            refuse_stream(&mut stream, port, 503, "too many connections");
-            return;
+            if !stream.is_tls() {
+                refuse_stream(&mut stream, port, 503, "too many connections");
+                return;
+            }
+            // Over TLS the refusal waits for the handshake (bounded by auth_timeout), so the
+            // client reads it; a worker may hold that many more for that long.
+            return self.insert_conn(
+                stream,
+                remote,
+                port,
+                None,
+                Some((503, "too many connections")),
+            );
         }
         let per_ip = self.cfg.max_connections_per_ip;
         if per_ip > 0 {
@@ -213,16 +224,29 @@ impl Worker {
                     "{} connection from {remote} refused: max_connections_per_ip ({per_ip}) reached",
                     port.name()
                 );
-                refuse_stream(
-                    &mut stream,
-                    port,
-                    429,
-                    "too many connections from this address",
-                );
-                return;
+                let why = "too many connections from this address";
+                if !stream.is_tls() {
+                    refuse_stream(&mut stream, port, 429, why);
+                    return;
+                }
+                return self.insert_conn(stream, remote, port, None, Some((429, why)));
             }
             *n += 1;
         }
+        self.insert_conn(stream, remote, port, initial, None);
+    }
+
+    /// Registers `stream` and gives it a slot: a new connection of `port`, or, with `refused`,
+    /// one that is answered that refusal once its first bytes come (TLS ports, see
+    /// [`Proto::Refused`]).
+    fn insert_conn(
+        &mut self,
+        mut stream: Stream,
+        remote: std::net::SocketAddr,
+        port: Port,
+        initial: Option<&mut Vec<u8>>,
+        refused: Option<(u16, &'static str)>,
+    ) {
         let _ = stream.set_nodelay(true);
         if matches!(port, Port::Ws | Port::Sio) && self.cfg.client_sndbuf > 0 {
             // The most the kernel holds for a client that does not read (it doubles it).
@@ -236,7 +260,9 @@ impl Worker {
                 .register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE)
         {
             log::warn!("cannot register connection from {remote}: {e}");
-            self.forget_ip(remote.ip());
+            if refused.is_none() {
+                self.forget_ip(remote.ip());
+            }
             return;
         }
         let id = self.next_conn_id;
@@ -247,13 +273,14 @@ impl Worker {
             remote,
             id,
             port,
-            proto: match port {
-                Port::Ws => Proto::Handshake,
-                Port::Text => Proto::Text(Text {
+            proto: match (refused, port) {
+                (Some((status, why)), _) => Proto::Refused { status, why },
+                (None, Port::Ws) => Proto::Handshake,
+                (None, Port::Text) => Proto::Text(Text {
                     authed: self.cfg.push_secret.is_empty(),
                     ..Text::default()
                 }),
-                Port::Http | Port::Sio => Proto::Http(Http::default()),
+                (None, Port::Http | Port::Sio) => Proto::Http(Http::default()),
             },
             out: Default::default(),
             inbuf: Vec::new(),
@@ -286,6 +313,23 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// A TLS connection over a limit sent its first bytes: it is told the refusal, over TLS,
+    /// and closed once that is written.
+    pub(super) fn refuse_in_words(&mut self, slot: usize, status: u16, why: &'static str) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let port = c.port;
+        let bytes = match port {
+            Port::Text => text::error_reply(why),
+            Port::Ws | Port::Http | Port::Sio => http::text(status, &format!("{why}\n"), false),
+        };
+        self.queue(slot, bytes::Bytes::from(bytes));
+        self.close_after_flush(slot);
+    }
+}
+
 /// What freeing the spare descriptor at `EMFILE` came to.
 enum Spare {
     /// A waiting connection was accepted and refused; the spare is back.
@@ -306,8 +350,9 @@ fn refuse_stream(stream: &mut Stream, port: Port, status: u16, why: &str) {
 
 /// Best-effort refusal written straight to a just-accepted socket, which is then dropped. What
 /// the client already sent is read first: a socket closed with unread input is reset, which
-/// could reach the client before it has read the refusal. (A TLS client is refused in plain
-/// words, before any handshake: it reports a protocol error.)
+/// could reach the client before it has read the refusal. (Out of descriptors, a TLS client is
+/// refused in plain words, before any handshake: it reports a protocol error; over the
+/// connection limits it is refused after its handshake, see [`Proto::Refused`].)
 fn refuse<S: Read + Write>(stream: &mut S, port: Port, status: u16, why: &str) {
     let _ = stream.read(&mut [0u8; 4096]);
     let bytes = match port {

@@ -213,7 +213,9 @@ impl Worker {
         if !self.blocked_since.is_empty() {
             self.blocked_since.remove(&slot);
         }
-        self.forget_ip(conn.remote.ip());
+        if !matches!(conn.proto, Proto::Refused { .. }) {
+            self.forget_ip(conn.remote.ip());
+        }
         if conn.port == Port::Sio {
             self.sio_conn_closed(slot, &conn);
         }

@@ -147,6 +147,10 @@ impl Worker {
             Proto::Ws(_) => self.consume_ws(slot, buf),
             Proto::Text(_) => self.consume_text(slot, buf),
             Proto::Http(_) => self.consume_http(slot, buf),
+            Proto::Refused { status, why } => {
+                self.refuse_in_words(slot, status, why);
+                buf.len()
+            }
         }
     }
 }

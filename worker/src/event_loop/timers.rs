@@ -124,7 +124,9 @@ impl Worker {
             let age = now.saturating_sub(c.since);
             let quiet = now.saturating_sub(c.last_seen);
             match &c.proto {
-                Proto::Handshake if age >= auth => acts.push((slot, Act::Drop)),
+                Proto::Handshake | Proto::Refused { .. } if age >= auth => {
+                    acts.push((slot, Act::Drop))
+                }
                 Proto::Ws(ws) if ws.uid.is_none() && ws.session.is_none() && age >= auth => {
                     acts.push((slot, Act::Close(1008, "login timeout")))
                 }
