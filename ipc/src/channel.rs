@@ -7,7 +7,7 @@
 //! undelivered there; it is never dropped silently). Input is drained until `WouldBlock`, as mio
 //! requires, and every whole frame is decoded.
 
-use crate::codec::{read_frame, write_frame, CodecError, Wire};
+use crate::codec::{read_frame, write_frame, CodecError, Wire, FRAME_HEADER};
 use mio::event::Source;
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
@@ -47,6 +47,9 @@ pub struct Channel<Tx, Rx> {
     wpos: usize,
     /// Bound on unwritten bytes: past it `send` refuses.
     max_pending: usize,
+    /// Frames of a kind this build does not know (a newer sibling's, during a reload to a
+    /// new binary), skipped whole instead of ending the link.
+    pub skipped: u64,
     /// Ties the channel to what it sends and receives, so a worker cannot send a control
     /// message on a mesh link.
     _types: PhantomData<fn(Tx) -> Rx>,
@@ -58,6 +61,7 @@ impl<Tx: Wire, Rx: Wire> Channel<Tx, Rx> {
         Channel {
             stream,
             rbuf: Vec::new(),
+            skipped: 0,
             wbuf: Vec::new(),
             wpos: 0,
             max_pending,
@@ -125,12 +129,10 @@ impl<Tx: Wire, Rx: Wire> Channel<Tx, Rx> {
     pub fn receive(&mut self, out: &mut Vec<Rx>) -> Result<(), ChannelError> {
         let mut closed = false;
         loop {
+            // Read into a window of 64 KiB past what is kept: zeroing the whole capacity
+            // (a megabyte after a big answer) before every read would cost more than the read.
             let len = self.rbuf.len();
-            if self.rbuf.capacity() - len < 16 * 1024 {
-                self.rbuf.reserve(64 * 1024);
-            }
-            let cap = self.rbuf.capacity();
-            self.rbuf.resize(cap, 0);
+            self.rbuf.resize(len + 64 * 1024, 0);
             match self.stream.read(&mut self.rbuf[len..]) {
                 Ok(0) => {
                     self.rbuf.truncate(len);
@@ -159,9 +161,24 @@ impl<Tx: Wire, Rx: Wire> Channel<Tx, Rx> {
 
     fn decode_into(&mut self, out: &mut Vec<Rx>) -> Result<(), ChannelError> {
         let mut used = 0;
-        while let Some((msg, n)) = read_frame::<Rx>(&self.rbuf[used..])? {
-            out.push(msg);
-            used += n;
+        loop {
+            match read_frame::<Rx>(&self.rbuf[used..]) {
+                Ok(Some((msg, n))) => {
+                    out.push(msg);
+                    used += n;
+                }
+                Ok(None) => break,
+                // A whole frame of a kind this build does not know: skipped, so that a sibling
+                // of a newer build (a reload to a new binary) cannot end the link with a
+                // message added since; the frame's length is in its header.
+                Err(CodecError::UnknownKind(_)) => {
+                    let b = &self.rbuf[used..];
+                    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                    used += FRAME_HEADER + len;
+                    self.skipped += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if used > 0 {
             self.rbuf.drain(..used);
@@ -255,6 +272,26 @@ mod tests {
             b.receive(&mut got),
             Err(ChannelError::Codec(CodecError::TooLarge(_)))
         ));
+    }
+
+    #[test]
+    fn frames_of_an_unknown_kind_are_skipped_not_fatal() {
+        let (a, mut b) = pair();
+        let mut raw: std::os::unix::net::UnixStream = {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            let fd = a.stream.into_raw_fd();
+            // SAFETY: `fd` was just released by `into_raw_fd`, so it is open and owned by no one else.
+            unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }
+        };
+        // A frame of kind 250 (a newer build's), then a known one.
+        raw.write_all(&[0, 0, 0, 4, 250, 1, 2, 3]).unwrap();
+        let mut known = Vec::new();
+        write_frame(&PeerMsg::Delivered { id: 5, count: 2 }, &mut known).unwrap();
+        raw.write_all(&known).unwrap();
+        let mut got = Vec::new();
+        b.receive(&mut got).unwrap();
+        assert_eq!(got, vec![PeerMsg::Delivered { id: 5, count: 2 }]);
+        assert_eq!(b.skipped, 1);
     }
 
     #[test]

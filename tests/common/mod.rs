@@ -336,22 +336,35 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // Ports
 // ---------------------------------------------------------------------------------------------
 
-/// `n` distinct loopback ports that are free right now (bound together, then released). The
-/// server binds them a moment later; should another process take one meanwhile, the server
-/// reports an address in use and `Builder::start` retries with new ports.
+/// Every port this test process handed out: never handed out twice. The tests of one file run
+/// in parallel threads, and the kernel may give the same free port to two of them a moment
+/// apart; both servers would then bind it (their listeners use `SO_REUSEPORT`) and share its
+/// connections, one server's WebSocket port answering as the other's HTTP port.
+static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// `n` distinct loopback ports that are free right now (bound together, then released), none
+/// handed out before by this process. The server binds them a moment later; should another
+/// process take one meanwhile, the server reports an address in use and `Builder::start`
+/// retries with new ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("addr").port();
+        // Held until all are chosen, so the kernel gives a new one each time.
+        held.push(l);
+        if given.insert(port) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
-/// A port that is free right now.
+/// A port that is free right now (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    free_ports(1)[0]
 }
 
 // ---------------------------------------------------------------------------------------------
