@@ -303,7 +303,7 @@ impl Wire for PeerMsg {
                 let id = r.u64("id")?;
                 let connections = r.u64("connections")?;
                 let rest = r.rest();
-                if rest.len() % 8 != 0 {
+                if !rest.len().is_multiple_of(8) {
                     return Err(CodecError::Truncated("hashes"));
                 }
                 let hashes = rest
