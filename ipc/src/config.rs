@@ -151,6 +151,19 @@ pub struct Config {
     /// With `rediss://`: a PEM file of the CA that signed Redis's certificate (empty: the
     /// system's trusted roots).
     pub cluster_ca: String,
+    /// Messages kept per uid so a client that drops for a moment can recover what it missed
+    /// (0: no history, today's behaviour and bytes).
+    pub history_size: usize,
+    /// Seconds a kept message stays recoverable.
+    pub history_ttl: f64,
+    /// Bytes of kept messages one worker may hold (it keeps the uids it owns); the oldest
+    /// message goes first when a new one would pass it.
+    pub history_max_bytes: usize,
+    /// Seconds after a Socket.IO session ends during which its client may recover it.
+    pub recovery_window: f64,
+    /// With a history: a push to a uid with no connection is kept and delivered at its next
+    /// login within `history_ttl`.
+    pub offline_delivery: bool,
 }
 
 impl Default for Config {
@@ -199,9 +212,17 @@ impl Default for Config {
             node_id: String::new(),
             cluster_prefix: "herald".into(),
             cluster_ca: String::new(),
+            history_size: 0,
+            history_ttl: 300.0,
+            history_max_bytes: 64 * 1024 * 1024,
+            recovery_window: 120.0,
+            offline_delivery: false,
         }
     }
 }
+
+/// Largest `history_size`: a recovery sends at most this many messages in one loop turn.
+pub const MAX_HISTORY: usize = 1000;
 
 /// The listen addresses, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +272,8 @@ impl Config {
             ("slow_timeout", self.slow_timeout),
             ("group_ttl", self.group_ttl),
             ("header_timeout", self.header_timeout),
+            ("history_ttl", self.history_ttl),
+            ("recovery_window", self.recovery_window),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -299,6 +322,36 @@ impl Config {
             return Err(ConfigError::OutOfRange {
                 key: "log_format",
                 why: format!("`{}` is not `text` or `json`", self.log_format),
+            });
+        }
+        if self.history_size > MAX_HISTORY {
+            return Err(ConfigError::OutOfRange {
+                key: "history_size",
+                why: format!(
+                    "{} messages: at most {MAX_HISTORY} per uid (a recovery is answered in one turn)",
+                    self.history_size
+                ),
+            });
+        }
+        if self.history_size > 0 && self.history_max_bytes < 4096 {
+            return Err(ConfigError::OutOfRange {
+                key: "history_max_bytes",
+                why: format!(
+                    "{} bytes is too small (at least 4096)",
+                    self.history_max_bytes
+                ),
+            });
+        }
+        if self.history_size > 0 && !self.cluster.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                key: "history_size",
+                why: "a history is kept per host: it cannot be combined with cluster yet".into(),
+            });
+        }
+        if self.offline_delivery && self.history_size == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "offline_delivery",
+                why: "offline_delivery keeps messages in the history: set history_size too".into(),
             });
         }
         self.auth_mode(&l)?;

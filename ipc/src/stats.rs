@@ -136,6 +136,16 @@ table! {
     cluster_up: PerWorker;
     /// Messages to or from other hosts dropped (the bus queue was full, or Redis was down)
     cluster_dropped: Counter;
+    /// Messages kept in the history of the uids the worker owns
+    history_messages: Gauge;
+    /// Bytes of the messages kept in the history (payloads and bookkeeping)
+    history_bytes: Gauge;
+    /// Kept messages dropped before their time to stay under history_max_bytes
+    history_evicted: Counter;
+    /// Reconnections that got every message they missed (recovered)
+    recovered: Counter;
+    /// Reconnections that asked for recovery and could not get it (recovered: false)
+    recovery_failed: Counter;
 }
 
 impl Stat {

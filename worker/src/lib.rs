@@ -18,6 +18,7 @@ pub mod event_loop;
 pub mod gather;
 pub mod groups;
 pub mod histogram;
+pub mod history;
 pub mod mesh;
 pub mod presence;
 pub mod proto;

@@ -241,7 +241,12 @@ impl Worker {
                 }
                 self.progress(id);
             }
-            PeerMsg::Hello { .. } | PeerMsg::Presence(_) => {}
+            // A history is per host (refused with `cluster`): nothing of it crosses hosts.
+            PeerMsg::Hello { .. }
+            | PeerMsg::Presence(_)
+            | PeerMsg::Route(_)
+            | PeerMsg::Positioned { .. }
+            | PeerMsg::History(_) => {}
         }
     }
 

@@ -279,6 +279,7 @@ impl Worker {
         s.uids = self.registry.uid_count() as u64;
         s.links = self.links.len() as u64;
         s.inflight = self.gather.len() as u64;
+        self.history_stats(&mut s);
         s.rss_kib = rss_kib();
         s.resident_memory_bytes = s.rss_kib * 1024;
         s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);

@@ -55,6 +55,8 @@ mod output;
 mod push;
 mod query;
 mod read;
+mod recovery;
+mod resume;
 mod session;
 mod sio_push;
 mod socketio;
@@ -219,6 +221,9 @@ pub struct Worker {
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
     trim_mark: usize,
+    /// The history of the uids this worker owns and the recoveries in flight (`None`:
+    /// `history_size` is 0, and nothing of it runs).
+    hist: Option<Box<recovery::Recovery>>,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -335,7 +340,11 @@ impl Worker {
             ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
+            hist: None,
         };
+        if w.cfg.history_size > 0 {
+            w.hist = Some(Box::new(recovery::Recovery::new(&w.cfg)));
+        }
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -434,6 +443,7 @@ impl Worker {
                 self.next_sweep = now + self.sweep_interval();
             }
             self.expire_gathers(now);
+            self.recovery_tick(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 self.accept_all();

@@ -50,6 +50,11 @@ impl Worker {
         reply: ReplyTo,
     ) {
         self.stats.pushes += 1;
+        // With a history, a push for uids or groups goes through each uid's owner (see
+        // `recovery`); a broadcast to everyone is delivered as always.
+        if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
+            return self.history_push(target, exclude, payload, binary, reply);
+        }
         let started = Instant::now();
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
@@ -196,7 +201,7 @@ impl Worker {
     }
 
     /// Queues one frame to one logged-in connection, unless its output is over the cap.
-    fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
+    pub(super) fn deliver(&mut self, slot: usize, f: Bytes) -> bool {
         let cap = self.cfg.max_send_buffer;
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
@@ -245,6 +250,7 @@ impl Worker {
         };
         match reply {
             ReplyTo::Nobody => {}
+            ReplyTo::Sibling { key, id } => self.sibling_settled(key, id, total),
             ReplyTo::Text {
                 slot,
                 id,
@@ -263,6 +269,10 @@ impl Worker {
                 kind: ReplyKind::Count,
             } => {
                 let mut v = serde_json::json!({ "delivered": total });
+                if total == 0 && self.cfg.offline_delivery {
+                    // Kept by the uid's owner for its next login.
+                    v["stored"] = serde_json::json!(true);
+                }
                 if partial {
                     v["partial"] = serde_json::json!(true);
                 }

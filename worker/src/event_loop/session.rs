@@ -45,12 +45,14 @@ impl Worker {
                 );
             }
         }
+        self.history_login(who, uid);
         Some(rc)
     }
 
     /// `who`, logged in as `uid`, is gone; the uid's last recipient here starts its groups'
     /// `group_ttl`.
     pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
+        self.history_logout(who, uid);
         self.registry.remove(uid, who);
         if self.registry.get(uid).is_empty() {
             self.presence.depart(uid);

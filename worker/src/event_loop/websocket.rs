@@ -68,6 +68,7 @@ impl Worker {
                 if let Some(conn) = self.conns.get_mut(slot) {
                     conn.proto = Proto::Ws(Ws::default());
                 }
+                self.ws_history_options(slot, &target);
                 self.queue(slot, Bytes::from(response));
                 if let Some(uid) = uid {
                     if !self.ws_login(slot, &uid) {
