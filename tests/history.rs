@@ -1,0 +1,323 @@
+//! History and recovery for plain WebSocket clients and backends (with `history_size` > 0):
+//! the opt-in envelope with positions, `?since=EPOCH:OFFSET` filling the gap of a dropped
+//! client (on one worker, and across two workers with the client coming back to the other
+//! one), the seed's bytes unchanged without the opt-in, bad `since` input refused without
+//! harm, offline delivery with the `history` command and API, eviction at
+//! `history_max_bytes`, and expired history answering `recovered: false`.
+//!
+//! Synchronisation: an envelope connection gets one `position` (or `recovery`) frame once its
+//! login is registered and its owner answered; tests wait for it before pushing.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Opens a WebSocket to `ws://127.0.0.1:PORT{path}`.
+fn ws_path(port: u16, path: &str) -> Ws {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect ws port");
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(REPLY)).ok();
+    stream.set_write_timeout(Some(REPLY)).ok();
+    let (ws, _) =
+        tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).expect("ws handshake");
+    Ws { ws }
+}
+
+/// The next frame as JSON.
+fn recv_json(c: &mut Ws) -> Value {
+    let t = c.recv_text(REPLY);
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+}
+
+/// Logs `uid` in on `path` and waits for its first frame (`position` or `recovery`).
+fn login_env(srv: &Server, path: &str, uid: &str) -> (Ws, Value) {
+    let mut c = ws_path(srv.ws, path);
+    c.send_text(uid);
+    let head = recv_json(&mut c);
+    (c, head)
+}
+
+/// A seed push line for `uid` with number `n`.
+fn line(uid: &str, n: u32) -> String {
+    format!("{{\"uid\":\"{uid}\",\"n\":{n}}}")
+}
+
+/// The `n` of an envelope's data.
+fn n_of(env: &Value) -> u64 {
+    assert_eq!(env["type"], "msg", "{env}");
+    let data: Value = serde_json::from_str(env["data"].as_str().expect("data")).expect("json");
+    data["n"].as_u64().expect("n")
+}
+
+fn history_server(workers: usize) -> Server {
+    let srv = Server::builder()
+        .workers(workers)
+        .set("history_size=100")
+        .start();
+    if workers > 1 {
+        srv.wait_mesh();
+    }
+    srv
+}
+
+/// Logs `uid` in on `path`, on a connection held by a worker other than `not` when given.
+fn login_elsewhere(srv: &Server, path: &str, uid: &str, not: Option<u32>) -> (Ws, Value) {
+    for _ in 0..200 {
+        let mut c = ws_path(srv.ws, path);
+        let holder = Owners::snapshot(&srv.worker_pids()).owner(c.tcp());
+        if not.is_none() || (holder.is_some() && holder != not) {
+            c.send_text(uid);
+            let head = recv_json(&mut c);
+            return (c, head);
+        }
+        c.close();
+    }
+    panic!("never landed on another worker than {not:?}");
+}
+
+/// Drops a client after 3 messages, pushes more while it is away, and comes back with
+/// `since` (on another worker when `elsewhere`).
+fn drop_and_recover(srv: &Server, uid: &str, elsewhere: bool) {
+    let (mut c1, head) = login_env(srv, "/?envelope=1", uid);
+    let first_worker = if elsewhere {
+        let w = Owners::snapshot(&srv.worker_pids()).owner(c1.tcp());
+        assert!(w.is_some(), "the first connection's worker is known");
+        w
+    } else {
+        None
+    };
+    assert_eq!(head["type"], "position", "{head}");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    let mut last = head["offset"].as_u64().expect("offset");
+    for n in 1..=3 {
+        assert_eq!(
+            srv.text_push(format!("{}\n", line(uid, n)).as_bytes()),
+            b"ok\n"
+        );
+        let env = recv_json(&mut c1);
+        assert_eq!(n_of(&env), u64::from(n));
+        assert_eq!(env["epoch"], epoch.as_str());
+        let off = env["offset"].as_u64().expect("offset");
+        assert!(off > last, "offsets grow: {off} after {last}");
+        last = off;
+    }
+    c1.close();
+    // Until the server saw the close, a push may still be written to the dead connection:
+    // push until `fail`, then more while the client is away.
+    let mut n = 4;
+    loop {
+        let r = srv.text_push(format!("{}\n", line(uid, n)).as_bytes());
+        n += 1;
+        if r == b"fail\n" {
+            break;
+        }
+        assert!(n < 200, "the close was never noticed");
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            srv.text_push(format!("{}\n", line(uid, n)).as_bytes()),
+            b"fail\n"
+        );
+        n += 1;
+    }
+    let path = format!("/?since={epoch}:{last}");
+    let (mut c2, head) = login_elsewhere(srv, &path, uid, first_worker);
+    assert_eq!(head["type"], "recovery", "{head}");
+    assert_eq!(head["recovered"], true, "{head}");
+    let top = head["offset"].as_u64().expect("offset");
+    let mut prev = last;
+    for want in 4..n {
+        let env = recv_json(&mut c2);
+        assert_eq!(n_of(&env), u64::from(want), "in order, each once");
+        let off = env["offset"].as_u64().expect("offset");
+        assert!(off > prev);
+        prev = off;
+    }
+    assert_eq!(prev, top, "the recovery ends at the announced offset");
+    // Live again, exactly once.
+    assert_eq!(
+        srv.text_push(format!("{}\n", line(uid, 99)).as_bytes()),
+        b"ok\n"
+    );
+    assert_eq!(n_of(&recv_json(&mut c2)), 99);
+    c2.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn since_recovers_what_a_dropped_client_missed() {
+    let srv = history_server(1);
+    drop_and_recover(&srv, "u1", false);
+}
+
+#[test]
+fn recovery_on_another_worker() {
+    let srv = history_server(2);
+    assert_eq!(srv.worker_pids().len(), 2);
+    // Several uids: their owners differ, so both the owner's and a sibling's side serve.
+    for uid in ["u2", "u3", "u4"] {
+        drop_and_recover(&srv, uid, true);
+    }
+}
+
+#[test]
+fn seed_bytes_unchanged_with_a_history() {
+    let srv = Server::builder()
+        .set("history_size=100")
+        .login_reply()
+        .start();
+    let mut c = srv.login_acked("s1");
+    let seed = "{\"uid\":\"s1\",\"percent\":\"88%\"}";
+    assert_eq!(srv.text_push(format!("{seed}\n").as_bytes()), b"ok\n");
+    assert_eq!(c.recv_text(REPLY), seed);
+    c.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn bad_since_is_refused_without_harm() {
+    let srv = history_server(1);
+    let (mut c, head) = login_env(&srv, "/?envelope=1", "b1");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("b1", 1)).as_bytes()),
+        b"ok\n"
+    );
+    let top = recv_json(&mut c)["offset"].as_u64().expect("offset");
+    // Someone else's messages exist too.
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("other", 7)).as_bytes()),
+        b"fail\n"
+    );
+    for since in [
+        "garbage".to_string(),
+        "zz:1".into(),
+        format!("{epoch}:-1"),
+        format!("{epoch}:{}", top + 1000),
+        "1234:1".into(),
+        format!("{epoch}:99999999999999999999999999"),
+    ] {
+        let (mut c2, head) = login_env(&srv, &format!("/?since={since}"), "b1");
+        assert_eq!(head["type"], "recovery", "{since}: {head}");
+        assert_eq!(head["recovered"], false, "{since}: {head}");
+        // After a refusal of a readable position the client learns the current one; never
+        // anyone's messages.
+        if head.get("offset").is_some() {
+            assert_eq!(head["epoch"], epoch.as_str());
+        } else {
+            let pos = recv_json(&mut c2);
+            assert_eq!(pos["type"], "position", "{pos}");
+        }
+        c2.expect_silence(Duration::from_millis(100));
+        c2.close();
+    }
+    // Still serving.
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("b1", 2)).as_bytes()),
+        b"ok\n"
+    );
+    assert_eq!(n_of(&recv_json(&mut c)), 2);
+}
+
+#[test]
+fn offline_delivery_history_command_and_api() {
+    let srv = Server::builder()
+        .set("history_size=10")
+        .set("offline_delivery=true")
+        .start();
+    // The seed line still answers fail; the JSON API says it was kept.
+    assert_eq!(srv.text_push(b"{\"uid\":\"off1\",\"m\":1}\n"), b"fail\n");
+    let body = r#"{"to":"off1","data":{"m":2}}"#;
+    let r = srv.http(
+        format!(
+            "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v, serde_json::json!({"delivered": 0, "stored": true}));
+    // A backend reads what is kept.
+    let reply = srv.text_push(b"{\"cmd\":\"history\",\"uid\":\"off1\"}\n");
+    let h: Value = serde_json::from_slice(&reply).expect("history reply");
+    assert_eq!(h["uid"], "off1");
+    let msgs = h["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2, "{h}");
+    assert_eq!(msgs[0]["data"], "{\"uid\":\"off1\",\"m\":1}");
+    assert_eq!(msgs[1]["data"], "{\"m\":2}");
+    let r = srv.http(&get("/api/history/off1"));
+    assert_eq!(r.status, 200);
+    let api: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(api, h);
+    // The next login gets them, in order, once.
+    let mut c = srv.login("off1");
+    assert_eq!(c.recv_text(REPLY), "{\"uid\":\"off1\",\"m\":1}");
+    assert_eq!(c.recv_text(REPLY), "{\"m\":2}");
+    c.expect_silence(Duration::from_millis(300));
+    let mut c2 = srv.login("off1");
+    c2.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn memory_bound_evicts_the_oldest() {
+    let srv = Server::builder()
+        .set("history_size=100")
+        .set("history_max_bytes=4096")
+        .start();
+    let (mut c, head) = login_env(&srv, "/?envelope=1", "e1");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    let big = "x".repeat(900);
+    let first_line = format!("{{\"uid\":\"e1\",\"n\":1,\"pad\":\"{big}\"}}\n");
+    assert_eq!(srv.text_push(first_line.as_bytes()), b"ok\n");
+    let first = recv_json(&mut c)["offset"].as_u64().expect("offset");
+    c.close();
+    for n in 2..=10 {
+        let l = format!("{{\"uid\":\"e1\",\"n\":{n},\"pad\":\"{big}\"}}\n");
+        let r = srv.text_push(l.as_bytes());
+        assert!(r == b"fail\n" || r == b"ok\n");
+    }
+    let r = srv.http(&get("/api/stats"));
+    let stats: Value = serde_json::from_slice(&r.body).expect("stats");
+    let t = &stats["totals"];
+    assert!(t["history_evicted"].as_u64().expect("evicted") >= 6, "{t}");
+    assert!(t["history_bytes"].as_u64().expect("bytes") <= 4096, "{t}");
+    assert!(
+        t["history_messages"].as_u64().expect("messages") <= 4,
+        "{t}"
+    );
+    let m = srv.http(&get("/metrics"));
+    assert!(find(&m.body, b"herald_history_evicted_total").is_some());
+    // The messages after `first` are partly gone: not recoverable.
+    let (_c2, head) = login_env(&srv, &format!("/?since={epoch}:{first}"), "e1");
+    assert_eq!(head["recovered"], false, "{head}");
+}
+
+#[test]
+fn expired_history_is_not_recovered() {
+    let srv = Server::builder()
+        .set("history_size=100")
+        .set("history_ttl=1")
+        .start();
+    let (mut c, head) = login_env(&srv, "/?envelope=1", "t1");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("t1", 1)).as_bytes()),
+        b"ok\n"
+    );
+    let first = recv_json(&mut c)["offset"].as_u64().expect("offset");
+    c.close();
+    assert!(wait_until(REPLY, || srv
+        .text_push(format!("{}\n", line("t1", 2)).as_bytes())
+        == b"fail\n"));
+    // Wait (on the server's own answer) until what was kept expired.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let reply = srv.text_push(b"{\"cmd\":\"history\",\"uid\":\"t1\"}\n");
+        let v: Value = serde_json::from_slice(&reply).unwrap_or_default();
+        v["messages"].as_array().is_some_and(|m| m.is_empty())
+    }));
+    let (_c2, head) = login_env(&srv, &format!("/?since={epoch}:{first}"), "t1");
+    assert_eq!(head["type"], "recovery");
+    assert_eq!(head["recovered"], false, "{head}");
+}
