@@ -57,6 +57,9 @@ pub enum HistoryMsg {
         sid: String,
         /// The session is over: the recovery window starts.
         ended: bool,
+        /// The Engine.IO id of the session binding it: after a recovery, the old session's
+        /// end does not start the window of the new one.
+        by: String,
     },
     /// To the owner (or to every sibling, for a pid): what came after `offset`?
     Recover {

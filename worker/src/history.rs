@@ -95,6 +95,8 @@ pub struct Binding {
     pub sid: String,
     /// When it stops being recoverable (`None` while the session lives).
     pub expires: Option<u64>,
+    /// The Engine.IO id of the session that bound it last (only its end counts).
+    pub by: String,
 }
 
 /// What a recovery found.
@@ -362,13 +364,24 @@ impl History {
         self.streams.get(uid).map_or(0, |s| s.top)
     }
 
-    /// Binds Socket.IO private id `pid` to `uid` and socket id `sid`; with `ended`, the
-    /// binding lasts `window_ms` from `now`. False when the store is full of live bindings.
-    pub fn bind(&mut self, pid: &str, uid: &str, sid: &str, ended: Option<u64>, now: u64) -> bool {
+    /// Binds Socket.IO private id `pid` to `uid` and socket id `sid` for the session `by`;
+    /// `ended` (when that session ended) is when the binding expires. An end told by another
+    /// session than the last binder is ignored. False when the store is full of live
+    /// bindings.
+    pub fn bind(
+        &mut self,
+        pid: &str,
+        uid: &str,
+        sid: &str,
+        by: &str,
+        ended: Option<u64>,
+        now: u64,
+    ) -> bool {
         if let Some(b) = self.bindings.get_mut(pid) {
-            if b.uid == uid {
+            if b.uid == uid && (ended.is_none() || b.by == by) {
                 b.expires = ended;
                 b.sid = sid.to_string();
+                b.by = by.to_string();
             }
             return true;
         }
@@ -385,6 +398,7 @@ impl History {
                 uid: uid.to_string(),
                 sid: sid.to_string(),
                 expires: ended,
+                by: by.to_string(),
             },
         );
         true
@@ -513,15 +527,20 @@ mod tests {
     #[test]
     fn bindings_expire_and_are_used_once() {
         let mut h = History::new(10, 60_000, 1 << 20, 1);
-        assert!(h.bind("p1", "u", "s1", None, 0));
+        assert!(h.bind("p1", "u", "s1", "e1", None, 0));
         let got = h.take_binding("p1", 5).unwrap();
         assert_eq!((got.uid.as_str(), got.sid.as_str()), ("u", "s1"));
         assert!(h.take_binding("p1", 5).is_none());
-        h.bind("p2", "u", "s2", Some(100), 0);
+        h.bind("p2", "u", "s2", "e1", Some(100), 0);
         assert!(h.take_binding("p2", 200).is_none());
         // A pid bound to one uid cannot be rebound to another.
-        h.bind("p3", "u", "s3", None, 0);
-        h.bind("p3", "evil", "s4", None, 0);
+        h.bind("p3", "u", "s3", "e1", None, 0);
+        h.bind("p3", "evil", "s4", "e2", None, 0);
         assert_eq!(h.take_binding("p3", 0).unwrap().uid, "u");
+        // After a recovery (session e2 bound it), the old session's end changes nothing.
+        h.bind("p4", "u", "s", "e1", None, 0);
+        h.bind("p4", "u", "s", "e2", None, 0);
+        h.bind("p4", "u", "s", "e1", Some(10), 0);
+        assert!(h.take_binding("p4", 50).is_some());
     }
 }

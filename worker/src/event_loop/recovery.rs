@@ -335,7 +335,8 @@ impl Worker {
                         uid,
                         sid,
                         ended,
-                    } => self.history_bind(&pid, &uid, &sid, ended),
+                        by,
+                    } => self.history_bind(&pid, &uid, &sid, &by, ended),
                     HistoryMsg::Recover {
                         id,
                         whose,
@@ -366,12 +367,16 @@ impl Worker {
     }
 
     /// Records a Socket.IO binding here (this worker owns the uid).
-    pub(super) fn history_bind(&mut self, pid: &str, uid: &str, sid: &str, ended: bool) {
+    pub(super) fn history_bind(&mut self, pid: &str, uid: &str, sid: &str, by: &str, ended: bool) {
         let window = (self.cfg.recovery_window * 1000.0) as u64;
         if let Some(h) = self.hist.as_mut() {
             let now = h.ms();
-            h.store
-                .bind(pid, uid, sid, ended.then_some(now + window), now);
+            if !h
+                .store
+                .bind(pid, uid, sid, by, ended.then_some(now + window), now)
+            {
+                log::warn!("history: too many Socket.IO sessions kept; {pid} is not recoverable");
+            }
         }
     }
 
@@ -407,7 +412,8 @@ impl Worker {
                 Some(b) => {
                     // Recoverable again only through the recovered session (which binds it
                     // for good) or for the window, if that session never completes.
-                    h.store.bind(&pid, &b.uid, &b.sid, Some(now + window), now);
+                    h.store
+                        .bind(&pid, &b.uid, &b.sid, &b.by, Some(now + window), now);
                     (b.uid, b.sid)
                 }
                 None => return a,
@@ -470,7 +476,8 @@ impl Worker {
                     uid,
                     sid,
                     ended,
-                } => self.history_bind(&pid, &uid, &sid, ended),
+                    by,
+                } => self.history_bind(&pid, &uid, &sid, &by, ended),
                 HistoryMsg::Recover {
                     id,
                     whose,

@@ -42,7 +42,7 @@ pub(super) struct ConnState {
     /// Messages go out wrapped with their positions.
     envelope: bool,
     /// The `since` it asked for (`Err`: unreadable).
-    since: Option<Result<(u64, u64), ()>>,
+    since: Since,
     /// Its position: epoch (0: none yet) and offset.
     epoch: u64,
     /// See `epoch`.
@@ -104,6 +104,9 @@ pub(super) struct Pending {
     what: Waiter,
 }
 
+/// A `since` as asked: a position, or `Err` when unreadable.
+type Since = Option<Result<(u64, u64), ()>>;
+
 /// `EPOCH:OFFSET` (epoch in hex, offset in decimal; `%3A` for the colon accepted).
 pub(super) fn parse_pos(s: &str) -> Option<(u64, u64)> {
     let s = s.replace("%3A", ":").replace("%3a", ":");
@@ -141,7 +144,7 @@ fn envelope(epoch: u64, offset: u64, payload: &[u8], binary: bool) -> Bytes {
 }
 
 /// The `?since=` and `?envelope=` of a WebSocket URL.
-fn url_options(target: &str) -> (bool, Option<Result<(u64, u64), ()>>) {
+fn url_options(target: &str) -> (bool, Since) {
     let Some((_, query)) = target.split_once('?') else {
         return (false, None);
     };
@@ -273,6 +276,7 @@ impl Worker {
                         uid: uid.to_string(),
                         sid: st.socket_id.clone(),
                         ended: false,
+                        by: st.esid.to_string(),
                     }
                 });
                 let has_pid = bind.is_some();
@@ -321,6 +325,7 @@ impl Worker {
                     uid: uid.to_string(),
                     sid: st.socket_id,
                     ended: true,
+                    by: st.esid.to_string(),
                 };
                 self.ask_owner(uid, m);
             }
@@ -640,6 +645,7 @@ impl Worker {
             s.connected = true;
         }
         let since = messages.first().map_or(top, |m| m.offset.saturating_sub(1));
+        let esid_text = esid.to_string();
         if let Some(h) = self.hist.as_mut() {
             h.sessions.insert(
                 idx,
@@ -660,6 +666,7 @@ impl Worker {
                 uid: uid.clone(),
                 sid: socket_id.clone(),
                 ended: false,
+                by: esid_text,
             },
         );
         let m = format!("40{}", json!({ "sid": socket_id, "pid": pid }));
