@@ -321,3 +321,46 @@ fn expired_history_is_not_recovered() {
     assert_eq!(head["type"], "recovery");
     assert_eq!(head["recovered"], false, "{head}");
 }
+
+#[test]
+fn broadcasts_and_groups_with_a_history() {
+    let srv = history_server(2);
+    let (mut env, _) = login_env(&srv, "/?envelope=1", "g1");
+    let mut plain = srv.login("g2");
+    srv.push_until_ok(b"{\"uid\":\"g2\",\"n\":0}\n", REPLY);
+    assert_eq!(plain.recv_text(REPLY), "{\"uid\":\"g2\",\"n\":0}");
+    // A broadcast to everyone has no position: wrapped for the envelope, bytes for the seed.
+    assert_eq!(
+        srv.text_push(b"{\"cmd\":\"all\",\"data\":\"hi\"}\n"),
+        b"ok\n"
+    );
+    assert_eq!(
+        recv_json(&mut env),
+        serde_json::json!({"type": "msg", "data": "hi"})
+    );
+    assert_eq!(plain.recv_text(REPLY), "hi");
+    // A group push is kept for each member it reached, with the member's position.
+    for uid in ["g1", "g2"] {
+        let j = format!("{{\"cmd\":\"join\",\"uid\":\"{uid}\",\"group\":\"room\"}}\n");
+        assert_eq!(srv.text_push(j.as_bytes()), b"ok\n");
+    }
+    assert_eq!(
+        srv.text_push(b"{\"cmd\":\"group\",\"group\":\"room\",\"data\":\"to room\"}\n"),
+        b"ok\n"
+    );
+    let got = recv_json(&mut env);
+    assert_eq!(got["data"], "to room");
+    assert!(got["offset"].as_u64().is_some(), "{got}");
+    assert_eq!(plain.recv_text(REPLY), "to room");
+    for uid in ["g1", "g2"] {
+        let reply =
+            srv.text_push(format!("{{\"cmd\":\"history\",\"uid\":\"{uid}\"}}\n").as_bytes());
+        let v: Value = serde_json::from_slice(&reply).expect("history");
+        let last = v["messages"].as_array().and_then(|m| m.last()).cloned();
+        assert_eq!(
+            last.map(|m| m["data"].clone()),
+            Some(Value::from("to room")),
+            "{v}"
+        );
+    }
+}

@@ -29,7 +29,8 @@ pub const ENTRY_OVERHEAD: usize = 64;
 /// Most Socket.IO sessions kept recoverable per worker: past it, new sessions are not bound
 /// (their clients get `recovered: false` after a drop) until old bindings expire.
 pub const MAX_BINDINGS: usize = 200_000;
-/// Most messages one recovery answer carries in bytes (it crosses the mesh in one frame).
+/// Most payload bytes one recovery answer carries (it crosses the mesh in one frame, and is
+/// queued to one connection at once); the caller may ask for less.
 pub const MAX_RECOVERY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a client's position cannot be continued.
@@ -282,14 +283,15 @@ impl History {
             .retain(|_, b| b.expires.is_none_or(|t| t > now));
     }
 
-    /// The messages of `uid` after `offset` in `epoch`, or why the gap cannot be filled. An
-    /// answer also marks them delivered.
+    /// The messages of `uid` after `offset` in `epoch`, or why the gap cannot be filled
+    /// (`TooBig` past `max_bytes` of payloads). An answer also marks them delivered.
     pub fn since(
         &mut self,
         uid: &str,
         epoch: u64,
         offset: u64,
         now: u64,
+        max_bytes: usize,
     ) -> Result<Found, Refusal> {
         self.expire(now);
         if epoch != self.epoch {
@@ -313,7 +315,7 @@ impl History {
         let mut bytes = 0;
         for e in s.entries.iter_mut().filter(|e| e.offset > offset) {
             bytes += e.payload.len();
-            if bytes > MAX_RECOVERY_BYTES {
+            if bytes > max_bytes.min(MAX_RECOVERY_BYTES) {
                 return Err(Refusal::TooBig);
             }
             e.delivered = true;
@@ -325,8 +327,9 @@ impl History {
         })
     }
 
-    /// The messages of `uid` nobody received (offline delivery), now marked delivered.
-    pub fn undelivered(&mut self, uid: &str, now: u64) -> Found {
+    /// The messages of `uid` nobody received (offline delivery), now marked delivered: the
+    /// oldest first, up to `max_bytes` of payloads (the rest waits for the next login).
+    pub fn undelivered(&mut self, uid: &str, now: u64, max_bytes: usize) -> Found {
         self.expire(now);
         let Some(s) = self.streams.get_mut(uid) else {
             return Found::default();
@@ -335,7 +338,7 @@ impl History {
         let mut bytes = 0;
         for e in s.entries.iter_mut().filter(|e| !e.delivered) {
             bytes += e.payload.len();
-            if bytes > MAX_RECOVERY_BYTES {
+            if bytes > max_bytes.min(MAX_RECOVERY_BYTES) {
                 break;
             }
             e.delivered = true;
@@ -435,12 +438,19 @@ mod tests {
         let o3 = h.append("u1", b("b"), false, true, 1);
         let o4 = h.append("u1", b("c"), false, true, 2);
         assert!(o1 < o2 && o2 < o3 && o3 < o4);
-        let f = h.since("u1", 7, o1, 3).unwrap();
+        let f = h.since("u1", 7, o1, 3, usize::MAX).unwrap();
         assert_eq!(texts(&f), ["b", "c"]);
         assert_eq!(f.top, o4);
-        assert!(h.since("u1", 7, o4, 3).unwrap().messages.is_empty());
+        assert!(h
+            .since("u1", 7, o4, 3, usize::MAX)
+            .unwrap()
+            .messages
+            .is_empty());
         // The position before anything was kept for the uid: everything.
-        assert_eq!(texts(&h.since("u1", 7, 0, 3).unwrap()), ["a", "b", "c"]);
+        assert_eq!(
+            texts(&h.since("u1", 7, 0, 3, usize::MAX).unwrap()),
+            ["a", "b", "c"]
+        );
         assert_eq!(h.messages, 4);
     }
 
@@ -448,12 +458,24 @@ mod tests {
     fn bad_positions_are_refused() {
         let mut h = History::new(10, 60_000, 1 << 20, 7);
         let o = h.append("u1", b("a"), false, true, 0);
-        assert_eq!(h.since("u1", 8, o, 1).unwrap_err(), Refusal::ForeignEpoch);
-        assert_eq!(h.since("u1", 7, o + 5, 1).unwrap_err(), Refusal::Future);
+        assert_eq!(
+            h.since("u1", 8, o, 1, usize::MAX).unwrap_err(),
+            Refusal::ForeignEpoch
+        );
+        assert_eq!(
+            h.since("u1", 7, o + 5, 1, usize::MAX).unwrap_err(),
+            Refusal::Future
+        );
         // Another uid's offset is past this uid's top: refused, never another's messages.
         let o2 = h.append("u2", b("secret"), false, true, 0);
-        assert_eq!(h.since("u1", 7, o2, 1).unwrap_err(), Refusal::Future);
-        assert_eq!(h.since("nobody", 7, 0, 1).unwrap_err(), Refusal::Gone);
+        assert_eq!(
+            h.since("u1", 7, o2, 1, usize::MAX).unwrap_err(),
+            Refusal::Future
+        );
+        assert_eq!(
+            h.since("nobody", 7, 0, 1, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
     }
 
     #[test]
@@ -464,8 +486,14 @@ mod tests {
         h.append("u", b("3"), false, true, 0);
         h.append("u", b("4"), false, true, 0);
         assert_eq!(h.messages, 2);
-        assert_eq!(h.since("u", 1, o1, 0).unwrap_err(), Refusal::Gone);
-        assert_eq!(texts(&h.since("u", 1, o2 + 1, 0).unwrap()), ["4"]);
+        assert_eq!(
+            h.since("u", 1, o1, 0, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+        assert_eq!(
+            texts(&h.since("u", 1, o2 + 1, 0, usize::MAX).unwrap()),
+            ["4"]
+        );
         assert_eq!(h.bytes, 2 * (1 + ENTRY_OVERHEAD));
     }
 
@@ -477,12 +505,21 @@ mod tests {
         h.expire(1_500);
         assert_eq!(h.messages, 1);
         // Who had `old` misses only `new`, still kept; who had nothing missed `old`, gone.
-        assert_eq!(texts(&h.since("u", 1, o1, 1_500).unwrap()), ["new"]);
-        assert_eq!(h.since("u", 1, o1 - 1, 1_500).unwrap_err(), Refusal::Gone);
+        assert_eq!(
+            texts(&h.since("u", 1, o1, 1_500, usize::MAX).unwrap()),
+            ["new"]
+        );
+        assert_eq!(
+            h.since("u", 1, o1 - 1, 1_500, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
         h.expire(5_000);
         assert_eq!((h.messages, h.bytes), (0, 0));
         h.sweep(10_000);
-        assert_eq!(h.since("u", 1, o1, 10_000).unwrap_err(), Refusal::Gone);
+        assert_eq!(
+            h.since("u", 1, o1, 10_000, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
     }
 
     #[test]
@@ -499,8 +536,11 @@ mod tests {
         assert_eq!(h.messages, 3);
         assert!(h.bytes <= max);
         // `a` lost its only message: its position before it is gone.
-        assert_eq!(h.since("a", 1, a - 1, 4).unwrap_err(), Refusal::Gone);
-        assert_eq!(h.since("b", 1, a, 4).unwrap().messages.len(), 1);
+        assert_eq!(
+            h.since("a", 1, a - 1, 4, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+        assert_eq!(h.since("b", 1, a, 4, usize::MAX).unwrap().messages.len(), 1);
     }
 
     #[test]
@@ -519,9 +559,19 @@ mod tests {
         h.append("u", b("seen"), false, true, 0);
         h.append("u", b("missed1"), false, false, 0);
         h.append("u", b("missed2"), false, false, 0);
-        assert_eq!(texts(&h.undelivered("u", 1)), ["missed1", "missed2"]);
-        assert!(h.undelivered("u", 1).messages.is_empty());
-        assert_eq!(h.read("u", 1).messages.len(), 3);
+        assert_eq!(
+            texts(&h.undelivered("u", 1, usize::MAX)),
+            ["missed1", "missed2"]
+        );
+        assert!(h.undelivered("u", 1, usize::MAX).messages.is_empty());
+        // A byte bound: the oldest first, the rest at the next call.
+        h.append("u", b("abc"), false, false, 2);
+        h.append("u", b("def"), false, false, 2);
+        assert_eq!(texts(&h.undelivered("u", 3, 4)), ["abc"]);
+        assert_eq!(texts(&h.undelivered("u", 3, 4)), ["def"]);
+        let o = h.read("u", 3).messages[0].offset;
+        assert_eq!(h.since("u", 1, o, 3, 5).unwrap_err(), Refusal::TooBig);
+        assert_eq!(h.read("u", 3).messages.len(), 5);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! outcome is known (at once when it is already decided, else when the siblings answered).
 
 use super::mesh::{Holders, Job};
+use super::resume;
 use super::sio_push::SioEvent;
 use super::{mono_ns, Worker};
 use crate::conn::CLOSING;
@@ -181,9 +182,17 @@ impl Worker {
         let mut event = SioEvent::new(payload, binary);
         let last = slots.len().saturating_sub(1);
         let mut f = Some(f);
+        // With a history, connections that asked for the envelope get a broadcast wrapped
+        // too (without a position), encoded once.
+        let mut wrapped: Option<Bytes> = None;
         for (i, &r) in slots.iter().enumerate() {
             let got = match r.who() {
                 Who::Session(idx) => self.sio_deliver(idx, &mut event),
+                Who::Conn(slot) if self.hist.is_some() && self.wants_envelope(slot) => {
+                    let w = wrapped.get_or_insert_with(|| resume::unpositioned(payload, binary));
+                    let w = w.clone();
+                    self.deliver(slot, w)
+                }
                 // The last recipient takes the frame itself: a unicast push shares nothing, so
                 // its frame needs no shared reference count (one allocation less).
                 Who::Conn(slot) => {

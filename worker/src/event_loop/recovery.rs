@@ -392,6 +392,9 @@ impl Worker {
         asker: u32,
     ) -> HistoryMsg {
         let window = (self.cfg.recovery_window * 1000.0) as u64;
+        // What one connection may have queued: more is refused (`recovered: false`) rather
+        // than dropped on the way.
+        let max_bytes = self.cfg.max_send_buffer / 2;
         let mut a = HistoryMsg::Recovered {
             id,
             found: false,
@@ -420,10 +423,10 @@ impl Worker {
             },
         };
         let result: Result<Found, Refusal> = if offline {
-            Ok(h.store.undelivered(&uid, now))
+            Ok(h.store.undelivered(&uid, now, max_bytes))
         } else {
             match (epoch, offset) {
-                (Some(e), Some(o)) => h.store.since(&uid, e, o, now),
+                (Some(e), Some(o)) => h.store.since(&uid, e, o, now, max_bytes),
                 _ => Err(Refusal::Gone),
             }
         };

@@ -143,6 +143,20 @@ fn envelope(epoch: u64, offset: u64, payload: &[u8], binary: bool) -> Bytes {
     frame(OP_TEXT, v.to_string().as_bytes())
 }
 
+/// A message without a position (a broadcast to everyone) for an envelope connection:
+/// `{"type":"msg","data":…}`.
+pub(super) fn unpositioned(payload: &[u8], binary: bool) -> Bytes {
+    let v = match (binary, std::str::from_utf8(payload)) {
+        (false, Ok(t)) => json!({ "type": "msg", "data": t }),
+        _ => json!({
+            "type": "msg",
+            "data": base64::engine::general_purpose::STANDARD.encode(payload),
+            "binary": true,
+        }),
+    };
+    frame(OP_TEXT, v.to_string().as_bytes())
+}
+
 /// The `?since=` and `?envelope=` of a WebSocket URL.
 fn url_options(target: &str) -> (bool, Since) {
     let Some((_, query)) = target.split_once('?') else {
@@ -187,6 +201,15 @@ impl Worker {
                 overflow: false,
             },
         );
+    }
+
+    /// Whether connection `slot` asked for the envelope.
+    pub(super) fn wants_envelope(&self, slot: usize) -> bool {
+        let id = self.conns.get(slot).map(|c| c.id);
+        self.hist
+            .as_ref()
+            .and_then(|h| h.conns.get(&slot))
+            .is_some_and(|s| s.envelope && Some(s.id) == id)
     }
 
     /// Registers a recovery waiting for `left` answers; its id.
