@@ -497,6 +497,58 @@ mod tests {
     }
 
     #[test]
+    fn history_options_are_checked() {
+        let ok = Config {
+            history_size: 100,
+            offline_delivery: true,
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        for (bad, key) in [
+            (
+                Config {
+                    history_size: MAX_HISTORY + 1,
+                    ..Config::default()
+                },
+                "history_size",
+            ),
+            (
+                Config {
+                    history_size: 10,
+                    history_max_bytes: 100,
+                    ..Config::default()
+                },
+                "history_max_bytes",
+            ),
+            (
+                Config {
+                    offline_delivery: true,
+                    ..Config::default()
+                },
+                "offline_delivery",
+            ),
+            (
+                Config {
+                    history_size: 10,
+                    cluster: "redis://127.0.0.1:6379/0".into(),
+                    ..Config::default()
+                },
+                "history_size",
+            ),
+            (
+                Config {
+                    history_ttl: -1.0,
+                    ..Config::default()
+                },
+                "history_ttl",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[test]
     fn public_websocket_needs_a_secret() {
         let c = Config {
             ws: "0.0.0.0:1234".into(),
