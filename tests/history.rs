@@ -364,3 +364,33 @@ fn broadcasts_and_groups_with_a_history() {
         );
     }
 }
+
+#[test]
+fn a_graceful_reload_starts_a_new_epoch_and_says_so() {
+    let mut srv = Server::builder()
+        .set("history_size=100")
+        .set("drain_timeout=1")
+        .start();
+    let (mut c, head) = login_env(&srv, "/?envelope=1", "rl");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(srv.text_push(format!("{}\n", line("rl", 1)).as_bytes()), b"ok\n");
+    let offset = recv_json(&mut c)["offset"].as_u64().expect("offset");
+    let old = srv.worker_pids();
+    let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "reload -g: {}", show(&out.stderr));
+    // The old worker drains (its clients are closed after drain_timeout) and goes.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let now = srv.worker_pids();
+            !now.is_empty() && now.is_disjoint(&old)
+        }),
+        "old worker still there"
+    );
+    // The history went with the old worker: a new epoch, and the client is told so.
+    let (mut c2, head) = login_env(&srv, &format!("/?since={epoch}:{offset}"), "rl");
+    assert_eq!(head["type"], "recovery", "{head}");
+    assert_eq!(head["recovered"], false, "{head}");
+    assert_ne!(head["epoch"], epoch.as_str(), "{head}");
+    assert_eq!(srv.text_push(format!("{}\n", line("rl", 2)).as_bytes()), b"ok\n");
+    assert_eq!(n_of(&recv_json(&mut c2)), 2);
+}
