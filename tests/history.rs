@@ -258,6 +258,15 @@ fn offline_delivery_history_command_and_api() {
     c.expect_silence(Duration::from_millis(300));
     let mut c2 = srv.login("off1");
     c2.expect_silence(Duration::from_millis(300));
+    // With the envelope: the kept messages with their positions, then the position.
+    assert_eq!(srv.text_push(b"{\"uid\":\"off2\",\"m\":3}\n"), b"fail\n");
+    let (mut e, first) = login_env(&srv, "/?envelope=1", "off2");
+    assert_eq!(first["type"], "msg", "{first}");
+    assert_eq!(first["data"], "{\"uid\":\"off2\",\"m\":3}");
+    let pos = recv_json(&mut e);
+    assert_eq!(pos["type"], "position", "{pos}");
+    assert_eq!(pos["offset"], first["offset"]);
+    e.expect_silence(Duration::from_millis(200));
 }
 
 #[test]
@@ -373,7 +382,10 @@ fn a_graceful_reload_starts_a_new_epoch_and_says_so() {
         .start();
     let (mut c, head) = login_env(&srv, "/?envelope=1", "rl");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
-    assert_eq!(srv.text_push(format!("{}\n", line("rl", 1)).as_bytes()), b"ok\n");
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("rl", 1)).as_bytes()),
+        b"ok\n"
+    );
     let offset = recv_json(&mut c)["offset"].as_u64().expect("offset");
     let old = srv.worker_pids();
     let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
@@ -391,6 +403,9 @@ fn a_graceful_reload_starts_a_new_epoch_and_says_so() {
     assert_eq!(head["type"], "recovery", "{head}");
     assert_eq!(head["recovered"], false, "{head}");
     assert_ne!(head["epoch"], epoch.as_str(), "{head}");
-    assert_eq!(srv.text_push(format!("{}\n", line("rl", 2)).as_bytes()), b"ok\n");
+    assert_eq!(
+        srv.text_push(format!("{}\n", line("rl", 2)).as_bytes()),
+        b"ok\n"
+    );
     assert_eq!(n_of(&recv_json(&mut c2)), 2);
 }

@@ -533,6 +533,28 @@ impl Worker {
         }
     }
 
+    /// Offline messages to recipient `r`, oldest first: older than anything live it may have
+    /// got already, so they are not checked against its position (nor move it).
+    fn deliver_offline(&mut self, r: Recipient, epoch: u64, list: Vec<Kept>) {
+        for k in list {
+            let payload = Bytes::from(k.payload);
+            match r.who() {
+                Who::Conn(slot) => {
+                    let f = if self.wants_envelope(slot) {
+                        envelope(epoch, k.offset, &payload, k.binary)
+                    } else {
+                        frame(if k.binary { OP_BINARY } else { OP_TEXT }, &payload)
+                    };
+                    self.deliver(slot, f);
+                }
+                Who::Session(idx) => {
+                    let mut ev = SioEvent::new(&payload, k.binary);
+                    self.sio_deliver(idx, &mut ev);
+                }
+            }
+        }
+    }
+
     /// An owner's answer (or this worker's own).
     pub(super) fn on_recovered(&mut self, m: HistoryMsg) {
         let HistoryMsg::Recovered {
@@ -579,15 +601,22 @@ impl Worker {
                     .filter(|s| s.id == id);
                 let Some(st) = st else {
                     // A plain connection: offline messages only.
-                    return self.deliver_kept(r, epoch, messages);
+                    return self.deliver_offline(r, epoch, messages);
                 };
                 let buffered = st.buffer.take().unwrap_or_default();
                 let whole = recovered && !st.overflow;
                 st.overflow = false;
+                // Live messages may have gone out before this answer (without `since`): the
+                // position told is the furthest the connection got.
+                let shown = if st.epoch == epoch {
+                    top.max(st.offset)
+                } else {
+                    top
+                };
                 let head = if since {
                     json!({"type": "recovery", "recovered": whole, "epoch": format!("{epoch:x}"), "offset": top})
                 } else {
-                    json!({"type": "position", "epoch": format!("{epoch:x}"), "offset": top})
+                    json!({"type": "position", "epoch": format!("{epoch:x}"), "offset": shown})
                 };
                 if since {
                     if whole {
@@ -596,8 +625,14 @@ impl Worker {
                         self.stats.recovery_failed += 1;
                     }
                 }
-                self.deliver(slot, frame(OP_TEXT, head.to_string().as_bytes()));
-                self.deliver_kept(r, epoch, messages);
+                if since {
+                    self.deliver(slot, frame(OP_TEXT, head.to_string().as_bytes()));
+                    self.deliver_kept(r, epoch, messages);
+                } else {
+                    // Offline messages first: the position told last is where the client is.
+                    self.deliver_offline(r, epoch, messages);
+                    self.deliver(slot, frame(OP_TEXT, head.to_string().as_bytes()));
+                }
                 if let Some(st) = self.hist.as_mut().and_then(|h| h.conns.get_mut(&slot)) {
                     if st.epoch != epoch || st.offset < top {
                         st.epoch = epoch;
@@ -623,7 +658,7 @@ impl Worker {
                         self.sio_fresh_connect(idx, esid, None);
                     }
                     None => {
-                        self.deliver_kept(r, epoch, messages);
+                        self.deliver_offline(r, epoch, messages);
                         if let Some(st) = self.hist.as_mut().and_then(|h| h.sessions.get_mut(&idx))
                         {
                             if st.epoch != epoch || st.offset < top {
