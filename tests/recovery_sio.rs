@@ -354,3 +354,90 @@ fn after_the_history_expired_a_page_logs_in_again() {
     );
     page.command("quit");
 }
+
+/// A raw Engine.IO 4 WebSocket session: the open packet read, nothing sent yet.
+fn raw_session(port: u16) -> Ws {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(REPLY)).ok();
+    let (ws, _) = tungstenite::client(
+        format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"),
+        stream,
+    )
+    .expect("handshake");
+    let mut c = Ws { ws };
+    let open = c.recv_text(REPLY);
+    assert!(open.starts_with("0{"), "{open}");
+    c
+}
+
+/// The JSON of a `40{…}` CONNECT answer.
+fn connect_answer(c: &mut Ws) -> serde_json::Value {
+    loop {
+        let t = c.recv_text(REPLY);
+        if let Some(j) = t.strip_prefix("40") {
+            return serde_json::from_str(j).expect("connect JSON");
+        }
+    }
+}
+
+#[test]
+fn bad_recovery_requests_get_a_new_session() {
+    let srv = Server::builder().socketio().set("history_size=100").start();
+    // A real session, logged in, with a position.
+    let mut c = raw_session(srv.socketio);
+    c.send_text("40");
+    let first = connect_answer(&mut c);
+    let pid = first["pid"].as_str().expect("pid").to_string();
+    c.send_text("42[\"login\",\"raw1\"]");
+    srv.push_until_ok(&seed("raw1", 0), REPLY);
+    let ev = loop {
+        let t = c.recv_text(REPLY);
+        if t.starts_with("42[\"new_msg\"") {
+            break t;
+        }
+    };
+    let args: serde_json::Value = serde_json::from_str(&ev[2..]).expect("event JSON");
+    let offset = args[2].as_str().expect("offset last").to_string();
+    let (epoch, _) = offset.split_once(':').expect("EPOCH:OFFSET");
+    for auth in [
+        r#"{"pid":"garbage","offset":"zz"}"#.to_string(),
+        r#"{"pid":123}"#.to_string(),
+        format!(r#"{{"pid":"{pid}","offset":"nonsense"}}"#),
+        format!(r#"{{"pid":"{pid}","offset":"{epoch}:999999"}}"#),
+        format!(r#"{{"pid":"{pid}","offset":"1:1"}}"#),
+        format!(r#"{{"pid":"{}","offset":"{offset}"}}"#, "x".repeat(500)),
+    ] {
+        let mut r = raw_session(srv.socketio);
+        r.send_text(&format!("40{auth}"));
+        let a = connect_answer(&mut r);
+        assert_ne!(a["pid"], pid.as_str(), "{auth}: {a}");
+        assert_ne!(a["sid"], first["sid"], "{auth}: {a}");
+        // Not logged in as anyone: a push to raw1 reaches only the first session.
+        r.close();
+    }
+    // The bindings of the real session survive the bad attempts (a bad offset consumes none
+    // but the pid's own), and the server still serves it.
+    assert_eq!(srv.text_push(&seed("raw1", 1)), b"ok\n");
+    let last = loop {
+        let t = c.recv_text(REPLY);
+        if t.starts_with("42[\"new_msg\"") {
+            assert!(t.contains("\\\"n\\\":1"), "{t}");
+            let args: serde_json::Value = serde_json::from_str(&t[2..]).expect("event JSON");
+            break args[2].as_str().expect("offset").to_string();
+        }
+    };
+    // And it still recovers, with its own position.
+    c.close();
+    let r = srv.text_push(&seed("raw1", 2));
+    assert!(r == b"ok\n" || r == b"fail\n");
+    let mut back = raw_session(srv.socketio);
+    back.send_text(&format!(r#"40{{"pid":"{pid}","offset":"{last}"}}"#));
+    let a = connect_answer(&mut back);
+    assert_eq!(a["pid"], pid.as_str(), "{a}");
+    assert_eq!(a["sid"], first["sid"], "{a}");
+    let t = back.recv_text(REPLY);
+    assert!(
+        t.starts_with("42[\"new_msg\"") && t.contains("\\\"n\\\":2"),
+        "{t}"
+    );
+}

@@ -409,6 +409,9 @@ impl Worker {
             return a;
         };
         let now = h.ms();
+        // A pid's binding as it was, put back if the recovery fails (a wrong offset must not
+        // shorten the life of a live session's binding).
+        let mut taken = None;
         let (uid, sid) = match whose {
             Whose::Uid { uid } => (uid, String::new()),
             Whose::Pid { pid } => match h.store.take_binding(&pid, now) {
@@ -417,7 +420,9 @@ impl Worker {
                     // for good) or for the window, if that session never completes.
                     h.store
                         .bind(&pid, &b.uid, &b.sid, &b.by, Some(now + window), now);
-                    (b.uid, b.sid)
+                    let kept = (b.uid.clone(), b.sid.clone());
+                    taken = Some((pid, b));
+                    kept
                 }
                 None => return a,
             },
@@ -436,6 +441,9 @@ impl Worker {
             Ok(f) => (true, kept(f)),
             Err(e) => {
                 log::debug!("recovery for {uid}: {e}");
+                if let Some((pid, b)) = taken {
+                    h.store.bind(&pid, &b.uid, &b.sid, &b.by, b.expires, now);
+                }
                 (false, (top_now, Vec::new()))
             }
         };
