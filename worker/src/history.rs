@@ -24,8 +24,10 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use thiserror::Error;
 
-/// Bytes counted for one kept message beyond its payload (entry, queue slot, map share).
-pub const ENTRY_OVERHEAD: usize = 64;
+/// Bytes counted for one kept message beyond its payload: the entry, its slot in the keeping
+/// order, the payload's allocation and the allocator's share (measured: about 150 bytes of
+/// resident memory per message beyond its payload, see scripts/bench-results.md).
+pub const ENTRY_OVERHEAD: usize = 160;
 /// Most Socket.IO sessions kept recoverable per worker: past it, new sessions are not bound
 /// (their clients get `recovered: false` after a drop) until old bindings expire.
 pub const MAX_BINDINGS: usize = 200_000;
