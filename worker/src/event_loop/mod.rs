@@ -59,6 +59,7 @@ mod recovery;
 mod resume;
 mod session;
 mod sio_push;
+mod sio_recovery;
 mod socketio;
 mod text;
 mod timers;

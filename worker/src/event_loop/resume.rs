@@ -5,7 +5,8 @@
 //!   string argument (`"EPOCH:OFFSET"`, the epoch in hex), and a client that comes back with
 //!   `{pid, offset}` in its CONNECT gets the same socket id, is logged in again as its uid,
 //!   and receives what it missed, in order, before anything new. Socket.IO 2 clients (the
-//!   seed page) see nothing of this.
+//!   seed page) see nothing of this. (The CONNECT side is in `sio_recovery`; the positions,
+//!   waiting and answers are shared here.)
 //! - **Plain WebSocket, opt-in**: `?envelope=1` on the URL wraps each message to the uid in
 //!   `{"type":"msg","epoch":…,"offset":…,"data":…}` and tells the position at login
 //!   (`{"type":"position",…}`); `?since=EPOCH:OFFSET` (which implies the envelope) asks for
@@ -20,20 +21,17 @@
 use super::sio_push::SioEvent;
 use super::Worker;
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
-use crate::proto::engineio::{EioVersion, SioPacket};
 use crate::registry::{Recipient, Who};
 use base64::Engine;
 use bytes::Bytes;
 use herald_ipc::{HistoryMsg, Kept, Whose};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::rc::Rc;
 use std::time::Instant;
 
 /// Live messages kept for a connection while its recovery is asked (beyond: dropped, and the
 /// recovery answers `recovered: false`).
 pub(super) const MAX_BUFFERED: usize = 1000;
-/// Longest private session id accepted from a client.
-const MAX_PID: usize = 64;
 
 /// A WebSocket connection that asked for positions.
 pub(super) struct ConnState {
@@ -57,17 +55,17 @@ pub(super) struct ConnState {
 /// A Socket.IO v4 session with a private id.
 pub(super) struct SioState {
     /// The session's Engine.IO id (its index may be reused).
-    esid: Rc<str>,
+    pub(super) esid: Rc<str>,
     /// Its private id.
-    pid: String,
+    pub(super) pid: String,
     /// Its socket id (kept over a recovery).
-    socket_id: String,
+    pub(super) socket_id: String,
     /// The uid, once logged in.
-    uid: Option<String>,
+    pub(super) uid: Option<String>,
     /// Its position (epoch 0: none yet).
-    epoch: u64,
+    pub(super) epoch: u64,
     /// See `epoch`.
-    offset: u64,
+    pub(super) offset: u64,
 }
 
 /// Who waits for an owner's answer.
@@ -99,7 +97,7 @@ pub(super) struct Pending {
     /// When it gives up.
     pub(super) deadline: Instant,
     /// Answers still expected (a pid is asked of every sibling).
-    left: usize,
+    pub(super) left: usize,
     /// Who waits.
     what: Waiter,
 }
@@ -120,7 +118,7 @@ pub(super) fn parse_pos(s: &str) -> Option<(u64, u64)> {
 }
 
 /// A position as clients see it.
-fn pos_text(epoch: u64, offset: u64) -> String {
+pub(super) fn pos_text(epoch: u64, offset: u64) -> String {
     format!("{epoch:x}:{offset}")
 }
 
@@ -213,7 +211,7 @@ impl Worker {
     }
 
     /// Registers a recovery waiting for `left` answers; its id.
-    fn add_pending(&mut self, what: Waiter, left: usize) -> u64 {
+    pub(super) fn add_pending(&mut self, what: Waiter, left: usize) -> u64 {
         let deadline = Instant::now() + super::ms(self.cfg.ipc_timeout.max(0.2));
         let Some(h) = self.hist.as_mut() else {
             return 0;
@@ -355,117 +353,6 @@ impl Worker {
         }
     }
 
-    /// A Socket.IO CONNECT (v4, with a history): answered here with a private id, or held
-    /// while the session it names is recovered. False: not handled here.
-    pub(super) fn sio_history_connect(
-        &mut self,
-        idx: usize,
-        version: EioVersion,
-        pkt: &SioPacket,
-    ) -> bool {
-        if self.hist.is_none() || version != EioVersion::V4 || pkt.nsp != "/" {
-            return false;
-        }
-        let Some(esid) = self.sio.sessions.get(idx).map(|s| s.sid.clone()) else {
-            return true;
-        };
-        let auth = pkt.data.as_ref();
-        let pid = auth
-            .and_then(|a| a.get("pid"))
-            .and_then(Value::as_str)
-            .filter(|p| !p.is_empty() && p.len() <= MAX_PID);
-        let Some(pid) = pid.map(str::to_string) else {
-            self.sio_fresh_connect(idx, esid, None);
-            return true;
-        };
-        let pos = auth
-            .and_then(|a| a.get("offset"))
-            .and_then(Value::as_str)
-            .and_then(parse_pos);
-        let what = Waiter::Session {
-            idx,
-            esid: esid.clone(),
-            pid: Some(pid.clone()),
-        };
-        let id = self.add_pending(what, 1);
-        let q = |id| HistoryMsg::Recover {
-            id,
-            whose: Whose::Pid { pid: pid.clone() },
-            epoch: pos.map(|p| p.0),
-            offset: pos.map(|p| p.1),
-            offline: false,
-        };
-        // This worker may own the binding: answered at once.
-        let local = self.answer_recover(
-            id,
-            Whose::Pid { pid: pid.clone() },
-            pos.map(|p| p.0),
-            pos.map(|p| p.1),
-            false,
-            self.pid,
-        );
-        if matches!(local, HistoryMsg::Recovered { found: true, .. }) {
-            self.on_recovered(local);
-            return true;
-        }
-        let asked = self.ask_everyone(q(id));
-        match self.hist.as_mut().and_then(|h| h.pending.get_mut(&id)) {
-            Some(p) if asked > 0 => p.left = asked,
-            _ => {
-                if let Some(p) = self.hist.as_mut().and_then(|h| h.pending.remove(&id)) {
-                    self.recovery_failed(p);
-                }
-            }
-        }
-        true
-    }
-
-    /// Answers a v4 CONNECT as a new session: a new private id, the socket id given (or the
-    /// Engine.IO id, as without a history).
-    fn sio_fresh_connect(&mut self, idx: usize, esid: Rc<str>, socket_id: Option<String>) {
-        let pid = self.sio.gen.next_sid();
-        let socket_id = socket_id.unwrap_or_else(|| esid.to_string());
-        let Some(s) = self.sio.sessions.get_mut(idx) else {
-            return;
-        };
-        s.connected = true;
-        let m = format!("40{}", json!({ "sid": socket_id, "pid": pid }));
-        if let Some(h) = self.hist.as_mut() {
-            h.sessions.insert(
-                idx,
-                SioState {
-                    esid,
-                    pid,
-                    socket_id,
-                    uid: None,
-                    epoch: 0,
-                    offset: 0,
-                },
-            );
-        }
-        self.sio_send(idx, Rc::from(m.as_str()), None);
-        self.sio_online_to(idx);
-    }
-
-    /// An event packet for session `idx` with its position appended (Socket.IO's offset is
-    /// an event's last string argument); `None` to send it as it is.
-    pub(super) fn sio_stamp(&self, idx: usize, packet: &str) -> Option<Rc<str>> {
-        let h = self.hist.as_ref()?;
-        let st = h.sessions.get(&idx)?;
-        if self.sio.sessions.get(idx).map(|s| &s.sid) != Some(&st.esid) {
-            return None;
-        }
-        let body = packet.strip_prefix("42[")?.strip_suffix(']')?;
-        let pos = if st.epoch == 0 {
-            String::new()
-        } else {
-            pos_text(st.epoch, st.offset)
-        };
-        Some(Rc::from(
-            format!("42[{body},{}]", Value::from(pos)).as_str(),
-        ))
-    }
-
     /// One positioned message to one recipient (a message it already has is skipped).
     pub(super) fn deliver_one(
         &mut self,
@@ -525,7 +412,7 @@ impl Worker {
     }
 
     /// Kept messages to recipient `r`, oldest first.
-    fn deliver_kept(&mut self, r: Recipient, epoch: u64, list: Vec<Kept>) {
+    pub(super) fn deliver_kept(&mut self, r: Recipient, epoch: u64, list: Vec<Kept>) {
         for k in list {
             let payload = Bytes::from(k.payload);
             let plain = frame(if k.binary { OP_BINARY } else { OP_TEXT }, &payload);
@@ -672,73 +559,6 @@ impl Worker {
         }
     }
 
-    /// A Socket.IO session came back whole: logged in again, its old socket id, then what
-    /// it missed.
-    #[allow(clippy::too_many_arguments)]
-    fn sio_recovered(
-        &mut self,
-        idx: usize,
-        esid: Rc<str>,
-        pid: String,
-        uid: String,
-        socket_id: String,
-        epoch: u64,
-        top: u64,
-        messages: Vec<Kept>,
-    ) {
-        if let Some(h) = self.hist.as_mut() {
-            h.recovering = true;
-        }
-        let rc = self.login(Recipient::session(idx), &uid);
-        if let Some(h) = self.hist.as_mut() {
-            h.recovering = false;
-        }
-        let Some(rc) = rc else {
-            self.stats.recovery_failed += 1;
-            return self.sio_fresh_connect(idx, esid, None);
-        };
-        self.stats.recovered += 1;
-        if let Some(s) = self.sio.sessions.get_mut(idx) {
-            s.uid = Some(rc);
-            s.connected = true;
-        }
-        let since = messages.first().map_or(top, |m| m.offset.saturating_sub(1));
-        let esid_text = esid.to_string();
-        if let Some(h) = self.hist.as_mut() {
-            h.sessions.insert(
-                idx,
-                SioState {
-                    esid,
-                    pid: pid.clone(),
-                    socket_id: socket_id.clone(),
-                    uid: Some(uid.clone()),
-                    epoch,
-                    offset: since,
-                },
-            );
-        }
-        self.ask_owner(
-            &uid,
-            HistoryMsg::Bind {
-                pid: pid.clone(),
-                uid: uid.clone(),
-                sid: socket_id.clone(),
-                ended: false,
-                by: esid_text,
-            },
-        );
-        let m = format!("40{}", json!({ "sid": socket_id, "pid": pid }));
-        self.sio_send(idx, Rc::from(m.as_str()), None);
-        let r = Recipient::session(idx);
-        self.deliver_kept(r, epoch, messages);
-        if let Some(st) = self.hist.as_mut().and_then(|h| h.sessions.get_mut(&idx)) {
-            if st.offset < top {
-                st.offset = top;
-            }
-        }
-        self.sio_online_to(idx);
-    }
-
     /// A recovery got no usable answer in time (or could not be asked).
     pub(super) fn recovery_failed(&mut self, p: Pending) {
         match p.what {
@@ -806,7 +626,7 @@ mod tests {
     fn envelopes_carry_the_position() {
         let f = envelope(255, 7, b"{\"a\":1}", false);
         let text = String::from_utf8_lossy(&f[2..]).into_owned();
-        let v: Value = serde_json::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["epoch"], "ff");
         assert_eq!(v["offset"], 7);
         assert_eq!(v["data"], "{\"a\":1}");
