@@ -364,9 +364,24 @@ impl History {
         }
     }
 
-    /// The uid's last offset (0: nothing kept).
-    pub fn top(&self, uid: &str) -> u64 {
-        self.streams.get(uid).map_or(0, |s| s.top)
+    /// The uid's position now, its last offset: a uid with no stream gets an empty one, so
+    /// that what is pushed next is kept after this position (a client that logs in, gets
+    /// nothing and drops can still recover). The empty stream lives two ttls.
+    pub fn position(&mut self, uid: &str, now: u64) -> u64 {
+        if let Some(s) = self.streams.get(uid) {
+            return s.top;
+        }
+        let at = self.counter;
+        self.streams.insert(
+            Rc::from(uid),
+            Stream {
+                floor: at,
+                top: at,
+                last_at: now,
+                ..Stream::default()
+            },
+        );
+        at
     }
 
     /// Binds Socket.IO private id `pid` to `uid` and socket id `sid` for the session `by`;
@@ -553,6 +568,25 @@ mod tests {
         }
         assert_eq!(h.messages, 1);
         assert!(h.order.len() <= 130, "{}", h.order.len());
+    }
+
+    #[test]
+    fn a_position_given_before_any_message_can_be_continued() {
+        let mut h = History::new(10, 60_000, 1 << 20, 1);
+        h.append("other", b("x"), false, true, 0);
+        let p = h.position("u", 0);
+        assert_eq!(h.position("u", 1), p);
+        h.append("u", b("while away"), false, false, 2);
+        assert_eq!(
+            texts(&h.since("u", 1, p, 3, usize::MAX).unwrap()),
+            ["while away"]
+        );
+        // An empty stream goes after two ttls.
+        h.sweep(130_000);
+        assert_eq!(
+            h.since("u", 1, p, 130_000, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
     }
 
     #[test]

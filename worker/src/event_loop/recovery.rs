@@ -436,7 +436,7 @@ impl Worker {
             }
         };
         let store_epoch = h.store.epoch;
-        let top_now = h.store.top(&uid);
+        let top_now = h.store.position(&uid, now);
         let (recovered, (top, messages)) = match result {
             Ok(f) => (true, kept(f)),
             Err(e) => {
