@@ -52,6 +52,18 @@ fn n_of(env: &Value) -> u64 {
     data["n"].as_u64().expect("n")
 }
 
+/// A push whose answer may be `ok` or `fail` (nobody connected: kept all the same).
+trait PushKept {
+    fn push_until_fail_or_ok(&self, line: &[u8]);
+}
+
+impl PushKept for Server {
+    fn push_until_fail_or_ok(&self, line: &[u8]) {
+        let r = self.text_push(line);
+        assert!(r == b"ok\n" || r == b"fail\n", "{}", show(&r));
+    }
+}
+
 fn history_server(workers: usize) -> Server {
     let srv = Server::builder()
         .workers(workers)
@@ -398,23 +410,25 @@ fn broadcasts_and_groups_with_a_history() {
     }
 }
 
-#[test]
-fn a_graceful_reload_starts_a_new_epoch_and_says_so() {
-    let mut srv = Server::builder()
-        .set("history_size=100")
-        .set("drain_timeout=1")
-        .start();
-    let (mut c, head) = login_env(&srv, "/?envelope=1", "rl");
+/// Logs in, gets one message, then reloads (`reload`, or `reload -g` when `graceful`) and
+/// waits until the old worker is gone; returns the client's position and the connection.
+fn position_then_reload(srv: &mut Server, uid: &str, graceful: bool) -> (String, u64) {
+    let (mut c, head) = login_env(srv, "/?envelope=1", uid);
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
     assert_eq!(
-        srv.text_push(format!("{}\n", line("rl", 1)).as_bytes()),
+        srv.text_push(format!("{}\n", line(uid, 1)).as_bytes()),
         b"ok\n"
     );
     let offset = recv_json(&mut c)["offset"].as_u64().expect("offset");
     let old = srv.worker_pids();
-    let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
-    assert!(out.status.success(), "reload -g: {}", show(&out.stderr));
-    // The old worker drains (its clients are closed after drain_timeout) and goes.
+    let args: &[&str] = if graceful {
+        &["reload", "-g"]
+    } else {
+        &["reload"]
+    };
+    let out = srv.cli(args, Duration::from_secs(30));
+    assert!(out.status.success(), "{args:?}: {}", show(&out.stderr));
+    // The old worker goes (a graceful one after drain_timeout closed its clients).
     assert!(
         wait_until(Duration::from_secs(15), || {
             let now = srv.worker_pids();
@@ -422,6 +436,33 @@ fn a_graceful_reload_starts_a_new_epoch_and_says_so() {
         }),
         "old worker still there"
     );
+    (epoch, offset)
+}
+
+#[test]
+fn a_graceful_reload_hands_the_history_over() {
+    let mut srv = Server::builder()
+        .set("history_size=100")
+        .set("drain_timeout=1")
+        .start();
+    let (epoch, offset) = position_then_reload(&mut srv, "gr", true);
+    // Pushed while the client is away, into the new worker: kept after the handed history.
+    for n in 2..=3 {
+        srv.push_until_fail_or_ok(format!("{}\n", line("gr", n)).as_bytes());
+    }
+    let (mut c2, head) = login_env(&srv, &format!("/?since={epoch}:{offset}"), "gr");
+    assert_eq!(head["type"], "recovery", "{head}\n{}", srv.log());
+    assert_eq!(head["recovered"], true, "{head}\n{}", srv.log());
+    assert_eq!(head["epoch"], epoch.as_str(), "the epoch goes on");
+    assert_eq!(n_of(&recv_json(&mut c2)), 2);
+    assert_eq!(n_of(&recv_json(&mut c2)), 3);
+    c2.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn a_plain_reload_starts_a_new_epoch_and_says_so() {
+    let mut srv = Server::builder().set("history_size=100").start();
+    let (epoch, offset) = position_then_reload(&mut srv, "rl", false);
     // The history went with the old worker: a new epoch, and the client is told so.
     let (mut c2, head) = login_env(&srv, &format!("/?since={epoch}:{offset}"), "rl");
     assert_eq!(head["type"], "recovery", "{head}");

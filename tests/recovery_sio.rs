@@ -441,3 +441,39 @@ fn bad_recovery_requests_get_a_new_session() {
         "{t}"
     );
 }
+
+#[test]
+fn a_page_recovers_across_a_graceful_reload() {
+    if !node_ready() {
+        return;
+    }
+    let mut srv = Server::builder()
+        .socketio()
+        .set("history_size=100")
+        .set("drain_timeout=1")
+        .start();
+    let mut page = Page::spawn(srv.socketio, "gr1");
+    let mut msgs = Vec::new();
+    let first = page.wait_for("connect", &mut msgs);
+    let id = first
+        .split(' ')
+        .find_map(|w| w.strip_prefix("id="))
+        .expect("socket id")
+        .to_string();
+    srv.push_until_ok(&seed("gr1", 0), REPLY);
+    page.until_messages(&mut msgs, 1);
+    let out = srv.cli(&["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "reload -g: {}", show(&out.stderr));
+    // The old worker closes the page's session at its drain timeout; the page comes back to
+    // the new worker, which took the history over.
+    page.wait_for("disconnect", &mut msgs);
+    let r = srv.text_push(&seed("gr1", 1));
+    assert!(r == b"ok\n" || r == b"fail\n");
+    let again = page.wait_for("connect", &mut msgs);
+    assert!(again.contains("recovered=true"), "{again}\n{}", srv.log());
+    assert!(again.ends_with(&format!("id={id}")), "{again}");
+    srv.push_until_ok(&seed("gr1", 2), REPLY);
+    page.until_messages(&mut msgs, 3);
+    assert_eq!(numbers(&msgs), [0, 1, 2]);
+    page.command("quit");
+}

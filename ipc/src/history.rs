@@ -42,6 +42,55 @@ pub struct Kept {
     pub binary: bool,
 }
 
+/// One kept message as it moves to the worker replacing its owner (graceful reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedEntry {
+    /// Its position.
+    pub offset: u64,
+    /// How long ago it was kept, in milliseconds.
+    pub age_ms: u64,
+    /// The pushed bytes when they are UTF-8 (compact in JSON)…
+    pub text: Option<String>,
+    /// …else as they are.
+    pub bytes: Option<Vec<u8>>,
+    /// Pushed as a binary frame.
+    pub binary: bool,
+    /// Some connection had it.
+    pub delivered: bool,
+}
+
+/// One uid's stream as it moves to the worker replacing its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedStream {
+    /// The uid.
+    pub uid: String,
+    /// The epoch its positions belong to (kept by the new owner).
+    pub epoch: u64,
+    /// Its last offset.
+    pub top: u64,
+    /// The highest offset it lost.
+    pub floor: u64,
+    /// How long ago its last message was kept, in milliseconds.
+    pub age_ms: u64,
+    /// Its messages, oldest first.
+    pub entries: Vec<MovedEntry>,
+}
+
+/// A Socket.IO binding as it moves to the worker replacing its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedBinding {
+    /// The private session id.
+    pub pid: String,
+    /// Its uid.
+    pub uid: String,
+    /// Its socket id.
+    pub sid: String,
+    /// The Engine.IO id of the session that bound it.
+    pub by: String,
+    /// In how many milliseconds it expires (`None`: its session lives).
+    pub expires_in_ms: Option<u64>,
+}
+
 /// A history message between siblings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "h", rename_all = "snake_case")]
@@ -73,6 +122,16 @@ pub enum HistoryMsg {
         offset: Option<u64>,
         /// Messages nobody received (offline delivery) instead of those after `offset`.
         offline: bool,
+    },
+    /// From a draining worker to the one replacing it (same worker id, graceful reload): part
+    /// of its history, in pieces that each fit a frame.
+    Handover {
+        /// The old store's offset counter (the new one continues above it).
+        counter: u64,
+        /// Streams moving.
+        streams: Vec<MovedStream>,
+        /// Socket.IO bindings moving.
+        bindings: Vec<MovedBinding>,
     },
     /// The answer to `Recover { id }`, on the owner's own link to the asker, so every push
     /// the owner records after it follows it on the same link.

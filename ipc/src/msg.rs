@@ -99,10 +99,8 @@ pub enum PeerMsg {
     Positioned {
         /// The push.
         push: Push,
-        /// The owner's history epoch.
-        epoch: u64,
-        /// Each uid's offset, in the order of the target's uids.
-        offsets: Vec<u64>,
+        /// Each uid's position (epoch, offset), in the order of the target's uids.
+        positions: Vec<(u64, u64)>,
     },
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
@@ -148,15 +146,11 @@ impl Wire for PeerMsg {
                 put::u8(out, ROUTE);
                 encode_push(p, out);
             }
-            PeerMsg::Positioned {
-                push,
-                epoch,
-                offsets,
-            } => {
+            PeerMsg::Positioned { push, positions } => {
                 put::u8(out, POSITIONED);
-                put::u64(out, *epoch);
-                put::u32(out, offsets.len() as u32);
-                for o in offsets {
+                put::u32(out, positions.len() as u32);
+                for (e, o) in positions {
+                    put::u64(out, *e);
                     put::u64(out, *o);
                 }
                 encode_push(push, out);
@@ -200,20 +194,18 @@ impl Wire for PeerMsg {
             PUSH => PeerMsg::Push(decode_push(&mut r)?),
             ROUTE => PeerMsg::Route(decode_push(&mut r)?),
             POSITIONED => {
-                let epoch = r.u64("epoch")?;
-                let n = r.u32("offsets")? as usize;
+                let n = r.u32("positions")? as usize;
                 // Refused before allocating when the body cannot hold that many.
-                if n > body.len() / 8 {
-                    return Err(CodecError::Truncated("offsets"));
+                if n > body.len() / 16 {
+                    return Err(CodecError::Truncated("positions"));
                 }
-                let mut offsets = Vec::with_capacity(n);
+                let mut positions = Vec::with_capacity(n);
                 for _ in 0..n {
-                    offsets.push(r.u64("offset")?);
+                    positions.push((r.u64("epoch")?, r.u64("offset")?));
                 }
                 PeerMsg::Positioned {
                     push: decode_push(&mut r)?,
-                    epoch,
-                    offsets,
+                    positions,
                 }
             }
             HISTORY => PeerMsg::History(
@@ -474,8 +466,7 @@ mod tests {
         round(PeerMsg::Route(p.clone()));
         round(PeerMsg::Positioned {
             push: p,
-            epoch: 77,
-            offsets: vec![1, 2],
+            positions: vec![(77, 1), (78, 2)],
         });
         round(PeerMsg::History(HistoryMsg::Recover {
             id: 5,
@@ -486,7 +477,6 @@ mod tests {
         }));
         // An offset count larger than the body is refused before allocating.
         let mut evil = Vec::new();
-        put::u64(&mut evil, 1);
         put::u32(&mut evil, u32::MAX);
         assert!(PeerMsg::decode(POSITIONED, &evil).is_err());
         // A query this build does not know is an error, not a silent default.

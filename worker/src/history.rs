@@ -4,7 +4,8 @@
 //! caller passes the clock (milliseconds), so every rule is unit-tested here.
 //!
 //! Positions: an **epoch**, drawn at random when the store is made (so a worker that restarts,
-//! and lost what it kept, hands out positions no client holds), and an **offset** from one
+//! and lost what it kept, hands out positions no client holds; a stream handed over by the
+//! worker this one replaced keeps that worker's epoch), and an **offset** from one
 //! counter of the store, so a uid's offsets only grow (they are not consecutive: they are
 //! shared by the uids the worker owns). Each uid's stream remembers the highest offset it lost
 //! (evicted, expired, or dropped for its size, and the counter's value when the stream was
@@ -20,6 +21,7 @@
 //! recognised by asking the owners.
 
 use bytes::Bytes;
+use herald_ipc::{MovedBinding, MovedEntry, MovedStream};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use thiserror::Error;
@@ -78,6 +80,9 @@ impl Entry {
 /// One uid's kept messages.
 #[derive(Debug, Default)]
 struct Stream {
+    /// The epoch of its positions: the store's, or the one of the worker it was handed over
+    /// from (graceful reload).
+    epoch: u64,
     /// Oldest first.
     entries: VecDeque<Entry>,
     /// The uid's last offset.
@@ -105,6 +110,8 @@ pub struct Binding {
 /// What a recovery found.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
+    /// The epoch of the uid's positions.
+    pub epoch: u64,
     /// The missed messages, oldest first.
     pub messages: Vec<Entry>,
     /// The uid's last offset.
@@ -193,6 +200,7 @@ impl History {
                 self.streams.insert(
                     k.clone(),
                     Stream {
+                        epoch: self.epoch,
                         floor,
                         top: floor,
                         ..Stream::default()
@@ -296,17 +304,20 @@ impl History {
         max_bytes: usize,
     ) -> Result<Found, Refusal> {
         self.expire(now);
-        if epoch != self.epoch {
-            return Err(Refusal::ForeignEpoch);
-        }
-        if offset > self.counter {
-            return Err(Refusal::Future);
-        }
         let Some(s) = self.streams.get_mut(uid) else {
+            if epoch != self.epoch {
+                return Err(Refusal::ForeignEpoch);
+            }
+            if offset > self.counter {
+                return Err(Refusal::Future);
+            }
             // Nothing kept for this uid within two ttls: whatever came after the position
             // (if anything) is gone.
             return Err(Refusal::Gone);
         };
+        if epoch != s.epoch {
+            return Err(Refusal::ForeignEpoch);
+        }
         if offset > s.top {
             return Err(Refusal::Future);
         }
@@ -324,6 +335,7 @@ impl History {
             out.push(e.clone());
         }
         Ok(Found {
+            epoch: s.epoch,
             messages: out,
             top: s.top,
         })
@@ -334,7 +346,10 @@ impl History {
     pub fn undelivered(&mut self, uid: &str, now: u64, max_bytes: usize) -> Found {
         self.expire(now);
         let Some(s) = self.streams.get_mut(uid) else {
-            return Found::default();
+            return Found {
+                epoch: self.epoch,
+                ..Found::default()
+            };
         };
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -347,6 +362,7 @@ impl History {
             out.push(e.clone());
         }
         Found {
+            epoch: s.epoch,
             messages: out,
             top: s.top,
         }
@@ -357,31 +373,179 @@ impl History {
         self.expire(now);
         match self.streams.get(uid) {
             Some(s) => Found {
+                epoch: s.epoch,
                 messages: s.entries.iter().cloned().collect(),
                 top: s.top,
             },
-            None => Found::default(),
+            None => Found {
+                epoch: self.epoch,
+                ..Found::default()
+            },
         }
     }
 
     /// The uid's position now, its last offset: a uid with no stream gets an empty one, so
     /// that what is pushed next is kept after this position (a client that logs in, gets
     /// nothing and drops can still recover). The empty stream lives two ttls.
-    pub fn position(&mut self, uid: &str, now: u64) -> u64 {
+    pub fn position(&mut self, uid: &str, now: u64) -> (u64, u64) {
         if let Some(s) = self.streams.get(uid) {
-            return s.top;
+            return (s.epoch, s.top);
         }
         let at = self.counter;
         self.streams.insert(
             Rc::from(uid),
             Stream {
+                epoch: self.epoch,
                 floor: at,
                 top: at,
                 last_at: now,
                 ..Stream::default()
             },
         );
-        at
+        (self.epoch, at)
+    }
+
+    /// The epoch of `uid`'s positions.
+    pub fn epoch_of(&self, uid: &str) -> u64 {
+        self.streams.get(uid).map_or(self.epoch, |s| s.epoch)
+    }
+
+    /// Everything kept, to hand to the worker replacing this one: the counter, the streams
+    /// in pieces of about `chunk` payload bytes, and the bindings.
+    pub fn export(
+        &mut self,
+        now: u64,
+        chunk: usize,
+    ) -> (u64, Vec<Vec<MovedStream>>, Vec<MovedBinding>) {
+        self.expire(now);
+        let mut pieces: Vec<Vec<MovedStream>> = Vec::new();
+        let mut piece = Vec::new();
+        let mut size = 0;
+        for (uid, s) in &self.streams {
+            let entries: Vec<MovedEntry> = s
+                .entries
+                .iter()
+                .map(|e| {
+                    let text = std::str::from_utf8(&e.payload).ok().map(str::to_string);
+                    MovedEntry {
+                        offset: e.offset,
+                        age_ms: now.saturating_sub(e.at),
+                        bytes: text.is_none().then(|| e.payload.to_vec()),
+                        text,
+                        binary: e.binary,
+                        delivered: e.delivered,
+                    }
+                })
+                .collect();
+            size += entries
+                .iter()
+                .map(|e| {
+                    64 + e.text.as_ref().map_or(0, String::len)
+                        + 4 * e.bytes.as_ref().map_or(0, Vec::len)
+                })
+                .sum::<usize>()
+                + 64;
+            piece.push(MovedStream {
+                uid: uid.to_string(),
+                epoch: s.epoch,
+                top: s.top,
+                floor: s.floor,
+                age_ms: now.saturating_sub(s.last_at),
+                entries,
+            });
+            if size >= chunk {
+                pieces.push(std::mem::take(&mut piece));
+                size = 0;
+            }
+        }
+        if !piece.is_empty() {
+            pieces.push(piece);
+        }
+        let bindings = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.expires.is_none_or(|t| t > now))
+            .map(|(pid, b)| MovedBinding {
+                pid: pid.clone(),
+                uid: b.uid.clone(),
+                sid: b.sid.clone(),
+                by: b.by.clone(),
+                expires_in_ms: b.expires.map(|t| t - now),
+            })
+            .collect();
+        (self.counter, pieces, bindings)
+    }
+
+    /// Takes up what a replaced worker handed over. A uid this store already keeps (a push
+    /// reached it first) keeps its own stream; the handed one is dropped (its clients are
+    /// told `recovered: false`). Returns how many streams were taken up.
+    pub fn adopt(
+        &mut self,
+        counter: u64,
+        streams: Vec<MovedStream>,
+        bindings: Vec<MovedBinding>,
+        now: u64,
+    ) -> usize {
+        self.counter = self.counter.max(counter);
+        let mut taken = 0;
+        for m in streams {
+            if self.streams.contains_key(m.uid.as_str()) {
+                continue;
+            }
+            let key: Rc<str> = Rc::from(m.uid.as_str());
+            let mut entries = VecDeque::with_capacity(m.entries.len());
+            for e in m.entries.into_iter().take(self.size.max(1)) {
+                let entry = Entry {
+                    offset: e.offset,
+                    at: now.saturating_sub(e.age_ms),
+                    payload: match (e.text, e.bytes) {
+                        (Some(t), _) => Bytes::from(t),
+                        (None, Some(b)) => Bytes::from(b),
+                        (None, None) => Bytes::new(),
+                    },
+                    binary: e.binary,
+                    delivered: e.delivered,
+                };
+                self.bytes += entry.cost();
+                self.messages += 1;
+                self.order.push_back((key.clone(), entry.offset, entry.at));
+                entries.push_back(entry);
+            }
+            self.streams.insert(
+                key,
+                Stream {
+                    epoch: m.epoch,
+                    entries,
+                    top: m.top,
+                    floor: m.floor,
+                    last_at: now.saturating_sub(m.age_ms),
+                },
+            );
+            taken += 1;
+        }
+        // The keeping order is by time: the handed messages are older than some kept here.
+        self.order.make_contiguous().sort_by_key(|(_, _, at)| *at);
+        while self.bytes > self.max_bytes && self.messages > 0 {
+            if !self.drop_oldest() {
+                break;
+            }
+            self.evicted += 1;
+        }
+        for b in bindings {
+            if !self.bindings.contains_key(&b.pid) && self.bindings.len() < MAX_BINDINGS {
+                let expires = b.expires_in_ms.map(|t| now + t);
+                self.bindings.insert(
+                    b.pid,
+                    Binding {
+                        uid: b.uid,
+                        sid: b.sid,
+                        expires,
+                        by: b.by,
+                    },
+                );
+            }
+        }
+        taken
     }
 
     /// Binds Socket.IO private id `pid` to `uid` and socket id `sid` for the session `by`;
@@ -574,8 +738,8 @@ mod tests {
     fn a_position_given_before_any_message_can_be_continued() {
         let mut h = History::new(10, 60_000, 1 << 20, 1);
         h.append("other", b("x"), false, true, 0);
-        let p = h.position("u", 0);
-        assert_eq!(h.position("u", 1), p);
+        let (_, p) = h.position("u", 0);
+        assert_eq!(h.position("u", 1), (1, p));
         h.append("u", b("while away"), false, false, 2);
         assert_eq!(
             texts(&h.since("u", 1, p, 3, usize::MAX).unwrap()),
@@ -587,6 +751,44 @@ mod tests {
             h.since("u", 1, p, 130_000, usize::MAX).unwrap_err(),
             Refusal::Gone
         );
+    }
+
+    #[test]
+    fn a_handed_over_history_continues_in_its_epoch() {
+        let mut old = History::new(10, 60_000, 1 << 20, 7);
+        let o1 = old.append("u", b("one"), false, true, 0);
+        old.append("u", b("two"), false, true, 10);
+        old.bind("p", "u", "s", "e", None, 0);
+        let mut new = History::new(10, 60_000, 1 << 20, 8);
+        // A push reached the new worker first for `w`: its own stream stays.
+        new.append("w", b("mine"), false, true, 0);
+        old.append("w", b("theirs"), false, true, 0);
+        let (counter, pieces, bindings) = old.export(20, 1);
+        assert!(pieces.len() >= 2, "pieces of about `chunk` bytes");
+        let taken: usize = pieces
+            .into_iter()
+            .map(|p| new.adopt(counter, p, bindings.clone(), 100))
+            .sum();
+        assert_eq!(taken, 1);
+        let f = new.since("u", 7, o1, 100, usize::MAX).unwrap();
+        assert_eq!(texts(&f), ["two"]);
+        assert_eq!(f.epoch, 7);
+        // New messages continue the handed stream, above the old counter.
+        let o3 = new.append("u", b("three"), false, true, 100);
+        assert!(o3 > counter);
+        assert_eq!(new.epoch_of("u"), 7);
+        assert_eq!(
+            texts(&new.since("u", 7, o1, 100, usize::MAX).unwrap()),
+            ["two", "three"]
+        );
+        assert_eq!(new.epoch_of("w"), 8);
+        assert_eq!(texts(&new.read("w", 100)), ["mine"]);
+        assert_eq!(new.take_binding("p", 100).unwrap().uid, "u");
+        // Counted, and expired on time (kept at 0 and 10 on the old clock: 80 and 90 here).
+        assert_eq!(new.messages, 4);
+        new.expire(60_095);
+        assert_eq!(texts(&new.read("u", 60_095)), ["three"]);
+        assert_eq!(new.messages, 1);
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Worker {
             self.cfg.drain_timeout
         );
         self.tell_master(Control::ListenersClosed { worker: self.id });
+        self.history_handover();
         self.retire_backends();
     }
 

@@ -16,6 +16,10 @@
 //! once its siblings answered, so `ok`/`fail` keep their meaning. A broadcast to `all` is not
 //! recorded (it has no owner): it is delivered as before and carries no new position.
 //!
+//! Graceful reload: a draining owner hands its store to the new worker with its worker id
+//! (`HistoryMsg::Handover`, in pieces); streams keep their epoch, and the new store's offset
+//! counter continues above the old one.
+//!
 //! Recovery: the client's worker asks the owner (`HistoryMsg::Recover`); the owner answers
 //! on its own link to that worker (`Recovered`), so that every push it records afterwards
 //! follows the answer on the same link, and marks the uid as held there at once (the
@@ -29,12 +33,21 @@ use crate::history::{Found, History, Refusal};
 use crate::mesh::ReplyTo;
 use crate::presence::bucket;
 use bytes::Bytes;
-use herald_ipc::{history_owner, HistoryMsg, Kept, PeerMsg, Push, Share, Target, Whose};
+use herald_ipc::{
+    history_owner, ChannelError, HistoryMsg, Kept, PeerMsg, Push, Share, Target, Whose,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use super::push::To;
 use super::resume::{ConnState, Pending, SioState};
+
+/// How long a draining worker may wait for its successor to read the history it hands over.
+const HANDOVER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Payload bytes per piece of a handover (JSON makes each a few times larger; frames hold
+/// 16 MiB).
+const HANDOVER_PIECE: usize = 1024 * 1024;
 
 /// The link key standing for this worker itself in a gather entry (the entry worker's own
 /// share of a push whose uids it owns).
@@ -58,6 +71,9 @@ pub(super) struct Recovery {
     pub(super) recovering: bool,
     /// When the store was last swept (store milliseconds).
     last_sweep: u64,
+    /// Draining: the history is to be handed to the worker replacing this one, as soon as
+    /// it is known and linked.
+    handover_due: bool,
 }
 
 impl Recovery {
@@ -84,6 +100,7 @@ impl Recovery {
             sessions: HashMap::new(),
             recovering: false,
             last_sweep: 0,
+            handover_due: false,
         }
     }
 
@@ -240,16 +257,16 @@ impl Worker {
         };
         let now = h.ms();
         let shared = Bytes::copy_from_slice(payload);
-        let mut offsets = Vec::with_capacity(uids.len());
+        let mut positions = Vec::with_capacity(uids.len());
         for u in &uids {
             let online =
                 !self.registry.get(u).is_empty() || self.views.values().any(|v| v.may_hold(u));
-            offsets.push(h.store.append(u, shared.clone(), binary, online, now));
+            let offset = h.store.append(u, shared.clone(), binary, online, now);
+            positions.push((h.store.epoch_of(u), offset));
         }
-        let epoch = h.store.epoch;
         let mut local = 0;
-        for (u, &o) in uids.iter().zip(&offsets) {
-            local += self.deliver_positioned(u, epoch, o, &shared, binary);
+        for (u, &(e, o)) in uids.iter().zip(&positions) {
+            local += self.deliver_positioned(u, e, o, &shared, binary);
         }
         let timeout = self.cfg.ipc_timeout.max(0.0);
         let margin = (timeout / 10.0).min(0.1);
@@ -262,8 +279,7 @@ impl Worker {
                 payload: payload.to_vec(),
                 binary,
             },
-            epoch,
-            offsets,
+            positions,
         };
         let job = Job::Push {
             started,
@@ -311,18 +327,14 @@ impl Worker {
                 let reply = ReplyTo::Sibling { key, id: p.id };
                 self.owner_push(uids, &p.payload, p.binary, reply);
             }
-            PeerMsg::Positioned {
-                push,
-                epoch,
-                offsets,
-            } => {
+            PeerMsg::Positioned { push, positions } => {
                 let mut count = 0;
                 if mono_ns() > push.deadline {
                     self.stats.late_dropped += 1;
                 } else if let Target::Uids(uids) = &push.target {
                     let shared = Bytes::from(push.payload);
-                    for (u, &o) in uids.iter().zip(&offsets) {
-                        count += self.deliver_positioned(u, epoch, o, &shared, push.binary);
+                    for (u, &(e, o)) in uids.iter().zip(&positions) {
+                        count += self.deliver_positioned(u, e, o, &shared, push.binary);
                     }
                 }
                 self.answer_link(key, PeerMsg::Delivered { id: push.id, count });
@@ -348,6 +360,23 @@ impl Worker {
                         self.send_to_pid(asker, key, PeerMsg::History(a));
                     }
                     r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
+                    HistoryMsg::Handover {
+                        counter,
+                        streams,
+                        bindings,
+                    } => {
+                        // Only from the worker this one replaces (the same worker id).
+                        let from = self.links.get(key).map(|l| l.peer_worker);
+                        if from != Some(self.id) {
+                            log::warn!("history handed over by worker {from:?}: ignored");
+                            return;
+                        }
+                        if let Some(h) = self.hist.as_mut() {
+                            let now = h.ms();
+                            let n = h.store.adopt(counter, streams, bindings, now);
+                            log::info!("history: {n} uids' history taken over from pid {asker}");
+                        }
+                    }
                 }
             }
             _ => {}
@@ -435,8 +464,7 @@ impl Worker {
                 _ => Err(Refusal::Gone),
             }
         };
-        let store_epoch = h.store.epoch;
-        let top_now = h.store.position(&uid, now);
+        let (store_epoch, top_now) = h.store.position(&uid, now);
         let (recovered, (top, messages)) = match result {
             Ok(f) => (true, kept(f)),
             Err(e) => {
@@ -499,6 +527,7 @@ impl Worker {
                     let a = self.answer_recover(id, whose, epoch, offset, offline, self.pid);
                     self.on_recovered(a);
                 }
+                HistoryMsg::Handover { .. } => {}
                 r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
             }
             return true;
@@ -534,6 +563,89 @@ impl Worker {
         n
     }
 
+    /// Drain (a graceful reload): hands the whole history to the worker replacing this one
+    /// (the sibling with the same worker id), in pieces that each fit a frame, so that its
+    /// uids keep their positions. What does not fit the link's buffer is not handed over
+    /// (those uids' clients are told `recovered: false`).
+    pub(super) fn history_handover(&mut self) {
+        let Some(h) = self.hist.as_mut() else {
+            return;
+        };
+        h.handover_due = true;
+        self.try_handover();
+    }
+
+    /// Hands the history over if the successor is known and linked (else later: see
+    /// `recovery_tick`).
+    fn try_handover(&mut self) {
+        let Some(to) = self
+            .peers
+            .iter()
+            .filter(|p| p.worker == self.id && p.pid != self.pid)
+            .map(|p| p.pid)
+            .max()
+        else {
+            return;
+        };
+        let Some(h) = self.hist.as_mut() else {
+            return;
+        };
+        let Some((_, link)) = self
+            .links
+            .iter_mut()
+            .find(|(_, l)| l.outbound && l.peer_pid == to)
+        else {
+            return;
+        };
+        h.handover_due = false;
+        let now = h.ms();
+        let (counter, pieces, bindings) = h.store.export(now, HANDOVER_PIECE);
+        let total = pieces.len();
+        let mut sent = 0;
+        // The link's buffer holds a few pieces: the rest waits for the new worker to read,
+        // for at most HANDOVER_TIME (a one-time pause of this retiring worker, which has
+        // closed its listeners).
+        let until = Instant::now() + HANDOVER_TIME;
+        let bindings_msg = PeerMsg::History(HistoryMsg::Handover {
+            counter,
+            streams: Vec::new(),
+            bindings,
+        });
+        let msgs = pieces
+            .into_iter()
+            .map(|streams| {
+                PeerMsg::History(HistoryMsg::Handover {
+                    counter,
+                    streams,
+                    bindings: Vec::new(),
+                })
+            })
+            .chain(std::iter::once(bindings_msg));
+        'pieces: for m in msgs {
+            loop {
+                match link.chan.send(&m) {
+                    Ok(()) => break,
+                    Err(ChannelError::Full { .. }) if Instant::now() < until => {
+                        if link.chan.flush().is_err() {
+                            break 'pieces;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        log::warn!("history: handover to pid {to} stopped after {sent} of {total} pieces: {e}");
+                        break 'pieces;
+                    }
+                }
+            }
+            sent += 1;
+        }
+        link.dirty = true;
+        log::info!(
+            "history: handed {} of {total} pieces to pid {to}",
+            sent.min(total)
+        );
+    }
+
     /// This worker's share of a `history` query.
     pub(super) fn history_share(&mut self, uid: &str) -> Share {
         let Some(h) = self.hist.as_mut() else {
@@ -563,6 +675,12 @@ impl Worker {
             h.last_sweep = ms;
             h.store.sweep(ms);
         }
+        if h.handover_due {
+            self.try_handover();
+        }
+        let Some(h) = self.hist.as_mut() else {
+            return;
+        };
         if h.pending.is_empty() {
             return;
         }
