@@ -49,6 +49,7 @@ mod api;
 mod cluster;
 mod control;
 mod handoff;
+mod history_handover;
 mod http;
 mod mesh;
 mod output;
