@@ -477,3 +477,28 @@ fn a_page_recovers_across_a_graceful_reload() {
     assert_eq!(numbers(&msgs), [0, 1, 2]);
     page.command("quit");
 }
+
+#[test]
+fn offline_delivery_reaches_a_page_at_its_login() {
+    if !node_ready() {
+        return;
+    }
+    let srv = Server::builder()
+        .socketio()
+        .set("history_size=10")
+        .set("offline_delivery=true")
+        .start();
+    // Pushed while nobody is there: kept.
+    for n in 0..3 {
+        assert_eq!(srv.text_push(&seed("off9", n)), b"fail\n");
+    }
+    let mut page = Page::spawn(srv.socketio, "off9");
+    let mut msgs = Vec::new();
+    page.wait_for("connect", &mut msgs);
+    page.until_messages(&mut msgs, 3);
+    // Then live, once each.
+    srv.push_until_ok(&seed("off9", 3), REPLY);
+    page.until_messages(&mut msgs, 4);
+    assert_eq!(numbers(&msgs), [0, 1, 2, 3]);
+    page.command("quit");
+}
