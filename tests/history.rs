@@ -502,3 +502,35 @@ fn a_client_that_got_nothing_before_its_drop_still_recovers() {
     assert_eq!(got, [0, 1, 2, 3]);
     c2.expect_silence(Duration::from_millis(200));
 }
+
+#[test]
+fn a_hundred_missed_messages_come_back_and_older_ones_are_gone() {
+    let srv = history_server(1);
+    let (c1, head) = login_env(&srv, "/?envelope=1", "many");
+    let epoch = head["epoch"].as_str().expect("epoch").to_string();
+    let start = head["offset"].as_u64().expect("offset");
+    c1.close();
+    assert!(wait_until(REPLY, || srv
+        .text_push(format!("{}\n", line("many", 0)).as_bytes())
+        == b"fail\n"));
+    // 150 more in one pipelined write: the history keeps the last 100 (history_size).
+    let lines: String = (1..=150)
+        .map(|n| format!("{}\n", line("many", n)))
+        .collect();
+    let replies = srv.text_push(lines.as_bytes());
+    assert_eq!(replies, "fail\n".repeat(150).as_bytes());
+    // From the login's position, 51 messages are gone: refused.
+    let (_c, head) = login_env(&srv, &format!("/?since={epoch}:{start}"), "many");
+    assert_eq!(head["recovered"], false, "{head}");
+    // From the position of message 50 (what `history` shows), the last 100 come, in order.
+    let reply = srv.text_push(b"{\"cmd\":\"history\",\"uid\":\"many\"}\n");
+    let h: Value = serde_json::from_slice(&reply).expect("history");
+    let kept = h["messages"].as_array().expect("messages");
+    assert_eq!(kept.len(), 100);
+    let first = kept[0]["offset"].as_u64().expect("offset");
+    let (mut c2, head) = login_env(&srv, &format!("/?since={epoch}:{}", first - 1), "many");
+    assert_eq!(head["recovered"], true, "{head}");
+    let got: Vec<u64> = (0..100).map(|_| n_of(&recv_json(&mut c2))).collect();
+    assert_eq!(got, (51..=150).collect::<Vec<u64>>());
+    c2.expect_silence(Duration::from_millis(200));
+}
