@@ -746,6 +746,14 @@ fn http_api_every_endpoint_conforms_to_openapi() {
         call("GET", "/api/online/nobody", None),
         (200, json!({"online":false,"connections":0}))
     );
+    // Without `history_size`, nothing is kept (tests/history.rs covers a history).
+    assert_eq!(
+        call("GET", "/api/history/h1", None),
+        (
+            200,
+            json!({"uid":"h1","epoch":"0","offset":0,"messages":[]})
+        )
+    );
     assert_eq!(
         call("GET", "/api/uids", None),
         (

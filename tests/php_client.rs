@@ -242,6 +242,8 @@ fn package_every_method_against_three_workers() {
         .login_reply()
         .set(&format!("push_secret={secret}"))
         .set("auth_timeout=60")
+        // With a history: every answer below is the same, and `history` has a real answer.
+        .set("history_size=10")
         .start();
     wait_mesh_auth(&srv, secret);
     let mut clients = one_per_worker(&srv);
@@ -269,19 +271,22 @@ fn package_every_method_against_three_workers() {
         "run.php failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    // `history` is not a command of this server yet: the package throws its typed error. Once
-    // the server knows it, any JSON answer is right here.
+    // `history`: what the server keeps for pc-a, the three messages aimed at it (a push, a
+    // push to a list, a group push; not the broadcasts), in order, with growing offsets.
     let history = stdout
         .lines()
         .find(|l| l.starts_with("history pc-a: "))
         .unwrap_or("history line missing")
         .to_owned();
-    assert!(
-        history == "history pc-a: \"unknown command (unknown cmd `history`)\""
-            || serde_json::from_str::<serde_json::Value>(&history["history pc-a: ".len()..])
-                .is_ok(),
-        "{history}"
-    );
+    let h: serde_json::Value = serde_json::from_str(&history["history pc-a: ".len()..])
+        .unwrap_or_else(|e| panic!("{history}: {e}"));
+    assert_eq!(h["uid"], "pc-a", "{history}");
+    let msgs = h["messages"].as_array().expect("messages");
+    let data: Vec<&str> = msgs.iter().filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(data, ["hello a", "{\"n\":1}", "to the group"], "{history}");
+    let offsets: Vec<u64> = msgs.iter().filter_map(|m| m["offset"].as_u64()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{history}");
+    assert_eq!(h["offset"].as_u64(), offsets.last().copied(), "{history}");
     let flags = format!("{}E{}", "tf".repeat(50), "tf".repeat(50));
     let want = WANT.replace("HISTORY", &history).replace("FLAGS", &flags);
     assert_eq!(stdout, want, "run.php output (stderr: {stderr})");

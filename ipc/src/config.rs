@@ -200,6 +200,19 @@ pub struct Config {
     /// A client over `max_upstream_rate` is closed with 1008 instead of having its excess
     /// messages dropped.
     pub upstream_rate_close: bool,
+    /// Messages kept per uid so a client that drops for a moment can recover what it missed
+    /// (0: no history, today's behaviour and bytes).
+    pub history_size: usize,
+    /// Seconds a kept message stays recoverable.
+    pub history_ttl: f64,
+    /// Bytes of kept messages one worker may hold (it keeps the uids it owns); the oldest
+    /// message goes first when a new one would pass it.
+    pub history_max_bytes: usize,
+    /// Seconds after a Socket.IO session ends during which its client may recover it.
+    pub recovery_window: f64,
+    /// With a history: a push to a uid with no connection is kept and delivered at its next
+    /// login within `history_ttl`.
+    pub offline_delivery: bool,
 }
 
 /// The PEM contents of `tls_cert`, `tls_key` and `tls_client_ca`, as loaded.
@@ -297,9 +310,17 @@ impl Default for Config {
             webhook_timeout: 5.0,
             max_upstream_rate: 0,
             upstream_rate_close: false,
+            history_size: 0,
+            history_ttl: 300.0,
+            history_max_bytes: 64 * 1024 * 1024,
+            recovery_window: 120.0,
+            offline_delivery: false,
         }
     }
 }
+
+/// Largest `history_size`: a recovery sends at most this many messages in one loop turn.
+pub const MAX_HISTORY: usize = 1000;
 
 /// The listen addresses, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +372,8 @@ impl Config {
             ("header_timeout", self.header_timeout),
             ("webhook_delay", self.webhook_delay),
             ("webhook_timeout", self.webhook_timeout),
+            ("history_ttl", self.history_ttl),
+            ("recovery_window", self.recovery_window),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::OutOfRange {
@@ -399,6 +422,36 @@ impl Config {
             return Err(ConfigError::OutOfRange {
                 key: "log_format",
                 why: format!("`{}` is not `text` or `json`", self.log_format),
+            });
+        }
+        if self.history_size > MAX_HISTORY {
+            return Err(ConfigError::OutOfRange {
+                key: "history_size",
+                why: format!(
+                    "{} messages: at most {MAX_HISTORY} per uid (a recovery is answered in one turn)",
+                    self.history_size
+                ),
+            });
+        }
+        if self.history_size > 0 && self.history_max_bytes < 4096 {
+            return Err(ConfigError::OutOfRange {
+                key: "history_max_bytes",
+                why: format!(
+                    "{} bytes is too small (at least 4096)",
+                    self.history_max_bytes
+                ),
+            });
+        }
+        if self.history_size > 0 && !self.cluster.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                key: "history_size",
+                why: "a history is kept per host: it cannot be combined with cluster yet".into(),
+            });
+        }
+        if self.offline_delivery && self.history_size == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "offline_delivery",
+                why: "offline_delivery keeps messages in the history: set history_size too".into(),
             });
         }
         self.auth_mode(&l)?;
@@ -678,6 +731,58 @@ mod tests {
             ),
         ] {
             let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn history_options_are_checked() {
+        let ok = Config {
+            history_size: 100,
+            offline_delivery: true,
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        for (bad, key) in [
+            (
+                Config {
+                    history_size: MAX_HISTORY + 1,
+                    ..Config::default()
+                },
+                "history_size",
+            ),
+            (
+                Config {
+                    history_size: 10,
+                    history_max_bytes: 100,
+                    ..Config::default()
+                },
+                "history_max_bytes",
+            ),
+            (
+                Config {
+                    offline_delivery: true,
+                    ..Config::default()
+                },
+                "offline_delivery",
+            ),
+            (
+                Config {
+                    history_size: 10,
+                    cluster: "redis://127.0.0.1:6379/0".into(),
+                    ..Config::default()
+                },
+                "history_size",
+            ),
+            (
+                Config {
+                    history_ttl: -1.0,
+                    ..Config::default()
+                },
+                "history_ttl",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
             assert!(e.starts_with(key), "{e}");
         }
     }

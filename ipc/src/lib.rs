@@ -21,6 +21,7 @@
 pub mod channel;
 pub mod codec;
 pub mod config;
+pub mod history;
 pub mod msg;
 pub mod query;
 pub mod stats;
@@ -28,6 +29,7 @@ pub mod stats;
 pub use channel::{Channel, ChannelError};
 pub use codec::{CodecError, Wire, FRAME_HEADER, MAX_FRAME};
 pub use config::{AuthMode, Config, ConfigError, Listeners};
+pub use history::{history_owner, HistoryMsg, Kept, MovedBinding, MovedEntry, MovedStream, Whose};
 pub use msg::{
     mesh_name, Control, Peer, PeerMsg, Presence, Push, Target, EXIT_BAD_START, EXIT_BIND_FAILED,
 };

@@ -2,6 +2,7 @@
 //! ([`Control`], JSON in a frame: rare, and readable in a packet capture).
 
 use crate::codec::{put, CodecError, Reader, Wire};
+use crate::history::HistoryMsg;
 use crate::query::{Query, Share};
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,20 @@ pub enum PeerMsg {
         /// The reply's bytes, or the ack's arguments as a JSON array.
         payload: Vec<u8>,
     },
+    /// With a history: a push for uids this worker owns (`Target::Uids`): record it (which
+    /// gives each uid its position), deliver it, send it on with the positions, and answer
+    /// `Delivered` with the whole count.
+    Route(Push),
+    /// A push from the owner of its uids (`Target::Uids`), with each uid's position:
+    /// deliver it and answer `Delivered`.
+    Positioned {
+        /// The push.
+        push: Push,
+        /// Each uid's position (epoch, offset), in the order of the target's uids.
+        positions: Vec<(u64, u64)>,
+    },
+    /// Bindings and recoveries (see [`HistoryMsg`]).
+    History(HistoryMsg),
 }
 
 const HELLO: u8 = 1;
@@ -141,6 +156,9 @@ const TO_CLIENT: u8 = 11;
 const ANSWER_HASHES: u8 = 12;
 /// An [`PeerMsg::Answer`] carrying [`Share::UidList`], its list as raw bytes.
 const ANSWER_UID_LIST: u8 = 13;
+const ROUTE: u8 = 14;
+const POSITIONED: u8 = 15;
+const HISTORY: u8 = 16;
 
 const T_UIDS: u8 = 0;
 const T_ALL: u8 = 1;
@@ -165,22 +183,24 @@ impl Wire for PeerMsg {
             }
             PeerMsg::Push(p) => {
                 put::u8(out, PUSH);
-                put::u64(out, p.id);
-                put::u64(out, p.deadline);
-                match &p.target {
-                    Target::Uids(u) => {
-                        put::u8(out, T_UIDS);
-                        put::strs(out, u);
-                    }
-                    Target::All => put::u8(out, T_ALL),
-                    Target::Groups(g) => {
-                        put::u8(out, T_GROUPS);
-                        put::strs(out, g);
-                    }
+                encode_push(p, out);
+            }
+            PeerMsg::Route(p) => {
+                put::u8(out, ROUTE);
+                encode_push(p, out);
+            }
+            PeerMsg::Positioned { push, positions } => {
+                put::u8(out, POSITIONED);
+                put::u32(out, positions.len() as u32);
+                for (e, o) in positions {
+                    put::u64(out, *e);
+                    put::u64(out, *o);
                 }
-                put::strs(out, &p.exclude);
-                put::u8(out, p.binary as u8);
-                out.extend_from_slice(&p.payload);
+                encode_push(push, out);
+            }
+            PeerMsg::History(h) => {
+                put::u8(out, HISTORY);
+                let _ = serde_json::to_writer(&mut *out, h);
             }
             PeerMsg::Delivered { id, count } => {
                 put::u8(out, DELIVERED);
@@ -270,26 +290,26 @@ impl Wire for PeerMsg {
                 on: r.u32s("on")?,
                 off: r.u32s("off")?,
             }),
-            PUSH => {
-                let id = r.u64("id")?;
-                let deadline = r.u64("deadline")?;
-                let target = match r.u8("target")? {
-                    T_UIDS => Target::Uids(r.strs("uids")?),
-                    T_ALL => Target::All,
-                    T_GROUPS => Target::Groups(r.strs("groups")?),
-                    other => return Err(CodecError::UnknownKind(other)),
-                };
-                let exclude = r.strs("exclude")?;
-                let binary = r.u8("binary")? != 0;
-                PeerMsg::Push(Push {
-                    id,
-                    deadline,
-                    target,
-                    exclude,
-                    binary,
-                    payload: r.rest().to_vec(),
-                })
+            PUSH => PeerMsg::Push(decode_push(&mut r)?),
+            ROUTE => PeerMsg::Route(decode_push(&mut r)?),
+            POSITIONED => {
+                let n = r.u32("positions")? as usize;
+                // Refused before allocating when the body cannot hold that many.
+                if n > body.len() / 16 {
+                    return Err(CodecError::Truncated("positions"));
+                }
+                let mut positions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    positions.push((r.u64("epoch")?, r.u64("offset")?));
+                }
+                PeerMsg::Positioned {
+                    push: decode_push(&mut r)?,
+                    positions,
+                }
             }
+            HISTORY => PeerMsg::History(
+                serde_json::from_slice(r.rest()).map_err(|e| CodecError::Json(e.to_string()))?,
+            ),
             DELIVERED => PeerMsg::Delivered {
                 id: r.u64("id")?,
                 count: r.u32("count")?,
@@ -372,6 +392,48 @@ impl Wire for PeerMsg {
             other => return Err(CodecError::UnknownKind(other)),
         })
     }
+}
+
+/// A push's fields after its kind byte.
+fn encode_push(p: &Push, out: &mut Vec<u8>) {
+    put::u64(out, p.id);
+    put::u64(out, p.deadline);
+    match &p.target {
+        Target::Uids(u) => {
+            put::u8(out, T_UIDS);
+            put::strs(out, u);
+        }
+        Target::All => put::u8(out, T_ALL),
+        Target::Groups(g) => {
+            put::u8(out, T_GROUPS);
+            put::strs(out, g);
+        }
+    }
+    put::strs(out, &p.exclude);
+    put::u8(out, p.binary as u8);
+    out.extend_from_slice(&p.payload);
+}
+
+/// A push's fields, as [`encode_push`] wrote them.
+fn decode_push(r: &mut Reader<'_>) -> Result<Push, CodecError> {
+    let id = r.u64("id")?;
+    let deadline = r.u64("deadline")?;
+    let target = match r.u8("target")? {
+        T_UIDS => Target::Uids(r.strs("uids")?),
+        T_ALL => Target::All,
+        T_GROUPS => Target::Groups(r.strs("groups")?),
+        other => return Err(CodecError::UnknownKind(other)),
+    };
+    let exclude = r.strs("exclude")?;
+    let binary = r.u8("binary")? != 0;
+    Ok(Push {
+        id,
+        deadline,
+        target,
+        exclude,
+        binary,
+        payload: r.rest().to_vec(),
+    })
 }
 
 /// Master ↔ worker control messages.
@@ -625,6 +687,30 @@ mod tests {
         let mut evil = Vec::new();
         put::u32(&mut evil, u32::MAX);
         assert!(PeerMsg::decode(SUBSCRIBERS, &evil).is_err());
+        let p = Push {
+            id: 4,
+            deadline: 9,
+            target: Target::Uids(vec!["a".into(), "b".into()]),
+            exclude: vec![],
+            payload: b"hi".to_vec(),
+            binary: false,
+        };
+        round(PeerMsg::Route(p.clone()));
+        round(PeerMsg::Positioned {
+            push: p,
+            positions: vec![(77, 1), (78, 2)],
+        });
+        round(PeerMsg::History(HistoryMsg::Recover {
+            id: 5,
+            whose: crate::history::Whose::Pid { pid: "p".into() },
+            epoch: Some(3),
+            offset: None,
+            offline: false,
+        }));
+        // An offset count larger than the body is refused before allocating.
+        let mut evil = Vec::new();
+        put::u32(&mut evil, u32::MAX);
+        assert!(PeerMsg::decode(POSITIONED, &evil).is_err());
         // A query this build does not know is an error, not a silent default.
         let mut out = Vec::new();
         put::u64(&mut out, 1);

@@ -64,6 +64,11 @@ pub enum Query {
     /// How often each worker's uids and connections changed so far: a once-a-second count
     /// asks this first, and counts again only when a figure moved.
     Generation,
+    /// What the history keeps for `uid` (text `history`, `GET /api/history/{uid}`).
+    History {
+        /// Whose history.
+        uid: String,
+    },
 }
 
 /// One worker's answer to a [`Query`].
@@ -122,6 +127,15 @@ pub enum Share {
     Stats {
         /// The row, as `status` shows it.
         row: serde_json::Value,
+    },
+    /// What this worker keeps for a uid (only its owner keeps anything).
+    History {
+        /// The owner's epoch.
+        epoch: u64,
+        /// The uid's last offset (0: nothing kept).
+        top: u64,
+        /// The kept messages, oldest first.
+        messages: Vec<crate::history::Kept>,
     },
 }
 

@@ -160,6 +160,16 @@ table! {
     webhook_dropped: Counter;
     /// Webhook POSTs that failed (no answer, or not 2xx) and were retried
     webhook_retries: Counter;
+    /// Messages kept in the history of the uids the worker owns
+    history_messages: Gauge;
+    /// Bytes of the messages kept in the history (payloads and bookkeeping)
+    history_bytes: Gauge;
+    /// Kept messages dropped before their time to stay under history_max_bytes
+    history_evicted: Counter;
+    /// Reconnections that got every message they missed (recovered)
+    recovered: Counter;
+    /// Reconnections that asked for recovery and could not get it (recovered: false)
+    recovery_failed: Counter;
 }
 
 impl Stat {

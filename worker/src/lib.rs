@@ -19,6 +19,7 @@ pub mod events;
 pub mod gather;
 pub mod groups;
 pub mod histogram;
+pub mod history;
 pub mod mesh;
 pub mod presence;
 pub mod proto;

@@ -33,6 +33,15 @@ pub enum ReplyTo {
         /// How to word the reply.
         kind: ReplyKind,
     },
+    /// With a history: the owner of a push's uids answers the entry worker on link `key`
+    /// (`Delivered { id }`) with the whole count; `key` is `SELF_LINK` for the entry
+    /// worker's own part.
+    Sibling {
+        /// The link the push came on.
+        key: usize,
+        /// The entry worker's id for it.
+        id: u64,
+    },
 }
 
 /// How a push's total becomes a reply.
@@ -53,7 +62,7 @@ impl ReplyTo {
     /// answer: they still deliver, only the backend hears sooner).
     pub fn decided(&self, total: u32) -> bool {
         let kind = match self {
-            ReplyTo::Nobody => return false,
+            ReplyTo::Nobody | ReplyTo::Sibling { .. } => return false,
             ReplyTo::Text { kind, .. } | ReplyTo::Http { kind, .. } => kind,
         };
         match kind {

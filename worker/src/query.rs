@@ -5,6 +5,7 @@
 //! combines and words them. A `partial` answer is one that misses a worker's share (it did not
 //! answer within `ipc_timeout`, or its link broke); every rendering says so.
 
+use base64::Engine;
 use herald_ipc::stats::{Kind, TABLE};
 use herald_ipc::{Query, Share};
 use serde_json::{json, Map, Value};
@@ -39,6 +40,8 @@ pub enum Merged {
     GroupsOf(BTreeSet<String>),
     /// Every worker's status row, in the order they answered.
     Workers(Vec<Value>),
+    /// A uid's history, from the worker that keeps it: (epoch, last offset, messages).
+    History(u64, u64, Vec<herald_ipc::Kept>),
     /// A change every worker applied.
     Done,
 }
@@ -164,6 +167,21 @@ pub fn merge(q: &Query, shares: &[Share]) -> Merged {
                 .collect(),
         ),
         Query::Join { .. } | Query::Leave { .. } | Query::Ungroup { .. } => Merged::Done,
+        Query::History { .. } => shares
+            .iter()
+            .filter_map(|s| match s {
+                Share::History {
+                    epoch,
+                    top,
+                    messages,
+                } => Some(Merged::History(*epoch, *top, messages.clone())),
+                _ => None,
+            })
+            .max_by_key(|m| match m {
+                Merged::History(_, top, _) => *top,
+                _ => 0,
+            })
+            .unwrap_or(Merged::History(0, 0, Vec::new())),
     }
 }
 
@@ -215,6 +233,28 @@ fn uids_json(lists: &[String], out: &mut String) -> u64 {
     });
     out.push(']');
     n
+}
+
+/// A uid's history as the text port and the API answer it: its position and the kept
+/// messages (text as it was pushed, binary as base64 with `"binary":true`).
+fn history_json(uid: &str, epoch: u64, top: u64, messages: &[herald_ipc::Kept]) -> Value {
+    let list: Vec<Value> = messages
+        .iter()
+        .map(|k| match (k.binary, std::str::from_utf8(&k.payload)) {
+            (false, Ok(t)) => json!({ "offset": k.offset, "data": t }),
+            _ => json!({
+                "offset": k.offset,
+                "data": base64::engine::general_purpose::STANDARD.encode(&k.payload),
+                "binary": true
+            }),
+        })
+        .collect();
+    json!({
+        "uid": uid,
+        "epoch": format!("{epoch:x}"),
+        "offset": top,
+        "messages": list,
+    })
 }
 
 /// How many distinct values the ascending lists hold together: a merge that walks each list
@@ -288,6 +328,13 @@ pub fn render_text(q: &Query, m: &Merged, partial: bool) -> Vec<u8> {
                 Value::Object(group_sizes(g)).to_string()
             }
         }
+        (Query::History { uid }, Merged::History(epoch, top, msgs)) => {
+            let mut v = history_json(uid, *epoch, *top, msgs);
+            if partial {
+                v["partial"] = json!(true);
+            }
+            v.to_string()
+        }
         _ => "ok".into(),
     };
     line.push('\n');
@@ -329,6 +376,9 @@ pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, String) {
         }
         (Query::Groups, Merged::Groups(g)) => json!({ "groups": group_sizes(g) }),
         (Query::Stats, Merged::Workers(rows)) => json!({ "totals": totals(rows), "workers": rows }),
+        (Query::History { uid }, Merged::History(epoch, top, msgs)) => {
+            history_json(uid, *epoch, *top, msgs)
+        }
         _ => json!({ "ok": true }),
     };
     if partial {

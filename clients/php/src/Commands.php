@@ -200,9 +200,12 @@ trait Commands
     }
 
     /**
-     * The recent messages kept for `$uid` (`{"cmd":"history","uid":…}` plus `$options`, e.g.
-     * a position to start after). A server without message history answers that it does not
-     * know the command: the client throws UnknownCommandException.
+     * The recent messages kept for `$uid` (`{"cmd":"history","uid":…}` plus `$options`):
+     * `['uid' => …, 'epoch' => hex string, 'offset' => last offset, 'messages' => [['offset'
+     * => n, 'data' => string], …]]`, oldest first (binary ones as base64 with `'binary' =>
+     * true`). Herald keeps them only with `history_size` > 0 (else the list is empty); a
+     * server older than the history answers that it does not know the command, and the client
+     * throws UnknownCommandException.
      *
      * @param string|int $uid
      * @param array<string, mixed> $options

@@ -241,12 +241,16 @@ impl Worker {
                 }
                 self.progress(id);
             }
+            // A history is per host (refused with `cluster`): nothing of it crosses hosts.
             PeerMsg::Hello { .. }
             | PeerMsg::Presence(_)
             | PeerMsg::Subscribers(_)
             | PeerMsg::Event { .. }
             | PeerMsg::UidsHeld { .. }
-            | PeerMsg::ToClient { .. } => {}
+            | PeerMsg::ToClient { .. }
+            | PeerMsg::Route(_)
+            | PeerMsg::Positioned { .. }
+            | PeerMsg::History(_) => {}
         }
     }
 

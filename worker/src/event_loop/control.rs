@@ -87,6 +87,7 @@ impl Worker {
             self.cfg.drain_timeout
         );
         self.tell_master(Control::ListenersClosed { worker: self.id });
+        self.history_handover();
         self.retire_backends();
     }
 
@@ -280,6 +281,7 @@ impl Worker {
         s.links = self.links.len() as u64;
         s.subscribers = self.up.subscribers() as u64;
         s.inflight = self.gather.len() as u64;
+        self.history_stats(&mut s);
         s.rss_kib = rss_kib();
         s.resident_memory_bytes = s.rss_kib * 1024;
         s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);

@@ -278,6 +278,9 @@ impl Worker {
                     self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
                 self.answer_link(key, PeerMsg::Delivered { id: p.id, count });
             }
+            m @ (PeerMsg::Route(_) | PeerMsg::Positioned { .. } | PeerMsg::History(_)) => {
+                self.history_link_msg(key, m)
+            }
             PeerMsg::Query { id, query } => {
                 let share = self.answer_query(&query);
                 self.answer_link(key, PeerMsg::Answer { id, share });
@@ -306,7 +309,7 @@ impl Worker {
     }
 
     /// Sends a sibling the answer to what it asked on link `key`.
-    fn answer_link(&mut self, key: usize, m: PeerMsg) {
+    pub(super) fn answer_link(&mut self, key: usize, m: PeerMsg) {
         if let Some(l) = self.links.get_mut(key) {
             l.dirty = true;
             if let Err(e) = l.chan.send(&m) {

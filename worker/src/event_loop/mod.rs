@@ -52,14 +52,18 @@ mod backends;
 mod cluster;
 mod control;
 mod handoff;
+mod history_handover;
 mod http;
 mod mesh;
 mod output;
 mod push;
 mod query;
 mod read;
+mod recovery;
+mod resume;
 mod session;
 mod sio_push;
+mod sio_recovery;
 mod socketio;
 mod text;
 mod timers;
@@ -238,6 +242,9 @@ pub struct Worker {
     relays: Slab<tls::Relay>,
     /// Events from clients: subscribers, the webhook, server-wide presence.
     up: upstream::Upstream,
+    /// The history of the uids this worker owns and the recoveries in flight (`None`:
+    /// `history_size` is 0, and nothing of it runs).
+    hist: Option<Box<recovery::Recovery>>,
 }
 
 /// Seconds to worker clock ticks (tenths of a second).
@@ -360,6 +367,7 @@ impl Worker {
             tls: crate::tls::Acceptors::default(),
             relays: Slab::new(),
             up: upstream::Upstream::default(),
+            hist: None,
         };
         w.tls = crate::tls::Acceptors::new(&w.cfg).map_err(io::Error::other)?;
         // mio allows one waker per poll: the cluster bus, the webhook and the answer writer
@@ -368,6 +376,9 @@ impl Worker {
         w.waker = Some(shared.clone());
         let waker = (!w.cfg.cluster.is_empty() || !w.cfg.webhook_url.is_empty()).then_some(shared);
         w.up = upstream::Upstream::new(&w.cfg, pid, waker.clone())?;
+        if w.cfg.history_size > 0 {
+            w.hist = Some(Box::new(recovery::Recovery::new(&w.cfg)));
+        }
         let reg = w.poll.registry();
         for (port, l) in w.listeners.iter_mut() {
             if let Some(l) = l {
@@ -479,6 +490,7 @@ impl Worker {
                 self.next_sweep = now + self.sweep_interval();
             }
             self.expire_gathers(now);
+            self.recovery_tick(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 self.accept_all();

@@ -7,6 +7,7 @@
 //! outcome is known (at once when it is already decided, else when the siblings answered).
 
 use super::mesh::{Holders, Job};
+use super::resume;
 use super::sio_push::SioEvent;
 use super::{mono_ns, Worker};
 use crate::conn::CLOSING;
@@ -50,6 +51,11 @@ impl Worker {
         reply: ReplyTo,
     ) {
         self.stats.pushes += 1;
+        // With a history, a push for uids or groups goes through each uid's owner (see
+        // `recovery`); a broadcast to everyone is delivered as always.
+        if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
+            return self.history_push(target, exclude, payload, binary, reply);
+        }
         let started = Instant::now();
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
@@ -176,9 +182,17 @@ impl Worker {
         let mut event = SioEvent::new(payload, binary);
         let last = slots.len().saturating_sub(1);
         let mut f = Some(f);
+        // With a history, connections that asked for the envelope get a broadcast wrapped
+        // too (without a position), encoded once.
+        let mut wrapped: Option<Bytes> = None;
         for (i, &r) in slots.iter().enumerate() {
             let got = match r.who() {
                 Who::Session(idx) => self.sio_deliver(idx, &mut event),
+                Who::Conn(slot) if self.hist.is_some() && self.wants_envelope(slot) => {
+                    let w = wrapped.get_or_insert_with(|| resume::unpositioned(payload, binary));
+                    let w = w.clone();
+                    self.deliver(slot, w)
+                }
                 // The last recipient takes the frame itself: a unicast push shares nothing, so
                 // its frame needs no shared reference count (one allocation less).
                 Who::Conn(slot) => {
@@ -245,6 +259,7 @@ impl Worker {
         };
         match reply {
             ReplyTo::Nobody => {}
+            ReplyTo::Sibling { key, id } => self.sibling_settled(key, id, total),
             ReplyTo::Text {
                 slot,
                 id,
@@ -263,6 +278,10 @@ impl Worker {
                 kind: ReplyKind::Count,
             } => {
                 let mut v = serde_json::json!({ "delivered": total });
+                if total == 0 && self.cfg.offline_delivery {
+                    // Kept by the uid's owner for its next login.
+                    v["stored"] = serde_json::json!(true);
+                }
                 if partial {
                     v["partial"] = serde_json::json!(true);
                 }

@@ -148,6 +148,7 @@ impl Worker {
                     connections: recipients.len() as u64,
                 }
             }
+            Query::History { uid } => self.history_share(uid),
             Query::Stats => Share::Stats {
                 row: self.status_row(),
             },

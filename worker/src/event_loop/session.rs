@@ -46,12 +46,14 @@ impl Worker {
             }
         }
         self.up_login(who, &rc, first_here);
+        self.history_login(who, uid);
         Some(rc)
     }
 
     /// `who`, logged in as `uid`, is gone; the uid's last recipient here starts its groups'
     /// `group_ttl`.
     pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
+        self.history_logout(who, uid);
         self.registry.remove(uid, who);
         let last_here = self.registry.get(uid).is_empty();
         if last_here {

@@ -435,6 +435,12 @@ impl Worker {
         packet: Rc<str>,
         ws_frame: Option<&Bytes>,
     ) -> bool {
+        // With a history, a v4 session's events end with its position.
+        let stamped = self.sio_stamp(idx, &packet);
+        let (packet, ws_frame) = match stamped {
+            Some(p) => (p, None),
+            None => (packet, ws_frame),
+        };
         let cap = self.cfg.max_send_buffer;
         let Some(s) = self.sio.sessions.get_mut(idx) else {
             return false;
@@ -532,6 +538,12 @@ impl Worker {
                 match decode_sio(text, MAX_PAYLOAD) {
                     Ok(pkt) => match pkt.kind {
                         SioType::Connect => {
+                            if self.sio_history_connect(idx, version, &pkt) {
+                                return;
+                            }
+                            let Some(s) = self.sio.sessions.get_mut(idx) else {
+                                return;
+                            };
                             let sid = s.sid.clone();
                             s.connected = true;
                             let m = connect_message(version, &pkt.nsp, &sid);

@@ -67,6 +67,7 @@ impl Worker {
                     conn.proto = Proto::Ws(Ws::default());
                 }
                 self.up_handshake(slot, &target);
+                self.ws_history_options(slot, &target);
                 self.queue(slot, Bytes::from(response));
                 if let Some(uid) = uid {
                     if !self.ws_login(slot, &uid) {

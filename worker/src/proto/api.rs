@@ -115,6 +115,9 @@ pub fn route(
         }),
         ("GET", ["groups"]) => q(Query::Groups),
         ("GET", ["stats"]) => q(Query::Stats),
+        ("GET", ["history", uid]) => q(Query::History {
+            uid: uid.to_string(),
+        }),
         ("POST", ["kick", uid]) => {
             let b = object(body)?;
             q(Query::Kick {
@@ -128,7 +131,7 @@ pub fn route(
         (_, ["groups", _, "members", _] | ["groups", _]) => {
             Err(not_allowed(method, shown, "DELETE"))
         }
-        (_, ["online", _] | ["uids"] | ["groups"] | ["stats"]) => {
+        (_, ["online", _] | ["uids"] | ["groups"] | ["stats"] | ["history", _]) => {
             Err(not_allowed(method, shown, "GET"))
         }
         _ => Err(error(404, &format!("no such endpoint: {shown}"))),

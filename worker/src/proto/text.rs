@@ -167,6 +167,7 @@ pub fn parse_line(line: &[u8], max_targets: usize) -> Command<'_> {
         Some("count") => query(optional_group().map(|group| Query::Count { group })),
         Some("uids") => query(optional_group().map(|group| Query::Uids { group })),
         Some("groups") => Command::Query(Query::Groups),
+        Some("history") => query(field("uid").map(|uid| Query::History { uid })),
         Some("kick") => query(field("uid").map(|uid| Query::Kick {
             uid,
             data: kick_data(obj.get("data")),

@@ -1,0 +1,638 @@
+//! History in the loop (with `history_size` > 0): where a uid's history lives, how a push is
+//! recorded there, and how the owner answers the questions of its siblings. What clients see
+//! of it (Socket.IO recovery, the WebSocket `since` and envelope, offline delivery) is in
+//! `resume`.
+//!
+//! DESIGN — one owner per uid: a uid may have connections in several workers, and a client
+//! that reconnects may land in any of them, so its history must be one sequence. Each uid's
+//! history is kept by one worker, its owner: worker `uid_hash(uid) % workers` (with two
+//! processes on that id during a graceful reload, the larger pid, the same choice in every
+//! worker). A push for uids (a group push is made a push for its members here, since every
+//! worker knows the groups) goes to each uid's owner (`PeerMsg::Route`); the owner records
+//! it, which gives it its offset, delivers it to its own connections, and sends it with the
+//! offsets to the siblings holding the uid (`PeerMsg::Positioned`). Every positioned message
+//! for a uid therefore leaves one worker, in offset order, on one link per sibling: a client
+//! sees its offsets grow. The owner answers the entry worker's `Route` with the whole count
+//! once its siblings answered, so `ok`/`fail` keep their meaning. A broadcast to `all` is not
+//! recorded (it has no owner): it is delivered as before and carries no new position.
+//!
+//! Graceful reload: a draining owner hands its store to the new worker with its worker id
+//! (`HistoryMsg::Handover`, in pieces); streams keep their epoch, and the new store's offset
+//! counter continues above the old one.
+//!
+//! Recovery: the client's worker asks the owner (`HistoryMsg::Recover`); the owner answers
+//! on its own link to that worker (`Recovered`), so that every push it records afterwards
+//! follows the answer on the same link, and marks the uid as held there at once (the
+//! asker's presence may come later). The answer's messages come first, then live ones.
+
+use super::mesh::{Holders, Job};
+use super::{mono_ns, Worker};
+use crate::delivery::{frame, OP_BINARY, OP_TEXT};
+use crate::gather::{Peers, Waiting};
+use crate::history::{Found, History, Refusal};
+use crate::mesh::ReplyTo;
+use crate::presence::bucket;
+use bytes::Bytes;
+use herald_ipc::{history_owner, HistoryMsg, Kept, PeerMsg, Push, Share, Target, Whose};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use super::push::To;
+use super::resume::{ConnState, Pending, SioState};
+
+/// The link key standing for this worker itself in a gather entry (the entry worker's own
+/// share of a push whose uids it owns).
+pub(super) const SELF_LINK: usize = usize::MAX;
+
+/// The history state of a worker.
+pub(super) struct Recovery {
+    /// The messages of the uids this worker owns, and the Socket.IO bindings.
+    pub(super) store: History,
+    /// The store's clock origin (milliseconds from it).
+    clock: Instant,
+    /// Next recovery id.
+    pub(super) next_id: u64,
+    /// Recoveries waiting for an owner's answer, by id.
+    pub(super) pending: HashMap<u64, Pending>,
+    /// WebSocket connections that asked for positions (`envelope`, `since`), by slot.
+    pub(super) conns: HashMap<usize, ConnState>,
+    /// Socket.IO sessions with a private id, by session index.
+    pub(super) sessions: HashMap<usize, SioState>,
+    /// A login being completed by a recovery (it asks the owner nothing more).
+    pub(super) recovering: bool,
+    /// When the store was last swept (store milliseconds).
+    last_sweep: u64,
+    /// Draining: the history is to be handed to the worker replacing this one, as soon as
+    /// it is known and linked.
+    pub(super) handover_due: bool,
+}
+
+impl Recovery {
+    /// The state for a configuration with a history.
+    pub(super) fn new(cfg: &crate::config::Config) -> Recovery {
+        let mut e = [0u8; 8];
+        if getrandom::fill(&mut e).is_err() {
+            // The clock's nanoseconds still differ between two starts.
+            e = mono_ns().to_le_bytes();
+        }
+        // Never 0: a position of epoch 0 means "none".
+        let epoch = u64::from_le_bytes(e).max(1);
+        Recovery {
+            store: History::new(
+                cfg.history_size,
+                (cfg.history_ttl * 1000.0) as u64,
+                cfg.history_max_bytes,
+                epoch,
+            ),
+            clock: Instant::now(),
+            next_id: 1,
+            pending: HashMap::new(),
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            recovering: false,
+            last_sweep: 0,
+            handover_due: false,
+        }
+    }
+
+    /// Milliseconds on the store's clock.
+    pub(super) fn ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+}
+
+/// A kept message as it crosses the mesh.
+pub(super) fn kept(found: Found) -> (u64, Vec<Kept>) {
+    let top = found.top;
+    let list = found
+        .messages
+        .into_iter()
+        .map(|e| Kept {
+            offset: e.offset,
+            payload: e.payload.to_vec(),
+            binary: e.binary,
+        })
+        .collect();
+    (top, list)
+}
+
+impl Worker {
+    /// The pid of the worker that owns `uid`'s history (this worker's own when alone).
+    pub(super) fn history_owner_pid(&self, uid: &str) -> Option<u32> {
+        let w = history_owner(uid, self.cfg.worker_count());
+        let best = self
+            .peers
+            .iter()
+            .filter(|p| p.worker == w)
+            .map(|p| p.pid)
+            .max();
+        match best {
+            Some(p) => Some(p),
+            None if w == self.id => Some(self.pid),
+            None => None,
+        }
+    }
+
+    /// A push for uids or groups with a history: each uid's part goes to its owner (here, or
+    /// a sibling), and the outcome to `reply` once every owner answered with its count.
+    pub(super) fn history_push(
+        &mut self,
+        target: To<'_>,
+        exclude: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
+        let started = Instant::now();
+        let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+        let mut uids: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut add = |u: &str| {
+            if !excluded.contains(u) && seen.insert(u.to_string()) {
+                uids.push(u.to_string());
+            }
+        };
+        match &target {
+            To::Uid(u) => add(u),
+            To::Target(Target::Uids(list)) => list.iter().for_each(|u| add(u)),
+            To::Target(Target::Groups(groups)) => {
+                for g in groups {
+                    for u in self.groups.members(g) {
+                        add(u);
+                    }
+                }
+            }
+            To::Target(Target::All) => {}
+        }
+        if uids.is_empty() {
+            return self.settle_timed(reply, 0, false, started);
+        }
+        let mut parts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        let mut missing = 0;
+        for u in uids {
+            match self.history_owner_pid(&u) {
+                Some(pid) => parts.entry(pid).or_default().push(u),
+                None => missing += 1,
+            }
+        }
+        let timeout = self.cfg.ipc_timeout.max(0.0);
+        let margin = (timeout / 10.0).min(0.1);
+        let deadline = mono_ns() + ((timeout - margin) * 1e9) as u64;
+        let id = self.gather.next_id();
+        let own = parts.remove(&self.pid);
+        let mut peers = Peers::new();
+        for (pid, list) in parts {
+            let key = self
+                .links
+                .iter()
+                .find(|(_, l)| l.outbound && l.peer_pid == pid)
+                .map(|(k, _)| k);
+            let msg = PeerMsg::Route(Push {
+                id,
+                deadline,
+                target: Target::Uids(list),
+                exclude: Vec::new(),
+                payload: payload.to_vec(),
+                binary,
+            });
+            let sent = key.is_some_and(|k| {
+                self.links.get_mut(k).is_some_and(|l| {
+                    l.dirty = true;
+                    l.chan.send(&msg).is_ok()
+                })
+            });
+            match key {
+                Some(k) if sent => peers.push(k),
+                _ => missing += 1,
+            }
+        }
+        if own.is_some() {
+            peers.push(SELF_LINK);
+        }
+        self.stats.ipc_undelivered += missing as u64;
+        let id = self.gather.add(Waiting {
+            job: Job::Push {
+                started,
+                total: 0,
+                reply,
+            },
+            peers,
+            deadline: started + super::ms(self.cfg.ipc_timeout),
+            partial: missing > 0,
+            remote: 0,
+            remote_unknown: false,
+        });
+        if let Some(list) = own {
+            self.owner_push(
+                list,
+                payload,
+                binary,
+                ReplyTo::Sibling { key: SELF_LINK, id },
+            );
+        }
+        self.progress(id);
+    }
+
+    /// This worker owns `uids`: records the push (each uid gets its offset), delivers it here,
+    /// and sends it with the offsets to the siblings that may hold one of them.
+    pub(super) fn owner_push(
+        &mut self,
+        uids: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
+        let started = Instant::now();
+        let Some(h) = self.hist.as_mut() else {
+            return self.settle(reply, 0, true);
+        };
+        let now = h.ms();
+        let shared = Bytes::copy_from_slice(payload);
+        let mut positions = Vec::with_capacity(uids.len());
+        for u in &uids {
+            let online =
+                !self.registry.get(u).is_empty() || self.views.values().any(|v| v.may_hold(u));
+            let offset = h.store.append(u, shared.clone(), binary, online, now);
+            positions.push((h.store.epoch_of(u), offset));
+        }
+        let mut local = 0;
+        for (u, &(e, o)) in uids.iter().zip(&positions) {
+            local += self.deliver_positioned(u, e, o, &shared, binary);
+        }
+        let timeout = self.cfg.ipc_timeout.max(0.0);
+        let margin = (timeout / 10.0).min(0.1);
+        let msg = PeerMsg::Positioned {
+            push: Push {
+                id: self.gather.next_id(),
+                deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
+                target: Target::Uids(uids),
+                exclude: Vec::new(),
+                payload: payload.to_vec(),
+                binary,
+            },
+            positions,
+        };
+        let job = Job::Push {
+            started,
+            total: local,
+            reply,
+        };
+        let holders = match &msg {
+            PeerMsg::Positioned {
+                push:
+                    Push {
+                        target: Target::Uids(u),
+                        ..
+                    },
+                ..
+            } => Holders::Uids(u),
+            _ => Holders::All,
+        };
+        self.fan_out(&msg, job, holders);
+    }
+
+    /// The count of a push a sibling (or this worker, `SELF_LINK`) owned is known.
+    pub(super) fn sibling_settled(&mut self, key: usize, id: u64, total: u32) {
+        if key != SELF_LINK {
+            return self.answer_link(key, PeerMsg::Delivered { id, count: total });
+        }
+        if let Some(w) = self.gather.answered(id, SELF_LINK) {
+            if let Job::Push { total: t, .. } = &mut w.job {
+                *t += total;
+            }
+        }
+        self.progress(id);
+    }
+
+    /// A history message from the sibling on link `key`.
+    pub(super) fn history_link_msg(&mut self, key: usize, m: PeerMsg) {
+        match m {
+            PeerMsg::Route(p) => {
+                if mono_ns() > p.deadline || self.hist.is_none() {
+                    self.stats.late_dropped += 1;
+                    return self.answer_link(key, PeerMsg::Delivered { id: p.id, count: 0 });
+                }
+                let Target::Uids(uids) = p.target else {
+                    return self.answer_link(key, PeerMsg::Delivered { id: p.id, count: 0 });
+                };
+                let reply = ReplyTo::Sibling { key, id: p.id };
+                self.owner_push(uids, &p.payload, p.binary, reply);
+            }
+            PeerMsg::Positioned { push, positions } => {
+                let mut count = 0;
+                if mono_ns() > push.deadline {
+                    self.stats.late_dropped += 1;
+                } else if let Target::Uids(uids) = &push.target {
+                    let shared = Bytes::from(push.payload);
+                    for (u, &(e, o)) in uids.iter().zip(&positions) {
+                        count += self.deliver_positioned(u, e, o, &shared, push.binary);
+                    }
+                }
+                self.answer_link(key, PeerMsg::Delivered { id: push.id, count });
+            }
+            PeerMsg::History(h) => {
+                let asker = self.links.get(key).map_or(0, |l| l.peer_pid);
+                match h {
+                    HistoryMsg::Bind {
+                        pid,
+                        uid,
+                        sid,
+                        ended,
+                        by,
+                    } => self.history_bind(&pid, &uid, &sid, &by, ended),
+                    HistoryMsg::Recover {
+                        id,
+                        whose,
+                        epoch,
+                        offset,
+                        offline,
+                    } => {
+                        let a = self.answer_recover(id, whose, epoch, offset, offline, asker);
+                        self.send_to_pid(asker, key, PeerMsg::History(a));
+                    }
+                    r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
+                    HistoryMsg::Handover {
+                        counter,
+                        streams,
+                        bindings,
+                    } => {
+                        // Only from the worker this one replaces (the same worker id).
+                        let from = self.links.get(key).map(|l| l.peer_worker);
+                        if from != Some(self.id) {
+                            log::warn!("history handed over by worker {from:?}: ignored");
+                            return;
+                        }
+                        if let Some(h) = self.hist.as_mut() {
+                            let now = h.ms();
+                            let n = h.store.adopt(counter, streams, bindings, now);
+                            log::info!("history: {n} uids' history taken over from pid {asker}");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends `m` to sibling `pid` on this worker's own link to it (so it follows the pushes
+    /// sent there), or on link `key` when there is none.
+    fn send_to_pid(&mut self, pid: u32, key: usize, m: PeerMsg) {
+        let out = self
+            .links
+            .iter()
+            .find(|(_, l)| l.outbound && l.peer_pid == pid)
+            .map(|(k, _)| k)
+            .unwrap_or(key);
+        self.answer_link(out, m);
+    }
+
+    /// Records a Socket.IO binding here (this worker owns the uid).
+    pub(super) fn history_bind(&mut self, pid: &str, uid: &str, sid: &str, by: &str, ended: bool) {
+        let window = (self.cfg.recovery_window * 1000.0) as u64;
+        if let Some(h) = self.hist.as_mut() {
+            let now = h.ms();
+            if !h
+                .store
+                .bind(pid, uid, sid, by, ended.then_some(now + window), now)
+            {
+                log::warn!("history: too many Socket.IO sessions kept; {pid} is not recoverable");
+            }
+        }
+    }
+
+    /// The owner's answer to a recovery asked by worker `asker` (this worker's own pid for
+    /// one asked here).
+    pub(super) fn answer_recover(
+        &mut self,
+        id: u64,
+        whose: Whose,
+        epoch: Option<u64>,
+        offset: Option<u64>,
+        offline: bool,
+        asker: u32,
+    ) -> HistoryMsg {
+        let window = (self.cfg.recovery_window * 1000.0) as u64;
+        // What one connection may have queued: more is refused (`recovered: false`) rather
+        // than dropped on the way.
+        let max_bytes = self.cfg.max_send_buffer / 2;
+        let mut a = HistoryMsg::Recovered {
+            id,
+            found: false,
+            uid: String::new(),
+            sid: String::new(),
+            recovered: false,
+            epoch: 0,
+            top: 0,
+            messages: Vec::new(),
+        };
+        let Some(h) = self.hist.as_mut() else {
+            return a;
+        };
+        let now = h.ms();
+        // A pid's binding as it was, put back if the recovery fails (a wrong offset must not
+        // shorten the life of a live session's binding).
+        let mut taken = None;
+        let (uid, sid) = match whose {
+            Whose::Uid { uid } => (uid, String::new()),
+            Whose::Pid { pid } => match h.store.take_binding(&pid, now) {
+                Some(b) => {
+                    // Recoverable again only through the recovered session (which binds it
+                    // for good) or for the window, if that session never completes.
+                    h.store
+                        .bind(&pid, &b.uid, &b.sid, &b.by, Some(now + window), now);
+                    let kept = (b.uid.clone(), b.sid.clone());
+                    taken = Some((pid, b));
+                    kept
+                }
+                None => return a,
+            },
+        };
+        let result: Result<Found, Refusal> = if offline {
+            Ok(h.store.undelivered(&uid, now, max_bytes))
+        } else {
+            match (epoch, offset) {
+                (Some(e), Some(o)) => h.store.since(&uid, e, o, now, max_bytes),
+                _ => Err(Refusal::Gone),
+            }
+        };
+        let (store_epoch, top_now) = h.store.position(&uid, now);
+        let (recovered, (top, messages)) = match result {
+            Ok(f) => (true, kept(f)),
+            Err(e) => {
+                log::debug!("recovery for {uid}: {e}");
+                if let Some((pid, b)) = taken {
+                    h.store.bind(&pid, &b.uid, &b.sid, &b.by, b.expires, now);
+                }
+                (false, (top_now, Vec::new()))
+            }
+        };
+        if asker != self.pid {
+            if let Some(v) = self.views.get_mut(&asker) {
+                v.apply(&[bucket(&uid)], &[]);
+            }
+        }
+        if let HistoryMsg::Recovered {
+            found,
+            uid: u,
+            sid: s,
+            recovered: r,
+            epoch: e,
+            top: t,
+            messages: m,
+            ..
+        } = &mut a
+        {
+            *found = true;
+            *u = uid;
+            *s = sid;
+            *r = recovered;
+            *e = store_epoch;
+            *t = top;
+            *m = messages;
+        }
+        a
+    }
+
+    /// Sends a history question to the owner of `uid` (answered here at once when this
+    /// worker owns it); false when the owner cannot be reached.
+    pub(super) fn ask_owner(&mut self, uid: &str, m: HistoryMsg) -> bool {
+        let Some(owner) = self.history_owner_pid(uid) else {
+            return false;
+        };
+        if owner == self.pid {
+            match m {
+                HistoryMsg::Bind {
+                    pid,
+                    uid,
+                    sid,
+                    ended,
+                    by,
+                } => self.history_bind(&pid, &uid, &sid, &by, ended),
+                HistoryMsg::Recover {
+                    id,
+                    whose,
+                    epoch,
+                    offset,
+                    offline,
+                } => {
+                    let a = self.answer_recover(id, whose, epoch, offset, offline, self.pid);
+                    self.on_recovered(a);
+                }
+                HistoryMsg::Handover { .. } => {}
+                r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
+            }
+            return true;
+        }
+        // The asker's presence first, so that the owner knows where the uid lives before the
+        // question (a login made it arrive here in this turn).
+        self.send_presence();
+        let m = PeerMsg::History(m);
+        match self
+            .links
+            .iter_mut()
+            .find(|(_, l)| l.outbound && l.peer_pid == owner)
+        {
+            Some((_, l)) => {
+                l.dirty = true;
+                l.chan.send(&m).is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a history question to every sibling (a private id names no uid); how many were
+    /// asked.
+    pub(super) fn ask_everyone(&mut self, m: HistoryMsg) -> usize {
+        let m = PeerMsg::History(m);
+        let mut n = 0;
+        for (_, l) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
+            if l.chan.send(&m).is_ok() {
+                l.dirty = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// This worker's share of a `history` query.
+    pub(super) fn history_share(&mut self, uid: &str) -> Share {
+        let Some(h) = self.hist.as_mut() else {
+            return Share::History {
+                epoch: 0,
+                top: 0,
+                messages: Vec::new(),
+            };
+        };
+        let now = h.ms();
+        let (top, messages) = kept(h.store.read(uid, now));
+        Share::History {
+            epoch: h.store.epoch,
+            top,
+            messages,
+        }
+    }
+
+    /// Once a loop turn: recoveries past their deadline fail, and once a second the store
+    /// drops what expired.
+    pub(super) fn recovery_tick(&mut self, now: Instant) {
+        let Some(h) = self.hist.as_mut() else {
+            return;
+        };
+        let ms = h.ms();
+        if ms >= h.last_sweep + 1000 {
+            h.last_sweep = ms;
+            h.store.sweep(ms);
+        }
+        if h.handover_due {
+            self.try_handover();
+        }
+        let Some(h) = self.hist.as_mut() else {
+            return;
+        };
+        if h.pending.is_empty() {
+            return;
+        }
+        let late: Vec<u64> = h
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(p) = self.hist.as_mut().and_then(|h| h.pending.remove(&id)) else {
+                continue;
+            };
+            self.recovery_failed(p);
+        }
+    }
+
+    /// The history figures for a status row.
+    pub(super) fn history_stats(&self, s: &mut herald_ipc::Stats) {
+        if let Some(h) = &self.hist {
+            s.history_messages = h.store.messages as u64;
+            s.history_bytes = h.store.bytes as u64;
+            s.history_evicted = h.store.evicted;
+        }
+    }
+
+    /// Delivers a positioned message of `uid` to its recipients here; how many got it.
+    pub(super) fn deliver_positioned(
+        &mut self,
+        uid: &str,
+        epoch: u64,
+        offset: u64,
+        payload: &Bytes,
+        binary: bool,
+    ) -> u32 {
+        let recipients = self.registry.get(uid).to_vec();
+        if recipients.is_empty() {
+            return 0;
+        }
+        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
+        let mut n = 0;
+        for r in recipients {
+            n += self.deliver_one(r, epoch, offset, payload, binary, &f) as u32;
+        }
+        n
+    }
+}
