@@ -81,14 +81,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
     m.insert("clients_closed".into(), json!(closed));
     m.insert("steal_pct".into(), json!(procstat::steal_pct(&s0, &s1)));
     m.insert("server_procs".into(), json!(s1.procs));
-    m.insert(
-        "rss_per_conn".into(),
-        json!(r3((s1.rss as f64 - before.rss as f64) / n)),
-    );
-    m.insert(
-        "pss_per_conn".into(),
-        json!(r3((s1.pss as f64 - before.pss as f64) / n)),
-    );
+    crate::modes::per_conn_memory(&mut m, &before, &s1, n);
     m.insert(
         "kernel_tcp_mem_per_conn".into(),
         json!(r3(kernel1.saturating_sub(kernel0) as f64 / n)),

@@ -187,6 +187,18 @@ pub(crate) fn cpu_per(s0: &Sample, s1: &Sample, units: u64) -> (f64, f64) {
     (per(s0.cpu_ns, s1.cpu_ns), per(s0.sched_ns, s1.sched_ns))
 }
 
+/// `rss_per_conn` and `pss_per_conn`: what the server grew by between two samples, per client.
+pub(crate) fn per_conn_memory(m: &mut Map<String, Value>, before: &Sample, after: &Sample, n: f64) {
+    m.insert(
+        "rss_per_conn".into(),
+        json!(r3((after.rss as f64 - before.rss as f64) / n)),
+    );
+    m.insert(
+        "pss_per_conn".into(),
+        json!(r3((after.pss as f64 - before.pss as f64) / n)),
+    );
+}
+
 /// `connect`: memory per idle logged-in client.
 fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let herald = start_herald(o)?;
@@ -204,14 +216,7 @@ fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
     m.insert("rss_after".into(), json!(after.rss));
     m.insert("pss_before".into(), json!(before.pss));
     m.insert("pss_after".into(), json!(after.pss));
-    m.insert(
-        "rss_per_conn".into(),
-        json!(r3((after.rss as f64 - before.rss as f64) / n)),
-    );
-    m.insert(
-        "pss_per_conn".into(),
-        json!(r3((after.pss as f64 - before.pss as f64) / n)),
-    );
+    per_conn_memory(&mut m, &before, &after, n);
     m.insert(
         "server_cpu_connect_us_per_conn".into(),
         json!(cpu_per(&before, &after, c.connected).1),

@@ -13,7 +13,9 @@ impl Worker {
     pub(super) fn api_request(&mut self, slot: usize, id: u64, req: &Request) {
         let max = self.cfg.max_targets;
         match route(&req.method, &req.path, &req.query, &req.body, max) {
-            Ok(ApiCall::Query(q)) => self.query(q, QReply::Http { slot, id }),
+            Ok(ApiCall::Query(q)) => {
+                self.query(q, QReply::Answer(crate::render::To::Http { slot, id }))
+            }
             Ok(ApiCall::Push(p)) => {
                 if let Some(Proto::Http(h)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {
                     h.waiting = true;

@@ -5,7 +5,7 @@
 
 use super::mesh::{Holders, Job};
 use super::Worker;
-use crate::query::{merge, render_http, render_metrics, render_text, Merged};
+use crate::query::{merge, render_metrics, Merged};
 use crate::registry::Who;
 use crate::render;
 use bytes::Bytes;
@@ -15,22 +15,8 @@ use std::rc::Rc;
 /// Where a query's merged answer goes.
 #[derive(Debug, Clone)]
 pub(super) enum QReply {
-    /// Reply slot `seq` of text connection `slot` (if still connection `id`).
-    Text {
-        /// Slot.
-        slot: usize,
-        /// Connection id.
-        id: u64,
-        /// Reply slot.
-        seq: u64,
-    },
-    /// The request in flight on HTTP connection `slot`.
-    Http {
-        /// Slot.
-        slot: usize,
-        /// Connection id.
-        id: u64,
-    },
+    /// A backend's question on the text port or the JSON API (see [`render::To`]).
+    Answer(render::To),
     /// `GET /metrics` on HTTP connection `slot`: the stats in Prometheus text format.
     Metrics {
         /// Slot.
@@ -219,37 +205,29 @@ impl Worker {
         partial: bool,
     ) {
         let merged = merge(q, shares);
-        let to = match reply {
-            QReply::Text { slot, id, seq } => Some(render::To::Text { slot, id, seq }),
-            QReply::Http { slot, id } => Some(render::To::Http { slot, id }),
-            _ => None,
-        };
-        if let Some(to) = to.filter(|_| render::is_big(&merged)) {
-            let job = render::Job {
-                to,
-                query: q.clone(),
-                merged,
-                partial,
-            };
-            let job = match self.renderer() {
-                Some(r) => match r.submit(job) {
-                    Ok(()) => return,
-                    Err(job) => *job,
-                },
-                None => job,
-            };
-            let written = render::write(&job);
-            self.send_written(to, written);
-            return;
-        }
         match reply {
-            QReply::Text { slot, id, seq } => {
-                let line = render_text(q, &merged, partial);
-                self.text_reply(slot, id, seq, Bytes::from(line));
-            }
-            QReply::Http { slot, id } => {
-                let (status, body) = render_http(q, &merged, partial);
-                self.http_json_text(slot, id, status, body);
+            QReply::Answer(to) => {
+                let job = render::Job {
+                    to,
+                    query: q.clone(),
+                    merged,
+                    partial,
+                };
+                // Big answers are written on the answer thread, the others here.
+                let writer = if render::is_big(&job.merged) {
+                    self.renderer()
+                } else {
+                    None
+                };
+                let job = match writer {
+                    Some(r) => match r.submit(job) {
+                        Ok(()) => return,
+                        Err(job) => *job,
+                    },
+                    None => job,
+                };
+                let written = render::write(&job);
+                self.send_written(to, written);
             }
             QReply::Metrics { slot, id } => {
                 let Some(keep) = self.http_keep_alive(slot, id) else {

@@ -120,7 +120,10 @@ impl Worker {
                     reply(kind),
                 );
             }
-            Command::Query(req) => self.query(req, QReply::Text { slot, id, seq }),
+            Command::Query(req) => self.query(
+                req,
+                QReply::Answer(crate::render::To::Text { slot, id, seq }),
+            ),
             Command::Fail(why) => {
                 log::debug!("text connection {id}: {why}; replying fail");
                 self.text_reply(slot, id, seq, Bytes::from_static(b"fail\n"));
