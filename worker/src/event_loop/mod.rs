@@ -62,6 +62,7 @@ mod read;
 mod recovery;
 mod resume;
 mod session;
+mod sio_life;
 mod sio_push;
 mod sio_recovery;
 mod socketio;

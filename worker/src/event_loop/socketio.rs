@@ -16,8 +16,8 @@
 //! encoded once per push and shared ([`SioEvent`]).
 
 use super::handoff::handoff_name;
-use super::{ticks, unix_now, Worker};
-use crate::conn::{Conn, Proto, Ws};
+use super::{unix_now, Worker};
+use crate::conn::{Proto, Ws};
 use crate::delivery::{frame, OP_TEXT};
 use crate::proto::engineio::{
     self, connect_message, decode_packet, decode_payload, decode_sio, open_packet, push_payload,
@@ -35,7 +35,7 @@ use std::rc::Rc;
 /// Largest POST payload a client may send (announced as `maxPayload`).
 pub(super) const MAX_PAYLOAD: usize = 100_000;
 /// Milliseconds a v4 client waits for a ping after `pingInterval` before giving up.
-const PING_TIMEOUT_MS: u64 = 20_000;
+pub(super) const PING_TIMEOUT_MS: u64 = 20_000;
 
 /// What became of a request on the Socket.IO port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -500,7 +500,13 @@ impl Worker {
         }
     }
 
-    fn sio_answer_poll(&mut self, slot: usize, id: u64, body: String, origin: Option<&str>) {
+    pub(super) fn sio_answer_poll(
+        &mut self,
+        slot: usize,
+        id: u64,
+        body: String,
+        origin: Option<&str>,
+    ) {
         let Some(keep) = self.http_keep_alive(slot, id) else {
             return;
         };
@@ -647,88 +653,5 @@ impl Worker {
             }
         }
         self.sio_packet(idx, p);
-    }
-
-    /// Ends a session: out of the registry and the sid map; its transports closed.
-    pub(super) fn sio_close(&mut self, idx: usize, why: &str) {
-        if !self.sio.sessions.contains(idx) {
-            return;
-        }
-        let s = self.sio.sessions.remove(idx);
-        self.sio.sids.remove(&s.sid);
-        log::debug!("socket.io session {} closed: {why}", s.sid);
-        if let Some(uid) = &s.uid {
-            self.up_note_close(Recipient::session(idx), None, why);
-            self.logout(Recipient::session(idx), uid);
-        }
-        if let Some((slot, id)) = s.poll {
-            let mut body = String::new();
-            push_payload(s.version, &mut body, "1");
-            self.sio_answer_poll(slot, id, body, s.origin.as_deref());
-        }
-        for (slot, id) in [s.ws, s.probe].into_iter().flatten() {
-            if self.conns.get(slot).is_some_and(|c| c.id == id) {
-                if let Some(Proto::Ws(ws)) = self.conns.get_mut(slot).map(|c| &mut c.proto) {
-                    ws.session = None;
-                }
-                self.ws_close(slot, 1000, "");
-            }
-        }
-    }
-
-    /// A connection closed: detach it from its session.
-    pub(super) fn sio_conn_closed(&mut self, slot: usize, conn: &Conn) {
-        match &conn.proto {
-            Proto::Ws(ws) => {
-                if let Some(idx) = ws.session {
-                    let idx = idx as usize;
-                    let Some(s) = self.sio.sessions.get_mut(idx) else {
-                        return;
-                    };
-                    if s.probe == Some((slot, conn.id)) {
-                        s.probe = None;
-                    } else if s.ws == Some((slot, conn.id)) {
-                        s.ws = None;
-                        self.sio_close(idx, "transport closed");
-                    }
-                }
-            }
-            Proto::Http(h) => {
-                if let Some(idx) = h.poll_for {
-                    if let Some(s) = self.sio.sessions.get_mut(idx as usize) {
-                        if s.poll == Some((slot, conn.id)) {
-                            s.poll = None;
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Sweep: heartbeats (v4: the server pings) and sessions that went silent.
-    pub(super) fn sio_sweep(&mut self, ping_due: bool) {
-        let limit = ticks(self.cfg.ping_interval) + ticks(PING_TIMEOUT_MS as f64 / 1000.0) + 20;
-        let now = self.now;
-        let mut dead = Vec::new();
-        let mut ping = Vec::new();
-        for (idx, s) in self.sio.sessions.iter_mut() {
-            if s.poll.is_some() {
-                s.last_seen = now;
-            }
-            if now.saturating_sub(s.last_seen) > limit {
-                dead.push(idx);
-            } else if ping_due && s.version == EioVersion::V4 {
-                ping.push(idx);
-            }
-        }
-        for idx in dead {
-            self.sio_close(idx, "ping timeout");
-        }
-        let p: Rc<str> = Rc::from("2");
-        let f = frame(OP_TEXT, b"2");
-        for idx in ping {
-            self.sio_send(idx, p.clone(), Some(&f));
-        }
     }
 }
