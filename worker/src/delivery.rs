@@ -236,8 +236,11 @@ mod tests {
     /// A writer that takes at most `cap` bytes per call, then says `WouldBlock` once `budget`
     /// is spent, like a full socket.
     struct Trickle {
+        /// What was written so far.
         got: Vec<u8>,
+        /// Bytes one call takes at most.
         cap: usize,
+        /// Bytes left before `WouldBlock`.
         budget: usize,
     }
 
@@ -342,7 +345,9 @@ mod tests {
 
     /// Counts the calls that reach the socket.
     struct Counting {
+        /// What was written so far.
         got: Vec<u8>,
+        /// Calls made.
         calls: usize,
     }
 
