@@ -443,10 +443,6 @@ fn bad_recovery_requests_get_a_new_session() {
 }
 
 #[test]
-#[ignore = "known race, about 1 run in 6: a message pushed while the page is between the old \
-            worker's drain and its recovery on the new one can be missing from what the page \
-            gets (recovered=true, the message before and after it received); run with \
-            --ignored while fixing it"]
 fn a_page_recovers_across_a_graceful_reload() {
     if !node_ready() {
         return;

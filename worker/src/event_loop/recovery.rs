@@ -120,17 +120,15 @@ impl Worker {
     /// The pid of the worker that owns `uid`'s history (this worker's own when alone).
     pub(super) fn history_owner_pid(&self, uid: &str) -> Option<u32> {
         let w = history_owner(uid, self.cfg.worker_count());
-        let best = self
-            .peers
+        // This worker is a candidate too: while the master's list still names the worker it
+        // replaced (same number, smaller pid), the larger pid, this one, owns the uid.
+        let mine = (w == self.id).then_some(self.pid);
+        self.peers
             .iter()
             .filter(|p| p.worker == w)
             .map(|p| p.pid)
-            .max();
-        match best {
-            Some(p) => Some(p),
-            None if w == self.id => Some(self.pid),
-            None => None,
-        }
+            .chain(mine)
+            .max()
     }
 
     /// A push for uids or groups with a history: each uid's part goes to its owner (here, or
