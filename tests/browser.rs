@@ -71,6 +71,38 @@ g.connect();
 </script>
 "#;
 
+/// The third page: a client with `history: true` that reconnects after a kick, reporting its
+/// messages, recoveries and positions.
+const HISTORY_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>herald history test</title>
+<script type="module">
+import Herald from '/herald.mjs';
+const q = new URLSearchParams(location.search);
+let seq = 0;
+const report = (ev, extra) => fetch('/report', {
+  method: 'POST',
+  body: JSON.stringify(Object.assign({ ev, n: seq++ }, extra || {})),
+});
+const h = new Herald({
+  url: q.get('ws'),
+  uid: q.get('uid'),
+  history: true,
+  reconnectOnKick: true,
+  minDelay: 1500,
+  maxDelay: 2000,
+  jitter: 0,
+  onopen: (i) => report('open', i),
+  onclose: (i) => report('close', i),
+  onmessage: (d) => report('message', { data: d, position: h.position }),
+  onrecovery: (i) => report('recovery', i),
+  recover: (i) => report('recover', i),
+  onerror: (e) => report('error', { message: String(e) }),
+});
+h.connect();
+</script>
+"#;
+
 /// The second page: two clients logging in with tokens fetched for every connection (one on
 /// the URL, one as the first message), dropping a connection that stays silent, and skipping
 /// the backend's heartbeats.
@@ -196,6 +228,7 @@ fn serve(mut s: TcpStream, reports: &Sender<Value>, secret: &str) {
     let (status, kind, content): (&str, &str, Vec<u8>) = match (method, path) {
         ("GET", "/page.html") => ("200 OK", "text/html", PAGE.as_bytes().to_vec()),
         ("GET", "/tokens.html") => ("200 OK", "text/html", TOKEN_PAGE.as_bytes().to_vec()),
+        ("GET", "/history.html") => ("200 OK", "text/html", HISTORY_PAGE.as_bytes().to_vec()),
         ("GET", "/token") => {
             let uid = target.split_once("?uid=").map(|(_, u)| u).unwrap_or("");
             let exp = std::time::SystemTime::now()
@@ -615,6 +648,83 @@ fn browser_client_with_tokens_drops_a_silent_connection_and_comes_back() {
         leaked.is_empty(),
         "heartbeats or errors reached the page: {leaked:?}"
     );
+    drop(browser);
+    drop(pages);
+}
+
+/// With `history: true` the browser client learns its position, and after a drop it comes back
+/// with `since`: what was pushed while it was away arrives (recovered), once, then live pushes.
+#[test]
+fn browser_client_recovers_what_it_missed_with_history() {
+    if !require("chromium (apt install chromium)", have_program("chromium")) {
+        return;
+    }
+    let srv = Server::builder()
+        .workers(1)
+        .login_reply()
+        .set("history_size=50")
+        .start();
+    let (tx, rx) = channel();
+    let pages = PageServer::start(tx, "");
+    let mut reports = Reports {
+        rx,
+        seen: Vec::new(),
+    };
+    let profile = TempDir::new();
+    let url = format!(
+        "http://127.0.0.1:{}/history.html?uid=hp&ws=ws://127.0.0.1:{}/",
+        pages.port, srv.ws
+    );
+    let browser = chromium(&url, &profile.path);
+    reports.wait(
+        "login",
+        EVENT,
+        message("message", "login success, your uid is hp"),
+    );
+    assert_eq!(
+        text(&srv, r#"{"cmd":"push","to":"hp","data":"one"}"#),
+        "ok\n"
+    );
+    let one = reports.wait("the first push", REPLY, message("message", "one"));
+    assert!(one["position"]["offset"].as_u64().is_some(), "{one}");
+    // A kick drops the connection; the page comes back after 1.5 s. Meanwhile: two pushes.
+    assert_eq!(text(&srv, r#"{"cmd":"kick","uid":"hp"}"#), "ok\n");
+    reports.wait("the drop", REPLY, |v| {
+        v["ev"] == "close" && v["willReconnect"] == true
+    });
+    for m in ["two", "three"] {
+        let line = format!(r#"{{"cmd":"push","to":"hp","data":"{m}"}}"#);
+        assert_eq!(text(&srv, &line), "fail\n", "nobody there for {m}");
+    }
+    let rec = reports.wait("the recovery", EVENT, |v| v["ev"] == "recovery");
+    assert_eq!(rec["recovered"], true, "{rec}");
+    reports.wait("the first missed", REPLY, message("message", "two"));
+    reports.wait("the second missed", REPLY, message("message", "three"));
+    srv.push_until_ok(
+        b"{\"cmd\":\"push\",\"to\":\"hp\",\"data\":\"four\"}\n",
+        EVENT,
+    );
+    reports.wait("a live push", REPLY, message("message", "four"));
+    reports.drain_for(Duration::from_millis(300));
+    let got: Vec<&str> = reports
+        .seen
+        .iter()
+        .filter(|v| v["ev"] == "message")
+        .filter_map(|v| v["data"].as_str())
+        .filter(|d| !d.starts_with("login success"))
+        .collect();
+    assert_eq!(got, ["one", "two", "three", "four"], "each once, in order");
+    let asked: Vec<&Value> = reports
+        .seen
+        .iter()
+        .filter(|v| v["ev"] == "recover")
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "recover called though the gap was filled: {asked:?}"
+    );
+    let errors: Vec<&Value> = reports.seen.iter().filter(|v| v["ev"] == "error").collect();
+    assert!(errors.is_empty(), "the page reported errors: {errors:?}");
     drop(browser);
     drop(pages);
 }

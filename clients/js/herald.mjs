@@ -34,10 +34,14 @@
  * an empty text message that often (Herald ignores messages after login that have no `:`),
  * which keeps idle NAT mappings and proxies from timing out the upstream direction.
  *
- * Recovery: the server keeps no message history yet. `recover` is the extension point: called
- * after every re-established connection with `{ lastMessageAt }` (ms since the epoch), it can
- * fetch what was missed from your backend, or, once Herald keeps history, send the last
- * position the page saw.
+ * Recovery: with `history: true` (the server needs `history_size` > 0) the client asks for
+ * positions (`?envelope=1`), remembers the last one it saw (`position`, `{ epoch, offset }`;
+ * give `position` in the options to start from one kept elsewhere, e.g. localStorage), and
+ * after a drop reconnects with `?since=EPOCH:OFFSET`: the server sends what was missed, then
+ * live messages, each once. `onrecovery({ recovered, epoch, offset })` tells the outcome; when
+ * the gap could not be filled (`recovered: false`), `recover` is called so the page can reload
+ * from its backend. Without `history`, `recover` is called after every re-established
+ * connection with `{ lastMessageAt }` (ms since the epoch), to fetch what was missed.
  */
 export class Herald {
   /**
@@ -57,8 +61,14 @@ export class Herald {
    *   heartbeatInterval   ms between empty messages sent to the server (default 0: off)
    *   reconnectOnKick     reconnect after a kick too (default false)
    *   binaryType          'arraybuffer' (default) or 'blob', for binary messages
-   *   recover             function({ lastMessageAt }) after each re-established connection
-   *   onmessage, onopen, onclose, onreconnect, onerror   the callbacks (also settable later)
+   *   history             ask for positions and recover after a drop (default false; see
+   *                       Recovery above)
+   *   position            `{ epoch, offset }` to recover from at the first connection
+   *   recover             function({ lastMessageAt, recovered }): the page should reload what
+   *                       it shows (after each re-established connection, or with `history`
+   *                       when a gap could not be filled)
+   *   onmessage, onopen, onclose, onreconnect, onerror, onrecovery   the callbacks (also
+   *                       settable later)
    *   WebSocket           the WebSocket class to use (default: the global one)
    */
   constructor(options) {
@@ -76,6 +86,10 @@ export class Herald {
     this.onreconnect = o.onreconnect || null;
     /** function(error): a token could not be had, or a callback threw */
     this.onerror = o.onerror || null;
+    /** function({ recovered, epoch, offset }): with `history`, the outcome of a recovery */
+    this.onrecovery = o.onrecovery || null;
+    /** with `history`: the last position seen, `{ epoch, offset }`, or null */
+    this.position = o.position || null;
     /** 'idle', 'connecting', 'open' or 'closed' */
     this.state = 'idle';
     /** reconnection attempts since the last stable connection */
@@ -165,8 +179,14 @@ export class Herald {
   _dial(token) {
     const o = this.options;
     let url = o.url;
-    if (token != null && o.tokenIn === 'query') {
-      url += (url.indexOf('?') < 0 ? '?' : '&') + 'token=' + encodeURIComponent(token);
+    const param = (k, v) => {
+      url += (url.indexOf('?') < 0 ? '?' : '&') + k + '=' + encodeURIComponent(v);
+    };
+    if (token != null && o.tokenIn === 'query') param('token', token);
+    if (o.history) {
+      const p = this.position;
+      if (p && p.epoch != null && p.offset != null) param('since', p.epoch + ':' + p.offset);
+      else param('envelope', '1');
     }
     const Impl = o.WebSocket || globalThis.WebSocket;
     let ws;
@@ -197,18 +217,53 @@ export class Herald {
         });
       }
       this._emit('onopen', { reconnected });
-      if (reconnected && typeof o.recover === 'function') {
+      if (reconnected && !o.history && typeof o.recover === 'function') {
         this._call(() => o.recover.call(this, { lastMessageAt: this.lastMessageAt }));
       }
     };
     ws.onmessage = (event) => {
       this.lastMessageAt = Date.now();
       this._watchSilence(ws);
-      if (typeof o.isHeartbeat === 'function' && o.isHeartbeat(event.data)) return;
-      this._emit('onmessage', event.data, event);
+      let data = event.data;
+      if (o.history && typeof data === 'string' && data.charAt(0) === '{') {
+        data = this._enveloped(data);
+        if (data === undefined) return;
+      }
+      if (typeof o.isHeartbeat === 'function' && o.isHeartbeat(data)) return;
+      this._emit('onmessage', data, event);
     };
     ws.onerror = () => {};
     ws.onclose = (event) => this._ended(ws, event.code, event.reason, event.wasClean);
+  }
+
+  /**
+   * With `history`: reads an envelope (position, recovery, message). Returns the message's
+   * data for onmessage, or undefined when the frame was the server's word on positions.
+   */
+  _enveloped(text) {
+    let m;
+    try {
+      m = JSON.parse(text);
+    } catch (e) {
+      return text;
+    }
+    if (!m || typeof m.type !== 'string') return text;
+    if (m.epoch != null && m.offset != null) this.position = { epoch: m.epoch, offset: m.offset };
+    if (m.type === 'position') return undefined;
+    if (m.type === 'recovery') {
+      this._emit('onrecovery', { recovered: !!m.recovered, epoch: m.epoch, offset: m.offset });
+      if (!m.recovered && typeof this.options.recover === 'function') {
+        const info = { lastMessageAt: this.lastMessageAt, recovered: false };
+        this._call(() => this.options.recover.call(this, info));
+      }
+      return undefined;
+    }
+    if (m.type !== 'msg') return text;
+    if (!m.binary) return m.data;
+    const bytes = atob(m.data);
+    const out = new Uint8Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) out[i] = bytes.charCodeAt(i);
+    return out.buffer;
   }
 
   /** Restarts the silence timer of `ws`. */
@@ -316,6 +371,8 @@ Herald.defaults = {
   reconnectOnKick: false,
   binaryType: 'arraybuffer',
   recover: null,
+  history: false,
+  position: null,
   WebSocket: null,
 };
 
