@@ -293,88 +293,16 @@ fn the_seeds_php_push_on_one_node_and_groups_found_by_a_later_login_on_another()
     assert_eq!(next_text(&mut carol), "late news");
 }
 
-/// Runs openssl with `args` in `dir`; panics with its output on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        show(&out.stderr)
-    );
-}
-
 #[test]
 fn nodes_reach_redis_over_tls() {
-    let has_openssl = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !Redis::available() || !require("openssl (apt install openssl)", has_openssl) {
+    if !Redis::available() || !common::tls::openssl_ready() {
         return;
     }
     // A CA, and a certificate for 127.0.0.1 that it signs.
-    let dir = TempDir::new();
-    let d = dir.path.as_path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=herald-test-ca",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "redis.key",
-            "-out",
-            "redis.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "redis.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "redis.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
+    let pki = common::tls::Pki::new();
+    pki.issue("redis", "rsa", "serverAuth");
     let port = free_port();
-    let path = |f: &str| d.join(f).display().to_string();
+    let path = |f: &str| pki.p(f);
     let _redis = Redis::start_tls(
         port,
         &path("redis.pem"),

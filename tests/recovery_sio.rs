@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -57,14 +57,7 @@ impl Page {
             .expect("spawn node");
         let stdin = child.stdin.take().expect("stdin");
         let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = lines_of(out);
         Page {
             child,
             stdin: Some(stdin),
@@ -243,14 +236,7 @@ fn seed_page_on_socketio_2_is_unchanged_with_a_history() {
         .spawn()
         .expect("spawn node");
     let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(out);
     let mut page = Page {
         child,
         stdin: None,

@@ -11,7 +11,6 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,14 +53,7 @@ impl SioClient {
             .spawn()
             .expect("spawn node");
         let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = lines_of(out);
         SioClient {
             child,
             lines: rx,

@@ -13,10 +13,9 @@ mod common;
 
 use common::tls::*;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -168,12 +167,7 @@ fn refusals_are_clear_counted_and_bounded() {
         .expect("spawn s_client");
     let mut stdin = child.stdin.take().expect("stdin");
     let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = lines_of(stdout);
     // Wait for the handshake's end (s_client prints the session), then ask to renegotiate.
     let deadline = Instant::now() + REPLY;
     while Instant::now() < deadline {

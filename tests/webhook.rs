@@ -10,11 +10,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -142,14 +141,7 @@ fn webhook_runs_a_chat_with_signed_batches_replies_acks_and_pushes() {
         let mut g = Group::spawn(&mut cmd).expect("node");
         let mut stdin = g.child.stdin.take().expect("stdin");
         let out = g.child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = lines_of(out);
         let wait = |want: &str| {
             let deadline = Instant::now() + LONG;
             loop {

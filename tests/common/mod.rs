@@ -1610,3 +1610,18 @@ pub fn ws_login(port: u16, uid: &str, rcvbuf: Option<usize>) -> TcpStream {
     s.write_all(&masked(0x1, uid.as_bytes())).expect("login");
     s
 }
+
+/// The lines `out` (a child's stdout, a socket) yields, one at a time, read by a thread of
+/// their own so that a test waits on them with a deadline.
+pub fn lines_of(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -8,7 +8,7 @@
 use crate::common::*;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -33,7 +33,7 @@ impl Lines {
         let out = group.child.stdout.take().expect("stdout");
         Lines {
             group,
-            rx: reader(out),
+            rx: lines_of(out),
             name: name.into(),
         }
     }
@@ -42,18 +42,6 @@ impl Lines {
     pub fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut(&str) -> bool) -> String {
         wait_line(&self.rx, &self.name, what, limit, &mut f)
     }
-}
-
-pub fn reader(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 pub fn wait_line(
@@ -88,7 +76,7 @@ impl Sub {
         stream
             .write_all(format!("{{\"cmd\":\"subscribe\",\"events\":{events}}}\n").as_bytes())
             .expect("subscribe");
-        let rx = reader(stream.try_clone().expect("clone"));
+        let rx = lines_of(stream.try_clone().expect("clone"));
         let first = rx.recv_timeout(REPLY).expect("subscribe answer");
         assert_eq!(first, "ok", "subscribe");
         Sub { stream, rx }
@@ -192,7 +180,7 @@ impl SioChat {
         let out = group.child.stdout.take().expect("stdout");
         let lines = Lines {
             group,
-            rx: reader(out),
+            rx: lines_of(out),
             name: format!("sio-chat {uid}"),
         };
         lines.wait("logged_in", LONG, |l| l == "logged_in");

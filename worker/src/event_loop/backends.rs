@@ -106,15 +106,7 @@ impl Worker {
                 binary,
                 payload,
             };
-            let Some((_, l)) = self
-                .links
-                .iter_mut()
-                .find(|(_, l)| l.outbound && l.peer_pid == conn.pid())
-            else {
-                return false;
-            };
-            l.dirty = true;
-            return l.chan.send(&msg).is_ok();
+            return self.send_to_sibling(conn.pid(), &msg);
         }
         match conn {
             ConnRef::Ws { slot, id, .. } => {

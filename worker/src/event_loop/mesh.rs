@@ -73,13 +73,7 @@ impl Worker {
     pub(super) fn unlinked_peers(&self, uids: Holders<'_>) -> usize {
         self.peers
             .iter()
-            .filter(|p| {
-                !self
-                    .links
-                    .iter()
-                    .any(|(_, l)| l.outbound && l.peer_pid == p.pid)
-                    && self.may_hold(p.pid, uids)
-            })
+            .filter(|p| self.link_to(p.pid).is_none() && self.may_hold(p.pid, uids))
             .count()
     }
 
@@ -111,11 +105,7 @@ impl Worker {
         let mut retry = false;
         let peers = self.peers.clone();
         for p in peers {
-            let linked = self
-                .links
-                .iter()
-                .any(|(_, l)| l.outbound && l.peer_pid == p.pid);
-            if linked {
+            if self.link_to(p.pid).is_some() {
                 continue;
             }
             match self.connect_peer(&p) {
@@ -306,6 +296,24 @@ impl Worker {
             | PeerMsg::UidsHeld { .. }
             | PeerMsg::ToClient { .. }) => self.up_peer_msg(key, m),
         }
+    }
+
+    /// The key of this worker's own (outbound) link to sibling `pid`.
+    pub(super) fn link_to(&self, pid: u32) -> Option<usize> {
+        self.links
+            .iter()
+            .find(|(_, l)| l.outbound && l.peer_pid == pid)
+            .map(|(k, _)| k)
+    }
+
+    /// Queues `msg` on this worker's own link to sibling `pid` (written this turn); false when
+    /// there is no such link or it is full.
+    pub(super) fn send_to_sibling(&mut self, pid: u32, msg: &PeerMsg) -> bool {
+        let Some(l) = self.link_to(pid).and_then(|k| self.links.get_mut(k)) else {
+            return false;
+        };
+        l.dirty = true;
+        l.chan.send(msg).is_ok()
     }
 
     /// Sends a sibling the answer to what it asked on link `key`.

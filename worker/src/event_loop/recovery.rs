@@ -180,11 +180,7 @@ impl Worker {
         let own = parts.remove(&self.pid);
         let mut peers = Peers::new();
         for (pid, list) in parts {
-            let key = self
-                .links
-                .iter()
-                .find(|(_, l)| l.outbound && l.peer_pid == pid)
-                .map(|(k, _)| k);
+            let key = self.link_to(pid);
             let msg = PeerMsg::Route(Push {
                 id,
                 deadline,
@@ -193,12 +189,7 @@ impl Worker {
                 payload: payload.to_vec(),
                 binary,
             });
-            let sent = key.is_some_and(|k| {
-                self.links.get_mut(k).is_some_and(|l| {
-                    l.dirty = true;
-                    l.chan.send(&msg).is_ok()
-                })
-            });
+            let sent = self.send_to_sibling(pid, &msg);
             match key {
                 Some(k) if sent => peers.push(k),
                 _ => missing += 1,
@@ -330,30 +321,15 @@ impl Worker {
             }
             PeerMsg::History(h) => {
                 let asker = self.links.get(key).map_or(0, |l| l.peer_pid);
-                match h {
-                    HistoryMsg::Bind {
-                        pid,
-                        uid,
-                        sid,
-                        ended,
-                        by,
-                    } => self.history_bind(&pid, &uid, &sid, &by, ended),
-                    HistoryMsg::Recover {
-                        id,
-                        whose,
-                        epoch,
-                        offset,
-                        offline,
-                    } => {
-                        let a = self.answer_recover(id, whose, epoch, offset, offline, asker);
-                        self.send_to_pid(asker, key, PeerMsg::History(a));
-                    }
-                    r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
-                    HistoryMsg::Handover {
+                match self.as_owner(h, asker) {
+                    Ok(Some(a)) => self.send_to_pid(asker, key, PeerMsg::History(a)),
+                    Ok(None) => {}
+                    Err(r @ HistoryMsg::Recovered { .. }) => self.on_recovered(r),
+                    Err(HistoryMsg::Handover {
                         counter,
                         streams,
                         bindings,
-                    } => {
+                    }) => {
                         // Only from the worker this one replaces (the same worker id).
                         let from = self.links.get(key).map(|l| l.peer_worker);
                         if from != Some(self.id) {
@@ -366,21 +342,46 @@ impl Worker {
                             log::info!("history: {n} uids' history taken over from pid {asker}");
                         }
                     }
+                    // A binding and a recovery are taken by `as_owner`.
+                    Err(HistoryMsg::Bind { .. } | HistoryMsg::Recover { .. }) => {}
                 }
             }
             _ => {}
         }
     }
 
+    /// A question for this worker as the owner of a uid's history, from `asker`: a binding is
+    /// recorded (`Ok(None)`), a recovery answered (`Ok(Some(answer))`); any other message is
+    /// given back (`Err`).
+    fn as_owner(&mut self, m: HistoryMsg, asker: u32) -> Result<Option<HistoryMsg>, HistoryMsg> {
+        match m {
+            HistoryMsg::Bind {
+                pid,
+                uid,
+                sid,
+                ended,
+                by,
+            } => {
+                self.history_bind(&pid, &uid, &sid, &by, ended);
+                Ok(None)
+            }
+            HistoryMsg::Recover {
+                id,
+                whose,
+                epoch,
+                offset,
+                offline,
+            } => Ok(Some(
+                self.answer_recover(id, whose, epoch, offset, offline, asker),
+            )),
+            other => Err(other),
+        }
+    }
+
     /// Sends `m` to sibling `pid` on this worker's own link to it (so it follows the pushes
     /// sent there), or on link `key` when there is none.
     fn send_to_pid(&mut self, pid: u32, key: usize, m: PeerMsg) {
-        let out = self
-            .links
-            .iter()
-            .find(|(_, l)| l.outbound && l.peer_pid == pid)
-            .map(|(k, _)| k)
-            .unwrap_or(key);
+        let out = self.link_to(pid).unwrap_or(key);
         self.answer_link(out, m);
     }
 
@@ -498,44 +499,16 @@ impl Worker {
             return false;
         };
         if owner == self.pid {
-            match m {
-                HistoryMsg::Bind {
-                    pid,
-                    uid,
-                    sid,
-                    ended,
-                    by,
-                } => self.history_bind(&pid, &uid, &sid, &by, ended),
-                HistoryMsg::Recover {
-                    id,
-                    whose,
-                    epoch,
-                    offset,
-                    offline,
-                } => {
-                    let a = self.answer_recover(id, whose, epoch, offset, offline, self.pid);
-                    self.on_recovered(a);
-                }
-                HistoryMsg::Handover { .. } => {}
-                r @ HistoryMsg::Recovered { .. } => self.on_recovered(r),
+            match self.as_owner(m, self.pid) {
+                Ok(Some(a)) | Err(a @ HistoryMsg::Recovered { .. }) => self.on_recovered(a),
+                Ok(None) | Err(_) => {}
             }
             return true;
         }
         // The asker's presence first, so that the owner knows where the uid lives before the
         // question (a login made it arrive here in this turn).
         self.send_presence();
-        let m = PeerMsg::History(m);
-        match self
-            .links
-            .iter_mut()
-            .find(|(_, l)| l.outbound && l.peer_pid == owner)
-        {
-            Some((_, l)) => {
-                l.dirty = true;
-                l.chan.send(&m).is_ok()
-            }
-            None => false,
-        }
+        self.send_to_sibling(owner, &PeerMsg::History(m))
     }
 
     /// Sends a history question to every sibling (a private id names no uid); how many were

@@ -484,19 +484,9 @@ impl Worker {
 
     /// An event for sibling `pid`'s subscribers, on the link to it (counted if it cannot go).
     fn event_to(&mut self, pid: u32, msg: PeerMsg) {
-        let link = self
-            .links
-            .iter_mut()
-            .find(|(_, l)| l.outbound && l.peer_pid == pid);
-        match link {
-            Some((_, l)) => {
-                l.dirty = true;
-                if let Err(e) = l.chan.send(&msg) {
-                    self.stats.events_dropped += 1;
-                    log::debug!("event not sent to worker {}: {e}", l.peer_worker);
-                }
-            }
-            None => self.stats.events_dropped += 1,
+        if !self.send_to_sibling(pid, &msg) {
+            self.stats.events_dropped += 1;
+            log::debug!("event not sent to the worker of pid {pid} (no link, or it is full)");
         }
     }
 
