@@ -20,6 +20,28 @@ pub(super) fn handoff_name(instance: u32, pid: u32) -> String {
 }
 
 impl Worker {
+    /// Sends descriptor `fd` with `msg` to worker `pid`'s hand-off socket.
+    pub(super) fn send_fd(&self, pid: u32, fd: std::os::fd::RawFd, msg: &[u8]) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let name = handoff_name(self.instance, pid);
+        let res = UnixAddr::new_abstract(name.as_bytes()).and_then(|addr| {
+            sendmsg(
+                self.sio.handoff.as_raw_fd(),
+                &[io::IoSlice::new(msg)],
+                &[ControlMessage::ScmRights(&[fd])],
+                MsgFlags::MSG_DONTWAIT,
+                Some(&addr),
+            )
+        });
+        match res {
+            Ok(_) => true,
+            Err(e) => {
+                log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
+                false
+            }
+        }
+    }
+
     /// Writes what is queued for connection `slot` before it changes hands; false when the
     /// socket cannot take it all now (the handoff then waits for the flush) or failed.
     pub(super) fn flushed_for_handoff(&mut self, slot: usize) -> bool {
@@ -57,7 +79,6 @@ impl Worker {
         origin: Option<&str>,
         keep: bool,
     ) -> bool {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
         let owner_pid = self
             .peers
             .iter()
@@ -73,28 +94,9 @@ impl Worker {
                     // TLS, or relayed already: see `tls`'s header.
                     return self.tls_handoff(slot, pid, raw);
                 }
-                let Some(conn) = self.conns.get(slot) else {
-                    return false;
-                };
-                let sock = &self.sio.handoff;
-                let fd = conn.stream.as_raw_fd();
-                let res = UnixAddr::new_abstract(handoff_name(self.instance, pid).as_bytes())
-                    .and_then(|addr| {
-                        sendmsg(
-                            sock.as_raw_fd(),
-                            &[io::IoSlice::new(raw)],
-                            &[ControlMessage::ScmRights(&[fd])],
-                            MsgFlags::MSG_DONTWAIT,
-                            Some(&addr),
-                        )
-                    });
-                match res {
-                    Ok(_) => true,
-                    Err(e) => {
-                        log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
-                        false
-                    }
-                }
+                self.conns
+                    .get(slot)
+                    .is_some_and(|c| self.send_fd(pid, c.stream.as_raw_fd(), raw))
             });
         if !sent {
             self.http_respond(slot, eio_error(ErrorCode::UnknownSid, origin, keep));

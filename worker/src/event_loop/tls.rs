@@ -265,28 +265,6 @@ impl Worker {
         true
     }
 
-    /// Sends descriptor `fd` with `msg` to worker `pid`'s hand-off socket.
-    pub(super) fn send_fd(&self, pid: u32, fd: RawFd, msg: &[u8]) -> bool {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-        let name = super::handoff::handoff_name(self.instance, pid);
-        let res = UnixAddr::new_abstract(name.as_bytes()).and_then(|addr| {
-            sendmsg(
-                self.sio.handoff.as_raw_fd(),
-                &[io::IoSlice::new(msg)],
-                &[ControlMessage::ScmRights(&[fd])],
-                MsgFlags::MSG_DONTWAIT,
-                Some(&addr),
-            )
-        });
-        match res {
-            Ok(_) => true,
-            Err(e) => {
-                log::warn!("cannot hand a socket.io connection to worker pid {pid}: {e}");
-                false
-            }
-        }
-    }
-
     /// Adopts a relayed connection a sibling handed over: `fd` is a Unix socket carrying the
     /// decrypted bytes, `data` the hand-off datagram. Returns false when `data` is not a
     /// relay's (the caller adopts a TCP socket).
