@@ -165,7 +165,11 @@ pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects to `port` and finishes the handshake (as far as the client sees it).
 pub fn tls_connect(port: u16, cfg: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
-    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tls_over(TcpStream::connect(("127.0.0.1", port))?, cfg)
+}
+
+/// Finishes a TLS handshake over `tcp`, already connected.
+pub fn tls_over(tcp: TcpStream, cfg: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
     tcp.set_read_timeout(Some(REPLY))?;
     let name = ServerName::try_from("127.0.0.1").expect("name");
     let conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
@@ -204,7 +208,11 @@ pub fn https(port: u16, cfg: &Arc<ClientConfig>, req: &[u8]) -> String {
 pub type Wss = tungstenite::WebSocket<TlsStream>;
 
 pub fn wss_login(port: u16, cfg: &Arc<ClientConfig>, uid: &str) -> Wss {
-    let s = tls_connect(port, cfg).expect("wss connect");
+    wss_login_over(tls_connect(port, cfg).expect("wss connect"), port, uid)
+}
+
+/// [`wss_login`] over a TLS stream already open to `port`.
+pub fn wss_login_over(s: TlsStream, port: u16, uid: &str) -> Wss {
     let (mut ws, _) =
         tungstenite::client::client(format!("wss://127.0.0.1:{port}/"), s).expect("wss upgrade");
     ws.send(tungstenite::Message::text(uid)).expect("send uid");
@@ -253,12 +261,18 @@ pub fn stat_via(srv: &Server, cfg: &Arc<ClientConfig>, key: &str) -> u64 {
 
 /// The leaf certificate a new connection to `port` is shown.
 pub fn leaf(port: u16, cfg: &Arc<ClientConfig>) -> Vec<u8> {
-    let s = tls_connect(port, cfg).expect("connect");
-    s.conn
+    try_leaf(port, cfg).expect("connect")
+}
+
+/// [`leaf`], or the error of a connection that failed (one reset while a reload closes the
+/// old worker's listener, for a test that retries).
+pub fn try_leaf(port: u16, cfg: &Arc<ClientConfig>) -> std::io::Result<Vec<u8>> {
+    let s = tls_connect(port, cfg)?;
+    Ok(s.conn
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 pub fn der_of(path: &Path) -> Vec<u8> {
