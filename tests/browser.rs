@@ -706,10 +706,15 @@ fn browser_client_recovers_what_it_missed_with_history() {
     );
     reports.wait("a live push", REPLY, message("message", "four"));
     reports.drain_for(Duration::from_millis(300));
-    let got: Vec<&str> = reports
+    // In the page's order (its reports are separate requests, which may arrive out of order).
+    let mut messages: Vec<&Value> = reports
         .seen
         .iter()
         .filter(|v| v["ev"] == "message")
+        .collect();
+    messages.sort_by_key(|v| v["n"].as_u64());
+    let got: Vec<&str> = messages
+        .iter()
         .filter_map(|v| v["data"].as_str())
         .filter(|d| !d.starts_with("login success"))
         .collect();
