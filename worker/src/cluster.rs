@@ -48,7 +48,7 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Routes a push: for each uid (ARGV[4..]) its members, each live member of another node once.
-const ROUTE: &str = r#"
+pub(crate) const ROUTE: &str = r#"
 local p, mine, env = ARGV[1], ARGV[2], ARGV[3]
 local seen, alive, n = {}, {}, 0
 for i = 4, #ARGV do
@@ -182,6 +182,10 @@ pub struct Bus {
     pub member: String,
     /// This node's name.
     pub node: String,
+    /// The command thread holds the node's name (a loop-driven subscriber may listen).
+    pub joined: Arc<AtomicBool>,
+    /// The subscriber listens (set by the subscriber thread, or by the loop's own link).
+    pub listening: Arc<AtomicBool>,
 }
 
 /// A message for other members: the sender's name, a newline, then the message's frame.
@@ -210,7 +214,8 @@ impl Bus {
     /// `token` names this node's process (host and master pid): a second process claiming the
     /// same node name is refused.
     /// `ca` is a PEM file of the CA that signed a `rediss://` server's certificate (empty: the
-    /// system's trusted roots).
+    /// system's trusted roots). With `own_subscriber` the loop listens on its own link (see
+    /// `event_loop/wire.rs`) and no subscriber thread is started.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         url: &str,
@@ -220,6 +225,7 @@ impl Bus {
         pid: u32,
         token: &str,
         waker: Arc<Waker>,
+        own_subscriber: bool,
     ) -> Result<Bus, ClusterError> {
         // `rediss://` runs on rustls with ring: make it the process's provider (once; a later
         // call finds it installed).
@@ -253,17 +259,22 @@ impl Bus {
             waker,
         };
         let sub = ctx.clone();
+        let (joined, listening) = (ctx.joined.clone(), ctx.listening.clone());
         thread::Builder::new()
             .name("cluster-cmd".into())
             .spawn(move || ctx.commands(cmd_rx))?;
-        thread::Builder::new()
-            .name("cluster-sub".into())
-            .spawn(move || sub.subscriber())?;
+        if !own_subscriber {
+            thread::Builder::new()
+                .name("cluster-sub".into())
+                .spawn(move || sub.subscriber())?;
+        }
         Ok(Bus {
             tx,
             rx,
             member,
             node: node.to_string(),
+            joined,
+            listening,
         })
     }
 
@@ -412,7 +423,10 @@ impl Ctx {
                         ),
                     )));
                 };
-                self.joined.store(true, Ordering::SeqCst);
+                if !self.joined.swap(true, Ordering::SeqCst) {
+                    // A subscriber on the loop's own link starts listening now.
+                    let _ = self.waker.wake();
+                }
                 if list != nodes {
                     nodes = list.to_string();
                     let v = nodes.split('|').filter(|n| !n.is_empty()).map(String::from);

@@ -52,12 +52,14 @@ pub(super) fn start_bus(
     pid: u32,
     instance: u32,
     waker: Option<Arc<mio::Waker>>,
+    own_subscriber: bool,
 ) -> std::io::Result<Bus> {
     let waker =
         waker.ok_or_else(|| std::io::Error::other("the cluster bus needs the loop's waker"))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let owner = format!("{}:{instance}", host.trim());
-    Bus::start(url, ca, prefix, node, pid, &owner, waker).map_err(std::io::Error::other)
+    Bus::start(url, ca, prefix, node, pid, &owner, waker, own_subscriber)
+        .map_err(std::io::Error::other)
 }
 
 /// `msg` as a frame.
@@ -104,7 +106,7 @@ impl Worker {
             },
             Holders::All => BusCmd::Broadcast { id, env },
         };
-        let sent = bus.send(cmd);
+        let sent = self.bus_send(cmd);
         if !sent {
             self.stats.cluster_dropped += 1;
         }
@@ -139,7 +141,7 @@ impl Worker {
     }
 
     /// One event from the bus.
-    fn bus_event(&mut self, ev: BusEvent) {
+    pub(super) fn bus_event(&mut self, ev: BusEvent) {
         match ev {
             BusEvent::Up => {
                 if !self.cluster_up {
@@ -258,7 +260,7 @@ impl Worker {
     fn bus_reply(&mut self, to: &str, msg: &PeerMsg) {
         let Some(bus) = &self.bus else { return };
         let env = envelope(&bus.member, &framed(msg));
-        if !bus.send(BusCmd::Send {
+        if !self.bus_send(BusCmd::Send {
             to: to.to_string(),
             env,
         }) {

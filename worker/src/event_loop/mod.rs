@@ -71,6 +71,7 @@ mod timers;
 mod tls;
 mod upstream;
 mod websocket;
+mod wire;
 
 use control::Retire;
 use mesh::Job;
@@ -158,6 +159,8 @@ pub struct Worker {
     views: HashMap<u32, View>,
     /// The way to the other hosts of a cluster (`None`: a single host).
     bus: Option<crate::cluster::Bus>,
+    /// The cluster's hot path on the loop's own links to Redis (`None`: on the bus's threads).
+    wire: Option<wire::Wire>,
     /// The thread that writes big answers (`uids` over many uids), started at the first.
     renderer: Option<crate::render::Renderer>,
     /// The loop's one waker, for the threads that hand it work (set once the loop is built).
@@ -328,6 +331,7 @@ impl Worker {
             presence: presence::Local::default(),
             views: HashMap::new(),
             bus: None,
+            wire: None,
             cluster_up: false,
             cluster_down_logged: false,
             cluster_nodes: Vec::new(),
@@ -395,6 +399,7 @@ impl Worker {
         reg.register(&mut w.mesh_listener, TOK_MESH, Interest::READABLE)?;
         if !w.cfg.cluster.is_empty() {
             let node = cluster::node_name(&w.cfg.node_id, instance);
+            let plan = wire::Plan::of(&w.cfg.cluster, &w.cfg.cluster_ca);
             let bus = cluster::start_bus(
                 &w.cfg.cluster,
                 &w.cfg.cluster_ca,
@@ -403,8 +408,19 @@ impl Worker {
                 pid,
                 instance,
                 waker.clone(),
+                plan.is_some(),
             )?;
             log::info!("cluster: node {node}, member {}", bus.member);
+            w.wire = plan.map(|plan| {
+                wire::Wire::new(
+                    plan,
+                    &w.cfg.cluster_prefix,
+                    &node,
+                    &bus.member,
+                    bus.joined.clone(),
+                    bus.listening.clone(),
+                )
+            });
             w.bus = Some(bus);
         }
         Ok(w)
@@ -462,6 +478,7 @@ impl Worker {
                     TOK_CONTROL => self.on_control(),
                     TOK_MESH => self.accept_mesh(),
                     TOK_HANDOFF => self.sio_adopt(),
+                    wire::TOK_WIRE_CMD | wire::TOK_WIRE_SUB => self.on_wire(ev.token()),
                     TOK_BUS => {
                         self.on_bus();
                         self.on_webhook();
@@ -518,6 +535,8 @@ impl Worker {
             }
             self.wind_down(now);
             self.send_presence();
+            // Redis first: a cross-node push starts its way while local clients are written.
+            self.wire_turn(now);
             self.flush_all();
             if self.retire.is_some() && self.conns.is_empty() && self.relays.is_empty() {
                 log::info!(
@@ -553,6 +572,7 @@ impl Worker {
             (!self.mesh_known).then_some(self.mesh_wait_until),
             self.reconnect_at,
             self.wind_down_deadline(),
+            self.wire_due(),
             Some(self.next_sweep),
         ]
         .into_iter()
