@@ -20,12 +20,15 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The command link's token.
 pub(super) const TOK_WIRE_CMD: Token = Token(12);
 /// The subscriber link's token.
 pub(super) const TOK_WIRE_SUB: Token = Token(13);
+/// A command link whose oldest command has had no reply this long is taken down (Redis hung
+/// with its socket open): what waited on it is answered as not sent.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Where Redis is and how to greet it, when the URL allows the loop's own links.
 pub(super) struct Plan {
@@ -88,6 +91,9 @@ pub(super) struct Wire {
     listening: Arc<AtomicBool>,
     /// A link stopped reading at its budget: read it again next turn.
     again: bool,
+    /// When the command link last made progress: a reply came, or a command was queued with
+    /// none waiting (a hung Redis is noticed by [`STALL`]).
+    progress_at: Instant,
 }
 
 impl Wire {
@@ -127,6 +133,7 @@ impl Wire {
             joined,
             listening,
             again: false,
+            progress_at: Instant::now(),
         }
     }
 
@@ -135,6 +142,9 @@ impl Wire {
     fn send(&mut self, cmd: BusCmd) -> Result<(), BusCmd> {
         if !self.cmd.ready() {
             return Err(cmd);
+        }
+        if self.waiting.is_empty() {
+            self.progress_at = Instant::now();
         }
         let p = &self.prefix;
         match cmd {
@@ -169,6 +179,9 @@ impl Wire {
 
     /// What the command link's replies mean, in order, into `out`.
     fn settle(&mut self, replies: Vec<Value>, out: &mut Vec<BusEvent>) {
+        if !replies.is_empty() {
+            self.progress_at = Instant::now();
+        }
         for v in replies {
             let Some(waited) = self.waiting.pop_front() else {
                 log::warn!("cluster: a reply from Redis that nothing asked for: {v:?}");
@@ -267,6 +280,11 @@ impl Worker {
             log::debug!("cluster: command link to Redis: {e}");
             w.lost(&mut events);
         }
+        if !w.waiting.is_empty() && now.saturating_duration_since(w.progress_at) > STALL {
+            log::warn!("cluster: Redis has not answered for {STALL:?}; reconnecting");
+            w.cmd.down(reg, now);
+            w.lost(&mut events);
+        }
         if w.joined.load(Ordering::SeqCst) {
             if let Err(e) = w.sub.tick(reg, now) {
                 log::debug!("cluster: subscriber link to Redis: {e}");
@@ -298,7 +316,8 @@ impl Worker {
             .load(Ordering::SeqCst)
             .then(|| w.sub.due())
             .flatten();
-        [w.cmd.due(), sub].into_iter().flatten().min()
+        let stall = (!w.waiting.is_empty()).then(|| w.progress_at + STALL);
+        [w.cmd.due(), sub, stall].into_iter().flatten().min()
     }
 }
 
