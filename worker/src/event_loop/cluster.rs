@@ -186,11 +186,15 @@ impl Worker {
                 self.progress(id);
             }
             BusEvent::Message(env) => self.bus_message(&env),
+            BusEvent::History(ev) => self.ch_event(ev),
         }
     }
 
     /// A message from a member of the cluster.
     fn bus_message(&mut self, env: &[u8]) {
+        if env.first() == Some(&crate::cluster_history::POSITIONED) {
+            return self.ch_positioned(&env[1..]);
+        }
         let Some((from, body)) = open_envelope(env) else {
             return;
         };

@@ -52,10 +52,28 @@ impl Worker {
     ) {
         self.stats.pushes += 1;
         // With a history, a push for uids or groups goes through each uid's owner (see
-        // `recovery`); a broadcast to everyone is delivered as always.
-        if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
+        // `recovery`); a broadcast to everyone is delivered as always. In a cluster, a group
+        // push too (see `history_cluster`).
+        let group = matches!(target, To::Target(Target::Groups(_)));
+        if self.hist.is_some()
+            && !matches!(target, To::Target(Target::All))
+            && !(group && self.bus.is_some())
+        {
             return self.history_push(target, exclude, payload, binary, reply);
         }
+        self.plain_push(target, exclude, payload, binary, reply);
+    }
+
+    /// A push the way it goes without a history: delivered here, sent to every sibling (and
+    /// the cluster), the outcome to `reply`.
+    pub(super) fn plain_push(
+        &mut self,
+        target: To<'_>,
+        exclude: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
         let started = Instant::now();
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
@@ -254,6 +272,10 @@ impl Worker {
                 ReplyKind::OkFail => b"fail",
                 ReplyKind::Publish if total > 0 => b"ok",
                 ReplyKind::Publish => b"offline",
+                ReplyKind::Pushed if total > 0 => b"ok",
+                // Kept for the uid's next login (unless part of the push was lost).
+                ReplyKind::Pushed if !partial => b"stored",
+                ReplyKind::Pushed => b"fail",
                 ReplyKind::Count => b"",
             }
         };
@@ -268,6 +290,7 @@ impl Worker {
             } => {
                 let b: &'static [u8] = match word(kind) {
                     b"ok" => b"ok\n",
+                    b"stored" => b"stored\n",
                     _ => b"fail\n",
                 };
                 self.text_reply(slot, id, seq, Bytes::from_static(b));
@@ -278,7 +301,7 @@ impl Worker {
                 kind: ReplyKind::Count,
             } => {
                 let mut v = serde_json::json!({ "delivered": total });
-                if total == 0 && self.cfg.offline_delivery {
+                if total == 0 && self.cfg.offline_delivery && !partial {
                     // Kept by the uid's owner for its next login.
                     v["stored"] = serde_json::json!(true);
                 }
