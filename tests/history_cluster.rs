@@ -435,10 +435,19 @@ fn redis_down_then_restarted_empty_gives_recovered_false_in_a_new_epoch() {
     }
     let offset = last["offset"].as_u64().expect("offset");
     c.close();
-    // Redis down: a recovery answers recovered false (the node serves on).
+    let mut here = a.login("rr2");
+    push_until_ok(&a, "rr2", 0);
+    // Redis down: a recovery answers recovered false, and a push to a uid of this host is
+    // still delivered (without a position).
     redis.kill();
     let (_c, head) = login_env(&b, &format!("/?since={epoch}:{offset}"), "rr1");
     assert_eq!(head["recovered"], false, "{head}");
+    assert_eq!(cmd(&a, r#"{"uid":"rr2","down":1}"#), "ok\n");
+    loop {
+        if here.recv_text(REPLY).contains("\"down\":1") {
+            break;
+        }
+    }
     // Restarted empty: the uid's history is gone and its epoch changes.
     let _redis = Redis::start_on(port);
     let again = wait_until(Duration::from_secs(20), || {
@@ -447,4 +456,78 @@ fn redis_down_then_restarted_empty_gives_recovered_false_in_a_new_epoch() {
         head["epoch"].as_str().is_some_and(|e| e != epoch)
     });
     assert!(again, "no new epoch after Redis came back empty");
+}
+
+#[test]
+fn group_pushes_are_kept_once_per_member_and_recovered_on_another_node() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a", &[]);
+    let b = node(&redis.url(), "node-b", &[]);
+    // One uid on both nodes (two devices), in a group joined on A.
+    let (mut on_a, _) = login_env(&a, "/?envelope=1", "gm1");
+    let (mut on_b, _) = login_env(&b, "/?envelope=1", "gm1");
+    push_until_ok(&a, "gm1", 0);
+    push_until_ok(&b, "gm1", 100);
+    assert_eq!(
+        cmd(&a, r#"{"cmd":"join","uid":"gm1","group":"g1"}"#),
+        "ok\n"
+    );
+    // Wait until B knows the membership (a group push from B reaches both devices).
+    let skip = |c: &mut Ws| loop {
+        let m = recv_json(c);
+        if m["data"].as_str().is_some_and(|d| d.contains("\"g\":")) {
+            return m;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = cmd(&b, r#"{"cmd":"group","group":"g1","data":{"g":0}}"#);
+        if r == "ok\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "group push never ok: {r}");
+    }
+    let mut seen_a = skip(&mut on_a);
+    let mut seen_b = skip(&mut on_b);
+    // Every group push reaches both devices once, at one position (written once).
+    for g in 1..=3 {
+        let line = format!("{{\"cmd\":\"group\",\"group\":\"g1\",\"data\":{{\"g\":{g}}}}}");
+        assert_eq!(cmd(if g % 2 == 0 { &a } else { &b }, &line), "ok\n");
+        let (ma, mb) = (skip(&mut on_a), skip(&mut on_b));
+        assert_eq!(ma["offset"], mb["offset"], "{ma} {mb}");
+        assert_eq!(ma["epoch"], mb["epoch"]);
+        assert!(ma["data"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("\"g\":{g}"))));
+        assert!(ma["offset"].as_u64() > seen_a["offset"].as_u64());
+        (seen_a, seen_b) = (ma, mb);
+    }
+    assert_eq!(seen_a["offset"], seen_b["offset"]);
+    let (epoch, offset) = (
+        seen_a["epoch"].as_str().expect("epoch").to_string(),
+        seen_a["offset"].as_u64().expect("offset"),
+    );
+    // A's device drops; group pushes go on (B's device holds the uid, so they are kept).
+    on_a.close();
+    for g in 4..=5 {
+        let line = format!("{{\"cmd\":\"group\",\"group\":\"g1\",\"data\":{{\"g\":{g}}}}}");
+        assert_eq!(cmd(&a, &line), "ok\n");
+        skip(&mut on_b);
+    }
+    // It comes back on B and gets both, once, in order.
+    let (mut back, head) = login_env(&b, &format!("/?since={epoch}:{offset}"), "gm1");
+    assert_eq!(head["recovered"], true, "{head}");
+    for g in 4..=5 {
+        let m = recv_json(&mut back);
+        assert!(
+            m["data"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("\"g\":{g}"))),
+            "{m}"
+        );
+    }
+    back.expect_silence(Duration::from_millis(300));
 }

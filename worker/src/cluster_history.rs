@@ -36,48 +36,54 @@ use std::sync::LazyLock;
 pub const META_TTL: u64 = 86_400;
 /// The first byte of a positioned push on a member's channel.
 pub const POSITIONED: u8 = 40;
+/// The first byte of a group push to every member (`P:all`) when the history is in Redis:
+/// then an envelope (`crate::cluster::envelope`) of the mesh's push.
+pub const GROUP: u8 = 41;
 
-/// Writes a push for uids ARGV[10..] and publishes it. ARGV: prefix, sender member, push id,
-/// a new epoch (used for a uid that has none), size, ttl (ms), meta ttl (s), binary, payload.
-/// Returns how many members it was published to.
+/// Writes a push for uids ARGV[11..] and publishes it. ARGV: prefix, sender member, push id,
+/// a new epoch (used for a uid that has none), size, ttl (ms), meta ttl (s), binary, payload,
+/// and a token (empty, or the group push's `MEMBER/ID`: a uid already written for that token,
+/// by another holder of it, is skipped). Returns how many members it was published to.
 const PUSH: &str = r#"
 local p, me, id, ne = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local size, ttl, mttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local bin, data = ARGV[8], ARGV[9]
+local bin, data, tok = ARGV[8], ARGV[9], ARGV[10]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local per, order, alive = {}, {}, {}
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   local u = ARGV[i]
   local mk, sk, uk = p .. ':hm:' .. u, p .. ':hs:' .. u, p .. ':u:' .. u
-  local ep = redis.call('HGET', mk, 'epoch')
-  if not ep then
-    ep = ne
-    redis.call('DEL', sk)
-    redis.call('HSET', mk, 'epoch', ne, 'top', 0, 'od', 0)
-  end
-  local top = redis.call('HINCRBY', mk, 'top', 1)
-  local online = false
-  for _, m in ipairs(redis.call('SMEMBERS', uk)) do
-    if alive[m] == nil then
-      alive[m] = redis.call('EXISTS', p .. ':alive:' .. m) == 1
+  if tok == '' or redis.call('SET', p .. ':hd:' .. tok .. ':' .. u, 1, 'NX', 'PX', 60000) then
+    local ep = redis.call('HGET', mk, 'epoch')
+    if not ep then
+      ep = ne
+      redis.call('DEL', sk)
+      redis.call('HSET', mk, 'epoch', ne, 'top', 0, 'od', 0)
     end
-    if alive[m] then
-      online = true
-      if not per[m] then
-        per[m] = {}
-        table.insert(order, m)
+    local top = redis.call('HINCRBY', mk, 'top', 1)
+    local online = false
+    for _, m in ipairs(redis.call('SMEMBERS', uk)) do
+      if alive[m] == nil then
+        alive[m] = redis.call('EXISTS', p .. ':alive:' .. m) == 1
       end
-      table.insert(per[m], #u .. ' ' .. u .. ' ' .. ep .. ' ' .. top)
-    else
-      redis.call('SREM', uk, m)
+      if alive[m] then
+        online = true
+        if not per[m] then
+          per[m] = {}
+          table.insert(order, m)
+        end
+        table.insert(per[m], #u .. ' ' .. u .. ' ' .. ep .. ' ' .. top)
+      else
+        redis.call('SREM', uk, m)
+      end
     end
+    local o = '1'
+    if online then o = '0' end
+    redis.call('XADD', sk, 'MAXLEN', size, '0-' .. top, 'd', data, 'b', bin, 'o', o, 't', now)
+    redis.call('PEXPIRE', sk, ttl)
+    redis.call('EXPIRE', mk, mttl)
   end
-  local o = '1'
-  if online then o = '0' end
-  redis.call('XADD', sk, 'MAXLEN', size, '0-' .. top, 'd', data, 'b', bin, 'o', o, 't', now)
-  redis.call('PEXPIRE', sk, ttl)
-  redis.call('EXPIRE', mk, mttl)
 end
 local n = 0
 for _, m in ipairs(order) do
@@ -244,6 +250,9 @@ pub enum HistCmd {
         lim: Limits,
         /// A fresh epoch, for a uid that has none.
         epoch: u64,
+        /// For a group push, written by every holder of a member: `MEMBER/ID` of the group
+        /// push, so that one copy is kept per uid (empty otherwise).
+        token: String,
     },
     /// A recovery (as the mesh's `HistoryMsg::Recover`); answered with
     /// [`HistEvent::Recovered`].
@@ -374,6 +383,7 @@ pub fn run(
                 binary,
                 lim,
                 epoch,
+                token,
             } => {
                 pipe.cmd("EVALSHA")
                     .arg(push.get_hash())
@@ -387,6 +397,7 @@ pub fn run(
                     .arg(META_TTL)
                     .arg(u8::from(*binary))
                     .arg(payload.as_slice())
+                    .arg(token)
                     .arg(uids.as_slice());
             }
             HistCmd::Recover {

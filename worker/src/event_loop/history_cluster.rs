@@ -15,22 +15,28 @@
 //!   its session lives), so it resolves on any node. Its recovery adds this member to the
 //!   uid's holders in the same script that reads the history, so what is pushed after the read
 //!   comes here; what comes before the session is logged in again is held for it.
-//! - Groups and `all`: delivered as without a history (no position, not kept).
+//! - A group push goes to every member of the cluster (`P:all`, first byte
+//!   [`GROUP`]); each writes the push for the group's members it holds, with the group push's
+//!   name as a token, so that a uid held by several workers is written once (the first), and
+//!   answers the entry with the count its write reached. A member held nowhere is not written
+//!   (it cannot be found cheaply). `all` is delivered as without a history (no position).
+//!
+//! [`GROUP`]: crate::cluster_history::GROUP
 
 use super::mesh::Job;
 use super::query::QReply;
 use super::resume::Waiter;
 use super::{mono_ns, Worker};
-use crate::cluster::{envelope, BusCmd};
-use crate::cluster_history::{parse_positioned, HistCmd, HistEvent, Limits};
+use crate::cluster::{envelope, open_envelope, BusCmd};
+use crate::cluster_history::{parse_positioned, HistCmd, HistEvent, Limits, GROUP};
 use crate::delivery::{OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use crate::history::MAX_RECOVERY_BYTES;
 use crate::mesh::ReplyTo;
 use crate::registry::Recipient;
 use bytes::Bytes;
-use herald_ipc::codec::write_frame;
-use herald_ipc::{HistoryMsg, PeerMsg, Query, Share, Whose};
+use herald_ipc::codec::{read_frame, write_frame};
+use herald_ipc::{HistoryMsg, PeerMsg, Push, Query, Share, Whose};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -40,10 +46,14 @@ const MAX_HELD: usize = 10_000;
 const REFRESH_CHUNK: usize = 1000;
 /// A `history` question gets its answer within this, or a partial one.
 const READ_WAIT: Duration = Duration::from_secs(5);
+/// The link key standing for a member of the cluster in a relay entry's reply (see
+/// `sibling_settled`): a group push written here for another member's entry.
+pub(super) const MEMBER_LINK: usize = usize::MAX - 1;
 
-/// A push waiting for Redis to say it was kept, for the way without a history if not.
+/// A push waiting for Redis to say it was kept (or a group push to be published), for the
+/// way without a history if not.
 struct Sent {
-    /// Whom it is for.
+    /// Whom it is for: uids, or the groups of a group push.
     uids: Vec<String>,
     /// The message.
     payload: Bytes,
@@ -74,6 +84,11 @@ pub(super) struct State {
     refreshed: Option<Instant>,
     /// When the maps were last swept.
     swept: Option<Instant>,
+    /// Group pushes written here for a member's entry, by this worker's relay id: the member
+    /// and its entry's id, answered when the write's count is known.
+    relays: HashMap<u64, (String, u64, Instant)>,
+    /// Next relay id.
+    next_relay: u64,
 }
 
 /// A fresh random epoch (never 0).
@@ -122,8 +137,21 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
+        self.ch_write(uids, payload, binary, reply, String::new());
+    }
+
+    /// [`Worker::ch_push`] with a group push's token (empty: none).
+    fn ch_write(
+        &mut self,
+        uids: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+        token: String,
+    ) {
         let started = Instant::now();
         let id = self.gather.next_id();
+        let grouped = !token.is_empty();
         let cmd = HistCmd::Push {
             id,
             uids: uids.clone(),
@@ -131,11 +159,16 @@ impl Worker {
             binary,
             lim: self.limits(),
             epoch: fresh_epoch(),
+            token,
         };
         if !self.hist_cmd(cmd) {
+            if grouped {
+                // Every member delivers its own part without a history.
+                return self.ch_unkept_here(uids, payload, binary, reply);
+            }
             return self.ch_unkept(uids, payload, binary, reply);
         }
-        if let Some(h) = self.hist.as_mut() {
+        if let Some(h) = self.hist.as_mut().filter(|_| !grouped) {
             h.ch.pushes.insert(
                 id,
                 Sent {
@@ -171,6 +204,160 @@ impl Worker {
             binary,
             reply,
         );
+    }
+
+    /// A group push's part, unkept, delivered to this worker's connections only (each
+    /// member of the cluster got the group push).
+    fn ch_unkept_here(&mut self, uids: Vec<String>, payload: &[u8], binary: bool, reply: ReplyTo) {
+        let f = crate::delivery::frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
+        let target = super::push::To::Target(herald_ipc::Target::Uids(uids));
+        let n = self.deliver_local(&target, &[], f, payload, binary);
+        self.settle(reply, n, true);
+    }
+
+    /// A group push with the history in Redis: to every member of the cluster, which writes
+    /// it for the members it holds; the outcome to `reply` once every member answered.
+    pub(super) fn ch_group_push(
+        &mut self,
+        groups: Vec<String>,
+        exclude: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
+        let started = Instant::now();
+        let id = self.gather.next_id();
+        let msg = PeerMsg::Push(Push {
+            id,
+            deadline: u64::MAX,
+            target: herald_ipc::Target::Groups(groups.clone()),
+            exclude: exclude.clone(),
+            payload: payload.to_vec(),
+            binary,
+        });
+        let mut frame = Vec::new();
+        let sent = write_frame(&msg, &mut frame).is_ok()
+            && self.bus.as_ref().is_some_and(|b| {
+                let mut env = vec![GROUP];
+                env.extend(envelope(&b.member, &frame));
+                b.send(BusCmd::Broadcast { id, env })
+            });
+        if !sent {
+            self.stats.cluster_dropped += 1;
+            let target = super::push::To::Target(herald_ipc::Target::Groups(groups));
+            return self.plain_push(target, exclude, payload, binary, reply);
+        }
+        if let Some(h) = self.hist.as_mut() {
+            h.ch.pushes.insert(
+                id,
+                Sent {
+                    uids: groups,
+                    payload: Bytes::copy_from_slice(payload),
+                    binary,
+                    at: started,
+                },
+            );
+        }
+        let id = self.gather.add(Waiting {
+            job: Job::Push {
+                started,
+                total: 0,
+                reply,
+            },
+            peers: Peers::new(),
+            deadline: started + super::ms(self.cfg.ipc_timeout),
+            partial: false,
+            remote: 0,
+            remote_unknown: true,
+        });
+        self.progress(id);
+    }
+
+    /// A group push could not be published (Redis down): delivered the way without a
+    /// history. True when `id` was one.
+    pub(super) fn ch_unpublished(&mut self, id: u64) -> bool {
+        let Some(s) = self.hist.as_mut().and_then(|h| h.ch.pushes.remove(&id)) else {
+            return false;
+        };
+        self.stats.cluster_dropped += 1;
+        if let Some(w) = self.gather.take(id) {
+            if let Job::Push { reply, .. } = w.job {
+                let target = super::push::To::Target(herald_ipc::Target::Groups(s.uids));
+                self.plain_push(target, Vec::new(), &s.payload, s.binary, reply);
+            }
+        }
+        true
+    }
+
+    /// A group push from a member (after its first byte): written for the group's members
+    /// held here; the count answered to that member.
+    pub(super) fn ch_group_message(&mut self, env: &[u8]) {
+        let Some((from, body)) = open_envelope(env) else {
+            return;
+        };
+        let Ok(Some((PeerMsg::Push(p), _))) = read_frame::<PeerMsg>(body) else {
+            log::debug!("cluster history: unreadable group push from {from}");
+            return;
+        };
+        let from = from.to_string();
+        let herald_ipc::Target::Groups(groups) = &p.target else {
+            return;
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut uids = Vec::new();
+        for g in groups {
+            for u in self.groups.members(g) {
+                if !p.exclude.iter().any(|e| e == u)
+                    && !self.registry.get(u).is_empty()
+                    && seen.insert(u)
+                {
+                    uids.push(u.to_string());
+                }
+            }
+        }
+        if uids.is_empty() {
+            return self.ch_answer_member(from, p.id, 0);
+        }
+        let Some(h) = self.hist.as_mut() else { return };
+        h.ch.next_relay += 1;
+        let rid = h.ch.next_relay;
+        let token = format!("{from}/{}", p.id);
+        h.ch.relays.insert(rid, (from, p.id, Instant::now()));
+        let reply = ReplyTo::Sibling {
+            key: MEMBER_LINK,
+            id: rid,
+        };
+        self.ch_write(uids, &p.payload, p.binary, reply, token);
+    }
+
+    /// A group push written here for a member's entry reached `total` connections.
+    pub(super) fn ch_relay_settled(&mut self, rid: u64, total: u32) {
+        let Some((from, id, _)) = self.hist.as_mut().and_then(|h| h.ch.relays.remove(&rid)) else {
+            return;
+        };
+        self.ch_answer_member(from, id, total);
+    }
+
+    /// Answers member `to`'s entry `id` with a count (this member's own entry directly).
+    fn ch_answer_member(&mut self, to: String, id: u64, count: u32) {
+        let Some(bus) = &self.bus else { return };
+        if to == bus.member {
+            if let Some(w) = self.gather.get_mut(id) {
+                if let Job::Push { total, .. } = &mut w.job {
+                    *total += count;
+                }
+                w.remote -= 1;
+            }
+            return self.progress(id);
+        }
+        let mut frame = Vec::new();
+        if write_frame(&PeerMsg::Delivered { id, count }, &mut frame).is_err() {
+            return;
+        }
+        let env = envelope(&bus.member, &frame);
+        if !bus.send(BusCmd::Send { to, env }) {
+            self.stats.cluster_dropped += 1;
+        }
     }
 
     /// A question `resume` or `sio_recovery` would ask an owner, asked of Redis; false when
@@ -368,24 +555,7 @@ impl Worker {
             count += self.deliver_positioned(uid, epoch, offset, &payload, p.binary);
         }
         let (from, id) = (p.from.to_string(), p.id);
-        let Some(bus) = &self.bus else { return };
-        if from == bus.member {
-            if let Some(w) = self.gather.get_mut(id) {
-                if let Job::Push { total, .. } = &mut w.job {
-                    *total += count;
-                }
-                w.remote -= 1;
-            }
-            return self.progress(id);
-        }
-        let mut frame = Vec::new();
-        if write_frame(&PeerMsg::Delivered { id, count }, &mut frame).is_err() {
-            return;
-        }
-        let env = envelope(&bus.member, &frame);
-        if !bus.send(BusCmd::Send { to: from, env }) {
-            self.stats.cluster_dropped += 1;
-        }
+        self.ch_answer_member(from, id, count);
     }
 
     /// Once a loop turn (work once a second): live Socket.IO sessions' bindings are
@@ -402,6 +572,7 @@ impl Worker {
         h.ch.swept = Some(now);
         let keep = Duration::from_secs(30).max(super::ms(self.cfg.ipc_timeout * 2.0));
         h.ch.pushes.retain(|_, s| now < s.at + keep);
+        h.ch.relays.retain(|_, r| now < r.2 + keep);
         let late: Vec<u64> =
             h.ch.reads
                 .iter()

@@ -52,13 +52,14 @@ impl Worker {
     ) {
         self.stats.pushes += 1;
         // With a history, a push for uids or groups goes through each uid's owner (see
-        // `recovery`); a broadcast to everyone is delivered as always. In a cluster, a group
-        // push too (see `history_cluster`).
-        let group = matches!(target, To::Target(Target::Groups(_)));
-        if self.hist.is_some()
-            && !matches!(target, To::Target(Target::All))
-            && !(group && self.bus.is_some())
-        {
+        // `recovery`); a broadcast to everyone is delivered as always. In a cluster the
+        // history is in Redis, where every node writes a group push for the members it holds
+        // (see `history_cluster`).
+        if let (true, To::Target(Target::Groups(groups))) = (self.cluster_history(), &target) {
+            let groups = groups.clone();
+            return self.ch_group_push(groups, exclude, payload, binary, reply);
+        }
+        if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
             return self.history_push(target, exclude, payload, binary, reply);
         }
         self.plain_push(target, exclude, payload, binary, reply);

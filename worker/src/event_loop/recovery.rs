@@ -288,6 +288,9 @@ impl Worker {
 
     /// The count of a push a sibling (or this worker, `SELF_LINK`) owned is known.
     pub(super) fn sibling_settled(&mut self, key: usize, id: u64, total: u32) {
+        if key == super::history_cluster::MEMBER_LINK {
+            return self.ch_relay_settled(id, total);
+        }
         if key != SELF_LINK {
             return self.answer_link(key, PeerMsg::Delivered { id, count: total });
         }
