@@ -537,20 +537,19 @@ impl Worker {
         let payload = Bytes::copy_from_slice(p.payload);
         let mut count = 0;
         for &(uid, epoch, offset) in &p.uids {
-            if self.registry.get(uid).is_empty() {
-                if let Some(h) = self.hist.as_mut() {
-                    let ch = &mut h.ch;
-                    if !ch.pid_asks.is_empty() && ch.held_count < MAX_HELD {
-                        ch.held.entry(uid.to_string()).or_default().push((
-                            epoch,
-                            offset,
-                            payload.clone(),
-                            p.binary,
-                        ));
-                        ch.held_count += 1;
-                    }
+            // A session being recovered by private id may be this uid's: it is not logged in
+            // yet, and gets these after its recovery (those it has are skipped by offset).
+            if let Some(h) = self.hist.as_mut() {
+                let ch = &mut h.ch;
+                if !ch.pid_asks.is_empty() && ch.held_count < MAX_HELD {
+                    ch.held.entry(uid.to_string()).or_default().push((
+                        epoch,
+                        offset,
+                        payload.clone(),
+                        p.binary,
+                    ));
+                    ch.held_count += 1;
                 }
-                continue;
             }
             count += self.deliver_positioned(uid, epoch, offset, &payload, p.binary);
         }
