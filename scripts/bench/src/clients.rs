@@ -272,9 +272,9 @@ fn feed(c: &mut Conn, data: &[u8], now: u64, rec: &mut Recorder, mask: [u8; 4]) 
             };
             pos += used;
             match frame.opcode {
-                ws::OP_TEXT
-                    if c.state == St::Ready && frame.payload.starts_with(b"{\"type\":\"") =>
-                {
+                // A position may come before the login reply (the worker owning the uid's
+                // history answers at once).
+                ws::OP_TEXT if frame.payload.starts_with(b"{\"type\":\"") => {
                     positioned(c, frame.payload, now, rec)
                 }
                 ws::OP_TEXT if c.state == St::Ready => rec.text(c.uid, frame.payload, now),
