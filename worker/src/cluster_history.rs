@@ -16,7 +16,9 @@
 //!   here). It lives a day past its last use ([`META_TTL`]), longer than the stream;
 //! - `P:hb:PID`, a Socket.IO private session id's binding: `UID\nSID\nBY` (its uid, socket id,
 //!   and the Engine.IO session that bound it last), expiring `recovery_window` after the session
-//!   ended (refreshed while it lives).
+//!   ended (refreshed while it lives);
+//! - `P:hd:MEMBER/ID:UID`, for a minute: a group push (the entry member's push `ID`) was
+//!   written for UID (every worker holding a member writes; the first one keeps it).
 //!
 //! A push is written and published in one script ([`PUSH`]): for each uid it assigns the next
 //! offset, appends, sets the expiries, and publishes to every live member holding the uid
@@ -473,7 +475,8 @@ pub fn run(
             }
         }
     }
-    let answers = match pipe.query::<Vec<Value>>(con) {
+    // One command's error (a script's) fails that command only.
+    let answers = match pipe.ignore_errors().query::<Vec<Value>>(con) {
         Ok(v) => v,
         Err(e) => {
             let lost = e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
@@ -490,6 +493,26 @@ pub fn run(
             return if lost { Err(e) } else { Ok(()) };
         }
     };
+    // Logged once a batch (Redis out of memory would fail every one).
+    let mut errors = answers.iter().filter_map(|a| match a {
+        Value::ServerError(e) => Some(e),
+        _ => None,
+    });
+    if let Some(e) = errors.next() {
+        let more = errors.count();
+        log::warn!(
+            "cluster history: {} {} (and {more} more errors in this batch)",
+            e.code(),
+            e.details().unwrap_or("")
+        );
+    }
+    // Scripts flushed from Redis's cache (`SCRIPT FLUSH`): loaded again for the next batch.
+    if answers
+        .iter()
+        .any(|a| matches!(a, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+    {
+        load(con)?;
+    }
     // `Refresh` gives one answer per pid: walk the answers with the commands.
     let mut answers = answers.into_iter();
     for c in cmds {
