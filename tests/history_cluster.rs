@@ -541,7 +541,7 @@ fn expired_history_is_not_recovered_in_a_cluster() {
     let redis = Redis::start();
     let a = node(&redis.url(), "node-a", &["history_ttl=1"]);
     let b = node(&redis.url(), "node-b", &["history_ttl=1"]);
-    let (mut c, head) = login_env(&a, "/?envelope=1", "ex1");
+    let (c, head) = login_env(&a, "/?envelope=1", "ex1");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
     let offset = head["offset"].as_u64().expect("offset");
     c.close();
