@@ -46,54 +46,7 @@ pub const GROUP: u8 = 41;
 /// a new epoch (used for a uid that has none), size, ttl (ms), meta ttl (s), binary, payload,
 /// and a token (empty, or the group push's `MEMBER/ID`: a uid already written for that token,
 /// by another holder of it, is skipped). Returns how many members it was published to.
-const PUSH: &str = r#"
-local p, me, id, ne = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local size, ttl, mttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local bin, data, tok = ARGV[8], ARGV[9], ARGV[10]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local per, order, alive = {}, {}, {}
-for i = 11, #ARGV do
-  local u = ARGV[i]
-  local mk, sk, uk = p .. ':hm:' .. u, p .. ':hs:' .. u, p .. ':u:' .. u
-  if tok == '' or redis.call('SET', p .. ':hd:' .. tok .. ':' .. u, 1, 'NX', 'PX', 60000) then
-    local ep = redis.call('HGET', mk, 'epoch')
-    if not ep then
-      ep = ne
-      redis.call('DEL', sk)
-      redis.call('HSET', mk, 'epoch', ne, 'top', 0, 'od', 0)
-    end
-    local top = redis.call('HINCRBY', mk, 'top', 1)
-    local online = false
-    for _, m in ipairs(redis.call('SMEMBERS', uk)) do
-      if alive[m] == nil then
-        alive[m] = redis.call('EXISTS', p .. ':alive:' .. m) == 1
-      end
-      if alive[m] then
-        online = true
-        if not per[m] then
-          per[m] = {}
-          table.insert(order, m)
-        end
-        table.insert(per[m], #u .. ' ' .. u .. ' ' .. ep .. ' ' .. top)
-      else
-        redis.call('SREM', uk, m)
-      end
-    end
-    local o = '1'
-    if online then o = '0' end
-    redis.call('XADD', sk, 'MAXLEN', size, '0-' .. top, 'd', data, 'b', bin, 'o', o, 't', now)
-    redis.call('PEXPIRE', sk, ttl)
-    redis.call('EXPIRE', mk, mttl)
-  end
-end
-local n = 0
-for _, m in ipairs(order) do
-  local env = '(' .. me .. '\n' .. id .. '\n' .. bin .. '\n' .. table.concat(per[m], '\n') .. '\n\n' .. data
-  n = n + redis.call('PUBLISH', p .. ':m:' .. m, env)
-end
-return n
-"#;
+const PUSH: &str = include_str!("cluster_history/push.lua");
 
 /// A recovery. ARGV: prefix, member, new epoch, ttl (ms), meta ttl (s), most payload bytes,
 /// size, `u` or `p` (whose), the uid or pid, mode (`s` since, `o` offline, `n` position only),
@@ -101,115 +54,16 @@ return n
 /// holders at once, so that every later push reaches it). Returns `{0}` for an unknown pid,
 /// else `{1, uid, sid, epoch, top, status, offset1, binary1, payload1, …}` with status `ok`,
 /// `foreign`, `future`, `gone` or `big`.
-const RECOVER: &str = r#"
-local p, me, ne = ARGV[1], ARGV[2], ARGV[3]
-local ttl, mttl, maxb, size = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local kind, who, mode, ep, off = ARGV[8], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
-local uid, sid = who, ''
-if kind == 'p' then
-  local b = redis.call('GET', p .. ':hb:' .. who)
-  if not b then return {0} end
-  local i = string.find(b, '\n', 1, true)
-  if not i then return {0} end
-  local j = string.find(b, '\n', i + 1, true) or (#b + 1)
-  uid = string.sub(b, 1, i - 1)
-  sid = string.sub(b, i + 1, j - 1)
-  redis.call('SADD', p .. ':u:' .. uid, me)
-end
-local mk, sk = p .. ':hm:' .. uid, p .. ':hs:' .. uid
-local cur = redis.call('HGET', mk, 'epoch')
-if not cur then
-  cur = ne
-  redis.call('DEL', sk)
-  redis.call('HSET', mk, 'epoch', ne, 'top', 0, 'od', 0)
-end
-redis.call('EXPIRE', mk, mttl)
-local top = tonumber(redis.call('HGET', mk, 'top'))
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {1, uid, sid, cur, top, 'gone'}
-if mode == 's' then
-  if ep ~= cur then
-    out[6] = 'foreign'
-  elseif off == nil or off > top then
-    out[6] = 'future'
-  elseif off == top then
-    out[6] = 'ok'
-  else
-    local es = redis.call('XRANGE', sk, '0-' .. (off + 1), '+', 'COUNT', size)
-    if #es == top - off and es[1][1] == '0-' .. (off + 1) and tonumber(es[1][2][8]) + ttl > now then
-      local bytes = 0
-      for _, e in ipairs(es) do
-        bytes = bytes + #e[2][2]
-        if bytes > maxb then
-          return {1, uid, sid, cur, top, 'big'}
-        end
-        table.insert(out, tonumber(string.sub(e[1], 3)))
-        table.insert(out, e[2][4])
-        table.insert(out, e[2][2])
-      end
-      out[6] = 'ok'
-      local od = tonumber(redis.call('HGET', mk, 'od') or '0')
-      if od < top then redis.call('HSET', mk, 'od', top) end
-    end
-  end
-elseif mode == 'o' then
-  local od = tonumber(redis.call('HGET', mk, 'od') or '0')
-  local es = redis.call('XRANGE', sk, '0-' .. (od + 1), '+', 'COUNT', size)
-  local last, bytes = od, 0
-  for _, e in ipairs(es) do
-    local f = e[2]
-    if f[6] == '1' and tonumber(f[8]) + ttl > now then
-      bytes = bytes + #f[2]
-      if bytes > maxb then break end
-      table.insert(out, tonumber(string.sub(e[1], 3)))
-      table.insert(out, f[4])
-      table.insert(out, f[2])
-    end
-    last = tonumber(string.sub(e[1], 3))
-  end
-  if last > od then redis.call('HSET', mk, 'od', last) end
-  out[6] = 'ok'
-end
-return out
-"#;
+const RECOVER: &str = include_str!("cluster_history/recover.lua");
 
 /// What is kept for a uid (the backends' `history`). ARGV: prefix, uid, ttl (ms), size.
 /// Returns `{epoch or '', top, offset1, binary1, payload1, …}`, without expired messages.
-const READ: &str = r#"
-local p, uid, ttl, size = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local mk, sk = p .. ':hm:' .. uid, p .. ':hs:' .. uid
-local ep = redis.call('HGET', mk, 'epoch')
-if not ep then return {'', 0} end
-local out = {ep, tonumber(redis.call('HGET', mk, 'top') or '0')}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, e in ipairs(redis.call('XRANGE', sk, '-', '+', 'COUNT', size)) do
-  if tonumber(e[2][8]) + ttl > now then
-    table.insert(out, tonumber(string.sub(e[1], 3)))
-    table.insert(out, e[2][4])
-    table.insert(out, e[2][2])
-  end
-end
-return out
-"#;
+const READ: &str = include_str!("cluster_history/read.lua");
 
 /// Binds a Socket.IO private id. ARGV: prefix, pid, uid, sid, by, ended (`1`/`0`), window
 /// (s). A pid bound to another uid is left alone; an end told by another session than the
 /// last binder too. Returns 1 when bound.
-const BIND: &str = r#"
-local p, pid, uid, sid, by, ended, win = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local k = p .. ':hb:' .. pid
-local b = redis.call('GET', k)
-if b then
-  local i = string.find(b, '\n', 1, true) or (#b + 1)
-  local j = string.find(b, '\n', i + 1, true) or #b
-  if string.sub(b, 1, i - 1) ~= uid then return 0 end
-  if ended == '1' and string.sub(b, j + 1) ~= by then return 0 end
-end
-redis.call('SET', k, uid .. '\n' .. sid .. '\n' .. by, 'EX', win)
-return 1
-"#;
+const BIND: &str = include_str!("cluster_history/bind.lua");
 
 /// The scripts, made once (each knows its SHA1).
 static SCRIPTS: LazyLock<[Script; 4]> = LazyLock::new(|| {
