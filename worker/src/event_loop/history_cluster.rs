@@ -46,6 +46,9 @@ const MAX_HELD: usize = 10_000;
 const REFRESH_CHUNK: usize = 1000;
 /// A `history` question gets its answer within this, or a partial one.
 const READ_WAIT: Duration = Duration::from_secs(5);
+/// Recovered messages delivered in one loop turn at most (past it, answers wait for the
+/// next turn: a burst of recoveries does not hold the loop).
+const TURN_BUDGET: usize = 20_000;
 /// The link key standing for a member of the cluster in a relay entry's reply (see
 /// `sibling_settled`): a group push written here for another member's entry.
 pub(super) const MEMBER_LINK: usize = usize::MAX - 1;
@@ -89,6 +92,18 @@ pub(super) struct State {
     relays: HashMap<u64, (String, u64, Instant)>,
     /// Next relay id.
     next_relay: u64,
+    /// Recovery answers waiting for a later loop turn ([`TURN_BUDGET`]).
+    deferred: std::collections::VecDeque<HistoryMsg>,
+    /// Recovered messages delivered in this loop turn.
+    spent: usize,
+}
+
+/// The messages a recovery answer carries (at least 1: the answer itself costs).
+fn weight(m: &HistoryMsg) -> usize {
+    match m {
+        HistoryMsg::Recovered { messages, .. } => messages.len().max(1),
+        _ => 1,
+    }
 }
 
 /// A fresh random epoch (never 0).
@@ -470,7 +485,18 @@ impl Worker {
                     self.ch_unkept(s.uids, &s.payload, s.binary, reply);
                 }
             }
-            HistEvent::Recovered(m) => self.ch_recovered(m),
+            HistEvent::Recovered(m) => {
+                let Some(h) = self.hist.as_mut() else { return };
+                let w = weight(&m);
+                if h.ch.deferred.is_empty() && (h.ch.spent == 0 || h.ch.spent + w <= TURN_BUDGET) {
+                    h.ch.spent += w;
+                    self.ch_recovered(m);
+                } else {
+                    h.ch.deferred.push_back(m);
+                    // Come back at once (the next turn drains, see `ch_tick`).
+                    self.bus_again = true;
+                }
+            }
             HistEvent::Read { id, kept } => {
                 let Some((uid, reply, _)) = self.hist.as_mut().and_then(|h| h.ch.reads.remove(&id))
                 else {
@@ -562,6 +588,22 @@ impl Worker {
     pub(super) fn ch_tick(&mut self, now: Instant) {
         if !self.cluster_history() {
             return;
+        }
+        // A new turn: the recovery answers that waited go first, within the budget.
+        if let Some(h) = self.hist.as_mut() {
+            h.ch.spent = 0;
+        }
+        loop {
+            let Some(h) = self.hist.as_mut() else { return };
+            if h.ch.spent >= TURN_BUDGET {
+                self.bus_again = true;
+                break;
+            }
+            let Some(m) = h.ch.deferred.pop_front() else {
+                break;
+            };
+            h.ch.spent += weight(&m);
+            self.ch_recovered(m);
         }
         let lim = self.limits();
         let Some(h) = self.hist.as_mut() else { return };
