@@ -275,6 +275,11 @@ fn offline_delivery_history_command_and_api() {
     );
     let v: Value = serde_json::from_slice(&r.body).expect("json");
     assert_eq!(v, serde_json::json!({"delivered": 0, "stored": true}));
+    // `{"cmd":"push"}` says `stored` (not `ok`: nothing was delivered now).
+    assert_eq!(
+        srv.text_push(b"{\"cmd\":\"push\",\"to\":\"off9\",\"data\":1}\n"),
+        b"stored\n"
+    );
     // A backend reads what is kept.
     let reply = srv.text_push(b"{\"cmd\":\"history\",\"uid\":\"off1\"}\n");
     let h: Value = serde_json::from_slice(&reply).expect("history reply");

@@ -206,7 +206,8 @@ pub struct Config {
     /// Seconds a kept message stays recoverable.
     pub history_ttl: f64,
     /// Bytes of kept messages one worker may hold (it keeps the uids it owns); the oldest
-    /// message goes first when a new one would pass it.
+    /// message goes first when a new one would pass it. In a cluster the history is in Redis
+    /// and this bound is not used: Redis's `maxmemory` and `history_size` bound it there.
     pub history_max_bytes: usize,
     /// Seconds after a Socket.IO session ends during which its client may recover it.
     pub recovery_window: f64,
@@ -440,12 +441,6 @@ impl Config {
                     "{} bytes is too small (at least 4096)",
                     self.history_max_bytes
                 ),
-            });
-        }
-        if self.history_size > 0 && !self.cluster.is_empty() {
-            return Err(ConfigError::OutOfRange {
-                key: "history_size",
-                why: "a history is kept per host: it cannot be combined with cluster yet".into(),
             });
         }
         if self.offline_delivery && self.history_size == 0 {
@@ -743,6 +738,12 @@ mod tests {
             ..Config::default()
         };
         assert!(ok.validate().is_ok());
+        // In a cluster the history lives in Redis.
+        let clustered = Config {
+            cluster: "redis://127.0.0.1:6379/0".into(),
+            ..ok
+        };
+        assert!(clustered.validate().is_ok());
         for (bad, key) in [
             (
                 Config {
@@ -765,14 +766,6 @@ mod tests {
                     ..Config::default()
                 },
                 "offline_delivery",
-            ),
-            (
-                Config {
-                    history_size: 10,
-                    cluster: "redis://127.0.0.1:6379/0".into(),
-                    ..Config::default()
-                },
-                "history_size",
             ),
             (
                 Config {

@@ -150,6 +150,8 @@ pub enum BusCmd {
     Depart(String),
     /// Every uid this worker holds (after a connection to Redis was made).
     Resync(Vec<String>),
+    /// The history in Redis (`history_size` with `cluster`; see `crate::cluster_history`).
+    History(crate::cluster_history::HistCmd),
 }
 
 /// What Redis brings back to the loop.
@@ -170,6 +172,8 @@ pub enum BusEvent {
     },
     /// A message from another member, as [`envelope`] made it.
     Message(Vec<u8>),
+    /// An answer about the history in Redis.
+    History(crate::cluster_history::HistEvent),
 }
 
 /// This worker's end of the bus.
@@ -388,6 +392,7 @@ impl Ctx {
             BusCmd::Route { id, .. } | BusCmd::Broadcast { id, .. } => {
                 self.emit(BusEvent::Published { id, count: None })
             }
+            BusCmd::History(c) => c.failed().is_none_or(|ev| self.emit(BusEvent::History(ev))),
             _ => true,
         }
     }
@@ -402,6 +407,7 @@ impl Ctx {
         let mut up = false;
         // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
         route.prepare_invoke().load(con)?;
+        crate::cluster_history::load(con)?;
         loop {
             if Instant::now() >= next_beat {
                 let answer: String = beat
@@ -460,6 +466,16 @@ impl Ctx {
                     Err(_) => break,
                 }
             }
+            let (hist, batch): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|c| matches!(c, BusCmd::History(_)));
+            let hist: Vec<_> = hist
+                .into_iter()
+                .filter_map(|c| match c {
+                    BusCmd::History(h) => Some(h),
+                    _ => None,
+                })
+                .collect();
             let mut pipe = redis::pipe();
             let mut answers: Vec<u64> = Vec::new();
             for cmd in &batch {
@@ -507,10 +523,12 @@ impl Ctx {
                                 .ignore();
                         }
                     }
+                    BusCmd::History(_) => {}
                 }
             }
             // A batch may hold nothing to send (a resync of no uid).
             if pipe.cmd_iter().next().is_none() {
+                self.history(con, hist)?;
                 continue;
             }
             match pipe.query::<Vec<u32>>(con) {
@@ -523,15 +541,31 @@ impl Ctx {
                             return Ok(());
                         }
                     }
+                    self.history(con, hist)?;
                 }
                 Err(e) => {
                     for id in answers {
                         self.emit(BusEvent::Published { id, count: None });
                     }
+                    for ev in hist.into_iter().filter_map(|c| c.failed()) {
+                        self.emit(BusEvent::History(ev));
+                    }
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Runs the history commands of a batch (after the rest of it: a uid's arrival is in
+    /// Redis before a recovery read that follows it).
+    fn history(
+        &self,
+        con: &mut redis::Connection,
+        cmds: Vec<crate::cluster_history::HistCmd>,
+    ) -> redis::RedisResult<()> {
+        crate::cluster_history::run(con, &self.prefix, &self.member, cmds, |ev| {
+            self.emit(BusEvent::History(ev))
+        })
     }
 
     /// The subscriber thread: listen on this member's channel and the cluster-wide one,

@@ -55,6 +55,9 @@ pub enum ReplyKind {
     Publish,
     /// `{"delivered":N}` once every worker answered (the JSON API).
     Count,
+    /// `{"cmd":"push"}` with `offline_delivery`: `ok` when at least one connection got it,
+    /// `stored` when none did but the history kept it for the next login, else `fail`.
+    Pushed,
 }
 
 impl ReplyTo {
@@ -67,7 +70,7 @@ impl ReplyTo {
         };
         match kind {
             ReplyKind::AlwaysOk => true,
-            ReplyKind::OkFail | ReplyKind::Publish => total > 0,
+            ReplyKind::OkFail | ReplyKind::Publish | ReplyKind::Pushed => total > 0,
             ReplyKind::Count => false,
         }
     }

@@ -45,7 +45,8 @@ final class Reply
                 if ($line === 'ok') {
                     return true;
                 }
-                if ($line === 'fail') {
+                // `stored`: nobody got it now, offline delivery kept it (`{"cmd":"push"}`).
+                if ($line === 'fail' || $line === 'stored') {
                     return false;
                 }
                 break;

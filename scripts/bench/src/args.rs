@@ -17,6 +17,7 @@ USAGE:
   herald-bench upstream  --clients N [--rate R] --pushes M
   herald-bench idle      --clients N --seconds S [--set ping_interval=0 ...]
   herald-bench storm     --clients N --steady K --rate R --pushes M
+  herald-bench recover   --clients N --missed K
   herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 
 Each run prints exactly one JSON object on stdout; progress goes to stderr.
@@ -48,6 +49,10 @@ MODES:
              --inflight handshakes going) while K steady clients get R pushes/s (M in all, so
              M/R seconds: longer than the storm); report the time until all N are back, failed
              reconnects, the steady pushes' latency and losses, and ListenOverflows/ListenDrops
+  recover    N WebSocket clients with a history (history_size=100 unless --set) hold their
+             position (?envelope=1), all drop at once, K messages are pushed to each while away,
+             and all reconnect at once with ?since=; report how many were recovered, the time
+             to the last recovery answer, the missed messages received and the server's CPU
   cluster-broadcast  N clients spread over three Herald nodes (--workers each) on a
              redis-server started for the run, B broadcasts into node 0; the broadcast figures,
              with CPU summed over the nodes and Redis, and Redis's CPU per broadcast
@@ -66,6 +71,7 @@ OPTIONS:
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
   --steady K         storm: clients that stay connected and get the pushes (default 1000)
+  --missed K         recover: messages pushed to each client while it is away (default 1)
   --query LINE       unicast: meanwhile, ask LINE (e.g. {\"cmd\":\"uids\"}) on its own text
                      connection every --query-every-ms (default 100); report answer times
   --window W         unicast flat out: unanswered lines per connection (default 256)
@@ -137,6 +143,8 @@ pub struct Opts {
     pub stop_grace_ms: u64,
     /// `storm`: clients that stay connected and receive the pushes.
     pub steady: usize,
+    /// `recover`: messages pushed to each client while it is away.
+    pub missed: usize,
     /// `unicast`: a question asked over and over while the pushes run.
     pub query: Option<String>,
     /// `unicast`: milliseconds between two questions.
@@ -176,6 +184,7 @@ impl Default for Opts {
             query: None,
             query_every_ms: 100,
             steady: 1000,
+            missed: 1,
             tls: false,
         }
     }
@@ -237,6 +246,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--server-wrap" => o.server_wrap = v.split_whitespace().map(String::from).collect(),
             "--stop-grace-ms" => o.stop_grace_ms = v.parse().map_err(|e| bad(&e))?,
             "--steady" => o.steady = v.parse().map_err(|e| bad(&e))?,
+            "--missed" => o.missed = v.parse().map_err(|e| bad(&e))?,
             "--query" => o.query = Some(v.to_string()),
             "--query-every-ms" => o.query_every_ms = v.parse().map_err(|e| bad(&e))?,
             "--set" if v.contains('=') => o.sets.push(v.to_string()),
@@ -246,7 +256,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" => {}
+        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" | "recover" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }

@@ -148,6 +148,8 @@ struct Conn {
     out: Vec<u8>,
     /// Index in `ClientProc::ready` while logged in, else `NOT_READY`.
     ready_pos: usize,
+    /// With `history`: the last position the server told (epoch, offset).
+    pos: Option<(String, u64)>,
 }
 
 /// What a client process measured.
@@ -167,6 +169,14 @@ struct Recorder {
     other: u64,
     /// Pings answered.
     pings: u64,
+    /// With `history`: recoveries answered `recovered: true`.
+    recovered: u64,
+    /// Recoveries answered `recovered: false`.
+    not_recovered: u64,
+    /// When the last recovery answer came.
+    recovery_last: u64,
+    /// Messages with a position received.
+    positioned_msgs: u64,
 }
 
 impl Recorder {
@@ -262,6 +272,11 @@ fn feed(c: &mut Conn, data: &[u8], now: u64, rec: &mut Recorder, mask: [u8; 4]) 
             };
             pos += used;
             match frame.opcode {
+                // A position may come before the login reply (the worker owning the uid's
+                // history answers at once).
+                ws::OP_TEXT if frame.payload.starts_with(b"{\"type\":\"") => {
+                    positioned(c, frame.payload, now, rec)
+                }
                 ws::OP_TEXT if c.state == St::Ready => rec.text(c.uid, frame.payload, now),
                 ws::OP_TEXT if frame.payload.starts_with(b"login success") => {
                     c.state = St::Ready;
@@ -286,6 +301,32 @@ fn feed(c: &mut Conn, data: &[u8], now: u64, rec: &mut Recorder, mask: [u8; 4]) 
         c.inbuf = owned;
     }
     change
+}
+
+/// A frame of a client that asked for positions (`?envelope=1`, `?since=`): the position it
+/// carries is kept, a recovery answer counted.
+fn positioned(c: &mut Conn, p: &[u8], now: u64, rec: &mut Recorder) {
+    let epoch = p
+        .windows(9)
+        .position(|w| w == b"\"epoch\":\"")
+        .and_then(|at| {
+            let rest = &p[at + 9..];
+            let end = rest.iter().position(|&b| b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok()
+        });
+    if let (Some(e), Some(o)) = (epoch, number_after(p, b"\"offset\":")) {
+        c.pos = Some((e.to_string(), o));
+    }
+    if p.starts_with(b"{\"type\":\"recovery\"") {
+        if p.windows(16).any(|w| w == b"\"recovered\":true") {
+            rec.recovered += 1;
+        } else {
+            rec.not_recovered += 1;
+        }
+        rec.recovery_last = rec.recovery_last.max(now);
+    } else if p.starts_with(b"{\"type\":\"msg\"") {
+        rec.positioned_msgs += 1;
+    }
 }
 
 /// Writes what is queued on `c`; `Err` if the connection broke.
@@ -406,6 +447,11 @@ struct ClientProc {
     reopen: Vec<usize>,
     /// `--tls`: the clients' TLS configuration.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The `history` command: clients ask for positions (`?envelope=1`) and come back with
+    /// `?since=` their last one.
+    history: bool,
+    /// With `history`: each slot's last position, kept while it is closed.
+    positions: Vec<Option<(String, u64)>>,
 }
 
 /// Runs a client process (the hidden `_clients` subcommand) until `quit` or end of input.
@@ -453,6 +499,8 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
         ready: Vec::new(),
         churn: None,
         reopen: Vec::new(),
+        history: false,
+        positions: Vec::new(),
     };
     reply(&json!({"hello": true, "pid": std::process::id()}))?;
     p.run()
@@ -554,6 +602,7 @@ impl ClientProc {
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     ready_pos: NOT_READY,
+                    pos: None,
                 });
             }
             Err(e) => {
@@ -592,8 +641,13 @@ impl ClientProc {
                 c.state = St::Login;
             } else {
                 c.state = St::Handshake;
+                let path = match self.positions.get(i).and_then(Option::as_ref) {
+                    Some((e, o)) if self.history => format!("/?since={e}:{o}"),
+                    None if self.history => "/?envelope=1".to_string(),
+                    _ => "/".to_string(),
+                };
                 c.out
-                    .extend_from_slice(&ws::handshake_request(&self.cfg.ws.to_string()));
+                    .extend_from_slice(&ws::handshake_request_to(&self.cfg.ws.to_string(), &path));
             }
         }
         while drop.is_none() {
@@ -670,6 +724,12 @@ impl ClientProc {
     /// for the churn's accounting. The caller deregisters and drops it.
     fn take_conn(&mut self, i: usize) -> Option<Conn> {
         let c = self.conns.get_mut(i)?.take()?;
+        if self.history {
+            if self.positions.len() <= i {
+                self.positions.resize(i + 1, None);
+            }
+            self.positions[i] = c.pos.clone();
+        }
         let pos = c.ready_pos;
         if pos < self.ready.len() {
             self.ready.swap_remove(pos);
@@ -743,6 +803,18 @@ impl ClientProc {
             let cmd = String::from_utf8_lossy(&line).trim().to_string();
             match cmd.as_str() {
                 "connect" => self.started = true,
+                "history" => {
+                    self.history = true;
+                    reply(&json!({"ok": true}))?;
+                }
+                "positions" => reply(&json!({
+                    "positioned": self.conns.iter().flatten().filter(|c| c.pos.is_some()).count(),
+                    "recovered": self.rec.recovered,
+                    "not_recovered": self.rec.not_recovered,
+                    "recovery_last": self.rec.recovery_last,
+                    "positioned_msgs": self.rec.positioned_msgs,
+                    "live": self.ready.len(),
+                }))?,
                 "stat" => reply(&json!({
                     "uni": self.rec.uni_t.len(),
                     "bc": self.rec.bc_total,

@@ -10,6 +10,7 @@
 //! herald-bench upstream  --clients N [--rate R] --pushes M
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
 //! herald-bench storm     --clients N --steady K --rate R --pushes M
+//! herald-bench recover   --clients N --missed K
 //! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
 //!         --server-wrap CMD  --stop-grace-ms G  --tls
@@ -65,6 +66,7 @@ mod modes;
 mod procstat;
 mod push;
 mod query;
+mod recover;
 mod server;
 mod storm;
 mod tls;

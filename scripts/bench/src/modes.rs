@@ -48,6 +48,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "idle" => crate::idle::run(o, d),
         "storm" => crate::storm::run(o, d),
         "cluster-broadcast" => crate::cluster_bc::run(o, d),
+        "recover" => crate::recover::run(o, d),
         m => Err(format!("unknown mode {m}")),
     }
 }

@@ -6,8 +6,13 @@
 
 /// The upgrade request for `host` (e.g. `127.0.0.1:1234`), path `/`.
 pub fn handshake_request(host: &str) -> Vec<u8> {
+    handshake_request_to(host, "/")
+}
+
+/// The opening handshake's request for `path` (`/?since=…` for a recovering client).
+pub fn handshake_request_to(host: &str, path: &str) -> Vec<u8> {
     format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()

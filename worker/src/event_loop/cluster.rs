@@ -179,6 +179,9 @@ impl Worker {
                 self.cluster_nodes = nodes;
             }
             BusEvent::Published { id, count } => {
+                if count.is_none() && self.ch_unpublished(id) {
+                    return;
+                }
                 if let Some(w) = self.gather.get_mut(id) {
                     w.remote_count(count);
                 }
@@ -188,11 +191,18 @@ impl Worker {
                 self.progress(id);
             }
             BusEvent::Message(env) => self.bus_message(&env),
+            BusEvent::History(ev) => self.ch_event(ev),
         }
     }
 
     /// A message from a member of the cluster.
     fn bus_message(&mut self, env: &[u8]) {
+        if env.first() == Some(&crate::cluster_history::POSITIONED) {
+            return self.ch_positioned(&env[1..]);
+        }
+        if env.first() == Some(&crate::cluster_history::GROUP) {
+            return self.ch_group_message(&env[1..]);
+        }
         let Some((from, body)) = open_envelope(env) else {
             return;
         };

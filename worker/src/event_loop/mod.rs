@@ -52,6 +52,7 @@ mod backends;
 mod cluster;
 mod control;
 mod handoff;
+mod history_cluster;
 mod history_handover;
 mod http;
 mod mesh;

@@ -52,10 +52,29 @@ impl Worker {
     ) {
         self.stats.pushes += 1;
         // With a history, a push for uids or groups goes through each uid's owner (see
-        // `recovery`); a broadcast to everyone is delivered as always.
+        // `recovery`); a broadcast to everyone is delivered as always. In a cluster the
+        // history is in Redis, where every node writes a group push for the members it holds
+        // (see `history_cluster`).
+        if let (true, To::Target(Target::Groups(groups))) = (self.cluster_history(), &target) {
+            let groups = groups.clone();
+            return self.ch_group_push(groups, exclude, payload, binary, reply);
+        }
         if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
             return self.history_push(target, exclude, payload, binary, reply);
         }
+        self.plain_push(target, exclude, payload, binary, reply);
+    }
+
+    /// A push the way it goes without a history: delivered here, sent to every sibling (and
+    /// the cluster), the outcome to `reply`.
+    pub(super) fn plain_push(
+        &mut self,
+        target: To<'_>,
+        exclude: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
         let started = Instant::now();
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let local = self.deliver_local(&target, &exclude, f, payload, binary);
@@ -254,6 +273,10 @@ impl Worker {
                 ReplyKind::OkFail => b"fail",
                 ReplyKind::Publish if total > 0 => b"ok",
                 ReplyKind::Publish => b"offline",
+                ReplyKind::Pushed if total > 0 => b"ok",
+                // Kept for the uid's next login (unless part of the push was lost).
+                ReplyKind::Pushed if !partial => b"stored",
+                ReplyKind::Pushed => b"fail",
                 ReplyKind::Count => b"",
             }
         };
@@ -268,6 +291,7 @@ impl Worker {
             } => {
                 let b: &'static [u8] = match word(kind) {
                     b"ok" => b"ok\n",
+                    b"stored" => b"stored\n",
                     _ => b"fail\n",
                 };
                 self.text_reply(slot, id, seq, Bytes::from_static(b));
@@ -278,7 +302,7 @@ impl Worker {
                 kind: ReplyKind::Count,
             } => {
                 let mut v = serde_json::json!({ "delivered": total });
-                if total == 0 && self.cfg.offline_delivery {
+                if total == 0 && self.cfg.offline_delivery && !partial {
                     // Kept by the uid's owner for its next login.
                     v["stored"] = serde_json::json!(true);
                 }

@@ -183,6 +183,11 @@ impl Worker {
 
     /// Answers `q` here and asks every sibling; the merged answer goes to `reply`.
     pub(super) fn query(&mut self, q: Query, reply: QReply) {
+        if let Query::History { uid } = &q {
+            if self.cluster_history() {
+                return self.ch_query(uid.clone(), reply);
+            }
+        }
         let local = self.answer_query(&q);
         let msg = PeerMsg::Query {
             id: self.gather.next_id(),

@@ -19,9 +19,17 @@ pub(super) fn read_blocked(c: &Conn, cfg: &Config) -> bool {
         .max(cfg.max_frame)
         .max(http::request_max(cfg.max_header, cfg.max_body))
         + SCRATCH;
+    // With the history in Redis each push is a command on the cluster bus, whose queue is
+    // shared by the worker: one backend may have a sixteenth of it in flight (it then waits,
+    // rather than having its pushes dropped at a full queue).
+    let max_replies = if cfg.history_size > 0 && !cfg.cluster.is_empty() {
+        MAX_PENDING_REPLIES / 16
+    } else {
+        MAX_PENDING_REPLIES
+    };
     c.out.len() > cfg.max_send_buffer
         || c.inbuf.len() > max_in
-        || matches!(&c.proto, Proto::Text(t) if t.replies.len() > MAX_PENDING_REPLIES)
+        || matches!(&c.proto, Proto::Text(t) if t.replies.len() > max_replies)
 }
 
 impl Worker {

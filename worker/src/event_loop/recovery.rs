@@ -65,6 +65,8 @@ pub(super) struct Recovery {
     /// Draining: the history is to be handed to the worker replacing this one, as soon as
     /// it is known and linked.
     pub(super) handover_due: bool,
+    /// In a cluster, where the history lives in Redis: what waits for it.
+    pub(super) ch: super::history_cluster::State,
 }
 
 impl Recovery {
@@ -92,6 +94,7 @@ impl Recovery {
             recovering: false,
             last_sweep: 0,
             handover_due: false,
+            ch: Default::default(),
         }
     }
 
@@ -164,6 +167,9 @@ impl Worker {
         }
         if uids.is_empty() {
             return self.settle_timed(reply, 0, false, started);
+        }
+        if self.cluster_history() {
+            return self.ch_push(uids, payload, binary, reply);
         }
         let mut parts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         let mut missing = 0;
@@ -282,6 +288,9 @@ impl Worker {
 
     /// The count of a push a sibling (or this worker, `SELF_LINK`) owned is known.
     pub(super) fn sibling_settled(&mut self, key: usize, id: u64, total: u32) {
+        if key == super::history_cluster::MEMBER_LINK {
+            return self.ch_relay_settled(id, total);
+        }
         if key != SELF_LINK {
             return self.answer_link(key, PeerMsg::Delivered { id, count: total });
         }
@@ -495,6 +504,9 @@ impl Worker {
     /// Sends a history question to the owner of `uid` (answered here at once when this
     /// worker owns it); false when the owner cannot be reached.
     pub(super) fn ask_owner(&mut self, uid: &str, m: HistoryMsg) -> bool {
+        if self.cluster_history() {
+            return self.ch_ask(m);
+        }
         let Some(owner) = self.history_owner_pid(uid) else {
             return false;
         };
@@ -514,6 +526,9 @@ impl Worker {
     /// Sends a history question to every sibling (a private id names no uid); how many were
     /// asked.
     pub(super) fn ask_everyone(&mut self, m: HistoryMsg) -> usize {
+        if self.cluster_history() {
+            return usize::from(self.ch_ask(m));
+        }
         let m = PeerMsg::History(m);
         let mut n = 0;
         for (_, l) in self.links.iter_mut().filter(|(_, l)| l.outbound) {
@@ -546,6 +561,7 @@ impl Worker {
     /// Once a loop turn: recoveries past their deadline fail, and once a second the store
     /// drops what expired.
     pub(super) fn recovery_tick(&mut self, now: Instant) {
+        self.ch_tick(now);
         let Some(h) = self.hist.as_mut() else {
             return;
         };

@@ -99,7 +99,7 @@ pub(super) struct Pending {
     /// Answers still expected (a pid is asked of every sibling).
     pub(super) left: usize,
     /// Who waits.
-    what: Waiter,
+    pub(super) what: Waiter,
 }
 
 /// A `since` as asked: a position, or `Err` when unreadable.

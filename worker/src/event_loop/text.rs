@@ -109,6 +109,8 @@ impl Worker {
             Command::Push(p) => {
                 let kind = if p.target == Target::All {
                     ReplyKind::AlwaysOk
+                } else if self.cfg.offline_delivery && matches!(p.target, Target::Uids(_)) {
+                    ReplyKind::Pushed
                 } else {
                     ReplyKind::OkFail
                 };
