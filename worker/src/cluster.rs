@@ -150,6 +150,8 @@ pub enum BusCmd {
     Depart(String),
     /// Every uid this worker holds (after a connection to Redis was made).
     Resync(Vec<String>),
+    /// Whole-cluster presence (see `crate::cluster_presence`).
+    Presence(crate::cluster_presence::PresenceCmd),
 }
 
 /// What Redis brings back to the loop.
@@ -170,6 +172,8 @@ pub enum BusEvent {
     },
     /// A message from another member, as [`envelope`] made it.
     Message(Vec<u8>),
+    /// Uids that came online or went offline for the whole cluster, decided by this member.
+    Presence(Vec<crate::cluster_presence::Transition>),
 }
 
 /// This worker's end of the bus.
@@ -325,6 +329,7 @@ impl Ctx {
     /// a failure (Redis down, a name conflict) wait a growing back-off before trying again.
     fn commands(self, rx: Receiver<BusCmd>) {
         let mut backoff = Duration::from_millis(100);
+        let mut presence = crate::cluster_presence::State::default();
         loop {
             let connected = self.connect().and_then(|mut c| {
                 redis::cmd("PING").query::<String>(&mut c)?;
@@ -333,7 +338,7 @@ impl Ctx {
             let failure = match connected {
                 Ok(mut con) => {
                     let served = Instant::now();
-                    match self.serve(&mut con, &rx) {
+                    match self.serve(&mut con, &rx, &mut presence) {
                         Ok(()) => return,
                         Err(e) => {
                             self.joined.store(false, Ordering::SeqCst);
@@ -382,7 +387,12 @@ impl Ctx {
     }
 
     /// Runs batches on a live connection; `Ok` when the loop is gone, `Err` when Redis is.
-    fn serve(&self, con: &mut redis::Connection, rx: &Receiver<BusCmd>) -> redis::RedisResult<()> {
+    fn serve(
+        &self,
+        con: &mut redis::Connection,
+        rx: &Receiver<BusCmd>,
+        presence: &mut crate::cluster_presence::State,
+    ) -> redis::RedisResult<()> {
         let route = redis::Script::new(ROUTE);
         let beat = redis::Script::new(HEARTBEAT_SCRIPT);
         let p = &self.prefix;
@@ -391,6 +401,7 @@ impl Ctx {
         let mut up = false;
         // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
         route.prepare_invoke().load(con)?;
+        presence.load(con)?;
         loop {
             if Instant::now() >= next_beat {
                 let answer: String = beat
@@ -413,6 +424,10 @@ impl Ctx {
                     )));
                 };
                 self.joined.store(true, Ordering::SeqCst);
+                let gone = presence.reap(con, p)?;
+                if !gone.is_empty() && !self.emit(BusEvent::Presence(gone)) {
+                    return Ok(());
+                }
                 if list != nodes {
                     nodes = list.to_string();
                     let v = nodes.split('|').filter(|n| !n.is_empty()).map(String::from);
@@ -444,6 +459,23 @@ impl Ctx {
                 match rx.try_recv() {
                     Ok(c) => batch.push(c),
                     Err(_) => break,
+                }
+            }
+            let (batch, pres) = crate::cluster_presence::split(batch);
+            if !pres.is_empty() {
+                match presence.run(con, p, &self.member, pres) {
+                    Ok(t) if t.is_empty() => {}
+                    Ok(t) => {
+                        if !self.emit(BusEvent::Presence(t)) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        for cmd in batch {
+                            self.refuse(cmd);
+                        }
+                        return Err(e);
+                    }
                 }
             }
             let mut pipe = redis::pipe();
@@ -493,6 +525,8 @@ impl Ctx {
                                 .ignore();
                         }
                     }
+                    // Taken out of the batch above.
+                    BusCmd::Presence(_) => {}
                 }
             }
             // A batch may hold nothing to send (a resync of no uid).

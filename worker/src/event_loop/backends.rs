@@ -207,6 +207,7 @@ impl Worker {
 
     /// `uid` arrived in this worker (first connection) or left it (last one): its owner hears.
     pub(super) fn up_held(&mut self, uid: &str, on: bool) {
+        self.cluster_held(uid, on);
         let n = self.cfg.worker_count().max(1);
         let o = owner(uid, n);
         if o != self.id {
@@ -251,9 +252,10 @@ impl Worker {
                 None => false,
             }
         };
-        if changed {
+        // In a cluster that this worker reaches, Redis decides (`presence_cluster`).
+        if changed && self.host_presence_speaks() {
             let id = self.event_id();
-            let json = events::presence(&id, on, uid, self.id, super::unix_ms());
+            let json = self.host_presence_json(&id, on, uid);
             let bit = if on { events::ONLINE } else { events::OFFLINE };
             self.emit(bit, uid, json, id, None, None);
         }

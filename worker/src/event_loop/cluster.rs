@@ -159,6 +159,7 @@ impl Worker {
                 // Logins made while Redis was out of reach could not ask for their groups, and
                 // whether groups are in use anywhere in the cluster is learned here.
                 self.query(Query::Groups, QReply::ClusterSync);
+                self.cluster_presence_resync();
             }
             BusEvent::Down(why) => {
                 if !self.cluster_down_logged {
@@ -186,6 +187,7 @@ impl Worker {
                 self.progress(id);
             }
             BusEvent::Message(env) => self.bus_message(&env),
+            BusEvent::Presence(list) => self.cluster_transitions(list),
         }
     }
 
@@ -240,6 +242,10 @@ impl Worker {
                     w.remote -= 1;
                 }
                 self.progress(id);
+            }
+            // A presence event from another node, for this worker's subscribers.
+            PeerMsg::Event { sub: 0, mask, line } if !ours => {
+                self.send_to_subs(mask, bytes::Bytes::from(line))
             }
             // A history is per host (refused with `cluster`): nothing of it crosses hosts.
             PeerMsg::Hello { .. }

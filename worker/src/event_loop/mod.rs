@@ -56,6 +56,7 @@ mod history_handover;
 mod http;
 mod mesh;
 mod output;
+mod presence_cluster;
 mod push;
 mod query;
 mod read;
