@@ -34,7 +34,6 @@ pub(super) fn presence_json(
     node: &str,
     scope: &str,
     lost: bool,
-    time_ms: u64,
 ) -> String {
     let mut m = Map::new();
     m.insert("id".into(), Value::from(id));
@@ -49,7 +48,7 @@ pub(super) fn presence_json(
     if lost {
         m.insert("lost".into(), Value::Bool(true));
     }
-    m.insert("time".into(), Value::from(time_ms));
+    m.insert("time".into(), Value::from(super::unix_ms()));
     Value::Object(m).to_string()
 }
 
@@ -64,16 +63,7 @@ impl Worker {
     pub(super) fn host_presence_json(&self, id: &str, online: bool, uid: &str) -> String {
         match &self.bus {
             None => events::presence(id, online, uid, self.id, super::unix_ms()),
-            Some(b) => presence_json(
-                id,
-                online,
-                uid,
-                self.id,
-                &b.node,
-                "host",
-                false,
-                super::unix_ms(),
-            ),
+            Some(b) => presence_json(id, online, uid, self.id, &b.node, "host", false),
         }
     }
 
@@ -119,16 +109,7 @@ impl Worker {
                 self.stats.cluster_reaped += 1;
             }
             let id = self.event_id();
-            let json = presence_json(
-                &id,
-                t.online,
-                &t.uid,
-                self.id,
-                &node,
-                "cluster",
-                t.reaped,
-                super::unix_ms(),
-            );
+            let json = presence_json(&id, t.online, &t.uid, self.id, &node, "cluster", t.reaped);
             let bit = if t.online {
                 events::ONLINE
             } else {
@@ -164,16 +145,15 @@ mod tests {
 
     #[test]
     fn cluster_presence_json() {
-        let v: Value = serde_json::from_str(&presence_json(
-            "e1", false, "u", 1, "n-a", "cluster", true, 5,
-        ))
-        .unwrap_or_default();
+        let v: Value =
+            serde_json::from_str(&presence_json("e1", false, "u", 1, "n-a", "cluster", true))
+                .unwrap_or_default();
         assert_eq!(v["event"], "offline");
         assert_eq!(v["node"], "n-a");
         assert_eq!(v["scope"], "cluster");
         assert_eq!(v["lost"], true);
         let v: Value =
-            serde_json::from_str(&presence_json("e2", true, "u", 0, "n-a", "host", false, 5))
+            serde_json::from_str(&presence_json("e2", true, "u", 0, "n-a", "host", false))
                 .unwrap_or_default();
         assert_eq!(v["event"], "online");
         assert!(v.get("lost").is_none());
