@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -65,29 +64,6 @@ fn wait_cluster_up(srv: &Server) {
         })
         .unwrap_or_default();
     assert!(up, "not every worker reaches Redis: {rows:?}");
-}
-
-/// `php -S 127.0.0.1:PORT scripts/php/webhook.php`, recording into `log`.
-fn endpoint(port: u16, log: &Path) -> Group {
-    let mut cmd = Command::new("php");
-    cmd.args([
-        "-S",
-        &format!("127.0.0.1:{port}"),
-        workspace_root()
-            .join("scripts/php/webhook.php")
-            .to_str()
-            .expect("path"),
-    ])
-    .env("HERALD_WEBHOOK_SECRET", SECRET)
-    .env("HERALD_EVENTS_LOG", log)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let g = Group::spawn(&mut cmd).expect("spawn php -S");
-    assert!(
-        wait_until(LONG, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "php -S did not listen"
-    );
-    g
 }
 
 /// The presence events of `uid` the webhook endpoint recorded so far, as `event` names.
@@ -149,11 +125,7 @@ fn presence_of(sub: &Sub, uid: &str, window: Duration) -> Vec<String> {
 /// The webhook endpoint, started before the nodes (so no node's first POST waits in its
 /// retry back-off), and where it records events.
 fn hook() -> (u16, Group, TempDir, PathBuf) {
-    let dir = TempDir::new();
-    let log = dir.path.join("events.log");
-    let port = free_port();
-    let php = endpoint(port, &log);
-    (port, php, dir, log)
+    webhook_endpoint(SECRET)
 }
 
 fn ready() -> bool {

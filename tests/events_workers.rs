@@ -137,3 +137,109 @@ fn the_php_subscriber_reconnects_after_a_graceful_reload() {
     }
     assert_eq!(a.recv_text(LONG), "sent");
 }
+
+#[test]
+fn an_owner_workers_restart_repeats_no_online() {
+    if !php_ready() {
+        return;
+    }
+    // The webhook hears every event a worker produces, even one for a subscriber it cannot
+    // reach yet.
+    let (port, _php, _dir, log) = webhook_endpoint("");
+    let srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set(&format!("webhook_url=http://127.0.0.1:{port}/herald.php"))
+        .start();
+    srv.wait_mesh();
+    let sub = Sub::connect(&srv, r#"["login","online","offline"]"#);
+    wait_subscribers_known(&srv, &[&sub]);
+    let pids = srv.worker_pids();
+    let sub_pid = Owners::snapshot(&pids)
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let victim_pid = pids
+        .iter()
+        .copied()
+        .find(|p| *p != sub_pid)
+        .expect("victim");
+    sub.drain(Duration::from_millis(300));
+
+    // Uids held by the subscriber's worker and owned by the other one (the victim).
+    let mut clients = Vec::new();
+    let mut login_in = HashMap::new();
+    let mut owner_of = HashMap::new();
+    for i in 0..40 {
+        clients.push(srv.login_acked(&format!("k{i}")));
+    }
+    while login_in.len() < 40 || owner_of.len() < 40 {
+        let v = sub.wait("logins and onlines", LONG, |v| {
+            v["uid"].as_str().is_some_and(|u| u.starts_with('k'))
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        let w = v["worker"].as_u64().expect("worker");
+        match v["event"].as_str() {
+            Some("login") => login_in.insert(uid, w),
+            Some("online") => owner_of.insert(uid, w),
+            _ => None,
+        };
+    }
+    let kept: HashSet<String> = login_in
+        .iter()
+        .filter(|(u, w)| owner_of.get(*u) != Some(w))
+        .filter(|(_, w)| {
+            // Held by the subscriber's worker: its login event names that worker's id.
+            let r = srv.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+            let stats: Value = serde_json::from_slice(&r.body).expect("stats");
+            stats["workers"].as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["pid"].as_u64() == Some(u64::from(sub_pid))
+                        && r["worker"].as_u64() == Some(**w)
+                })
+            })
+        })
+        .map(|(u, _)| u.clone())
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "no uid held by the survivor and owned by the victim"
+    );
+
+    // The owner dies; its replacement learns the survivor's uids when their link opens, and
+    // announces none of them again.
+    signal(victim_pid, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = srv.worker_pids();
+        now.len() == 2 && !now.contains(&victim_pid)
+    }));
+    wait_subscribers_known(&srv, &[&sub]);
+    let onlines = |log: &std::path::Path| {
+        webhook_recorded(log)
+            .into_iter()
+            .filter(|v| {
+                v["event"] == "online" && v["uid"].as_str().is_some_and(|u| kept.contains(u))
+            })
+            .count()
+    };
+    assert!(wait_until(LONG, || onlines(&log) >= kept.len()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(onlines(&log), kept.len(), "online repeated");
+    // And the new owner knows them: their last connection says offline, once each.
+    let mut closed = 0;
+    for (i, c) in clients.into_iter().enumerate() {
+        if kept.contains(&format!("k{i}")) {
+            c.close();
+            closed += 1;
+        }
+    }
+    let mut offline = HashSet::new();
+    while offline.len() < closed {
+        let v = sub.wait("offline of the kept uids", LONG, |v| {
+            v["event"] == "offline" && v["uid"].as_str().is_some_and(|u| kept.contains(u))
+        });
+        assert!(
+            offline.insert(v["uid"].as_str().unwrap_or_default().to_string()),
+            "{v}"
+        );
+    }
+}

@@ -138,6 +138,11 @@ pub enum PeerMsg {
     },
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
+    /// To the worker that keeps the server-wide presence of these uids, when the sender's link
+    /// to it opens: the sender holds connections of them now. Each was announced `online`
+    /// already (by the owner before, or by the sender deciding alone while it had no link), so
+    /// the receiver records them without announcing them again.
+    UidsSnapshot(Vec<String>),
 }
 
 const HELLO: u8 = 1;
@@ -159,6 +164,7 @@ const ANSWER_UID_LIST: u8 = 13;
 const ROUTE: u8 = 14;
 const POSITIONED: u8 = 15;
 const HISTORY: u8 = 16;
+const UIDS_SNAPSHOT: u8 = 60;
 
 const T_UIDS: u8 = 0;
 const T_ALL: u8 = 1;
@@ -275,6 +281,10 @@ impl Wire for PeerMsg {
                 put::u8(out, *binary as u8);
                 out.extend_from_slice(payload);
             }
+            PeerMsg::UidsSnapshot(uids) => {
+                put::u8(out, UIDS_SNAPSHOT);
+                put::strs(out, uids);
+            }
         }
     }
 
@@ -389,6 +399,7 @@ impl Wire for PeerMsg {
                     payload: r.rest().to_vec(),
                 }
             }
+            UIDS_SNAPSHOT => PeerMsg::UidsSnapshot(r.strs("uids")?),
             other => return Err(CodecError::UnknownKind(other)),
         })
     }
@@ -672,6 +683,8 @@ mod tests {
             on: true,
             uids: vec!["u1".into(), "u2".into()],
         });
+        round(PeerMsg::UidsSnapshot(vec!["u1".into()]));
+        round(PeerMsg::UidsSnapshot(vec![]));
         round(PeerMsg::ToClient {
             conn: "12.3.4".into(),
             ack: Some(5),

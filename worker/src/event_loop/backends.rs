@@ -287,7 +287,7 @@ impl Worker {
             l.dirty = true;
             let _ = l.chan.send(&subs);
             if !uids.is_empty() {
-                let _ = l.chan.send(&PeerMsg::UidsHeld { on: true, uids });
+                let _ = l.chan.send(&PeerMsg::UidsSnapshot(uids));
             }
         }
     }
@@ -331,6 +331,15 @@ impl Worker {
             PeerMsg::UidsHeld { on, uids } if self.up.on => {
                 for u in uids {
                     self.apply_held(pid, &u, on);
+                }
+            }
+            // Held before the link opened: announced already (see `PeerMsg::UidsSnapshot`).
+            PeerMsg::UidsSnapshot(uids) if self.up.on => {
+                for u in uids {
+                    let e = self.up.held.entry(u.into()).or_default();
+                    if !e.contains(&pid) {
+                        e.push(pid);
+                    }
                 }
             }
             PeerMsg::ToClient {

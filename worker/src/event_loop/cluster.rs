@@ -256,7 +256,8 @@ impl Worker {
             | PeerMsg::ToClient { .. }
             | PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
-            | PeerMsg::History(_) => {}
+            | PeerMsg::History(_)
+            | PeerMsg::UidsSnapshot(_) => {}
         }
     }
 

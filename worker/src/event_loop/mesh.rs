@@ -294,7 +294,8 @@ impl Worker {
             m @ (PeerMsg::Subscribers(_)
             | PeerMsg::Event { .. }
             | PeerMsg::UidsHeld { .. }
-            | PeerMsg::ToClient { .. }) => self.up_peer_msg(key, m),
+            | PeerMsg::ToClient { .. }
+            | PeerMsg::UidsSnapshot(_)) => self.up_peer_msg(key, m),
         }
     }
 
