@@ -334,3 +334,81 @@ fn a_redis_restart_crashes_nothing_and_events_go_on() {
     );
     assert!(a.worker_pids().len() == 2 && b.worker_pids().len() == 2);
 }
+
+#[test]
+fn a_killed_worker_of_a_one_node_cluster_leaves_no_gap() {
+    if !Redis::available() {
+        return;
+    }
+    // With Redis, presence is per worker: the host's owner-worker gap (a replaced owner) is
+    // closed, so one host can use a local Redis for exact presence.
+    let redis = Redis::start();
+    let a = node(&redis.url(), "solo", None);
+    let sub = Sub::connect(&a, r#"["login","online","offline"]"#);
+    wait_subscribers_known(&a, &[&sub]);
+    let pids = a.worker_pids();
+    let sub_pid = Owners::snapshot(&pids)
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let victim = pids
+        .iter()
+        .copied()
+        .find(|p| *p != sub_pid)
+        .expect("victim");
+    // Connections until some uids live only in the victim and some only in the survivor.
+    let mut in_victim = Vec::new();
+    let mut in_survivor = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let uid = format!("s{i}");
+        let c = a.login_acked(&uid);
+        let owner = Owners::snapshot(&pids).owner(c.tcp());
+        if owner == Some(victim) {
+            in_victim.push(uid);
+        } else {
+            in_survivor.push(uid);
+        }
+        clients.push(c);
+        if in_victim.len() >= 3 && in_survivor.len() >= 3 {
+            break;
+        }
+    }
+    assert!(!in_victim.is_empty() && !in_survivor.is_empty());
+    for uid in in_victim.iter().chain(&in_survivor) {
+        sub.wait("online", LONG, |v| {
+            v["uid"] == *uid && v["event"] == "online"
+        });
+    }
+    signal(victim, libc::SIGKILL);
+    let t0 = Instant::now();
+    let mut gone = std::collections::HashSet::new();
+    while gone.len() < in_victim.len() {
+        let v = sub.wait("the victim's uids offline", LOST_BOUND + LONG, |v| {
+            v["event"] == "offline"
+        });
+        let uid = v["uid"].as_str().unwrap_or_default().to_string();
+        assert!(in_victim.contains(&uid), "offline for {uid}: {v}");
+        assert_eq!(v["lost"], true, "{v}");
+        assert!(gone.insert(uid), "two offlines: {v}");
+    }
+    let took = t0.elapsed();
+    eprintln!("kill -9 of a worker to its uids' offline: {took:?}");
+    assert!(took <= LOST_BOUND, "{took:?}");
+    // The replaced worker repeats no online for the survivor's uids.
+    assert!(wait_until(LONG, || {
+        let now = a.worker_pids();
+        now.len() == 2 && !now.contains(&victim)
+    }));
+    wait_cluster_up(&a);
+    wait_subscribers_known(&a, &[&sub]);
+    let again: Vec<Value> = sub
+        .drain(Duration::from_millis(800))
+        .into_iter()
+        .filter(|v| {
+            v["uid"]
+                .as_str()
+                .is_some_and(|u| in_survivor.iter().any(|s| s == u))
+        })
+        .collect();
+    assert!(again.is_empty(), "{again:?}");
+}
