@@ -16,8 +16,9 @@
 //! tells the owner when a uid gets its first connection there or loses its last one
 //! (`PeerMsg::UidsHeld`); the owner keeps, per uid, which workers hold it, and emits `online`
 //! when the first arrives and `offline` when the last leaves (or its worker's link ends). A
-//! worker that links to the owner again re-announces its uids, so a restarted owner knows
-//! them again (it then says `online` once more for each).
+//! worker that links to the owner again tells it the uids it holds (`PeerMsg::UidsSnapshot`),
+//! so a restarted owner knows them again, without announcing them again. With a cluster the
+//! owner speaks only while Redis is out of reach (`presence_cluster`).
 
 use super::Worker;
 use crate::conn::CLOSING;
