@@ -419,3 +419,45 @@ fn a_killed_worker_of_a_one_node_cluster_leaves_no_gap() {
         .collect();
     assert!(again.is_empty(), "{again:?}");
 }
+
+#[test]
+fn while_redis_is_down_the_host_speaks_for_itself() {
+    if !Redis::available() {
+        return;
+    }
+    let port = free_port();
+    let mut redis = Redis::start_on(port);
+    let a = node(&redis.url(), "node-a", None);
+    let sub = Sub::connect(&a, r#"["online","offline"]"#);
+    wait_subscribers_known(&a, &[&sub]);
+    redis.kill();
+    // Every worker notices at its next heartbeat at the latest.
+    let down = wait_until(LONG, || {
+        let r = a.http(&get("/api/stats"));
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["workers"]
+            .as_array()
+            .is_some_and(|rows| !rows.is_empty() && rows.iter().all(|r| r["cluster_up"] == 0))
+    });
+    assert!(down, "the workers never noticed Redis was gone");
+    // The host's own view, said as such.
+    let c = a.login_acked("fallback");
+    let v = sub.wait("host-scope online", LONG, |v| v["uid"] == "fallback");
+    assert_eq!(v["event"], "online", "{v}");
+    assert_eq!(v["scope"], "host", "{v}");
+    c.close();
+    let v = sub.wait("host-scope offline", LONG, |v| v["uid"] == "fallback");
+    assert_eq!(v["event"], "offline", "{v}");
+    assert_eq!(v["scope"], "host", "{v}");
+    // Redis back: cluster scope again.
+    let _redis = Redis::start_on(port);
+    let back = wait_until(LONG, || {
+        a.log().matches("cluster: connected to Redis").count() >= 2 * a.workers
+    });
+    assert!(back, "not every worker connected again");
+    wait_cluster_up(&a);
+    let _c = a.login_acked("back");
+    let v = sub.wait("cluster-scope online", LONG, |v| v["uid"] == "back");
+    assert_eq!(v["event"], "online", "{v}");
+    assert_eq!(v["scope"], "cluster", "{v}");
+}
