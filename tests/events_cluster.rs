@@ -461,3 +461,56 @@ fn while_redis_is_down_the_host_speaks_for_itself() {
     assert_eq!(v["event"], "online", "{v}");
     assert_eq!(v["scope"], "cluster", "{v}");
 }
+
+#[test]
+fn a_worker_stopped_past_its_alive_key_goes_offline_then_online_again() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "solo", None);
+    let sub = Sub::connect(&a, r#"["online","offline"]"#);
+    wait_subscribers_known(&a, &[&sub]);
+    let pids = a.worker_pids();
+    let sub_pid = Owners::snapshot(&pids)
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let sleeper_pid = pids
+        .iter()
+        .copied()
+        .find(|p| *p != sub_pid)
+        .expect("the other worker");
+    // A uid held only by the worker about to be stopped.
+    let mut held = None;
+    for i in 0..40 {
+        let uid = format!("sleeper{i}");
+        let c = a.login_acked(&uid);
+        sub.wait("online", LONG, |v| {
+            v["uid"] == uid && v["event"] == "online"
+        });
+        if Owners::snapshot(&pids).owner(c.tcp()) == Some(sleeper_pid) {
+            held = Some((uid, c));
+            break;
+        }
+        c.close();
+        sub.wait("offline", LONG, |v| {
+            v["uid"] == uid && v["event"] == "offline"
+        });
+    }
+    let (uid, _client) = held.expect("no connection landed in the other worker");
+    // Stopped longer than its alive key lives: a live member reaps it.
+    signal(sleeper_pid, libc::SIGSTOP);
+    let v = sub.wait("offline while stopped", LOST_BOUND + LONG, |v| {
+        v["uid"] == uid
+    });
+    assert_eq!(v["event"], "offline", "{v}");
+    assert_eq!(v["lost"], true, "{v}");
+    // Running again, it notices the missed heartbeats and puts its uids back.
+    signal(sleeper_pid, libc::SIGCONT);
+    let v = sub.wait("online after it runs again", LONG, |v| v["uid"] == uid);
+    assert_eq!(v["event"], "online", "{v}");
+    assert!(
+        a.log().contains("missed its heartbeats"),
+        "no warning in the log"
+    );
+}

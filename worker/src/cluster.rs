@@ -428,6 +428,10 @@ impl Ctx {
                 if !gone.is_empty() && !self.emit(BusEvent::Presence(gone)) {
                     return Ok(());
                 }
+                // Reaped as dead while alive: the loop resyncs as after a reconnection.
+                if presence.beat(Duration::from_secs(ALIVE_TTL)) && up && !self.emit(BusEvent::Up) {
+                    return Ok(());
+                }
                 if list != nodes {
                     nodes = list.to_string();
                     let v = nodes.split('|').filter(|n| !n.is_empty()).map(String::from);

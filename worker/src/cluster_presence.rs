@@ -152,6 +152,10 @@ pub struct Transition {
 pub struct State {
     /// The Redis epoch this member last saw (empty before its first resync).
     epoch: String,
+    /// When this member's last heartbeat on the current connection succeeded: a longer gap
+    /// than the `alive` key's life (the process was stopped, its thread starved) means other
+    /// members may have reaped it.
+    last_beat: Option<std::time::Instant>,
 }
 
 /// The arrival script.
@@ -209,7 +213,25 @@ impl State {
     pub fn load(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
         arrive_script().prepare_invoke().load(con)?;
         depart_script().prepare_invoke().load(con)?;
+        self.last_beat = None;
         Ok(())
+    }
+
+    /// A heartbeat succeeded; true when the one before was more than `ttl` ago on this
+    /// connection: the member's `alive` key expired meanwhile and its entries may have been
+    /// reaped, so it must put them back (the bus then tells the loop it is up again, which
+    /// resyncs).
+    pub fn beat(&mut self, ttl: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        let gap = self.last_beat.is_some_and(|t| now.duration_since(t) > ttl);
+        self.last_beat = Some(now);
+        if gap {
+            log::warn!(
+                "cluster: this worker missed its heartbeats for over {} s (stopped or starved); putting its uids back",
+                ttl.as_secs()
+            );
+        }
+        gap
     }
 
     /// Runs presence commands, in order, in one pipeline (a resync in its own steps); the
