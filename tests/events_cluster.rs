@@ -248,13 +248,23 @@ fn a_killed_nodes_uids_go_offline_once_within_the_bound() {
     wait_subscribers_known(&a, &[&sub_a]);
     wait_subscribers_known(&c, &[&sub_c]);
 
-    // bob only on B; carol on B and on C (she stays online through B's death).
+    // bob only on B; carol on B and on C (she stays online through B's death); and a crowd
+    // only on B, whose offlines are more than one message's worth.
+    const CROWD: usize = 300;
     let _bob = b.login_acked("bob");
     let _carol_b = b.login_acked("carol");
     let _carol_c = c.login_acked("carol");
-    sub_c.wait("bob online", LONG, |v| {
-        v["uid"] == "bob" && v["event"] == "online"
-    });
+    let _crowd: Vec<Ws> = (0..CROWD)
+        .map(|i| b.login_acked(&format!("crowd{i}")))
+        .collect();
+    let is_crowd = |v: &Value| v["uid"].as_str().is_some_and(|u| u.starts_with("crowd"));
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < CROWD + 1 {
+        let v = sub_c.wait("bob and the crowd online", LONG, |v| {
+            (is_crowd(v) || v["uid"] == "bob") && v["event"] == "online"
+        });
+        seen.insert(v["uid"].as_str().unwrap_or_default().to_string());
+    }
     wait_members(&redis, "carol", 2);
     wait_hooked(&log, "bob", &["online"]);
 
@@ -262,7 +272,14 @@ fn a_killed_nodes_uids_go_offline_once_within_the_bound() {
         signal(pid, libc::SIGKILL);
     }
     let t0 = Instant::now();
+    let mut crowd_gone = std::collections::HashSet::new();
     let v = sub_c.wait("bob offline", LOST_BOUND + Duration::from_secs(5), |v| {
+        if is_crowd(v) && v["event"] == "offline" {
+            assert!(
+                crowd_gone.insert(v["uid"].as_str().unwrap_or_default().to_string()),
+                "two offlines: {v}"
+            );
+        }
         v["uid"] == "bob"
     });
     let took = t0.elapsed();
@@ -271,21 +288,31 @@ fn a_killed_nodes_uids_go_offline_once_within_the_bound() {
     assert_eq!(v["lost"], true, "{v}");
     assert_ne!(v["node"], "node-b", "{v}");
     assert!(took <= LOST_BOUND, "{took:?}");
+    while crowd_gone.len() < CROWD {
+        let v = sub_c.wait("the crowd offline", LONG, |v| is_crowd(v));
+        assert_eq!(v["event"], "offline", "{v}");
+        assert!(
+            crowd_gone.insert(v["uid"].as_str().unwrap_or_default().to_string()),
+            "two offlines: {v}"
+        );
+    }
     sub_a.wait("bob offline on A", LONG, |v| {
         v["uid"] == "bob" && v["event"] == "offline"
     });
-    // Once: no second offline on either subscriber, none for carol, and one webhook call.
-    for sub in [&sub_a, &sub_c] {
+    // Once: no second offline on either subscriber (C has had every crowd offline), none for
+    // carol, and one webhook call.
+    for (sub, crowd_seen) in [(&sub_a, false), (&sub_c, true)] {
         let more: Vec<Value> = sub
             .drain(Duration::from_millis(800))
             .into_iter()
-            .filter(|v| v["uid"] == "bob" || v["uid"] == "carol")
+            .filter(|v| v["uid"] == "bob" || v["uid"] == "carol" || (crowd_seen && is_crowd(v)))
             .filter(|v| v["event"] == "offline")
             .collect();
         assert!(more.is_empty(), "{more:?}");
     }
     wait_hooked(&log, "bob", &["online", "offline"]);
     wait_hooked(&log, "carol", &["online"]);
+    wait_hooked(&log, "crowd299", &["online", "offline"]);
     wait_members(&redis, "carol", 1);
 }
 

@@ -425,8 +425,10 @@ impl Ctx {
                 };
                 self.joined.store(true, Ordering::SeqCst);
                 let gone = presence.reap(con, p)?;
-                if !gone.is_empty() && !self.emit(BusEvent::Presence(gone)) {
-                    return Ok(());
+                for c in crate::cluster_presence::in_chunks(gone) {
+                    if !self.emit(BusEvent::Presence(c)) {
+                        return Ok(());
+                    }
                 }
                 // Reaped as dead while alive: the loop resyncs as after a reconnection.
                 if presence.beat(Duration::from_secs(ALIVE_TTL)) && up && !self.emit(BusEvent::Up) {
@@ -468,10 +470,11 @@ impl Ctx {
             let (batch, pres) = crate::cluster_presence::split(batch);
             if !pres.is_empty() {
                 match presence.run(con, p, &self.member, pres) {
-                    Ok(t) if t.is_empty() => {}
                     Ok(t) => {
-                        if !self.emit(BusEvent::Presence(t)) {
-                            return Ok(());
+                        for c in crate::cluster_presence::in_chunks(t) {
+                            if !self.emit(BusEvent::Presence(c)) {
+                                return Ok(());
+                            }
                         }
                     }
                     Err(e) => {

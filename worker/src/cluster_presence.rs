@@ -29,6 +29,9 @@ use std::fmt::Write as _;
 pub const CHUNK: usize = 1000;
 /// Reaping steps per heartbeat at most (the rest waits for the next one).
 const REAP_STEPS: usize = 20;
+/// Transitions handed to the loop in one event at most (the loop's work per event stays
+/// small).
+const EVENT_CHUNK: usize = 256;
 
 /// Adds this member to uids. ARGV: prefix, member, quiet ("1": announce nothing), uids….
 /// Returns the uids that came online (the first member anywhere to hold them).
@@ -179,6 +182,19 @@ pub fn split(batch: Vec<BusCmd>) -> (Vec<BusCmd>, Vec<PresenceCmd>) {
         }
     }
     (rest, pres)
+}
+
+/// Transitions in pieces of at most [`EVENT_CHUNK`], one loop event each (none when empty).
+pub fn in_chunks(mut t: Vec<Transition>) -> Vec<Vec<Transition>> {
+    let mut out = Vec::with_capacity(t.len().div_ceil(EVENT_CHUNK));
+    while t.len() > EVENT_CHUNK {
+        let rest = t.split_off(EVENT_CHUNK);
+        out.push(std::mem::replace(&mut t, rest));
+    }
+    if !t.is_empty() {
+        out.push(t);
+    }
+    out
 }
 
 /// A fresh epoch value (time and pid: unique enough to tell two Redis lives apart).
@@ -395,5 +411,25 @@ mod tests {
             [PresenceCmd::Arrive(_), PresenceCmd::Depart(_)]
         ));
         assert!(fresh_epoch("n/1").ends_with("-n/1"));
+    }
+
+    #[test]
+    fn transitions_go_to_the_loop_in_bounded_pieces() {
+        let t = |n: usize| -> Vec<Transition> {
+            (0..n)
+                .map(|i| Transition {
+                    uid: format!("u{i}"),
+                    online: false,
+                    reaped: true,
+                })
+                .collect()
+        };
+        assert!(in_chunks(t(0)).is_empty());
+        let pieces = in_chunks(t(EVENT_CHUNK * 2 + 1));
+        assert_eq!(
+            pieces.iter().map(Vec::len).collect::<Vec<_>>(),
+            [EVENT_CHUNK, EVENT_CHUNK, 1]
+        );
+        assert_eq!(pieces[2][0].uid, format!("u{}", EVENT_CHUNK * 2));
     }
 }

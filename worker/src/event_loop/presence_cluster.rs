@@ -95,46 +95,58 @@ impl Worker {
     }
 
     /// Redis said these uids came online or went offline for the whole cluster: this worker
-    /// emits the events, and announces them to the other nodes' subscribers.
+    /// emits the events, and announces them to the other nodes' subscribers (the lines of each
+    /// kind in one message).
     pub(super) fn cluster_transitions(&mut self, list: Vec<Transition>) {
         if !self.up.on {
             return;
         }
+        let Some(node) = self.bus.as_ref().map(|b| b.node.clone()) else {
+            return;
+        };
+        let mut onlines = Vec::new();
+        let mut offlines = Vec::new();
         for t in list {
-            let Some(node) = self.bus.as_ref().map(|b| b.node.clone()) else {
-                return;
-            };
             self.stats.cluster_presence += 1;
             if t.reaped {
                 self.stats.cluster_reaped += 1;
             }
             let id = self.event_id();
             let json = presence_json(&id, t.online, &t.uid, self.id, &node, "cluster", t.reaped);
-            let bit = if t.online {
-                events::ONLINE
+            let (bit, lines) = if t.online {
+                (events::ONLINE, &mut onlines)
             } else {
-                events::OFFLINE
+                (events::OFFLINE, &mut offlines)
             };
-            let mut line = Vec::with_capacity(json.len() + 1);
-            line.extend_from_slice(json.as_bytes());
-            line.push(b'\n');
+            lines.extend_from_slice(json.as_bytes());
+            lines.push(b'\n');
             self.emit(bit, &t.uid, json, id, None, None);
-            let msg = PeerMsg::Event {
-                sub: 0,
-                mask: bit,
-                line,
-            };
-            let mut frame = Vec::new();
-            if let Err(e) = write_frame(&msg, &mut frame) {
-                log::warn!("cluster: cannot frame a presence event: {e}");
-                continue;
+        }
+        for (bit, lines) in [(events::ONLINE, onlines), (events::OFFLINE, offlines)] {
+            if !lines.is_empty() {
+                self.announce(bit, lines);
             }
-            let Some(bus) = &self.bus else { return };
-            let env = envelope(&bus.member, &frame);
-            if !bus.send(BusCmd::Presence(PresenceCmd::Announce(env))) {
-                self.stats.cluster_dropped += 1;
-                self.stats.events_dropped += 1;
-            }
+        }
+    }
+
+    /// Event lines of kind `bit` for the subscribers of the other nodes, on the bus's
+    /// cluster-wide channel.
+    fn announce(&mut self, bit: u8, lines: Vec<u8>) {
+        let msg = PeerMsg::Event {
+            sub: 0,
+            mask: bit,
+            line: lines,
+        };
+        let mut frame = Vec::new();
+        if let Err(e) = write_frame(&msg, &mut frame) {
+            log::warn!("cluster: cannot frame presence events: {e}");
+            return;
+        }
+        let Some(bus) = &self.bus else { return };
+        let env = envelope(&bus.member, &frame);
+        if !bus.send(BusCmd::Presence(PresenceCmd::Announce(env))) {
+            self.stats.cluster_dropped += 1;
+            self.stats.events_dropped += 1;
         }
     }
 }
