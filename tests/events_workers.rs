@@ -243,3 +243,120 @@ fn an_owner_workers_restart_repeats_no_online() {
         );
     }
 }
+
+#[test]
+fn an_owner_workers_death_loses_no_offline() {
+    let srv = Server::builder()
+        .workers(2)
+        .login_reply()
+        .set("events=true")
+        .start();
+    srv.wait_mesh();
+    let sub = Sub::connect(&srv, r#"["login","logout","online","offline"]"#);
+    wait_subscribers_known(&srv, &[&sub]);
+    let pids = srv.worker_pids();
+    let sub_pid = Owners::snapshot(&pids)
+        .owner(&sub.stream)
+        .expect("the subscriber's worker");
+    let victim_pid = pids
+        .iter()
+        .copied()
+        .find(|p| *p != sub_pid)
+        .expect("victim");
+    let r = srv.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let stats: Value = serde_json::from_slice(&r.body).expect("stats");
+    let victim_id = stats["workers"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["pid"].as_u64() == Some(u64::from(victim_pid)))
+                .and_then(|r| r["worker"].as_u64())
+        })
+        .expect("the victim's worker id");
+    sub.drain(Duration::from_millis(300));
+
+    let mut clients = HashMap::new();
+    let mut login_in = HashMap::new();
+    let mut owner_of = HashMap::new();
+    for i in 0..60 {
+        let uid = format!("g{i}");
+        clients.insert(uid.clone(), srv.login_acked(&uid));
+    }
+    while login_in.len() < 60 || owner_of.len() < 60 {
+        let v = sub.wait("logins and onlines", LONG, |v| {
+            v["uid"].as_str().is_some_and(|u| u.starts_with('g'))
+        });
+        let uid = v["uid"].as_str().expect("uid").to_string();
+        let w = v["worker"].as_u64().expect("worker");
+        match v["event"].as_str() {
+            Some("login") => login_in.insert(uid, w),
+            Some("online") => owner_of.insert(uid, w),
+            _ => None,
+        };
+    }
+    let pick = |held_by_victim: bool| -> HashSet<String> {
+        login_in
+            .iter()
+            .filter(|(u, w)| (**w == victim_id) == held_by_victim && owner_of[*u] == victim_id)
+            .map(|(u, _)| u.clone())
+            .collect()
+    };
+    // Held and owned by the victim: only it knew them, and its backup must say offline.
+    let only_victim = pick(true);
+    // Held by the survivor, owned by the victim, and closed while the victim is not replaced.
+    let in_gap = pick(false);
+    assert!(
+        !only_victim.is_empty() && !in_gap.is_empty(),
+        "no uids of each kind"
+    );
+
+    // The master is held still, so the victim is not replaced before the gap's departures.
+    signal(srv.master_pid(), libc::SIGSTOP);
+    signal(victim_pid, libc::SIGKILL);
+    let mut offline = HashSet::new();
+    while offline.len() < only_victim.len() {
+        let v = sub.wait("offline of the victim's own uids", LONG, |v| {
+            v["event"] == "offline" && v["uid"].as_str().is_some_and(|u| only_victim.contains(u))
+        });
+        assert!(
+            offline.insert(v["uid"].as_str().unwrap_or_default().to_string()),
+            "{v}"
+        );
+    }
+    for uid in &in_gap {
+        if let Some(c) = clients.remove(uid) {
+            c.close();
+        }
+    }
+    // The survivor handled the closes (their logouts) before the replacement exists.
+    let mut logouts = HashSet::new();
+    while logouts.len() < in_gap.len() {
+        let v = sub.wait("logouts in the gap", LONG, |v| {
+            v["event"] == "logout" && v["uid"].as_str().is_some_and(|u| in_gap.contains(u))
+        });
+        logouts.insert(v["uid"].as_str().unwrap_or_default().to_string());
+    }
+    signal(srv.master_pid(), libc::SIGCONT);
+    let mut gone = HashSet::new();
+    while gone.len() < in_gap.len() {
+        let v = sub.wait("offline of the uids that left in the gap", LONG, |v| {
+            v["event"] == "offline" && v["uid"].as_str().is_some_and(|u| in_gap.contains(u))
+        });
+        assert!(
+            gone.insert(v["uid"].as_str().unwrap_or_default().to_string()),
+            "{v}"
+        );
+    }
+    // Once each: nothing more for them.
+    let more: Vec<Value> = sub
+        .drain(Duration::from_millis(800))
+        .into_iter()
+        .filter(|v| v["event"] == "online" || v["event"] == "offline")
+        .filter(|v| {
+            v["uid"]
+                .as_str()
+                .is_some_and(|u| only_victim.contains(u) || in_gap.contains(u))
+        })
+        .collect();
+    assert!(more.is_empty(), "{more:?}");
+}

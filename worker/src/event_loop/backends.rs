@@ -225,7 +225,18 @@ impl Worker {
                     return;
                 }
             }
-            // No way to the owner (starting, restarting, full): this worker decides alone.
+            // No way to the owner (starting, restarting, full): this worker decides alone,
+            // for what it announced alone; a departure of a uid the owner knew of waits for
+            // the new owner (`presence_gap`).
+            if !on && !self.up.held.contains_key(uid) {
+                self.keep_orphan(o, uid);
+                return;
+            }
+            if on && self.orphan_back(o, uid) {
+                return;
+            }
+        } else {
+            self.tell_backup(uid, on);
         }
         self.apply_held(self.pid, uid, on);
     }
@@ -283,11 +294,19 @@ impl Worker {
         // owner's business again (it holds only this worker's pid).
         self.up.held.retain(|u, _| owner(u, n) != worker);
         let subs = PeerMsg::Subscribers(self.up.subs.values().copied().collect());
+        let mut gap = self.gap_link_opened(worker);
+        let gone = self.take_orphans(worker);
+        if !gone.is_empty() {
+            gap.push(PeerMsg::UidsGone(gone));
+        }
         if let Some(l) = self.links.get_mut(key) {
             l.dirty = true;
             let _ = l.chan.send(&subs);
             if !uids.is_empty() {
                 let _ = l.chan.send(&PeerMsg::UidsSnapshot(uids));
+            }
+            for m in gap {
+                let _ = l.chan.send(&m);
             }
         }
     }
@@ -310,6 +329,7 @@ impl Worker {
         for uid in gone {
             self.apply_held(pid, &uid, false);
         }
+        self.backed_owner_lost(pid);
     }
 
     /// An events message from the sibling on link `key`.
@@ -333,6 +353,10 @@ impl Worker {
                     self.apply_held(pid, &u, on);
                 }
             }
+            PeerMsg::UidsBacked { whole, on, uids } if self.up.on => {
+                self.backed(pid, whole, on, uids)
+            }
+            PeerMsg::UidsGone(uids) if self.up.on => self.gone_told(uids),
             // Held before the link opened: announced already (see `PeerMsg::UidsSnapshot`).
             PeerMsg::UidsSnapshot(uids) if self.up.on => {
                 for u in uids {
@@ -379,6 +403,7 @@ impl Worker {
         shrink(&mut self.up.clients);
         shrink(&mut self.up.rates);
         shrink(&mut self.up.held);
+        self.gap_tick();
     }
 }
 

@@ -257,7 +257,9 @@ impl Worker {
             | PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
-            | PeerMsg::UidsSnapshot(_) => {}
+            | PeerMsg::UidsSnapshot(_)
+            | PeerMsg::UidsBacked { .. }
+            | PeerMsg::UidsGone(_) => {}
         }
     }
 

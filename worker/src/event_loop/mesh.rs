@@ -295,7 +295,9 @@ impl Worker {
             | PeerMsg::Event { .. }
             | PeerMsg::UidsHeld { .. }
             | PeerMsg::ToClient { .. }
-            | PeerMsg::UidsSnapshot(_)) => self.up_peer_msg(key, m),
+            | PeerMsg::UidsSnapshot(_)
+            | PeerMsg::UidsBacked { .. }
+            | PeerMsg::UidsGone(_)) => self.up_peer_msg(key, m),
         }
     }
 

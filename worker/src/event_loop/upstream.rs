@@ -32,7 +32,7 @@ use crate::webhook::{Outgoing, Settings, Webhook};
 use bytes::Bytes;
 use herald_ipc::PeerMsg;
 use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -108,6 +108,18 @@ pub(super) struct Upstream {
     pub(super) held: HashMap<Box<str>, SmallVec<[u32; 2]>>,
     /// Messages per second per logged-in client (with `max_upstream_rate`).
     pub(super) rates: HashMap<Recipient, Rate>,
+    /// Backup's part of presence: owner pid → the uids it owns and holds itself.
+    pub(super) backed: HashMap<u32, HashSet<Box<str>>>,
+    /// Uids whose last connection here ended while their owner (by worker id) was out of
+    /// reach, told when the link to it opens.
+    pub(super) orphans: HashMap<u32, HashSet<Box<str>>>,
+    /// How many uids `orphans` holds (bounded).
+    pub(super) orphans_len: usize,
+    /// Owner's part: departures told late, with the tick they came at, decided on once the
+    /// siblings' snapshots are in.
+    pub(super) gone: Vec<(u32, Box<str>)>,
+    /// Ticks of `up_tick` (seconds) since the worker started.
+    pub(super) ticks: u32,
 }
 
 impl Upstream {
