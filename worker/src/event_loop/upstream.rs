@@ -17,8 +17,9 @@
 //! (`PeerMsg::UidsHeld`); the owner keeps, per uid, which workers hold it, and emits `online`
 //! when the first arrives and `offline` when the last leaves (or its worker's link ends). A
 //! worker that links to the owner again tells it the uids it holds (`PeerMsg::UidsSnapshot`),
-//! so a restarted owner knows them again, without announcing them again. With a cluster the
-//! owner speaks only while Redis is out of reach (`presence_cluster`).
+//! so a restarted owner knows them again, without announcing them again; what only the owner
+//! knew is covered by `presence_gap`. With a cluster the owner speaks only while Redis is out
+//! of reach (`presence_cluster`).
 
 use super::Worker;
 use crate::conn::CLOSING;
