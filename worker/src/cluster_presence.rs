@@ -184,7 +184,7 @@ pub fn split(batch: Vec<BusCmd>) -> (Vec<BusCmd>, Vec<PresenceCmd>) {
     (rest, pres)
 }
 
-/// Transitions in pieces of at most [`EVENT_CHUNK`], one loop event each (none when empty).
+/// Transitions in pieces of at most 256, one loop event each (none when empty).
 pub fn in_chunks(mut t: Vec<Transition>) -> Vec<Vec<Transition>> {
     let mut out = Vec::with_capacity(t.len().div_ceil(EVENT_CHUNK));
     while t.len() > EVENT_CHUNK {
