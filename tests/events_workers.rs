@@ -1,6 +1,8 @@
 //! Events when workers change: the uids of a worker killed with `kill -9` go offline (said by
-//! their owner worker), and the PHP consumer connects again after a graceful reload, with the
-//! chat going on through the new workers.
+//! their owner worker); an owner worker replaced after `kill -9` announces no uid online again,
+//! and neither the offline of its own uids (said by its backup) nor those of departures while
+//! it was missing (said by its replacement) are lost; the PHP consumer connects again after a
+//! graceful reload, with the chat going on through the new workers.
 
 mod common;
 mod events_common;
