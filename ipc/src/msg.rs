@@ -138,6 +138,27 @@ pub enum PeerMsg {
     },
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
+    /// To the worker that keeps the server-wide presence of these uids, when the sender's link
+    /// to it opens: the sender holds connections of them now. Each was announced `online`
+    /// already (by the owner before, or by the sender deciding alone while it had no link), so
+    /// the receiver records them without announcing them again.
+    UidsSnapshot(Vec<String>),
+    /// To the presence backup of the sender (the next worker id): the sender, owner of these
+    /// uids, got their first connection itself (`on`) or lost its last one; `whole`: these are
+    /// all of them (sent when the link opens; `on` is then true). Should the sender die, the
+    /// backup says `offline` for the uids nobody else holds, which no other worker knew of.
+    UidsBacked {
+        /// The list replaces what the backup knew of the sender.
+        whole: bool,
+        /// Arrived (true) or departed.
+        on: bool,
+        /// The uids.
+        uids: Vec<String>,
+    },
+    /// To the presence owner of these uids, when the sender's link to it opens: their last
+    /// connection in the sender ended while the sender had no link to the owner (the owner was
+    /// being replaced). The owner says `offline` for those nobody holds.
+    UidsGone(Vec<String>),
 }
 
 const HELLO: u8 = 1;
@@ -159,6 +180,9 @@ const ANSWER_UID_LIST: u8 = 13;
 const ROUTE: u8 = 14;
 const POSITIONED: u8 = 15;
 const HISTORY: u8 = 16;
+const UIDS_SNAPSHOT: u8 = 60;
+const UIDS_BACKED: u8 = 61;
+const UIDS_GONE: u8 = 62;
 
 const T_UIDS: u8 = 0;
 const T_ALL: u8 = 1;
@@ -275,6 +299,20 @@ impl Wire for PeerMsg {
                 put::u8(out, *binary as u8);
                 out.extend_from_slice(payload);
             }
+            PeerMsg::UidsSnapshot(uids) => {
+                put::u8(out, UIDS_SNAPSHOT);
+                put::strs(out, uids);
+            }
+            PeerMsg::UidsBacked { whole, on, uids } => {
+                put::u8(out, UIDS_BACKED);
+                put::u8(out, *whole as u8);
+                put::u8(out, *on as u8);
+                put::strs(out, uids);
+            }
+            PeerMsg::UidsGone(uids) => {
+                put::u8(out, UIDS_GONE);
+                put::strs(out, uids);
+            }
         }
     }
 
@@ -389,6 +427,13 @@ impl Wire for PeerMsg {
                     payload: r.rest().to_vec(),
                 }
             }
+            UIDS_SNAPSHOT => PeerMsg::UidsSnapshot(r.strs("uids")?),
+            UIDS_BACKED => PeerMsg::UidsBacked {
+                whole: r.u8("whole")? != 0,
+                on: r.u8("on")? != 0,
+                uids: r.strs("uids")?,
+            },
+            UIDS_GONE => PeerMsg::UidsGone(r.strs("uids")?),
             other => return Err(CodecError::UnknownKind(other)),
         })
     }
@@ -672,6 +717,19 @@ mod tests {
             on: true,
             uids: vec!["u1".into(), "u2".into()],
         });
+        round(PeerMsg::UidsSnapshot(vec!["u1".into()]));
+        round(PeerMsg::UidsSnapshot(vec![]));
+        round(PeerMsg::UidsBacked {
+            whole: true,
+            on: true,
+            uids: vec!["u1".into()],
+        });
+        round(PeerMsg::UidsBacked {
+            whole: false,
+            on: false,
+            uids: vec![],
+        });
+        round(PeerMsg::UidsGone(vec!["u2".into()]));
         round(PeerMsg::ToClient {
             conn: "12.3.4".into(),
             ack: Some(5),

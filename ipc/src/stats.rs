@@ -170,6 +170,10 @@ table! {
     recovered: Counter;
     /// Reconnections that asked for recovery and could not get it (recovered: false)
     recovery_failed: Counter;
+    /// Whole-cluster online/offline events decided here (Redis said the uid's first or last connection in the cluster)
+    cluster_presence: Counter;
+    /// Of those, offline events of uids whose worker died without saying so (reaped after its alive key expired)
+    cluster_reaped: Counter;
 }
 
 impl Stat {

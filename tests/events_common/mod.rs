@@ -209,3 +209,40 @@ pub fn login_elsewhere(srv: &Server, sub: &Lines, uid: &str, not: u64) -> Ws {
     }
     panic!("{uid} never landed outside worker {not}");
 }
+
+/// `php -S` serving `scripts/php/webhook.php` on a free port (checking signatures made with
+/// `secret`), recording events into a file: the port, the server (killed on drop), the
+/// directory of the file (removed on drop) and the file.
+pub fn webhook_endpoint(secret: &str) -> (u16, Group, TempDir, std::path::PathBuf) {
+    let dir = TempDir::new();
+    let log = dir.path.join("events.log");
+    let port = free_port();
+    let mut cmd = Command::new("php");
+    cmd.args([
+        "-S",
+        &format!("127.0.0.1:{port}"),
+        workspace_root()
+            .join("scripts/php/webhook.php")
+            .to_str()
+            .expect("path"),
+    ])
+    .env("HERALD_WEBHOOK_SECRET", secret)
+    .env("HERALD_EVENTS_LOG", &log)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let g = Group::spawn(&mut cmd).expect("spawn php -S");
+    assert!(
+        wait_until(LONG, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "php -S did not listen"
+    );
+    (port, g, dir, log)
+}
+
+/// The events the webhook endpoint recorded so far.
+pub fn webhook_recorded(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -152,6 +152,8 @@ pub enum BusCmd {
     Resync(Vec<String>),
     /// The history in Redis (`history_size` with `cluster`; see `crate::cluster_history`).
     History(crate::cluster_history::HistCmd),
+    /// Whole-cluster presence (see `crate::cluster_presence`).
+    Presence(crate::cluster_presence::PresenceCmd),
 }
 
 /// What Redis brings back to the loop.
@@ -174,6 +176,8 @@ pub enum BusEvent {
     Message(Vec<u8>),
     /// An answer about the history in Redis.
     History(crate::cluster_history::HistEvent),
+    /// Uids that came online or went offline for the whole cluster, decided by this member.
+    Presence(Vec<crate::cluster_presence::Transition>),
 }
 
 /// This worker's end of the bus.
@@ -340,6 +344,7 @@ impl Ctx {
     /// a failure (Redis down, a name conflict) wait a growing back-off before trying again.
     fn commands(self, rx: Receiver<BusCmd>) {
         let mut backoff = Duration::from_millis(100);
+        let mut presence = crate::cluster_presence::State::default();
         loop {
             let connected = self.connect().and_then(|mut c| {
                 redis::cmd("PING").query::<String>(&mut c)?;
@@ -348,7 +353,7 @@ impl Ctx {
             let failure = match connected {
                 Ok(mut con) => {
                     let served = Instant::now();
-                    match self.serve(&mut con, &rx) {
+                    match self.serve(&mut con, &rx, &mut presence) {
                         Ok(()) => return,
                         Err(e) => {
                             self.joined.store(false, Ordering::SeqCst);
@@ -398,7 +403,12 @@ impl Ctx {
     }
 
     /// Runs batches on a live connection; `Ok` when the loop is gone, `Err` when Redis is.
-    fn serve(&self, con: &mut redis::Connection, rx: &Receiver<BusCmd>) -> redis::RedisResult<()> {
+    fn serve(
+        &self,
+        con: &mut redis::Connection,
+        rx: &Receiver<BusCmd>,
+        presence: &mut crate::cluster_presence::State,
+    ) -> redis::RedisResult<()> {
         let route = redis::Script::new(ROUTE);
         let beat = redis::Script::new(HEARTBEAT_SCRIPT);
         let p = &self.prefix;
@@ -408,6 +418,7 @@ impl Ctx {
         // Loaded once per connection (a restarted Redis forgets it; we reconnect then).
         route.prepare_invoke().load(con)?;
         crate::cluster_history::load(con)?;
+        presence.load(con)?;
         loop {
             if Instant::now() >= next_beat {
                 let answer: String = beat
@@ -432,6 +443,16 @@ impl Ctx {
                 if !self.joined.swap(true, Ordering::SeqCst) {
                     // A subscriber on the loop's own link starts listening now.
                     let _ = self.waker.wake();
+                }
+                let gone = presence.reap(con, p)?;
+                for c in crate::cluster_presence::in_chunks(gone) {
+                    if !self.emit(BusEvent::Presence(c)) {
+                        return Ok(());
+                    }
+                }
+                // Reaped as dead while alive: the loop resyncs as after a reconnection.
+                if presence.beat(Duration::from_secs(ALIVE_TTL)) && up && !self.emit(BusEvent::Up) {
+                    return Ok(());
                 }
                 if list != nodes {
                     nodes = list.to_string();
@@ -476,6 +497,27 @@ impl Ctx {
                     _ => None,
                 })
                 .collect();
+            let (batch, pres) = crate::cluster_presence::split(batch);
+            if !pres.is_empty() {
+                match presence.run(con, p, &self.member, pres) {
+                    Ok(t) => {
+                        for c in crate::cluster_presence::in_chunks(t) {
+                            if !self.emit(BusEvent::Presence(c)) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for cmd in batch {
+                            self.refuse(cmd);
+                        }
+                        for ev in hist.into_iter().filter_map(|c| c.failed()) {
+                            self.emit(BusEvent::History(ev));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             let mut pipe = redis::pipe();
             let mut answers: Vec<u64> = Vec::new();
             for cmd in &batch {
@@ -524,6 +566,8 @@ impl Ctx {
                         }
                     }
                     BusCmd::History(_) => {}
+                    // Taken out of the batch above.
+                    BusCmd::Presence(_) => {}
                 }
             }
             // A batch may hold nothing to send (a resync of no uid).

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod cluster_history;
+pub mod cluster_presence;
 pub mod conn;
 pub mod delivery;
 pub mod event_loop;

@@ -33,6 +33,17 @@ namespace Herald;
  * of a pipeline), the client opens a new one, once, and sends again the commands that got no
  * reply. The server answers every line it read before it closes a connection, so a line that
  * got no reply was not processed and is not pushed twice.
+ *
+ * Events: `subscribe()` turns the connection into an event stream (the server needs
+ * `events = true` or a `webhook_url`) and calls a handler for each event, until the handler
+ * returns false; the handler may call any command on the same client meanwhile (`reply()`,
+ * `ack()`, `answer()`, pushes), whose answers the client tells apart from the events.
+ *
+ *     $h->subscribe(['message', 'online'], function (array $e, Herald\Client $h) {
+ *         if ($e['event'] === 'message') {
+ *             $h->answer($e, 'got it');          // reply, or the Socket.IO ack
+ *         }
+ *     });
  */
 class Client
 {
@@ -65,6 +76,13 @@ class Client
     /** @var int How many times the connection was re-established after a failure. */
     public $reconnects = 0;
 
+    /** @var array<int, string>|null While subscribe() runs: the events subscribed to (a new
+     *  connection subscribes again before anything else). */
+    private $subscribed = null;
+
+    /** @var array<int, string> Event lines read while waiting for a command's reply. */
+    private $events = [];
+
     /**
      * @param string      $host    Text port host.
      * @param int         $port    Text port (Herald's default: 5678).
@@ -96,6 +114,136 @@ class Client
             $this->sock = null;
         }
         $this->buf = '';
+        $this->events = [];
+    }
+
+    /**
+     * Subscribes to `$events` (any of login, message, logout, online, offline; [] for all) and
+     * calls `$handler(array $event, Client $client)` for each event, in order, until it returns
+     * false. Blocks meanwhile (a long-running consumer: GatewayWorker's BusinessWorker).
+     *
+     * When the connection ends (a reload retires the worker holding it, the server restarts),
+     * the client connects again after `retry` seconds (growing to 5 s while it fails) and
+     * subscribes again: events produced in between are not seen, so a consumer that must not
+     * miss any uses the webhook instead (at least once), or both. On return (the handler said
+     * false, or threw) the connection is closed: the next command opens a new, plain one.
+     *
+     * Options: `retry` (float, default 1.0): seconds before connecting again;
+     * `reconnect` (bool, default true): false to throw ConnectionException instead;
+     * `onSubscribe` (callable(Client)): called after each successful subscription (the first
+     * and every one after a reconnection).
+     *
+     * Throws ServerException when the server refuses (`events are off`), AuthenticationException
+     * for a wrong push secret, and whatever the handler throws.
+     *
+     * @param array<int, string> $events
+     * @param callable(array<string, mixed>, Client): mixed $handler
+     * @param array<string, mixed> $options
+     */
+    public function subscribe(array $events, callable $handler, array $options = []): void
+    {
+        $retry = (float)($options['retry'] ?? 1.0);
+        $reconnect = (bool)($options['reconnect'] ?? true);
+        $onSubscribe = $options['onSubscribe'] ?? null;
+        $this->close();
+        $this->subscribed = array_values($events);
+        try {
+            $wait = $retry > 0 ? $retry : 1.0;
+            while (true) {
+                try {
+                    $this->connect();
+                    $wait = $retry > 0 ? $retry : 1.0;
+                    if ($onSubscribe !== null) {
+                        $onSubscribe($this);
+                    }
+                    while (true) {
+                        while ($this->events) {
+                            $event = json_decode((string)array_shift($this->events), true);
+                            if (is_array($event) && $handler($event, $this) === false) {
+                                return;
+                            }
+                        }
+                        $this->readEvents();
+                    }
+                } catch (ConnectionException | TimeoutException $e) {
+                    if (!$reconnect) {
+                        throw $e;
+                    }
+                    $this->close();
+                    $this->reconnects++;
+                    usleep((int)($wait * 1e6));
+                    $wait = min($wait * 2, 5.0);
+                }
+            }
+        } finally {
+            $this->subscribed = null;
+            $this->close();
+        }
+    }
+
+    /**
+     * Answers a client's `message` event with `$data`: the Socket.IO acknowledgement when the
+     * event has one (`ack($e['conn'], $e['ack'], [$data])`), else a message to its connection
+     * (`reply($e['conn'], $data)`). True when it went.
+     *
+     * @param array<string, mixed> $event
+     * @param mixed $data
+     */
+    public function answer(array $event, $data): bool
+    {
+        $conn = (string)($event['conn'] ?? '');
+        if ($conn === '') {
+            return false;
+        }
+        if (isset($event['ack'])) {
+            return (bool)$this->ack($conn, (int)$event['ack'], [$data]);
+        }
+        return (bool)$this->reply($conn, $data);
+    }
+
+    /** Whether `$line` is an event (a JSON object with an `event` field), not a reply. */
+    private static function isEvent(string $line): bool
+    {
+        if ($line === '' || $line[0] !== '{' || strpos($line, '"event"') === false) {
+            return false;
+        }
+        $v = json_decode($line, true);
+        return is_array($v) && isset($v['event']);
+    }
+
+    /**
+     * Waits for more event lines (at most a second, so a signal handler gets its turn) and
+     * queues them. Throws ConnectionException when the connection ends.
+     */
+    private function readEvents(): void
+    {
+        $sock = $this->connect();
+        if ($this->blocking) {
+            stream_set_blocking($sock, false);
+            $this->blocking = false;
+        }
+        $read = [$sock];
+        $write = null;
+        $except = null;
+        if (strpos($this->buf, "\n") === false) {
+            $ready = @stream_select($read, $write, $except, 1, 0);
+            if ($ready === false || $ready === 0) {
+                return; // a signal, or a quiet second
+            }
+            $chunk = @fread($sock, 65536);
+            if ($chunk === false || $chunk === '') {
+                throw new ConnectionException("event stream from {$this->address()} ended");
+            }
+            $this->buf .= $chunk;
+        }
+        while (($nl = strpos($this->buf, "\n")) !== false) {
+            $line = rtrim(substr($this->buf, 0, $nl), "\r");
+            $this->buf = (string)substr($this->buf, $nl + 1);
+            if (self::isEvent($line)) {
+                $this->events[] = $line;
+            }
+            // Anything else is a stray answer line: nothing waits for it.
+        }
     }
 
     /**
@@ -235,8 +383,14 @@ class Client
         $out = (string)substr($out, $n);
         while (true) {
             while (count($replies) < $want && ($nl = strpos($this->buf, "\n")) !== false) {
-                $replies[] = rtrim(substr($this->buf, 0, $nl), "\r");
+                $line = rtrim(substr($this->buf, 0, $nl), "\r");
                 $this->buf = (string)substr($this->buf, $nl + 1);
+                if ($this->subscribed !== null && self::isEvent($line)) {
+                    // An event of the stream, between the replies: kept for subscribe().
+                    $this->events[] = $line;
+                    continue;
+                }
+                $replies[] = $line;
             }
             if (count($replies) >= $want) {
                 return null;
@@ -311,6 +465,23 @@ class Client
                 $error = $reply === null ? null : Reply::error($reply);
                 $why = $error !== null ? $error->getMessage() : ($reply ?? $failure ?? 'no reply');
                 throw new AuthenticationException("authentication failed: $why");
+            }
+        }
+        if ($this->subscribed !== null) {
+            $replies = [];
+            $line = self::encode(['cmd' => 'subscribe', 'events' => $this->subscribed ?: null]);
+            $failure = $this->transfer($sock, [$line], $replies);
+            $reply = $replies[0] ?? null;
+            if ($reply !== 'ok') {
+                $this->close();
+                if ($failure === 'timeout') {
+                    throw new TimeoutException("no answer to subscribe within {$this->timeout}s");
+                }
+                $error = $reply === null ? null : Reply::error($reply);
+                if ($error !== null) {
+                    throw $error;
+                }
+                throw new ConnectionException('subscribe failed: ' . ($reply ?? $failure ?? 'no reply'));
             }
         }
         return $sock;

@@ -216,6 +216,36 @@ trait Commands
         return $this->request(['cmd' => 'history', 'uid' => $uid] + $options, 'json');
     }
 
+    // ------------------------------------------------------------------ answers to clients
+
+    /**
+     * Sends `$data` to one client connection: `$conn` is the `conn` of one of its events
+     * (`{"cmd":"reply","conn":…,"data":…}`). A Socket.IO client gets it as `new_msg`.
+     *
+     * @param mixed $data A string as is, anything else as JSON; with `$binary`, the string's
+     *                    bytes in a binary frame (WebSocket clients only).
+     * @return mixed Client: true, or false when that connection is gone.
+     */
+    public function reply(string $conn, $data, bool $binary = false)
+    {
+        return $this->request(self::withData(['cmd' => 'reply', 'conn' => $conn], $data, $binary), 'okfail');
+    }
+
+    /**
+     * Calls a Socket.IO client's acknowledgement callback `$ack` (the `ack` of its `message`
+     * event) with `$args` (`{"cmd":"ack","conn":…,"ack":N,"data":[…]}`).
+     *
+     * @param array<int, mixed> $args The callback's arguments.
+     * @return mixed Client: true, or false when that session is gone.
+     */
+    public function ack(string $conn, int $ack, array $args = [])
+    {
+        return $this->request(
+            ['cmd' => 'ack', 'conn' => $conn, 'ack' => $ack, 'data' => array_values($args)],
+            'okfail'
+        );
+    }
+
     /**
      * `$cmd` with `data` (and `binary`) set.
      *

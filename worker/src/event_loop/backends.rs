@@ -207,6 +207,7 @@ impl Worker {
 
     /// `uid` arrived in this worker (first connection) or left it (last one): its owner hears.
     pub(super) fn up_held(&mut self, uid: &str, on: bool) {
+        self.cluster_held(uid, on);
         let n = self.cfg.worker_count().max(1);
         let o = owner(uid, n);
         if o != self.id {
@@ -224,7 +225,18 @@ impl Worker {
                     return;
                 }
             }
-            // No way to the owner (starting, restarting, full): this worker decides alone.
+            // No way to the owner (starting, restarting, full): this worker decides alone,
+            // for what it announced alone; a departure of a uid the owner knew of waits for
+            // the new owner (`presence_gap`).
+            if !on && !self.up.held.contains_key(uid) {
+                self.keep_orphan(o, uid);
+                return;
+            }
+            if on && self.orphan_back(o, uid) {
+                return;
+            }
+        } else {
+            self.tell_backup(uid, on);
         }
         self.apply_held(self.pid, uid, on);
     }
@@ -251,9 +263,10 @@ impl Worker {
                 None => false,
             }
         };
-        if changed {
+        // In a cluster that this worker reaches, Redis decides (`presence_cluster`).
+        if changed && self.host_presence_speaks() {
             let id = self.event_id();
-            let json = events::presence(&id, on, uid, self.id, super::unix_ms());
+            let json = self.host_presence_json(&id, on, uid);
             let bit = if on { events::ONLINE } else { events::OFFLINE };
             self.emit(bit, uid, json, id, None, None);
         }
@@ -281,11 +294,19 @@ impl Worker {
         // owner's business again (it holds only this worker's pid).
         self.up.held.retain(|u, _| owner(u, n) != worker);
         let subs = PeerMsg::Subscribers(self.up.subs.values().copied().collect());
+        let mut gap = self.gap_link_opened(worker);
+        let gone = self.take_orphans(worker);
+        if !gone.is_empty() {
+            gap.push(PeerMsg::UidsGone(gone));
+        }
         if let Some(l) = self.links.get_mut(key) {
             l.dirty = true;
             let _ = l.chan.send(&subs);
             if !uids.is_empty() {
-                let _ = l.chan.send(&PeerMsg::UidsHeld { on: true, uids });
+                let _ = l.chan.send(&PeerMsg::UidsSnapshot(uids));
+            }
+            for m in gap {
+                let _ = l.chan.send(&m);
             }
         }
     }
@@ -308,6 +329,7 @@ impl Worker {
         for uid in gone {
             self.apply_held(pid, &uid, false);
         }
+        self.backed_owner_lost(pid);
     }
 
     /// An events message from the sibling on link `key`.
@@ -329,6 +351,19 @@ impl Worker {
             PeerMsg::UidsHeld { on, uids } if self.up.on => {
                 for u in uids {
                     self.apply_held(pid, &u, on);
+                }
+            }
+            PeerMsg::UidsBacked { whole, on, uids } if self.up.on => {
+                self.backed(pid, whole, on, uids)
+            }
+            PeerMsg::UidsGone(uids) if self.up.on => self.gone_told(uids),
+            // Held before the link opened: announced already (see `PeerMsg::UidsSnapshot`).
+            PeerMsg::UidsSnapshot(uids) if self.up.on => {
+                for u in uids {
+                    let e = self.up.held.entry(u.into()).or_default();
+                    if !e.contains(&pid) {
+                        e.push(pid);
+                    }
                 }
             }
             PeerMsg::ToClient {
@@ -368,6 +403,7 @@ impl Worker {
         shrink(&mut self.up.clients);
         shrink(&mut self.up.rates);
         shrink(&mut self.up.held);
+        self.gap_tick();
     }
 }
 

@@ -161,6 +161,7 @@ impl Worker {
                 // Logins made while Redis was out of reach could not ask for their groups, and
                 // whether groups are in use anywhere in the cluster is learned here.
                 self.query(Query::Groups, QReply::ClusterSync);
+                self.cluster_presence_resync();
             }
             BusEvent::Down(why) => {
                 if !self.cluster_down_logged {
@@ -192,6 +193,7 @@ impl Worker {
             }
             BusEvent::Message(env) => self.bus_message(&env),
             BusEvent::History(ev) => self.ch_event(ev),
+            BusEvent::Presence(list) => self.cluster_transitions(list),
         }
     }
 
@@ -253,6 +255,10 @@ impl Worker {
                 }
                 self.progress(id);
             }
+            // A presence event from another node, for this worker's subscribers.
+            PeerMsg::Event { sub: 0, mask, line } if !ours => {
+                self.send_to_subs(mask, bytes::Bytes::from(line))
+            }
             // A history is per host (refused with `cluster`): nothing of it crosses hosts.
             PeerMsg::Hello { .. }
             | PeerMsg::Presence(_)
@@ -262,7 +268,10 @@ impl Worker {
             | PeerMsg::ToClient { .. }
             | PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
-            | PeerMsg::History(_) => {}
+            | PeerMsg::History(_)
+            | PeerMsg::UidsSnapshot(_)
+            | PeerMsg::UidsBacked { .. }
+            | PeerMsg::UidsGone(_) => {}
         }
     }
 

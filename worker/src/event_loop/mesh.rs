@@ -294,7 +294,10 @@ impl Worker {
             m @ (PeerMsg::Subscribers(_)
             | PeerMsg::Event { .. }
             | PeerMsg::UidsHeld { .. }
-            | PeerMsg::ToClient { .. }) => self.up_peer_msg(key, m),
+            | PeerMsg::ToClient { .. }
+            | PeerMsg::UidsSnapshot(_)
+            | PeerMsg::UidsBacked { .. }
+            | PeerMsg::UidsGone(_)) => self.up_peer_msg(key, m),
         }
     }
 

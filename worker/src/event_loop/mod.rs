@@ -57,6 +57,8 @@ mod history_handover;
 mod http;
 mod mesh;
 mod output;
+mod presence_cluster;
+mod presence_gap;
 mod push;
 mod query;
 mod read;

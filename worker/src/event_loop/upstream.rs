@@ -16,8 +16,10 @@
 //! tells the owner when a uid gets its first connection there or loses its last one
 //! (`PeerMsg::UidsHeld`); the owner keeps, per uid, which workers hold it, and emits `online`
 //! when the first arrives and `offline` when the last leaves (or its worker's link ends). A
-//! worker that links to the owner again re-announces its uids, so a restarted owner knows
-//! them again (it then says `online` once more for each).
+//! worker that links to the owner again tells it the uids it holds (`PeerMsg::UidsSnapshot`),
+//! so a restarted owner knows them again, without announcing them again; what only the owner
+//! knew is covered by `presence_gap`. With a cluster the owner speaks only while Redis is out
+//! of reach (`presence_cluster`).
 
 use super::Worker;
 use crate::conn::CLOSING;
@@ -31,7 +33,7 @@ use crate::webhook::{Outgoing, Settings, Webhook};
 use bytes::Bytes;
 use herald_ipc::PeerMsg;
 use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -107,6 +109,18 @@ pub(super) struct Upstream {
     pub(super) held: HashMap<Box<str>, SmallVec<[u32; 2]>>,
     /// Messages per second per logged-in client (with `max_upstream_rate`).
     pub(super) rates: HashMap<Recipient, Rate>,
+    /// Backup's part of presence: owner pid → the uids it owns and holds itself.
+    pub(super) backed: HashMap<u32, HashSet<Box<str>>>,
+    /// Uids whose last connection here ended while their owner (by worker id) was out of
+    /// reach, told when the link to it opens.
+    pub(super) orphans: HashMap<u32, HashSet<Box<str>>>,
+    /// How many uids `orphans` holds (bounded).
+    pub(super) orphans_len: usize,
+    /// Owner's part: departures told late, with the tick they came at, decided on once the
+    /// siblings' snapshots are in.
+    pub(super) gone: Vec<(u32, Box<str>)>,
+    /// Ticks of `up_tick` (seconds) since the worker started.
+    pub(super) ticks: u32,
 }
 
 impl Upstream {
