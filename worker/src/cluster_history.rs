@@ -20,7 +20,7 @@
 //! - `P:hd:MEMBER/ID:UID`, for a minute: a group push (the entry member's push `ID`) was
 //!   written for UID (every worker holding a member writes; the first one keeps it).
 //!
-//! A push is written and published in one script ([`PUSH`]): for each uid it assigns the next
+//! A push is written and published in one script (`PUSH`): for each uid it assigns the next
 //! offset, appends, sets the expiries, and publishes to every live member holding the uid
 //! (this host's members too, and the sender itself: every positioned message of a uid reaches a
 //! member on its one subscriber connection, in offset order). The published message starts

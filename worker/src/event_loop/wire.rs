@@ -139,9 +139,9 @@ impl Wire {
 
     /// Queues `cmd` on the command link when it is ready and `cmd` is one it carries; else
     /// gives it back (for the bus's thread).
-    fn send(&mut self, cmd: BusCmd) -> Result<(), BusCmd> {
+    fn send(&mut self, cmd: BusCmd) -> Option<BusCmd> {
         if !self.cmd.ready() {
-            return Err(cmd);
+            return Some(cmd);
         }
         if self.waiting.is_empty() {
             self.progress_at = Instant::now();
@@ -172,9 +172,9 @@ impl Wire {
                 self.cmd.queue(&[b"PUBLISH", chan.as_bytes(), &env]);
                 self.waiting.push_back(None);
             }
-            other => return Err(other),
+            other => return Some(other),
         }
-        Ok(())
+        None
     }
 
     /// What the command link's replies mean, in order, into `out`.
@@ -227,8 +227,8 @@ impl Worker {
     pub(super) fn bus_send(&mut self, cmd: BusCmd) -> bool {
         let cmd = match self.wire.as_mut() {
             Some(w) if self.cluster_up => match w.send(cmd) {
-                Ok(()) => return true,
-                Err(back) => back,
+                None => return true,
+                Some(back) => back,
             },
             _ => cmd,
         };
