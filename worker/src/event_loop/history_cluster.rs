@@ -183,16 +183,21 @@ impl Worker {
             }
             return self.ch_unkept(uids, payload, binary, reply);
         }
-        if let Some(h) = self.hist.as_mut().filter(|_| !grouped) {
-            h.ch.pushes.insert(
-                id,
-                Sent {
-                    uids,
-                    payload: Bytes::copy_from_slice(payload),
-                    binary,
-                    at: started,
-                },
-            );
+        let sent = (!grouped).then(|| Sent {
+            uids,
+            payload: Bytes::copy_from_slice(payload),
+            binary,
+            at: started,
+        });
+        self.ch_await(id, sent, started, reply);
+    }
+
+    /// Push `id`, handed to Redis, waits as an entry of the gather for Redis's count of the
+    /// members reached, then for their answers; `sent` is kept to deliver it without a history
+    /// should Redis not publish it.
+    fn ch_await(&mut self, id: u64, sent: Option<Sent>, started: Instant, reply: ReplyTo) {
+        if let (Some(h), Some(sent)) = (self.hist.as_mut(), sent) {
+            h.ch.pushes.insert(id, sent);
         }
         let id = self.gather.add(Waiting {
             job: Job::Push {
@@ -262,30 +267,13 @@ impl Worker {
             let target = super::push::To::Target(herald_ipc::Target::Groups(groups));
             return self.plain_push(target, exclude, payload, binary, reply);
         }
-        if let Some(h) = self.hist.as_mut() {
-            h.ch.pushes.insert(
-                id,
-                Sent {
-                    uids: groups,
-                    payload: Bytes::copy_from_slice(payload),
-                    binary,
-                    at: started,
-                },
-            );
-        }
-        let id = self.gather.add(Waiting {
-            job: Job::Push {
-                started,
-                total: 0,
-                reply,
-            },
-            peers: Peers::new(),
-            deadline: started + super::ms(self.cfg.ipc_timeout),
-            partial: false,
-            remote: 0,
-            remote_unknown: true,
-        });
-        self.progress(id);
+        let sent = Sent {
+            uids: groups,
+            payload: Bytes::copy_from_slice(payload),
+            binary,
+            at: started,
+        };
+        self.ch_await(id, Some(sent), started, reply);
     }
 
     /// A group push could not be published (Redis down): delivered the way without a
