@@ -154,3 +154,19 @@ pub enum HistoryMsg {
         messages: Vec<Kept>,
     },
 }
+
+impl HistoryMsg {
+    /// The answer to recovery `id` that found nothing (an unknown session, no history).
+    pub fn not_found(id: u64) -> HistoryMsg {
+        HistoryMsg::Recovered {
+            id,
+            found: false,
+            uid: String::new(),
+            sid: String::new(),
+            recovered: false,
+            epoch: 0,
+            top: 0,
+            messages: Vec::new(),
+        }
+    }
+}

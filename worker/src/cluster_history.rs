@@ -187,26 +187,13 @@ impl HistCmd {
     pub fn failed(self) -> Option<HistEvent> {
         match self {
             HistCmd::Push { id, .. } => Some(HistEvent::Pushed { id, count: None }),
-            HistCmd::Recover { id, .. } => Some(HistEvent::Recovered(not_found(id))),
+            HistCmd::Recover { id, .. } => Some(HistEvent::Recovered(HistoryMsg::not_found(id))),
             HistCmd::Read { id, .. } => Some(HistEvent::Read { id, kept: None }),
             HistCmd::Bind { .. } | HistCmd::Refresh { .. } => None,
         }
     }
 }
 
-/// A recovery answer that found nothing.
-fn not_found(id: u64) -> HistoryMsg {
-    HistoryMsg::Recovered {
-        id,
-        found: false,
-        uid: String::new(),
-        sid: String::new(),
-        recovered: false,
-        epoch: 0,
-        top: 0,
-        messages: Vec::new(),
-    }
-}
 
 /// Loads the scripts on a new connection.
 pub fn load(con: &mut redis::Connection) -> redis::RedisResult<()> {
@@ -382,7 +369,7 @@ pub fn run(
                 answers
                     .next()
                     .and_then(|v| recovered(id, v))
-                    .unwrap_or_else(|| not_found(id)),
+                    .unwrap_or_else(|| HistoryMsg::not_found(id)),
             )),
             HistCmd::Read { id, .. } => Some(HistEvent::Read {
                 id,

@@ -423,16 +423,7 @@ impl Worker {
         // What one connection may have queued: more is refused (`recovered: false`) rather
         // than dropped on the way.
         let max_bytes = self.cfg.max_send_buffer / 2;
-        let mut a = HistoryMsg::Recovered {
-            id,
-            found: false,
-            uid: String::new(),
-            sid: String::new(),
-            recovered: false,
-            epoch: 0,
-            top: 0,
-            messages: Vec::new(),
-        };
+        let mut a = HistoryMsg::not_found(id);
         let Some(h) = self.hist.as_mut() else {
             return a;
         };
