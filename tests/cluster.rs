@@ -206,7 +206,7 @@ fn redis_unreachable_at_start_then_up_and_restarted() {
     assert_eq!(local.recv_text(REPLY), r#"{"uid":"local","n":1}"#);
     let metrics = a.http(&get("/metrics")).text();
     assert!(
-        metrics.contains("herald_cluster_up{worker=\"0\"} 0"),
+        metrics.contains("herald_cluster_up{node=\"node-a\",worker=\"0\"} 0"),
         "{metrics}"
     );
     assert!(
@@ -351,4 +351,98 @@ fn nodes_reach_redis_over_tls() {
     reachable(&a, "bob", Duration::from_secs(15));
     assert_eq!(cmd(&a, r#"{"uid":"bob","over":"tls"}"#), "ok\n");
     assert_eq!(next_text(&mut bob), r#"{"uid":"bob","over":"tls"}"#);
+}
+
+/// `POST target` with a JSON body.
+fn post_json(target: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn questions_groups_stats_and_kicks_cover_every_node() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a");
+    let b = node(&redis.url(), "node-b");
+    let mut bob = b.login_acked("bob");
+    let mut carol = b.login_acked("carol");
+    let _alice = a.login_acked("alice");
+    reachable(&a, "bob", Duration::from_secs(10));
+    reachable(&a, "carol", Duration::from_secs(10));
+    reachable(&b, "alice", Duration::from_secs(10));
+    // A group joined on B is seen from A, by the text port and the API.
+    assert_eq!(cmd(&b, r#"{"cmd":"join","uid":"bob","group":"g"}"#), "ok\n");
+    let groups: serde_json::Value =
+        serde_json::from_str(&cmd(&a, r#"{"cmd":"groups"}"#)).expect("groups is JSON");
+    assert_eq!(groups["g"], 1, "{groups}");
+    let r = a.http(&get("/api/groups"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api groups");
+    assert_eq!(v["groups"]["g"], 1, "{v}");
+    // Online and uids through the API of the node that holds neither bob nor carol.
+    let r = a.http(&get("/api/online/bob"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api online");
+    assert_eq!(v["online"], true, "{v}");
+    assert_eq!(v["connections"], 1, "{v}");
+    let r = a.http(&get("/api/uids"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api uids");
+    assert_eq!(v["count"], 3, "{v}");
+    for uid in ["alice", "bob", "carol"] {
+        assert!(
+            v["uids"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|u| u == uid)),
+            "{uid} missing from {v}"
+        );
+    }
+    let r = a.http(&get("/api/uids?group=g"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api uids of g");
+    assert_eq!(v["uids"], serde_json::json!(["bob"]), "{v}");
+    // Figures: the API's totals and `/metrics` count every node's workers, and each sample
+    // names its node (worker numbers repeat from node to node).
+    let r = a.http(&get("/api/stats"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api stats");
+    assert_eq!(v["totals"]["logged_in"], 3, "{v}");
+    assert_eq!(v["workers"].as_array().map(Vec::len), Some(4), "{v}");
+    let metrics = a.http(&get("/metrics")).text();
+    let mut series = std::collections::HashSet::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let key = line.rsplit_once(' ').map_or(line, |(k, _)| k);
+        assert!(series.insert(key.to_string()), "{key} twice in\n{metrics}");
+    }
+    for node in ["node-a", "node-b"] {
+        assert!(
+            metrics.contains(&format!("herald_uids{{node=\"{node}\",worker=\"0\"}}")),
+            "{metrics}"
+        );
+    }
+    // A kick entering A closes bob's connection on B, after the parting words.
+    assert_eq!(
+        cmd(&a, r#"{"cmd":"kick","uid":"bob","data":"bye"}"#),
+        "ok\n"
+    );
+    assert_eq!(next_text(&mut bob), "bye");
+    assert!(
+        bob.closed_within(REPLY),
+        "bob still connected after a kick from A"
+    );
+    // The same through A's API for carol.
+    let r = a.http(&post_json("/api/kick/carol", r#"{"data":"later"}"#));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("api kick");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["connections"], 1, "{v}");
+    assert_eq!(next_text(&mut carol), "later");
+    assert!(
+        carol.closed_within(REPLY),
+        "carol still connected after a kick from A"
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        cmd(&a, r#"{"cmd":"online","uid":"bob"}"#) == "0\n"
+    });
+    assert!(gone, "bob still online after the kick");
 }

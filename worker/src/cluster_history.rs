@@ -194,7 +194,6 @@ impl HistCmd {
     }
 }
 
-
 /// Loads the scripts on a new connection.
 pub fn load(con: &mut redis::Connection) -> redis::RedisResult<()> {
     for s in SCRIPTS.iter() {

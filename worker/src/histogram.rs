@@ -47,7 +47,7 @@ impl Histogram {
 
 /// The Prometheus lines of one worker's histogram (`{"buckets":…,"sum_us":…}`) for family
 /// `name`, labelled with `worker`: cumulative `_bucket{le}`, `_sum` in seconds, `_count`.
-pub fn render(name: &str, worker: &Value, h: &Value, out: &mut String) {
+pub fn render(name: &str, labels: &str, h: &Value, out: &mut String) {
     use std::fmt::Write;
     let Some(counts) = h["buckets"].as_array() else {
         return;
@@ -59,14 +59,11 @@ pub fn render(name: &str, worker: &Value, h: &Value, out: &mut String) {
             Some(b) => format!("{}", *b as f64 / 1e6),
             None => "+Inf".to_string(),
         };
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{worker=\"{worker}\",le=\"{le}\"}} {total}"
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
     }
     let sum = h["sum_us"].as_u64().unwrap_or(0) as f64 / 1e6;
-    let _ = writeln!(out, "{name}_sum{{worker=\"{worker}\"}} {sum}");
-    let _ = writeln!(out, "{name}_count{{worker=\"{worker}\"}} {total}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
 }
 
 #[cfg(test)]
@@ -81,7 +78,7 @@ mod tests {
         h.observe(Duration::from_micros(101));
         h.observe(Duration::from_secs(3));
         let mut out = String::new();
-        render("x", &json!(1), &h.to_json(), &mut out);
+        render("x", "worker=\"1\"", &h.to_json(), &mut out);
         assert!(
             out.contains("x_bucket{worker=\"1\",le=\"0.0001\"} 2\n"),
             "{out}"

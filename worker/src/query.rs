@@ -387,8 +387,22 @@ pub fn render_http(q: &Query, m: &Merged, partial: bool) -> (u16, String) {
     (200, v.to_string())
 }
 
+/// A row's Prometheus labels: its worker, and in a cluster its node first (worker numbers
+/// repeat from node to node: without the node two samples would share one series).
+fn metric_labels(r: &Value) -> Option<String> {
+    let id = r.get("worker")?;
+    Some(match r.get("cluster_node").and_then(Value::as_str) {
+        Some(node) => format!(
+            "node=\"{}\",worker=\"{id}\"",
+            node.replace(['\\', '"'], "_")
+        ),
+        None => format!("worker=\"{id}\""),
+    })
+}
+
 /// Prometheus text exposition of every worker's status row: one family per figure of the
-/// table (counters end in `_total`), each sample labelled with its worker.
+/// table (counters end in `_total`), each sample labelled with its worker (and its node, in a
+/// cluster).
 pub fn render_metrics(rows: &[Value], partial: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -399,8 +413,8 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
         };
         let _ = write!(out, "# HELP {name} {}\n# TYPE {name} {kind}\n", s.help());
         for r in rows {
-            if let (Some(id), Some(v)) = (r.get("worker"), r.get(s.name).and_then(Value::as_u64)) {
-                let _ = writeln!(out, "{name}{{worker=\"{id}\"}} {v}");
+            if let (Some(l), Some(v)) = (metric_labels(r), r.get(s.name).and_then(Value::as_u64)) {
+                let _ = writeln!(out, "{name}{{{l}}} {v}");
             }
         }
     }
@@ -408,16 +422,16 @@ pub fn render_metrics(rows: &[Value], partial: bool) -> String {
         "# HELP herald_push_seconds How long a backend waited for the answer to a push\n# TYPE herald_push_seconds histogram\n",
     );
     for r in rows {
-        if let (Some(id), Some(h)) = (r.get("worker"), r.get("push_latency")) {
-            crate::histogram::render("herald_push_seconds", id, h, &mut out);
+        if let (Some(l), Some(h)) = (metric_labels(r), r.get("push_latency")) {
+            crate::histogram::render("herald_push_seconds", &l, h, &mut out);
         }
     }
     out.push_str(
         "# HELP herald_delivery_queue_seconds How long frames waited in a client's output queue before the kernel took them\n# TYPE herald_delivery_queue_seconds histogram\n",
     );
     for r in rows {
-        if let (Some(id), Some(h)) = (r.get("worker"), r.get("delivery_latency")) {
-            crate::histogram::render("herald_delivery_queue_seconds", id, h, &mut out);
+        if let (Some(l), Some(h)) = (metric_labels(r), r.get("delivery_latency")) {
+            crate::histogram::render("herald_delivery_queue_seconds", &l, h, &mut out);
         }
     }
     let _ = write!(
