@@ -560,3 +560,54 @@ fn expired_history_is_not_recovered_in_a_cluster() {
     assert_eq!(head["recovered"], false, "{head}");
     assert_eq!(head["epoch"], epoch.as_str());
 }
+
+#[test]
+fn a_group_member_dropped_everywhere_recovers_what_the_group_got_meanwhile() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a", &[]);
+    let b = node(&redis.url(), "node-b", &[]);
+    // The uid's one device is on B; it joins a group there, and A learns of the membership.
+    let (mut dev, _) = login_env(&b, "/?envelope=1", "gd1");
+    let n = push_until_ok(&a, "gd1", 0);
+    assert_eq!(
+        cmd(&b, r#"{"cmd":"join","uid":"gd1","group":"gd"}"#),
+        "ok\n"
+    );
+    let mut last = Value::Null;
+    for _ in 0..n {
+        last = recv_json(&mut dev);
+    }
+    assert_eq!(
+        cmd(&a, r#"{"cmd":"group","group":"gd","data":"before"}"#),
+        "ok\n"
+    );
+    let before = recv_json(&mut dev);
+    assert_eq!(before["data"], "before", "{before} after {last}");
+    let (epoch, offset) = (
+        before["epoch"].as_str().expect("epoch").to_string(),
+        before["offset"].as_u64().expect("offset"),
+    );
+    // The device drops: nobody anywhere holds the uid, and the group speaks twice, through
+    // A, which never held it.
+    dev.close();
+    let gone = wait_until(Duration::from_secs(10), || {
+        cmd(&a, r#"{"cmd":"online","uid":"gd1"}"#) == "0\n"
+    });
+    assert!(gone, "gd1 still online");
+    for word in ["while away 1", "while away 2"] {
+        let line = format!("{{\"cmd\":\"group\",\"group\":\"gd\",\"data\":\"{word}\"}}");
+        let r = cmd(&a, &line);
+        assert!(r == "ok\n" || r == "fail\n", "{r}");
+    }
+    // It comes back on A and gets both, once, in order, with its gap filled.
+    let (mut back, head) = login_env(&a, &format!("/?since={epoch}:{offset}"), "gd1");
+    assert_eq!(head["recovered"], true, "{head}");
+    for word in ["while away 1", "while away 2"] {
+        let m = recv_json(&mut back);
+        assert_eq!(m["data"], word, "{m}");
+    }
+    back.expect_silence(Duration::from_millis(300));
+}

@@ -306,12 +306,17 @@ impl Worker {
         let herald_ipc::Target::Groups(groups) = &p.target else {
             return;
         };
+        // Every member writes the group's members it holds a connection of; the entry also
+        // writes those nobody may hold (membership is known everywhere, connections are not):
+        // a member dropped for a moment is then kept too, and recovers what it missed. The
+        // push's token keeps one copy per uid, whoever writes first.
+        let entry = self.bus.as_ref().is_some_and(|b| b.member == from);
         let mut seen: HashSet<&str> = HashSet::new();
         let mut uids = Vec::new();
         for g in groups {
             for u in self.groups.members(g) {
                 if !p.exclude.iter().any(|e| e == u)
-                    && !self.registry.get(u).is_empty()
+                    && (entry || !self.registry.get(u).is_empty())
                     && seen.insert(u)
                 {
                     uids.push(u.to_string());
