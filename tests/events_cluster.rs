@@ -541,3 +541,32 @@ fn a_worker_stopped_past_its_alive_key_goes_offline_then_online_again() {
         "no warning in the log"
     );
 }
+
+#[test]
+fn a_reply_entering_another_node_reaches_its_client() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a", None);
+    let b = node(&redis.url(), "node-b", None);
+    let sub = Sub::connect(&b, r#"["online","message"]"#);
+    wait_subscribers_known(&b, &[&sub]);
+    let mut chat = b.login_acked("chatter");
+    chat.send_text("hello from b");
+    let ev = sub.wait("message", LONG, |v| {
+        v["event"] == "message" && v["uid"] == "chatter"
+    });
+    // In a cluster a `conn` names its node; a backend may answer through any node.
+    let conn = ev["conn"].as_str().expect("conn").to_string();
+    assert!(conn.starts_with("node-b/"), "{ev}");
+    let line = serde_json::json!({"cmd": "reply", "conn": conn, "data": "from a"}).to_string();
+    let r = a.text_push(format!("{line}\n").as_bytes());
+    assert_eq!(String::from_utf8_lossy(&r), "ok\n");
+    assert_eq!(chat.recv_text(REPLY), "from a");
+    // The same reply through the node that holds it, as before.
+    let line = serde_json::json!({"cmd": "reply", "conn": conn, "data": "from b"}).to_string();
+    let r = b.text_push(format!("{line}\n").as_bytes());
+    assert_eq!(String::from_utf8_lossy(&r), "ok\n");
+    assert_eq!(chat.recv_text(REPLY), "from b");
+}

@@ -101,8 +101,10 @@ pub enum ConnRef {
 }
 
 impl ConnRef {
-    /// Reads a `conn` string; `None` if it is not one.
+    /// Reads a `conn` string (`NODE/` first in a cluster: see [`conn_node`]); `None` if it
+    /// is not one.
     pub fn parse(s: &str) -> Option<ConnRef> {
+        let s = s.rsplit_once('/').map_or(s, |(_, rest)| rest);
         let mut it = s.splitn(3, '.');
         let pid = it.next()?.parse().ok()?;
         let second = it.next()?;
@@ -126,6 +128,14 @@ impl ConnRef {
             ConnRef::Ws { pid, .. } | ConnRef::Session { pid, .. } => *pid,
         }
     }
+}
+
+/// The node a `conn` string names (in a cluster its events write `NODE/PID.…`, so that a
+/// reply entering another node is sent on to the one holding the client).
+pub fn conn_node(s: &str) -> Option<&str> {
+    s.rsplit_once('/')
+        .map(|(node, _)| node)
+        .filter(|n| !n.is_empty())
 }
 
 impl fmt::Display for ConnRef {
@@ -257,6 +267,8 @@ pub enum UpCmd {
     Reply {
         /// The connection.
         conn: ConnRef,
+        /// Its node, when the `conn` string names one (a cluster's).
+        node: Option<String>,
         /// The frame's body.
         payload: Vec<u8>,
         /// A binary frame (`data` in base64).
@@ -266,6 +278,8 @@ pub enum UpCmd {
     Ack {
         /// The connection (a Socket.IO session).
         conn: ConnRef,
+        /// Its node, when the `conn` string names one (a cluster's).
+        node: Option<String>,
         /// The ack id from the `message` event.
         ack: u64,
         /// The ack's arguments, as a JSON array.
@@ -280,11 +294,11 @@ pub fn is_up_cmd(cmd: &str) -> bool {
 
 /// Reads the event command `cmd` of a text-port line.
 pub fn parse_cmd(cmd: &str, obj: &Map<String, Value>) -> Result<UpCmd, String> {
-    let conn = || -> Result<ConnRef, String> {
+    let conn = || -> Result<(ConnRef, Option<String>), String> {
         match obj.get("conn") {
-            Some(Value::String(s)) => {
-                ConnRef::parse(s).ok_or_else(|| format!("`conn` `{s}` names no connection"))
-            }
+            Some(Value::String(s)) => ConnRef::parse(s)
+                .map(|c| (c, conn_node(s).map(String::from)))
+                .ok_or_else(|| format!("`conn` `{s}` names no connection")),
             Some(_) => Err("`conn` must be a string".into()),
             None => Err("missing `conn`".into()),
         }
@@ -309,22 +323,24 @@ pub fn parse_cmd(cmd: &str, obj: &Map<String, Value>) -> Result<UpCmd, String> {
         }
         "unsubscribe" => Ok(UpCmd::Unsubscribe),
         "reply" => {
-            let conn = conn()?;
+            let (conn, node) = conn()?;
             let (payload, binary) = reply_payload(obj.get("data"), obj.get("binary"))?;
             Ok(UpCmd::Reply {
                 conn,
+                node,
                 payload,
                 binary,
             })
         }
         "ack" => {
-            let conn = conn()?;
+            let (conn, node) = conn()?;
             let ack = obj
                 .get("ack")
                 .and_then(Value::as_u64)
                 .ok_or("`ack` must be the event's ack id (a number)")?;
             Ok(UpCmd::Ack {
                 conn,
+                node,
                 ack,
                 args: ack_args(obj.get("data")),
             })
@@ -516,17 +532,19 @@ mod tests {
                     slot: 2,
                     id: 3
                 },
+                node: None,
                 payload: br#"{"a":1}"#.to_vec(),
                 binary: false
             })
         );
         assert_eq!(
-            parse_cmd("ack", &obj(r#"{"conn":"1.s.x","ack":4,"data":"ok"}"#)),
+            parse_cmd("ack", &obj(r#"{"conn":"web-2/1.s.x","ack":4,"data":"ok"}"#)),
             Ok(UpCmd::Ack {
                 conn: ConnRef::Session {
                     pid: 1,
                     sid: "x".into()
                 },
+                node: Some("web-2".into()),
                 ack: 4,
                 args: br#"["ok"]"#.to_vec()
             })

@@ -56,12 +56,16 @@ impl Worker {
             }
             Ok(UpCmd::Reply {
                 conn,
+                node,
                 payload,
                 binary,
-            }) => ok_fail(self.answer_client(&conn, None, binary, payload)),
-            Ok(UpCmd::Ack { conn, ack, args }) => {
-                ok_fail(self.answer_client(&conn, Some(ack), false, args))
-            }
+            }) => ok_fail(self.answer_anywhere(&conn, node, None, binary, payload)),
+            Ok(UpCmd::Ack {
+                conn,
+                node,
+                ack,
+                args,
+            }) => ok_fail(self.answer_anywhere(&conn, node, Some(ack), false, args)),
         };
         self.text_reply(slot, id, seq, Bytes::from(reply));
     }
@@ -90,9 +94,40 @@ impl Worker {
 
     // ---- Answers to clients ------------------------------------------------------------
 
+    /// A backend's reply or ack for client `conn` of `node` (a cluster's node, named by the
+    /// `conn` string): sent on to that node's worker over Redis when it is another, else
+    /// [`Worker::answer_client`]. False when it cannot go.
+    fn answer_anywhere(
+        &mut self,
+        conn: &ConnRef,
+        node: Option<String>,
+        ack: Option<u64>,
+        binary: bool,
+        payload: Vec<u8>,
+    ) -> bool {
+        let here = self.bus.as_ref().map(|b| b.node.as_str());
+        match node {
+            Some(n) if Some(n.as_str()) != here => {
+                if here.is_none() || !self.cluster_up {
+                    // Not a node of this cluster's, or Redis out of reach.
+                    return false;
+                }
+                let msg = PeerMsg::ToClient {
+                    conn: conn.to_string(),
+                    ack,
+                    binary,
+                    payload,
+                };
+                let to = format!("{n}/{}", conn.pid());
+                self.bus_send_msg(&to, &msg)
+            }
+            _ => self.answer_client(conn, ack, binary, payload),
+        }
+    }
+
     /// A backend's reply (`ack` None) or ack for client `conn`, here or in a sibling; false
     /// when it cannot go (no such connection here, no link to its worker).
-    fn answer_client(
+    pub(super) fn answer_client(
         &mut self,
         conn: &ConnRef,
         ack: Option<u64>,
@@ -309,6 +344,8 @@ impl Worker {
                 let _ = l.chan.send(&m);
             }
         }
+        // Events held at this worker's start may now reach that sibling's subscribers.
+        self.flush_early();
     }
 
     /// Link from sibling `pid` ended: its subscribers are gone, and it holds no uid any more.
@@ -319,6 +356,7 @@ impl Worker {
         if self.up.remote.remove(&pid).is_some() {
             self.up.rings.clear();
         }
+        self.up.subs_from.remove(&pid);
         let gone: Vec<String> = self
             .up
             .held
@@ -345,6 +383,8 @@ impl Worker {
                     self.up.remote.insert(pid, list);
                 }
                 self.up.rings.clear();
+                self.up.subs_from.insert(pid);
+                self.flush_early();
             }
             PeerMsg::Event { sub: 0, mask, line } => self.send_to_subs(mask, Bytes::from(line)),
             PeerMsg::Event { sub, line, .. } => self.send_to_sub(sub, Bytes::from(line)),
@@ -385,6 +425,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
+        self.flush_early();
         let conns = &self.conns;
         self.up
             .handshakes

@@ -12,6 +12,7 @@ use super::query::QReply;
 use super::Worker;
 use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
+use crate::events::ConnRef;
 use herald_ipc::codec::{read_frame, write_frame};
 use herald_ipc::{PeerMsg, Push, Query, Share};
 use std::sync::Arc;
@@ -260,12 +261,22 @@ impl Worker {
                 self.send_to_subs(mask, bytes::Bytes::from(line))
             }
             // A history is per host (refused with `cluster`): nothing of it crosses hosts.
+            // A backend's reply or ack that entered another node, for a client here.
+            PeerMsg::ToClient {
+                conn,
+                ack,
+                binary,
+                payload,
+            } => {
+                if let Some(c) = ConnRef::parse(&conn).filter(|c| c.pid() == self.pid) {
+                    self.answer_client(&c, ack, binary, payload);
+                }
+            }
             PeerMsg::Hello { .. }
             | PeerMsg::Presence(_)
             | PeerMsg::Subscribers(_)
             | PeerMsg::Event { .. }
             | PeerMsg::UidsHeld { .. }
-            | PeerMsg::ToClient { .. }
             | PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
@@ -277,14 +288,21 @@ impl Worker {
 
     /// Answers member `to`.
     fn bus_reply(&mut self, to: &str, msg: &PeerMsg) {
-        let Some(bus) = &self.bus else { return };
+        self.bus_send_msg(to, msg);
+    }
+
+    /// Sends `msg` to member `to` of the cluster; false (counted) when it cannot go.
+    pub(super) fn bus_send_msg(&mut self, to: &str, msg: &PeerMsg) -> bool {
+        let Some(bus) = &self.bus else { return false };
         let env = envelope(&bus.member, &framed(msg));
-        if !self.bus_send(BusCmd::Send {
+        let sent = self.bus_send(BusCmd::Send {
             to: to.to_string(),
             env,
-        }) {
+        });
+        if !sent {
             self.stats.cluster_dropped += 1;
         }
+        sent
     }
 }
 

@@ -414,6 +414,7 @@ impl Worker {
                 plan.is_some(),
             )?;
             log::info!("cluster: node {node}, member {}", bus.member);
+            w.up.conn_node = format!("{node}/");
             w.wire = plan.map(|plan| {
                 wire::Wire::new(
                     plan,

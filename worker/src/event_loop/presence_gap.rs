@@ -13,7 +13,9 @@
 //!   link to the uid's owner keeps the uid (bounded by [`ORPHANS`]); when its link to the new
 //!   owner opens, right after the snapshot of what it holds, it sends them
 //!   (`PeerMsg::UidsGone`). The new owner waits until every sibling has linked to it (so their
-//!   snapshots are in), or [`GONE_WAIT`] ticks, then says `offline` for those nobody holds.
+//!   snapshots are in), or [`GONE_WAIT`] ticks, and until it has linked to every sibling itself
+//!   (its events reach their subscribers; [`GONE_MAX`] ticks at most), then says `offline` for
+//!   those nobody holds.
 
 use super::upstream::owner;
 use super::Worker;
@@ -27,6 +29,9 @@ pub(super) const ORPHANS: usize = 100_000;
 /// Ticks (seconds) an owner waits for its siblings' snapshots before deciding on departures it
 /// was told of late.
 const GONE_WAIT: u32 = 3;
+/// Ticks it waits at most for its own links to the siblings (an `offline` for a subscriber
+/// of a sibling it has no link to yet would be dropped).
+const GONE_MAX: u32 = 10;
 
 /// The backup of worker `id` among `n`: the next worker id (none alone).
 pub(super) fn backup_of(id: u32, n: usize) -> Option<u32> {
@@ -157,29 +162,32 @@ impl Worker {
     }
 
     /// Once a second: decide on the departures told late, once every sibling has linked here
-    /// (their snapshots are in) or after [`GONE_WAIT`] ticks.
+    /// (their snapshots are in) or after [`GONE_WAIT`] ticks, once it has linked to them all
+    /// (or after [`GONE_MAX`] ticks).
     pub(super) fn gap_tick(&mut self) {
         self.up.ticks = self.up.ticks.wrapping_add(1);
         if self.up.gone.is_empty() {
             return;
         }
-        let linked: HashSet<u32> = self
-            .links
-            .iter()
-            .filter(|(_, l)| !l.outbound)
-            .map(|(_, l)| l.peer_pid)
-            .collect();
-        let all_in = self
-            .peers
-            .iter()
-            .filter(|p| p.pid != self.pid)
-            .all(|p| linked.contains(&p.pid));
+        let linked = |outbound: bool| -> HashSet<u32> {
+            self.links
+                .iter()
+                .filter(|(_, l)| l.outbound == outbound)
+                .map(|(_, l)| l.peer_pid)
+                .collect()
+        };
+        let (inbound, outbound) = (linked(false), linked(true));
+        let others = || self.peers.iter().filter(|p| p.pid != self.pid);
+        // Their snapshots are in once they all linked here; the events can reach their
+        // subscribers once this worker linked to them all.
+        let all_in = others().all(|p| inbound.contains(&p.pid));
+        let all_out = others().all(|p| outbound.contains(&p.pid));
         let now = self.up.ticks;
         let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.up.gone)
             .into_iter()
             .partition(|(t, _)| {
                 let age = now.wrapping_sub(*t);
-                age >= GONE_WAIT || (all_in && age >= 1)
+                age >= GONE_MAX || (all_out && (age >= GONE_WAIT || (all_in && age >= 1)))
             });
         self.up.gone = wait;
         for (_, uid) in ready {

@@ -61,12 +61,14 @@ enum ConnKey {
 }
 
 impl Client {
-    /// Its `conn` string.
-    fn conn(&self, pid: u32, who: Recipient) -> String {
+    /// Its `conn` string (`node` is `NODE/` in a cluster, else empty).
+    fn conn(&self, node: &str, pid: u32, who: Recipient) -> String {
         match (&self.key, who.who()) {
-            (ConnKey::Ws(id), Who::Conn(slot)) => ConnRef::Ws { pid, slot, id: *id }.to_string(),
-            (ConnKey::Session(sid), _) => format!("{pid}.s.{sid}"),
-            (ConnKey::Ws(id), Who::Session(_)) => format!("{pid}.0.{id}"),
+            (ConnKey::Ws(id), Who::Conn(slot)) => {
+                format!("{node}{}", ConnRef::Ws { pid, slot, id: *id })
+            }
+            (ConnKey::Session(sid), _) => format!("{node}{pid}.s.{sid}"),
+            (ConnKey::Ws(id), Who::Session(_)) => format!("{node}{pid}.0.{id}"),
         }
     }
 }
@@ -78,6 +80,9 @@ pub(super) struct Upstream {
     pub(super) on: bool,
     /// The start of every event id of this worker process (its start time and pid).
     pub(super) id_prefix: String,
+    /// `NODE/` in a cluster (else empty), first in every `conn` string: a backend's reply
+    /// entering another node is sent on to this one.
+    pub(super) conn_node: String,
     /// The last event id's number.
     pub(super) seq: u64,
     /// The webhook's thread, if one is configured.
@@ -121,7 +126,21 @@ pub(super) struct Upstream {
     pub(super) gone: Vec<(u32, Box<str>)>,
     /// Ticks of `up_tick` (seconds) since the worker started.
     pub(super) ticks: u32,
+    /// Siblings (by pid) whose list of subscribers has arrived.
+    pub(super) subs_from: HashSet<u32>,
+    /// Every sibling's subscribers are known and reachable (or [`EARLY_TICKS`] passed): the
+    /// events of a new worker's first moments are held until then (see [`Upstream::early`]).
+    pub(super) settled: bool,
+    /// Events for subscribers (event bit, uid, line) produced before `settled`: a worker that
+    /// starts beside running siblings would otherwise send its first `online`s to no one.
+    pub(super) early: Vec<(u8, Box<str>, Vec<u8>)>,
 }
+
+/// Ticks (seconds) a new worker holds its subscribers' events at most, waiting for its
+/// siblings' lists of subscribers.
+const EARLY_TICKS: u32 = 3;
+/// Events held at most meanwhile (beyond: dropped and counted in `events_dropped`).
+const EARLY_MAX: usize = 100_000;
 
 impl Upstream {
     /// The state for worker `pid`; starts the webhook's thread if one is configured (waking
@@ -244,7 +263,7 @@ impl Worker {
             key,
             since_ms: self.epoch.elapsed().as_millis() as u64,
         };
-        let conn = client.conn(self.pid, who);
+        let conn = client.conn(&self.up.conn_node, self.pid, who);
         self.up.clients.insert(who, client);
         let id = self.event_id();
         let o = self.origin(&id, uid, &conn);
@@ -278,7 +297,7 @@ impl Worker {
                 (Who::Session(_), None) => (None, "session ended".to_string()),
             });
             let id = self.event_id();
-            let conn = c.conn(self.pid, who);
+            let conn = c.conn(&self.up.conn_node, self.pid, who);
             let o = self.origin(&id, uid, &conn);
             let now_ms = self.epoch.elapsed().as_millis() as u64;
             let duration = now_ms.saturating_sub(c.since_ms) as f64 / 1000.0;
@@ -352,7 +371,12 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn(self.pid, who)) else {
+        let Some(conn) = self
+            .up
+            .clients
+            .get(&who)
+            .map(|c| c.conn(&self.up.conn_node, self.pid, who))
+        else {
             return;
         };
         let body = match text {
@@ -381,7 +405,12 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self.up.clients.get(&who).map(|c| c.conn(self.pid, who)) else {
+        let Some(conn) = self
+            .up
+            .clients
+            .get(&who)
+            .map(|c| c.conn(&self.up.conn_node, self.pid, who))
+        else {
             return;
         };
         let id = self.event_id();
@@ -430,6 +459,44 @@ impl Worker {
                 }
             }
         }
+        if !self.subs_settled() {
+            if self.up.early.len() < EARLY_MAX {
+                self.up.early.push((bit, uid.into(), line));
+            } else {
+                self.stats.events_dropped += 1;
+            }
+            return;
+        }
+        self.to_subscribers(bit, uid, line);
+    }
+
+    /// Whether every sibling's subscribers are known and linked to (then for good), or this
+    /// worker has waited [`EARLY_TICKS`] for them.
+    fn subs_settled(&mut self) -> bool {
+        if !self.up.settled {
+            let known = self.mesh_known
+                && self
+                    .peers
+                    .iter()
+                    .all(|p| self.up.subs_from.contains(&p.pid) && self.link_to(p.pid).is_some());
+            self.up.settled = known || self.up.ticks >= EARLY_TICKS;
+        }
+        self.up.settled
+    }
+
+    /// Sends the events held in this worker's first moments, once its siblings' subscribers
+    /// are known.
+    pub(super) fn flush_early(&mut self) {
+        if self.up.early.is_empty() || !self.subs_settled() {
+            return;
+        }
+        for (bit, uid, line) in std::mem::take(&mut self.up.early) {
+            self.to_subscribers(bit, &uid, line);
+        }
+    }
+
+    /// The subscribers' part of [`Worker::emit`].
+    fn to_subscribers(&mut self, bit: u8, uid: &str, line: Vec<u8>) {
         if self.up.subs.is_empty() && self.up.remote.is_empty() {
             return;
         }
