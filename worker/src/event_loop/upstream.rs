@@ -467,7 +467,7 @@ impl Worker {
             }
             return;
         }
-        self.to_subscribers(bit, uid, line);
+        self.emit_to_subscribers(bit, uid, line);
     }
 
     /// Whether every sibling's subscribers are known and linked to (then for good), or this
@@ -491,12 +491,12 @@ impl Worker {
             return;
         }
         for (bit, uid, line) in std::mem::take(&mut self.up.early) {
-            self.to_subscribers(bit, &uid, line);
+            self.emit_to_subscribers(bit, &uid, line);
         }
     }
 
     /// The subscribers' part of [`Worker::emit`].
-    fn to_subscribers(&mut self, bit: u8, uid: &str, line: Vec<u8>) {
+    fn emit_to_subscribers(&mut self, bit: u8, uid: &str, line: Vec<u8>) {
         if self.up.subs.is_empty() && self.up.remote.is_empty() {
             return;
         }
