@@ -21,6 +21,7 @@
 pub mod channel;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod history;
 pub mod msg;
 pub mod query;
