@@ -125,9 +125,23 @@ impl Worker {
         }
     }
 
+    /// A backend's answer that a sibling or another node handed over for client `conn` of
+    /// this worker (anything else is not ours to answer).
+    pub(super) fn handed_answer(
+        &mut self,
+        conn: &str,
+        ack: Option<u64>,
+        binary: bool,
+        payload: Vec<u8>,
+    ) {
+        if let Some(c) = ConnRef::parse(conn).filter(|c| c.pid() == self.pid) {
+            self.answer_client(&c, ack, binary, payload);
+        }
+    }
+
     /// A backend's reply (`ack` None) or ack for client `conn`, here or in a sibling; false
     /// when it cannot go (no such connection here, no link to its worker).
-    pub(super) fn answer_client(
+    fn answer_client(
         &mut self,
         conn: &ConnRef,
         ack: Option<u64>,
@@ -411,11 +425,7 @@ impl Worker {
                 ack,
                 binary,
                 payload,
-            } => {
-                if let Some(c) = ConnRef::parse(&conn).filter(|c| c.pid() == self.pid) {
-                    self.answer_client(&c, ack, binary, payload);
-                }
-            }
+            } => self.handed_answer(&conn, ack, binary, payload),
             _ => {}
         }
     }

@@ -12,7 +12,6 @@ use super::query::QReply;
 use super::Worker;
 use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
-use crate::events::ConnRef;
 use herald_ipc::codec::{read_frame, write_frame};
 use herald_ipc::{PeerMsg, Push, Query, Share};
 use std::sync::Arc;
@@ -228,7 +227,7 @@ impl Worker {
                     let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
                     self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary)
                 };
-                self.bus_reply(&from, &PeerMsg::Delivered { id: p.id, count });
+                self.bus_send_msg(&from, &PeerMsg::Delivered { id: p.id, count });
             }
             PeerMsg::Query { id, query } => {
                 let share = if ours {
@@ -236,17 +235,9 @@ impl Worker {
                 } else {
                     self.answer_query(&query)
                 };
-                self.bus_reply(&from, &PeerMsg::Answer { id, share });
+                self.bus_send_msg(&from, &PeerMsg::Answer { id, share });
             }
-            PeerMsg::Delivered { id, count } => {
-                if let Some(w) = self.gather.get_mut(id) {
-                    if let Job::Push { total, .. } = &mut w.job {
-                        *total += count;
-                    }
-                    w.remote -= 1;
-                }
-                self.progress(id);
-            }
+            PeerMsg::Delivered { id, count } => self.remote_delivered(id, count),
             PeerMsg::Answer { id, share } => {
                 if let Some(w) = self.gather.get_mut(id) {
                     if let Job::Query { shares, .. } = &mut w.job {
@@ -260,18 +251,15 @@ impl Worker {
             PeerMsg::Event { sub: 0, mask, line } if !ours => {
                 self.send_to_subs(mask, bytes::Bytes::from(line))
             }
-            // A history is per host (refused with `cluster`): nothing of it crosses hosts.
             // A backend's reply or ack that entered another node, for a client here.
             PeerMsg::ToClient {
                 conn,
                 ack,
                 binary,
                 payload,
-            } => {
-                if let Some(c) = ConnRef::parse(&conn).filter(|c| c.pid() == self.pid) {
-                    self.answer_client(&c, ack, binary, payload);
-                }
-            }
+            } => self.handed_answer(&conn, ack, binary, payload),
+            // The rest never crosses hosts (the mesh's own; a history in Redis travels as its
+            // own messages, see `history_cluster`).
             PeerMsg::Hello { .. }
             | PeerMsg::Presence(_)
             | PeerMsg::Subscribers(_)
@@ -286,9 +274,15 @@ impl Worker {
         }
     }
 
-    /// Answers member `to`.
-    fn bus_reply(&mut self, to: &str, msg: &PeerMsg) {
-        self.bus_send_msg(to, msg);
+    /// A member of the cluster reached `count` connections for push `id`.
+    pub(super) fn remote_delivered(&mut self, id: u64, count: u32) {
+        if let Some(w) = self.gather.get_mut(id) {
+            if let Job::Push { total, .. } = &mut w.job {
+                *total += count;
+            }
+            w.remote -= 1;
+        }
+        self.progress(id);
     }
 
     /// Sends `msg` to member `to` of the cluster; false (counted) when it cannot go.

@@ -256,12 +256,16 @@ impl Worker {
             binary,
         });
         let mut frame = Vec::new();
-        let sent = write_frame(&msg, &mut frame).is_ok()
-            && self.bus.as_ref().is_some_and(|b| {
+        let env = match (&self.bus, write_frame(&msg, &mut frame)) {
+            (Some(b), Ok(())) => {
                 let mut env = vec![GROUP];
                 env.extend(envelope(&b.member, &frame));
-                b.send(BusCmd::Broadcast { id, env })
-            });
+                Some(env)
+            }
+            _ => None,
+        };
+        // On the loop's own link when it is up, as any broadcast.
+        let sent = env.is_some_and(|env| self.bus_send(BusCmd::Broadcast { id, env }));
         if !sent {
             self.stats.cluster_dropped += 1;
             let target = super::push::To::Target(herald_ipc::Target::Groups(groups));
@@ -350,22 +354,9 @@ impl Worker {
     fn ch_answer_member(&mut self, to: String, id: u64, count: u32) {
         let Some(bus) = &self.bus else { return };
         if to == bus.member {
-            if let Some(w) = self.gather.get_mut(id) {
-                if let Job::Push { total, .. } = &mut w.job {
-                    *total += count;
-                }
-                w.remote -= 1;
-            }
-            return self.progress(id);
+            return self.remote_delivered(id, count);
         }
-        let mut frame = Vec::new();
-        if write_frame(&PeerMsg::Delivered { id, count }, &mut frame).is_err() {
-            return;
-        }
-        let env = envelope(&bus.member, &frame);
-        if !bus.send(BusCmd::Send { to, env }) {
-            self.stats.cluster_dropped += 1;
-        }
+        self.bus_send_msg(&to, &PeerMsg::Delivered { id, count });
     }
 
     /// A question `resume` or `sio_recovery` would ask an owner, asked of Redis; false when

@@ -371,12 +371,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self
-            .up
-            .clients
-            .get(&who)
-            .map(|c| c.conn(&self.up.conn_node, self.pid, who))
-        else {
+        let Some(conn) = self.client_conn(who) else {
             return;
         };
         let body = match text {
@@ -405,12 +400,7 @@ impl Worker {
         if !self.up.on {
             return;
         }
-        let Some(conn) = self
-            .up
-            .clients
-            .get(&who)
-            .map(|c| c.conn(&self.up.conn_node, self.pid, who))
-        else {
+        let Some(conn) = self.client_conn(who) else {
             return;
         };
         let id = self.event_id();
@@ -421,6 +411,12 @@ impl Worker {
         };
         let json = events::message(&self.origin(&id, &uid, &conn), body);
         self.emit(events::MESSAGE, &uid, json, id, Some(&conn), ev.id);
+    }
+
+    /// The `conn` string of logged-in client `who` (`None`: not one, or events are off).
+    fn client_conn(&self, who: Recipient) -> Option<String> {
+        let c = self.up.clients.get(&who)?;
+        Some(c.conn(&self.up.conn_node, self.pid, who))
     }
 
     // ---- Where events go -------------------------------------------------------------
