@@ -35,16 +35,6 @@ fn reachable(from: &Server, uid: &str, limit: Duration) {
     );
 }
 
-/// Whether every worker of `srv` reaches Redis (its rows in `/api/stats`): a push on a new
-/// connection may land on any of them.
-fn all_up(srv: &Server) -> bool {
-    let r = srv.http(&get("/api/stats"));
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    v["workers"]
-        .as_array()
-        .is_some_and(|rows| !rows.is_empty() && rows.iter().all(|w| w["cluster_up"] == 1))
-}
-
 /// The next text message that is not a probe.
 fn next_text(ws: &mut Ws) -> String {
     loop {
@@ -229,7 +219,9 @@ fn redis_unreachable_at_start_then_up_and_restarted() {
         == 200));
     // Every worker reaches Redis again (one still in its back-off, or not yet aware of the
     // restart, would answer `fail` for a push it could not send).
-    assert!(wait_until(Duration::from_secs(20), || all_up(&a) && all_up(&b)));
+    assert!(wait_until(Duration::from_secs(20), || a
+        .workers_cluster_up(true)
+        && b.workers_cluster_up(true)));
     a.push_until_ok(
         br#"{"uid":"bob","after":"start"}
 "#,
@@ -247,7 +239,9 @@ fn redis_unreachable_at_start_then_up_and_restarted() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     // Every worker reaches Redis again (one still in its back-off, or not yet aware of the
     // restart, would answer `fail` for a push it could not send).
-    assert!(wait_until(Duration::from_secs(20), || all_up(&a) && all_up(&b)));
+    assert!(wait_until(Duration::from_secs(20), || a
+        .workers_cluster_up(true)
+        && b.workers_cluster_up(true)));
     a.push_until_ok(
         br#"{"uid":"bob","after":"restart"}
 "#,

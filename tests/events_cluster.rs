@@ -48,23 +48,12 @@ fn node(url: &str, name: &str, hook: Option<u16>) -> Server {
 
 /// Waits until every worker of `srv` reaches Redis.
 fn wait_cluster_up(srv: &Server) {
-    let mut last = Value::Null;
-    let up = wait_until(LONG, || {
-        let r = srv.http(&get("/api/stats"));
-        last = serde_json::from_slice(&r.body).unwrap_or_default();
-        last["workers"].as_array().is_some_and(|rows| {
-            rows.len() >= srv.workers && rows.iter().all(|r| r["cluster_up"] == 1)
-        })
-    });
-    let rows: Vec<String> = last["workers"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|w| format!("{}:{}", w["worker"], w["cluster_up"]))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(up, "not every worker reaches Redis: {rows:?}");
+    let up = wait_until(LONG, || srv.workers_cluster_up(true));
+    assert!(
+        up,
+        "not every worker reaches Redis: {}",
+        srv.http(&get("/api/stats")).text()
+    );
 }
 
 /// The presence events of `uid` the webhook endpoint recorded so far, as `event` names.
@@ -459,13 +448,7 @@ fn while_redis_is_down_the_host_speaks_for_itself() {
     wait_subscribers_known(&a, &[&sub]);
     redis.kill();
     // Every worker notices at its next heartbeat at the latest.
-    let down = wait_until(LONG, || {
-        let r = a.http(&get("/api/stats"));
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        v["workers"]
-            .as_array()
-            .is_some_and(|rows| !rows.is_empty() && rows.iter().all(|r| r["cluster_up"] == 0))
-    });
+    let down = wait_until(LONG, || a.workers_cluster_up(false));
     assert!(down, "the workers never noticed Redis was gone");
     // The host's own view, said as such.
     let c = a.login_acked("fallback");

@@ -12,33 +12,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::net::TcpStream;
 use std::time::Duration;
-
-/// Opens a WebSocket to `ws://127.0.0.1:PORT{path}`.
-fn ws_path(port: u16, path: &str) -> Ws {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect ws port");
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(REPLY)).ok();
-    stream.set_write_timeout(Some(REPLY)).ok();
-    let (ws, _) =
-        tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).expect("ws handshake");
-    Ws { ws }
-}
-
-/// The next frame as JSON.
-fn recv_json(c: &mut Ws) -> Value {
-    let t = c.recv_text(REPLY);
-    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
-}
-
-/// Logs `uid` in on `path` and waits for its first frame (`position` or `recovery`).
-fn login_env(srv: &Server, path: &str, uid: &str) -> (Ws, Value) {
-    let mut c = ws_path(srv.ws, path);
-    c.send_text(uid);
-    let head = recv_json(&mut c);
-    (c, head)
-}
 
 /// A seed push line for `uid` with number `n`.
 fn line(uid: &str, n: u32) -> String {

@@ -10,14 +10,14 @@
 //! (to the same URL, as a page behind a load balancer) lands on the other node.
 
 mod common;
+mod sio_page;
 
 use common::*;
 use serde_json::Value;
-use std::io::Write;
+use sio_page::{sio_v4_ready, Page};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A node of 2 workers with a history in the cluster at `url`.
@@ -45,31 +45,6 @@ fn cmd(srv: &Server, line: &str) -> String {
 /// A seed push line for `uid` with number `n`.
 fn seed(uid: &str, n: u32) -> String {
     format!("{{\"uid\":\"{uid}\",\"n\":{n}}}")
-}
-
-/// Opens a WebSocket to `ws://127.0.0.1:PORT{path}`.
-fn ws_path(port: u16, path: &str) -> Ws {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect ws port");
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(REPLY)).ok();
-    stream.set_write_timeout(Some(REPLY)).ok();
-    let (ws, _) =
-        tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).expect("ws handshake");
-    Ws { ws }
-}
-
-/// The next frame as JSON.
-fn recv_json(c: &mut Ws) -> Value {
-    let t = c.recv_text(REPLY);
-    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
-}
-
-/// Logs `uid` in on `path` of `srv` and waits for its first frame (`position`/`recovery`).
-fn login_env(srv: &Server, path: &str, uid: &str) -> (Ws, Value) {
-    let mut c = ws_path(srv.ws, path);
-    c.send_text(uid);
-    let head = recv_json(&mut c);
-    (c, head)
 }
 
 /// The `n` of an envelope's data.
@@ -151,85 +126,6 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
     });
 }
 
-fn node_ready() -> bool {
-    require("node", have_program("node"))
-        && require(
-            "socket.io-client packages (npm ci in scripts/node)",
-            workspace_root()
-                .join("scripts/node/node_modules/socket.io-client-v4/package.json")
-                .exists(),
-        )
-}
-
-/// One `node scripts/node/sio-recover.js` page.
-struct Page {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Page {
-    fn spawn(port: u16, uid: &str) -> Page {
-        let mut child = Command::new("node")
-            .arg(workspace_root().join("scripts/node/sio-recover.js"))
-            .args([
-                &format!("http://127.0.0.1:{port}"),
-                uid,
-                "websocket",
-                "90000",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().expect("stdin");
-        let lines = lines_of(child.stdout.take().expect("stdout"));
-        Page {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// Waits for a line starting with `word`; `new_msg` lines on the way go to `msgs`.
-    fn wait_for(&self, word: &str, msgs: &mut Vec<String>) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(m) = l.strip_prefix("new_msg ") {
-                        msgs.push(m.to_string());
-                    }
-                    if l.split(' ').next() == Some(word) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no `{word}` line within 20 s (messages so far: {msgs:?})"),
-            }
-        }
-    }
-
-    fn until_messages(&self, msgs: &mut Vec<String>, n: usize) {
-        while msgs.len() < n {
-            self.wait_for("new_msg", msgs);
-        }
-    }
-
-    fn command(&mut self, c: &str) {
-        writeln!(self.stdin, "{c}").expect("write to node");
-        self.stdin.flush().ok();
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The `n`s of the messages, in the order received.
 fn numbers(msgs: &[String]) -> Vec<u64> {
     msgs.iter()
@@ -242,7 +138,7 @@ fn numbers(msgs: &[String]) -> Vec<u64> {
 
 #[test]
 fn socketio_page_dropped_on_one_node_recovers_on_another() {
-    if !Redis::available() || !node_ready() {
+    if !Redis::available() || !sio_v4_ready() {
         return;
     }
     let redis = Redis::start();

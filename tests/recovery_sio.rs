@@ -10,101 +10,12 @@
 //! elsewhere the tests print a skip note when they are missing.
 
 mod common;
+mod sio_page;
 
 use common::*;
-use std::io::Write;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-fn node_ready() -> bool {
-    require("node", have_program("node"))
-        && require(
-            "socket.io-client packages (npm ci in scripts/node)",
-            workspace_root()
-                .join("scripts/node/node_modules/socket.io-client-v4/package.json")
-                .exists(),
-        )
-}
-
-/// One `node scripts/node/sio-recover.js` process, its stdin and the lines it prints.
-struct Page {
-    child: Child,
-    /// Commands to the page (`None` for the seed page's script, which reads none).
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Page {
-    fn spawn(port: u16, uid: &str) -> Page {
-        Page::spawn_with(port, uid, "websocket")
-    }
-
-    /// With `transports`: `websocket`, or `default` (long-polling first, then the upgrade).
-    fn spawn_with(port: u16, uid: &str, transports: &str) -> Page {
-        let mut child = Command::new("node")
-            .arg(workspace_root().join("scripts/node/sio-recover.js"))
-            .args([
-                &format!("http://127.0.0.1:{port}"),
-                uid,
-                transports,
-                "60000",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = child.stdout.take().expect("stdout");
-        let rx = lines_of(out);
-        Page {
-            child,
-            stdin: Some(stdin),
-            lines: rx,
-        }
-    }
-
-    /// Waits for a line starting with `word`, returning it, and every `new_msg` line seen
-    /// on the way (appended to `msgs`).
-    fn wait_for(&self, word: &str, msgs: &mut Vec<String>) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(m) = l.strip_prefix("new_msg ") {
-                        msgs.push(m.to_string());
-                    }
-                    if l.split(' ').next() == Some(word) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no `{word}` line within 20 s (messages so far: {msgs:?})"),
-            }
-        }
-    }
-
-    /// Collects `new_msg` lines until `n` were seen in all.
-    fn until_messages(&self, msgs: &mut Vec<String>, n: usize) {
-        while msgs.len() < n {
-            self.wait_for("new_msg", msgs);
-        }
-    }
-
-    fn command(&mut self, c: &str) {
-        let stdin = self.stdin.as_mut().expect("a page that reads commands");
-        writeln!(stdin, "{c}").expect("write to node");
-        stdin.flush().ok();
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use sio_page::{sio_v4_ready, Page};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn seed(uid: &str, n: u32) -> Vec<u8> {
     format!("{{\"uid\":\"{uid}\",\"n\":{n}}}\n").into_bytes()
@@ -193,7 +104,7 @@ fn drop_cycles(
 
 #[test]
 fn socketio_v4_page_recovers_after_a_drop() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder().socketio().set("history_size=100").start();
@@ -216,11 +127,11 @@ fn socketio_v4_page_recovers_after_a_drop() {
 
 #[test]
 fn seed_page_on_socketio_2_is_unchanged_with_a_history() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder().socketio().set("history_size=100").start();
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg(workspace_root().join("scripts/node/sio-client.js"))
         .args([
             "v2",
@@ -235,25 +146,19 @@ fn seed_page_on_socketio_2_is_unchanged_with_a_history() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn node");
-    let out = child.stdout.take().expect("stdout");
-    let rx = lines_of(out);
-    let mut page = Page {
-        child,
-        stdin: None,
-        lines: rx,
-    };
+    let mut page = Page::of(child);
     let mut msgs = Vec::new();
     page.wait_for("connect", &mut msgs);
     srv.push_until_ok(b"{\"uid\":\"s2\",\"percent\":\"88%\"}\n", REPLY);
     page.until_messages(&mut msgs, 1);
     // The event carries the line as it was pushed, and nothing after it.
     assert_eq!(msgs, ["{\"uid\":\"s2\",\"percent\":\"88%\"}"]);
-    let _ = page.child.wait();
+    page.wait_exit();
 }
 
 #[test]
 fn socketio_v4_page_recovers_on_the_worker_that_does_not_own_its_history() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder()
@@ -288,7 +193,7 @@ fn socketio_v4_page_recovers_on_the_worker_that_does_not_own_its_history() {
 
 #[test]
 fn without_a_history_a_page_is_never_recovered() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder().socketio().start();
@@ -310,7 +215,7 @@ fn without_a_history_a_page_is_never_recovered() {
 
 #[test]
 fn after_the_history_expired_a_page_logs_in_again() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder()
@@ -430,7 +335,7 @@ fn bad_recovery_requests_get_a_new_session() {
 
 #[test]
 fn a_page_recovers_across_a_graceful_reload() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let mut srv = Server::builder()
@@ -466,7 +371,7 @@ fn a_page_recovers_across_a_graceful_reload() {
 
 #[test]
 fn offline_delivery_reaches_a_page_at_its_login() {
-    if !node_ready() {
+    if !sio_v4_ready() {
         return;
     }
     let srv = Server::builder()

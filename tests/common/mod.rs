@@ -720,6 +720,16 @@ impl Server {
         text_push(self.text, bytes)
     }
 
+    /// Whether every worker (at least `workers` rows of `/api/stats`) says `cluster_up` is
+    /// `up`: in a cluster, a push on a new connection may land on any of them.
+    pub fn workers_cluster_up(&self, up: bool) -> bool {
+        let r = self.http(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["workers"].as_array().is_some_and(|rows| {
+            rows.len() >= self.workers && rows.iter().all(|w| w["cluster_up"] == u64::from(up))
+        })
+    }
+
     /// Pushes `line` (with its `\n`) on fresh text connections until the reply is `ok\n`: the
     /// synchronisation for logins made without `login_reply`, whose registration the server
     /// does asynchronously. A `fail` reply means no connection received the push, so the
@@ -877,13 +887,33 @@ pub enum Ended {
 
 /// Opens a WebSocket to `ws://127.0.0.1:PORT/` (handshake done).
 pub fn ws_connect(port: u16) -> Ws {
+    ws_path(port, "/")
+}
+
+/// Opens a WebSocket to `ws://127.0.0.1:PORT{path}` (`/?envelope=1`, `/?since=…`).
+pub fn ws_path(port: u16, path: &str) -> Ws {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect ws port");
     stream.set_nodelay(true).ok();
     stream.set_read_timeout(Some(REPLY)).ok();
     stream.set_write_timeout(Some(REPLY)).ok();
     let (ws, _resp) =
-        tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).expect("ws handshake");
+        tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).expect("ws handshake");
     Ws { ws }
+}
+
+/// The next text frame of `c`, as JSON.
+pub fn recv_json(c: &mut Ws) -> serde_json::Value {
+    let t = c.recv_text(REPLY);
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+}
+
+/// Logs `uid` in on `path` of `srv` and waits for its first frame (with a history: the
+/// `position` or `recovery` answer).
+pub fn login_env(srv: &Server, path: &str, uid: &str) -> (Ws, serde_json::Value) {
+    let mut c = ws_path(srv.ws, path);
+    c.send_text(uid);
+    let head = recv_json(&mut c);
+    (c, head)
 }
 
 impl Ws {
