@@ -83,6 +83,8 @@ pub(super) struct Wire {
     route_sha: String,
     /// The key and channel prefix.
     prefix: String,
+    /// The cluster's channel, `P:all` (named once, not per broadcast).
+    all: String,
     /// `NODE/`: members of this node, which the mesh reaches, are left out of a route.
     mine: String,
     /// The bus's thread holds the node's name: only then may this member listen.
@@ -129,6 +131,7 @@ impl Wire {
             sub,
             route_sha: route.get_hash().to_string(),
             prefix: prefix.to_string(),
+            all: format!("{prefix}:all"),
             mine: format!("{node}/"),
             joined,
             listening,
@@ -163,8 +166,7 @@ impl Wire {
                 self.waiting.push_back(Some(id));
             }
             BusCmd::Broadcast { id, env } => {
-                let chan = format!("{p}:all");
-                self.cmd.queue(&[b"PUBLISH", chan.as_bytes(), &env]);
+                self.cmd.queue(&[b"PUBLISH", self.all.as_bytes(), &env]);
                 self.waiting.push_back(Some(id));
             }
             BusCmd::Send { to, env } => {
