@@ -353,15 +353,14 @@ fn broadcasts_and_groups_with_a_history() {
     let mut plain = srv.login("g2");
     srv.push_until_ok(b"{\"uid\":\"g2\",\"n\":0}\n", REPLY);
     assert_eq!(plain.recv_text(REPLY), "{\"uid\":\"g2\",\"n\":0}");
-    // A broadcast to everyone has no position: wrapped for the envelope, bytes for the seed.
+    // A broadcast to everyone is kept too: positioned for the envelope, bytes for the seed.
     assert_eq!(
         srv.text_push(b"{\"cmd\":\"all\",\"data\":\"hi\"}\n"),
         b"ok\n"
     );
-    assert_eq!(
-        recv_json(&mut env),
-        serde_json::json!({"type": "msg", "data": "hi"})
-    );
+    let got = recv_json(&mut env);
+    assert_eq!(got["data"], "hi", "{got}");
+    assert!(got["offset"].as_u64().is_some(), "{got}");
     assert_eq!(plain.recv_text(REPLY), "hi");
     // A group push is kept for each member it reached, with the member's position.
     for uid in ["g1", "g2"] {

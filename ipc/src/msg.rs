@@ -138,6 +138,22 @@ pub enum PeerMsg {
     },
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
+    /// With a history, on one host: a broadcast to everyone as the sender kept it, at its
+    /// position: deliver it to the connections here that want positions and whose uid's
+    /// history the sender owns (the others got the plain broadcast). Not answered: the
+    /// broadcast's count was made when it was delivered plainly.
+    AllPositioned {
+        /// The sender's epoch (a connection with no position yet takes it).
+        epoch: u64,
+        /// The broadcast's offset on the sender's counter.
+        offset: u64,
+        /// Uids left out.
+        exclude: Vec<String>,
+        /// A binary frame.
+        binary: bool,
+        /// The message.
+        payload: Vec<u8>,
+    },
     /// To the worker that keeps the server-wide presence of these uids, when the sender's link
     /// to it opens: the sender holds connections of them now. Each was announced `online`
     /// already (by the owner before, or by the sender deciding alone while it had no link), so
@@ -180,6 +196,7 @@ const ANSWER_UID_LIST: u8 = 13;
 const ROUTE: u8 = 14;
 const POSITIONED: u8 = 15;
 const HISTORY: u8 = 16;
+const ALL_POSITIONED: u8 = 17;
 const UIDS_SNAPSHOT: u8 = 60;
 const UIDS_BACKED: u8 = 61;
 const UIDS_GONE: u8 = 62;
@@ -221,6 +238,20 @@ impl Wire for PeerMsg {
                     put::u64(out, *o);
                 }
                 encode_push(push, out);
+            }
+            PeerMsg::AllPositioned {
+                epoch,
+                offset,
+                exclude,
+                binary,
+                payload,
+            } => {
+                put::u8(out, ALL_POSITIONED);
+                put::u64(out, *epoch);
+                put::u64(out, *offset);
+                put::strs(out, exclude);
+                put::u8(out, *binary as u8);
+                out.extend_from_slice(payload);
             }
             PeerMsg::History(h) => {
                 put::u8(out, HISTORY);
@@ -345,6 +376,13 @@ impl Wire for PeerMsg {
                     positions,
                 }
             }
+            ALL_POSITIONED => PeerMsg::AllPositioned {
+                epoch: r.u64("epoch")?,
+                offset: r.u64("offset")?,
+                exclude: r.strs("exclude")?,
+                binary: r.u8("binary")? != 0,
+                payload: r.rest().to_vec(),
+            },
             HISTORY => PeerMsg::History(
                 serde_json::from_slice(r.rest()).map_err(|e| CodecError::Json(e.to_string()))?,
             ),
@@ -642,6 +680,13 @@ mod tests {
         round(PeerMsg::Positioned {
             push: p,
             positions: vec![(77, 1), (78, 2)],
+        });
+        round(PeerMsg::AllPositioned {
+            epoch: 9,
+            offset: 12,
+            exclude: vec!["u1".into()],
+            binary: true,
+            payload: vec![0, 1, 2],
         });
         round(PeerMsg::History(HistoryMsg::Recover {
             id: 5,

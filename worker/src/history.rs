@@ -20,6 +20,7 @@
 //! id of the session, for the uids it owns, so a reconnection landing on any worker can be
 //! recognised by asking the owners.
 
+use crate::history_all::{merge, Broadcast, Broadcasts};
 use bytes::Bytes;
 use herald_ipc::{MovedBinding, MovedEntry, MovedStream};
 use std::collections::{HashMap, VecDeque};
@@ -72,7 +73,7 @@ pub struct Entry {
 
 impl Entry {
     /// Bytes counted for it.
-    fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         self.payload.len() + ENTRY_OVERHEAD
     }
 }
@@ -90,8 +91,12 @@ struct Stream {
     /// The highest offset this stream lost (or the store's counter when it was made): a
     /// position below it cannot be continued.
     floor: u64,
-    /// When the last message was kept (an empty stream is dropped a `ttl` after it).
+    /// When the last message was kept, or the uid was last seen held (an empty stream is
+    /// dropped two `ttl`s after it).
     last_at: u64,
+    /// The store's counter when the stream was made: the broadcasts after it were aimed at
+    /// the uid (those before were not).
+    born: u64,
 }
 
 /// A Socket.IO session's private id, bound to what a recovery restores.
@@ -144,6 +149,11 @@ pub struct History {
     pub evicted: u64,
     /// Socket.IO session bindings by private id.
     bindings: HashMap<String, Binding>,
+    /// The broadcasts to everyone, merged into each uid's stream when it is read.
+    all: Broadcasts,
+    /// The key standing for [`History::all`] in `order` (told apart by pointer, so no uid
+    /// can be mistaken for it).
+    all_key: Rc<str>,
 }
 
 impl History {
@@ -162,7 +172,79 @@ impl History {
             bytes: 0,
             evicted: 0,
             bindings: HashMap::new(),
+            all: Broadcasts::default(),
+            all_key: Rc::from(""),
         }
+    }
+
+    /// Keeps a broadcast to everyone but `exclude`; its offset.
+    pub fn append_all(
+        &mut self,
+        payload: Bytes,
+        binary: bool,
+        exclude: Vec<String>,
+        now: u64,
+    ) -> u64 {
+        self.expire(now);
+        self.counter += 1;
+        let offset = self.counter;
+        let b = Broadcast {
+            entry: Entry {
+                offset,
+                at: now,
+                payload,
+                binary,
+                delivered: true,
+            },
+            exclude,
+        };
+        let cost = b.cost();
+        while self.bytes + cost > self.max_bytes && self.messages > 0 {
+            if !self.drop_oldest() {
+                break;
+            }
+            self.evicted += 1;
+        }
+        self.all.list.push_back(b);
+        self.all.top = offset;
+        self.bytes += cost;
+        self.messages += 1;
+        while self.all.list.len() > self.size {
+            let Some(front) = self.all.list.front().map(|b| b.entry.offset) else {
+                break;
+            };
+            if let Some(c) = self.all.drop_front(front) {
+                self.bytes -= c;
+                self.messages -= 1;
+            }
+        }
+        self.order.push_back((self.all_key.clone(), offset, now));
+        offset
+    }
+
+    /// A stream's last position: its own last offset, or the last broadcast after it was
+    /// made.
+    fn top_of(&self, s: &Stream) -> u64 {
+        if self.all.top > s.born {
+            s.top.max(self.all.top)
+        } else {
+            s.top
+        }
+    }
+
+    /// Drops the kept message at `offset` of `uid` (or of the broadcasts) when it is the
+    /// oldest there; its cost.
+    fn drop_entry(&mut self, uid: &Rc<str>, offset: u64) -> Option<usize> {
+        if Rc::ptr_eq(uid, &self.all_key) {
+            return self.all.drop_front(offset);
+        }
+        let s = self.streams.get_mut(uid)?;
+        if s.entries.front().is_some_and(|f| f.offset == offset) {
+            let old = s.entries.pop_front()?;
+            s.floor = s.floor.max(old.offset);
+            return Some(old.cost());
+        }
+        None
     }
 
     /// Keeps `payload` for `uid`; its offset.
@@ -203,6 +285,7 @@ impl History {
                         epoch: self.epoch,
                         floor,
                         top: floor,
+                        born: floor,
                         ..Stream::default()
                     },
                 );
@@ -229,8 +312,11 @@ impl History {
         // Entries dropped by a stream's size stay in `order` until reached: compact when
         // they are most of it.
         if self.order.len() > 64 && self.order.len() > 2 * self.messages {
-            let streams = &self.streams;
+            let (streams, all, all_key) = (&self.streams, &self.all, &self.all_key);
             self.order.retain(|(u, o, _)| {
+                if Rc::ptr_eq(u, all_key) {
+                    return all.holds(*o);
+                }
                 streams
                     .get(u)
                     .and_then(|s| s.entries.front())
@@ -243,24 +329,17 @@ impl History {
     /// Drops the oldest kept message of the store; false when there is none.
     fn drop_oldest(&mut self) -> bool {
         while let Some((uid, offset, _)) = self.order.pop_front() {
-            let Some(s) = self.streams.get_mut(&uid) else {
-                continue;
-            };
-            if s.entries.front().is_some_and(|f| f.offset == offset) {
-                if let Some(old) = s.entries.pop_front() {
-                    s.floor = s.floor.max(old.offset);
-                    self.bytes -= old.cost();
-                    self.messages -= 1;
-                    return true;
-                }
+            if let Some(cost) = self.drop_entry(&uid, offset) {
+                self.bytes -= cost;
+                self.messages -= 1;
+                return true;
             }
         }
         false
     }
 
-    /// Drops what is past its time: messages older than the ttl, empty streams a ttl after
-    /// their last message, and bindings past their window. Bounded work per call in the
-    /// amortised sense: each message is dropped once.
+    /// Drops the messages older than the ttl. Bounded work per call in the amortised sense:
+    /// each message is dropped once. (Empty streams go in [`History::sweep`].)
     pub fn expire(&mut self, now: u64) {
         let ttl = self.ttl;
         while let Some((uid, offset, at)) = self.order.front().cloned() {
@@ -268,27 +347,30 @@ impl History {
                 break;
             }
             self.order.pop_front();
-            if let Some(s) = self.streams.get_mut(&uid) {
-                if s.entries.front().is_some_and(|f| f.offset == offset) {
-                    if let Some(old) = s.entries.pop_front() {
-                        s.floor = s.floor.max(old.offset);
-                        self.bytes -= old.cost();
-                        self.messages -= 1;
-                    }
-                }
-                if s.entries.is_empty() && s.last_at.saturating_add(2 * ttl) <= now {
-                    self.streams.remove(&uid);
-                }
+            if let Some(cost) = self.drop_entry(&uid, offset) {
+                self.bytes -= cost;
+                self.messages -= 1;
             }
         }
     }
 
-    /// Drops expired bindings and empty streams (called now and then, e.g. once a second).
-    pub fn sweep(&mut self, now: u64) {
+    /// Drops what is past its time (called once a second): expired messages, bindings past
+    /// their window, and empty streams two ttls after their last message — unless `held`
+    /// says the uid has a connection somewhere: its position stays good while it does (it
+    /// may be getting only broadcasts), and two ttls after.
+    pub fn sweep(&mut self, now: u64, held: impl Fn(&str) -> bool) {
         self.expire(now);
         let ttl = self.ttl;
-        self.streams
-            .retain(|_, s| !s.entries.is_empty() || s.last_at.saturating_add(2 * ttl) > now);
+        self.streams.retain(|uid, s| {
+            if !s.entries.is_empty() || s.last_at.saturating_add(2 * ttl) > now {
+                return true;
+            }
+            if held(uid) {
+                s.last_at = now;
+                return true;
+            }
+            false
+        });
         self.bindings
             .retain(|_, b| b.expires.is_none_or(|t| t > now));
     }
@@ -304,7 +386,7 @@ impl History {
         max_bytes: usize,
     ) -> Result<Found, Refusal> {
         self.expire(now);
-        let Some(s) = self.streams.get_mut(uid) else {
+        let Some(s) = self.streams.get(uid) else {
             if epoch != self.epoch {
                 return Err(Refusal::ForeignEpoch);
             }
@@ -318,26 +400,34 @@ impl History {
         if epoch != s.epoch {
             return Err(Refusal::ForeignEpoch);
         }
-        if offset > s.top {
+        let top = self.top_of(s);
+        if offset > top {
             return Err(Refusal::Future);
         }
-        if offset < s.floor {
+        // A message of the uid's, or a broadcast, after the position was dropped.
+        if offset < s.floor || offset < self.all.floor {
             return Err(Refusal::Gone);
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        for e in s.entries.iter_mut().filter(|e| e.offset > offset) {
+        let own = s.entries.iter().filter(|e| e.offset > offset);
+        for e in merge(own, self.all.after(offset, uid)) {
             bytes += e.payload.len();
             if bytes > max_bytes.min(MAX_RECOVERY_BYTES) {
                 return Err(Refusal::TooBig);
             }
-            e.delivered = true;
             out.push(e.clone());
         }
+        let epoch = s.epoch;
+        if let Some(s) = self.streams.get_mut(uid) {
+            for e in s.entries.iter_mut().filter(|e| e.offset > offset) {
+                e.delivered = true;
+            }
+        }
         Ok(Found {
-            epoch: s.epoch,
+            epoch,
             messages: out,
-            top: s.top,
+            top,
         })
     }
 
@@ -368,14 +458,18 @@ impl History {
         }
     }
 
-    /// Everything kept for `uid` (the backends' `history` command), oldest first.
+    /// Everything kept for `uid` (the backends' `history` command), oldest first: its own
+    /// messages and the broadcasts since its stream was made.
     pub fn read(&mut self, uid: &str, now: u64) -> Found {
         self.expire(now);
         match self.streams.get(uid) {
             Some(s) => Found {
                 epoch: s.epoch,
-                messages: s.entries.iter().cloned().collect(),
-                top: s.top,
+                messages: merge(s.entries.iter(), self.all.after(s.born, uid))
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+                top: self.top_of(s),
             },
             None => Found {
                 epoch: self.epoch,
@@ -389,7 +483,7 @@ impl History {
     /// nothing and drops can still recover). The empty stream lives two ttls.
     pub fn position(&mut self, uid: &str, now: u64) -> (u64, u64) {
         if let Some(s) = self.streams.get(uid) {
-            return (s.epoch, s.top);
+            return (s.epoch, self.top_of(s));
         }
         let at = self.counter;
         self.streams.insert(
@@ -399,6 +493,7 @@ impl History {
                 floor: at,
                 top: at,
                 last_at: now,
+                born: at,
                 ..Stream::default()
             },
         );
@@ -422,8 +517,19 @@ impl History {
         let mut piece = Vec::new();
         let mut size = 0;
         for (uid, s) in &self.streams {
-            let entries: Vec<MovedEntry> = s
-                .entries
+            // The broadcasts since the stream was made go as the uid's own (the next worker
+            // keeps its own broadcasts), the newest `size` of all.
+            let all = merge(s.entries.iter(), self.all.after(s.born, uid));
+            let skip = all.len().saturating_sub(self.size);
+            let mut floor = match skip {
+                0 => s.floor,
+                n => s.floor.max(all[n - 1].offset),
+            };
+            // A broadcast aimed at the uid that was dropped here is lost to it too.
+            if self.all.floor > s.born {
+                floor = floor.max(self.all.floor);
+            }
+            let entries: Vec<MovedEntry> = all[skip..]
                 .iter()
                 .map(|e| {
                     let text = std::str::from_utf8(&e.payload).ok().map(str::to_string);
@@ -448,8 +554,8 @@ impl History {
             piece.push(MovedStream {
                 uid: uid.to_string(),
                 epoch: s.epoch,
-                top: s.top,
-                floor: s.floor,
+                top: self.top_of(s),
+                floor,
                 age_ms: now.saturating_sub(s.last_at),
                 entries,
             });
@@ -487,6 +593,10 @@ impl History {
         now: u64,
     ) -> usize {
         self.counter = self.counter.max(counter);
+        // Broadcasts kept here before the handover are on this store's own offsets, not the
+        // handed streams': a handed position below the last of them cannot be continued
+        // (`recovered: false`), one above it merges only the broadcasts kept from now on.
+        let before = self.all.top;
         let mut taken = 0;
         for m in streams {
             if self.streams.contains_key(m.uid.as_str()) {
@@ -517,8 +627,9 @@ impl History {
                     epoch: m.epoch,
                     entries,
                     top: m.top,
-                    floor: m.floor,
+                    floor: m.floor.max(before),
                     last_at: now.saturating_sub(m.age_ms),
+                    born: self.counter,
                 },
             );
             taken += 1;
@@ -696,7 +807,7 @@ mod tests {
         );
         h.expire(5_000);
         assert_eq!((h.messages, h.bytes), (0, 0));
-        h.sweep(10_000);
+        h.sweep(10_000, |_| false);
         assert_eq!(
             h.since("u", 1, o1, 10_000, usize::MAX).unwrap_err(),
             Refusal::Gone
@@ -746,7 +857,7 @@ mod tests {
             ["while away"]
         );
         // An empty stream goes after two ttls.
-        h.sweep(130_000);
+        h.sweep(130_000, |_| false);
         assert_eq!(
             h.since("u", 1, p, 130_000, usize::MAX).unwrap_err(),
             Refusal::Gone
@@ -789,6 +900,127 @@ mod tests {
         new.expire(60_095);
         assert_eq!(texts(&new.read("u", 60_095)), ["three"]);
         assert_eq!(new.messages, 1);
+    }
+
+    #[test]
+    fn broadcasts_merge_into_a_uids_recovery_in_order() {
+        let mut h = History::new(10, 60_000, 1 << 20, 3);
+        let (_, p) = h.position("u1", 0);
+        h.append("u1", b("a"), false, true, 1);
+        let ob = h.append_all(b("B"), false, Vec::new(), 2);
+        h.append("u2", b("x"), false, true, 3);
+        h.append_all(b("C"), false, vec!["u1".into()], 4);
+        let od = h.append("u1", b("d"), false, true, 5);
+        let f = h.since("u1", 3, p, 6, usize::MAX).unwrap();
+        assert_eq!(texts(&f), ["a", "B", "d"]);
+        assert_eq!(f.top, od);
+        // A position at the broadcast's offset is good (it is the uid's too).
+        assert_eq!(texts(&h.since("u1", 3, ob, 6, usize::MAX).unwrap()), ["d"]);
+        // u2's stream was made after B: B is not u2's, C is.
+        assert_eq!(texts(&h.read("u2", 6)), ["x", "C"]);
+        // The last broadcast moves a uid's position; never another uid's messages.
+        let oe = h.append_all(b("E"), false, Vec::new(), 7);
+        assert_eq!(h.position("u1", 7), (3, oe));
+        assert_eq!(
+            h.since("u1", 3, oe + 1, 7, usize::MAX).unwrap_err(),
+            Refusal::Future
+        );
+        assert_eq!((h.messages, h.all.list.len()), (6, 3));
+    }
+
+    #[test]
+    fn a_dropped_broadcast_makes_the_positions_before_it_gone() {
+        let mut h = History::new(2, 1_000, 1 << 20, 1);
+        let (_, p) = h.position("u", 0);
+        h.append_all(b("1"), false, Vec::new(), 0);
+        let o2 = h.append_all(b("2"), false, Vec::new(), 0);
+        h.append_all(b("3"), false, Vec::new(), 500);
+        assert_eq!(h.all.list.len(), 2);
+        assert_eq!(
+            h.since("u", 1, p, 1, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+        assert_eq!(
+            texts(&h.since("u", 1, o2 - 1, 1, usize::MAX).unwrap()),
+            ["2", "3"]
+        );
+        // By time too, and counted down.
+        h.expire(1_200);
+        assert_eq!((h.messages, h.bytes), (1, 1 + ENTRY_OVERHEAD));
+        assert_eq!(
+            h.since("u", 1, o2 - 1, 1_200, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+        assert_eq!(
+            texts(&h.since("u", 1, o2, 1_200, usize::MAX).unwrap()),
+            ["3"]
+        );
+        // And by memory: broadcasts and uid messages share one bound, oldest first.
+        let mut h = History::new(10, 60_000, 2 * (1 + ENTRY_OVERHEAD), 1);
+        h.append_all(b("a"), false, Vec::new(), 0);
+        h.append("u", b("b"), false, true, 1);
+        h.append_all(b("c"), false, Vec::new(), 2);
+        assert_eq!((h.evicted, h.messages, h.all.list.len()), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_held_uid_keeps_its_position_while_it_gets_only_broadcasts() {
+        let mut h = History::new(10, 60_000, 1 << 20, 1);
+        let (_, p) = h.position("u", 0);
+        h.sweep(200_000, |u| u == "u");
+        let o = h.append_all(b("late"), false, Vec::new(), 200_000);
+        assert_eq!(
+            texts(&h.since("u", 1, p, 200_001, usize::MAX).unwrap()),
+            ["late"]
+        );
+        // Once nobody holds it, two ttls after it was last seen held.
+        h.sweep(300_000, |_| false);
+        assert!(h.since("u", 1, o, 300_000, usize::MAX).is_ok());
+        h.sweep(320_001, |_| false);
+        assert_eq!(
+            h.since("u", 1, o, 320_001, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+    }
+
+    #[test]
+    fn a_handover_carries_the_broadcasts_as_the_uids_own() {
+        let mut old = History::new(10, 60_000, 1 << 20, 7);
+        let (_, p) = old.position("u", 0);
+        old.append_all(b("all"), false, Vec::new(), 1);
+        old.append("u", b("mine"), false, true, 2);
+        let (counter, pieces, _) = old.export(3, 1 << 20);
+        let mut new = History::new(10, 60_000, 1 << 20, 8);
+        for piece in pieces {
+            new.adopt(counter, piece, Vec::new(), 3);
+        }
+        assert_eq!(
+            texts(&new.since("u", 7, p, 3, usize::MAX).unwrap()),
+            ["all", "mine"]
+        );
+        let o = new.append_all(b("next"), false, Vec::new(), 4);
+        assert!(o > counter);
+        assert_eq!(
+            texts(&new.since("u", 7, p, 4, usize::MAX).unwrap()),
+            ["all", "mine", "next"]
+        );
+        // A broadcast kept by the new worker before the handover is not the handed uid's: a
+        // handed position below it cannot be continued.
+        let mut early = History::new(10, 60_000, 1 << 20, 9);
+        for _ in 0..5 {
+            early.append_all(b("early"), false, Vec::new(), 0);
+        }
+        let mut old = History::new(10, 60_000, 1 << 20, 7);
+        let (_, p) = old.position("w", 0);
+        old.append("w", b("w1"), false, true, 0);
+        let (counter, pieces, _) = old.export(1, 1 << 20);
+        for piece in pieces {
+            early.adopt(counter, piece, Vec::new(), 1);
+        }
+        assert_eq!(
+            early.since("w", 7, p, 1, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
     }
 
     #[test]

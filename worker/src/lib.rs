@@ -22,6 +22,7 @@ pub mod gather;
 pub mod groups;
 pub mod histogram;
 pub mod history;
+pub mod history_all;
 pub mod mesh;
 pub mod presence;
 pub mod proto;

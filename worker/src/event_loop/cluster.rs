@@ -268,6 +268,7 @@ impl Worker {
             | PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
+            | PeerMsg::AllPositioned { .. }
             | PeerMsg::UidsSnapshot(_)
             | PeerMsg::UidsBacked { .. }
             | PeerMsg::UidsGone(_) => {}

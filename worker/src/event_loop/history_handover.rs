@@ -25,7 +25,16 @@ impl Worker {
             return;
         };
         h.handover_due = true;
+        h.handover_by = Some(Instant::now() + HANDOVER_TIME);
         self.try_handover();
+    }
+
+    /// A draining worker still waits to hand its history over (for at most
+    /// [`HANDOVER_TIME`]): it stays, even with no connection left.
+    pub(super) fn handover_waits(&self, now: Instant) -> bool {
+        self.hist
+            .as_ref()
+            .is_some_and(|h| h.handover_due && h.handover_by.is_some_and(|t| now < t))
     }
 
     /// Hands the history over if the successor is known and linked (else later: see

@@ -268,9 +268,10 @@ impl Worker {
                     self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
                 self.answer_link(key, PeerMsg::Delivered { id: p.id, count });
             }
-            m @ (PeerMsg::Route(_) | PeerMsg::Positioned { .. } | PeerMsg::History(_)) => {
-                self.history_link_msg(key, m)
-            }
+            m @ (PeerMsg::Route(_)
+            | PeerMsg::Positioned { .. }
+            | PeerMsg::History(_)
+            | PeerMsg::AllPositioned { .. }) => self.history_link_msg(key, m),
             PeerMsg::Query { id, query } => {
                 let share = self.answer_query(&query);
                 self.answer_link(key, PeerMsg::Answer { id, share });

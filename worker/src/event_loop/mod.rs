@@ -52,6 +52,7 @@ mod backends;
 mod cluster;
 mod control;
 mod handoff;
+mod history_all;
 mod history_cluster;
 mod history_handover;
 mod http;
@@ -542,7 +543,11 @@ impl Worker {
             // Redis first: a cross-node push starts its way while local clients are written.
             self.wire_turn(now);
             self.flush_all();
-            if self.retire.is_some() && self.conns.is_empty() && self.relays.is_empty() {
+            if self.retire.is_some()
+                && self.conns.is_empty()
+                && self.relays.is_empty()
+                && !self.handover_waits(now)
+            {
                 log::info!(
                     "{}: no connection left",
                     if self.stopping { "stopped" } else { "drained" }

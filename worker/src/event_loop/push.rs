@@ -52,7 +52,8 @@ impl Worker {
     ) {
         self.stats.pushes += 1;
         // With a history, a push for uids or groups goes through each uid's owner (see
-        // `recovery`); a broadcast to everyone is delivered as always. In a cluster the
+        // `recovery`); a broadcast to everyone is delivered as always, and each worker keeps
+        // it for the uids it owns (see `history_all`). In a cluster the
         // history is in Redis, where every node writes a group push for the members it holds
         // (see `history_cluster`).
         if let (true, To::Target(Target::Groups(groups))) = (self.cluster_history(), &target) {
@@ -197,6 +198,9 @@ impl Worker {
             }
         }
         let mut n = 0;
+        // A broadcast with a history on one host: connections that want positions get it
+        // from their uid's owner, positioned (see `history_all`); counted here.
+        let positioned = matches!(target, To::Target(Target::All)) && self.positions_broadcasts();
         // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
         let mut event = SioEvent::new(payload, binary);
         let last = slots.len().saturating_sub(1);
@@ -205,6 +209,10 @@ impl Worker {
         // too (without a position), encoded once.
         let mut wrapped: Option<Bytes> = None;
         for (i, &r) in slots.iter().enumerate() {
+            if positioned && self.gets_positioned_broadcast(r) {
+                n += 1;
+                continue;
+            }
             let got = match r.who() {
                 Who::Session(idx) => self.sio_deliver(idx, &mut event),
                 Who::Conn(slot) if self.hist.is_some() && self.wants_envelope(slot) => {
@@ -225,6 +233,9 @@ impl Worker {
             slots = Vec::new();
         }
         self.slots_buf = slots;
+        if positioned {
+            self.keep_broadcast(exclude, payload, binary);
+        }
         n
     }
 

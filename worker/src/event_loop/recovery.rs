@@ -13,8 +13,8 @@
 //! offsets to the siblings holding the uid (`PeerMsg::Positioned`). Every positioned message
 //! for a uid therefore leaves one worker, in offset order, on one link per sibling: a client
 //! sees its offsets grow. The owner answers the entry worker's `Route` with the whole count
-//! once its siblings answered, so `ok`/`fail` keep their meaning. A broadcast to `all` is not
-//! recorded (it has no owner): it is delivered as before and carries no new position.
+//! once its siblings answered, so `ok`/`fail` keep their meaning. A broadcast to `all` is
+//! kept by every worker for the uids it owns (see `history_all`).
 //!
 //! Graceful reload: a draining owner hands its store to the new worker with its worker id
 //! (`HistoryMsg::Handover`, in pieces); streams keep their epoch, and the new store's offset
@@ -65,6 +65,9 @@ pub(super) struct Recovery {
     /// Draining: the history is to be handed to the worker replacing this one, as soon as
     /// it is known and linked.
     pub(super) handover_due: bool,
+    /// Until when a draining worker with no connection left stays to hand its history over
+    /// (its clients may all be away, and want it back on the new worker).
+    pub(super) handover_by: Option<Instant>,
     /// In a cluster, where the history lives in Redis: what waits for it.
     pub(super) ch: super::history_cluster::State,
 }
@@ -94,6 +97,7 @@ impl Recovery {
             recovering: false,
             last_sweep: 0,
             handover_due: false,
+            handover_by: None,
             ch: Default::default(),
         }
     }
@@ -328,6 +332,17 @@ impl Worker {
                 }
                 self.answer_link(key, PeerMsg::Delivered { id: push.id, count });
             }
+            PeerMsg::AllPositioned {
+                epoch,
+                offset,
+                exclude,
+                binary,
+                payload,
+            } => {
+                let from = self.links.get(key).map_or(0, |l| l.peer_pid);
+                let payload = Bytes::from(payload);
+                self.deliver_broadcast_positioned(from, epoch, offset, &exclude, &payload, binary);
+            }
             PeerMsg::History(h) => {
                 let asker = self.links.get(key).map_or(0, |l| l.peer_pid);
                 match self.as_owner(h, asker) {
@@ -553,13 +568,17 @@ impl Worker {
     /// drops what expired.
     pub(super) fn recovery_tick(&mut self, now: Instant) {
         self.ch_tick(now);
+        let (registry, views) = (&self.registry, &self.views);
         let Some(h) = self.hist.as_mut() else {
             return;
         };
         let ms = h.ms();
         if ms >= h.last_sweep + 1000 {
             h.last_sweep = ms;
-            h.store.sweep(ms);
+            // A uid with a connection here or in a sibling keeps its position.
+            let held =
+                |u: &str| !registry.get(u).is_empty() || views.values().any(|v| v.may_hold(u));
+            h.store.sweep(ms, held);
         }
         if h.handover_due {
             self.try_handover();

@@ -201,6 +201,17 @@ impl Worker {
         );
     }
 
+    /// The epoch of recipient `r`'s position (0: none yet, or it has no position state).
+    pub(super) fn position_epoch(&self, r: Recipient) -> u64 {
+        let Some(h) = self.hist.as_ref() else {
+            return 0;
+        };
+        match r.who() {
+            Who::Conn(slot) => h.conns.get(&slot).map_or(0, |s| s.epoch),
+            Who::Session(idx) => h.sessions.get(&idx).map_or(0, |s| s.epoch),
+        }
+    }
+
     /// Whether connection `slot` asked for the envelope.
     pub(super) fn wants_envelope(&self, slot: usize) -> bool {
         let id = self.conns.get(slot).map(|c| c.id);
