@@ -271,8 +271,9 @@ fn package_every_method_against_three_workers() {
         "run.php failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    // `history`: what the server keeps for pc-a, the three messages aimed at it (a push, a
-    // push to a list, a group push; not the broadcasts), in order, with growing offsets.
+    // `history`: what the server keeps for pc-a, the four messages aimed at it (a push, a
+    // push to a list, a group push, the binary broadcast; not the broadcast that excluded
+    // it), in order, with growing offsets.
     let history = stdout
         .lines()
         .find(|l| l.starts_with("history pc-a: "))
@@ -283,7 +284,11 @@ fn package_every_method_against_three_workers() {
     assert_eq!(h["uid"], "pc-a", "{history}");
     let msgs = h["messages"].as_array().expect("messages");
     let data: Vec<&str> = msgs.iter().filter_map(|m| m["data"].as_str()).collect();
-    assert_eq!(data, ["hello a", "{\"n\":1}", "to the group"], "{history}");
+    assert_eq!(
+        data,
+        ["hello a", "{\"n\":1}", "to the group", "AAEC/w=="],
+        "{history}"
+    );
     let offsets: Vec<u64> = msgs.iter().filter_map(|m| m["offset"].as_u64()).collect();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{history}");
     assert_eq!(h["offset"].as_u64(), offsets.last().copied(), "{history}");
