@@ -79,7 +79,7 @@ fn herald_path(o: &Opts) -> PathBuf {
 
 /// Starts Herald as the options say (binary, workers, wrapper, stop grace).
 pub(crate) fn start_herald(o: &Opts) -> Result<Herald, String> {
-    start_herald_with(o, Vec::new())
+    start_herald_with(o, o.sets.clone())
 }
 
 /// [`start_herald`] with more `--set KEY=VALUE` settings.
