@@ -136,8 +136,9 @@ pub struct History {
     max_bytes: usize,
     /// The last offset handed out.
     counter: u64,
-    /// Streams by uid.
-    streams: HashMap<Rc<str>, Stream>,
+    /// Streams by uid (foldhash: the lookup is on every push; seeded at random per
+    /// process, so chosen uids cannot be made to collide).
+    streams: HashMap<Rc<str>, Stream, foldhash::fast::RandomState>,
     /// Every kept message in keeping order (uid, offset), for expiry and eviction from the
     /// oldest; an entry already dropped by its stream's size is skipped when reached.
     order: VecDeque<(Rc<str>, u64, u64)>,
@@ -166,7 +167,7 @@ impl History {
             ttl: ttl_ms,
             max_bytes,
             counter: 0,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             order: VecDeque::new(),
             messages: 0,
             bytes: 0,

@@ -40,6 +40,9 @@ use std::time::Instant;
 use super::push::To;
 use super::resume::{ConnState, Pending, SioState};
 
+/// The positions of a push's uids (one, inline, for the usual unicast).
+type Positions = smallvec::SmallVec<[(u64, u64); 1]>;
+
 /// The link key standing for this worker itself in a gather entry (the entry worker's own
 /// share of a push whose uids it owns).
 pub(super) const SELF_LINK: usize = usize::MAX;
@@ -55,9 +58,9 @@ pub(super) struct Recovery {
     /// Recoveries waiting for an owner's answer, by id.
     pub(super) pending: HashMap<u64, Pending>,
     /// WebSocket connections that asked for positions (`envelope`, `since`), by slot.
-    pub(super) conns: HashMap<usize, ConnState>,
+    pub(super) conns: HashMap<usize, ConnState, foldhash::fast::RandomState>,
     /// Socket.IO sessions with a private id, by session index.
-    pub(super) sessions: HashMap<usize, SioState>,
+    pub(super) sessions: HashMap<usize, SioState, foldhash::fast::RandomState>,
     /// A login being completed by a recovery (it asks the owner nothing more).
     pub(super) recovering: bool,
     /// When the store was last swept (store milliseconds).
@@ -92,8 +95,8 @@ impl Recovery {
             clock: Instant::now(),
             next_id: 1,
             pending: HashMap::new(),
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
+            conns: HashMap::default(),
+            sessions: HashMap::default(),
             recovering: false,
             last_sweep: 0,
             handover_due: false,
@@ -149,26 +152,17 @@ impl Worker {
         reply: ReplyTo,
     ) {
         let started = Instant::now();
-        let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-        let mut uids: Vec<String> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut add = |u: &str| {
-            if !excluded.contains(u) && seen.insert(u.to_string()) {
-                uids.push(u.to_string());
-            }
-        };
-        match &target {
-            To::Uid(u) => add(u),
-            To::Target(Target::Uids(list)) => list.iter().for_each(|u| add(u)),
-            To::Target(Target::Groups(groups)) => {
-                for g in groups {
-                    for u in self.groups.members(g) {
-                        add(u);
-                    }
+        let uids = match &target {
+            // The seeds' unicast: one uid, nothing to exclude or deduplicate; kept and
+            // delivered here when this worker owns it.
+            To::Uid(u) if exclude.is_empty() => {
+                if !self.cluster_history() && self.history_owner_pid(u) == Some(self.pid) {
+                    return self.owner_push_uid(u, payload, binary, reply);
                 }
+                vec![u.to_string()]
             }
-            To::Target(Target::All) => {}
-        }
+            _ => self.history_uids(&target, &exclude),
+        };
         if uids.is_empty() {
             return self.settle_timed(reply, 0, false, started);
         }
@@ -186,6 +180,12 @@ impl Worker {
         let timeout = self.cfg.ipc_timeout.max(0.0);
         let margin = (timeout / 10.0).min(0.1);
         let deadline = mono_ns() + ((timeout - margin) * 1e9) as u64;
+        // Every uid is this worker's own: recorded and delivered here, answered directly.
+        if missing == 0 && parts.len() == 1 {
+            if let Some(list) = parts.remove(&self.pid) {
+                return self.owner_push(list, payload, binary, reply);
+            }
+        }
         let id = self.gather.next_id();
         let own = parts.remove(&self.pid);
         let mut peers = Peers::new();
@@ -232,6 +232,31 @@ impl Worker {
         self.progress(id);
     }
 
+    /// The distinct uids a push for `target` names, without `exclude`.
+    fn history_uids<'a>(&'a self, target: &'a To<'_>, exclude: &[String]) -> Vec<String> {
+        let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+        let mut uids: Vec<String> = Vec::new();
+        let mut seen: HashSet<&'a str> = HashSet::new();
+        let mut add = |u: &'a str| {
+            if !excluded.contains(u) && seen.insert(u) {
+                uids.push(u.to_string());
+            }
+        };
+        match target {
+            To::Uid(u) => add(u),
+            To::Target(Target::Uids(list)) => list.iter().for_each(|u| add(u)),
+            To::Target(Target::Groups(groups)) => {
+                for g in groups {
+                    for u in self.groups.members(g) {
+                        add(u);
+                    }
+                }
+            }
+            To::Target(Target::All) => {}
+        }
+        uids
+    }
+
     /// This worker owns `uids`: records the push (each uid gets its offset), delivers it here,
     /// and sends it with the offsets to the siblings that may hold one of them.
     pub(super) fn owner_push(
@@ -242,22 +267,93 @@ impl Worker {
         reply: ReplyTo,
     ) {
         let started = Instant::now();
-        let Some(h) = self.hist.as_mut() else {
+        let Some((positions, local)) =
+            self.keep_and_deliver(uids.iter().map(String::as_str), payload, binary)
+        else {
             return self.settle(reply, 0, true);
         };
+        if self.settle_if_alone(Holders::Uids(&uids), local, started, reply) {
+            return;
+        }
+        self.send_positioned(uids, positions, local, payload, binary, started, reply);
+    }
+
+    /// [`Worker::owner_push`] for one uid borrowed from the line that named it (the seeds'
+    /// unicast): nothing is allocated for the uid unless a sibling may hold it.
+    fn owner_push_uid(&mut self, uid: &str, payload: &[u8], binary: bool, reply: ReplyTo) {
+        let started = Instant::now();
+        let Some((positions, local)) = self.keep_and_deliver(std::iter::once(uid), payload, binary)
+        else {
+            return self.settle(reply, 0, true);
+        };
+        if self.settle_if_alone(Holders::Uid(uid), local, started, reply) {
+            return;
+        }
+        let uids = vec![uid.to_string()];
+        self.send_positioned(uids, positions, local, payload, binary, started, reply);
+    }
+
+    /// Keeps a push for `uids` (each gets its offset) and delivers it to their connections
+    /// here: the positions, and how many got it (`None` without a history).
+    fn keep_and_deliver<'a>(
+        &mut self,
+        uids: impl Iterator<Item = &'a str> + Clone,
+        payload: &[u8],
+        binary: bool,
+    ) -> Option<(Positions, u32)> {
+        let h = self.hist.as_mut()?;
         let now = h.ms();
-        let shared = Bytes::copy_from_slice(payload);
-        let mut positions = Vec::with_capacity(uids.len());
-        for u in &uids {
+        // One allocation for the frame and the kept payload, a view into it.
+        let plain = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
+        let shared = plain.slice(plain.len() - payload.len()..);
+        let mut positions = Positions::new();
+        for u in uids.clone() {
             let online =
                 !self.registry.get(u).is_empty() || self.views.values().any(|v| v.may_hold(u));
             let offset = h.store.append(u, shared.clone(), binary, online, now);
             positions.push((h.store.epoch_of(u), offset));
         }
         let mut local = 0;
-        for (u, &(e, o)) in uids.iter().zip(&positions) {
-            local += self.deliver_positioned(u, e, o, &shared, binary);
+        for (u, &(e, o)) in uids.zip(&positions) {
+            local += self.deliver_positioned_framed(u, e, o, &shared, binary, &plain);
         }
+        Some((positions, local))
+    }
+
+    /// No sibling may hold one of `uids`: the count is known now, and `reply` has it (true).
+    fn settle_if_alone(
+        &mut self,
+        uids: Holders<'_>,
+        local: u32,
+        started: Instant,
+        reply: ReplyTo,
+    ) -> bool {
+        if self
+            .links
+            .iter()
+            .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, uids))
+        {
+            return false;
+        }
+        let missing = self.unlinked_peers(uids);
+        self.stats.ipc_undelivered += missing as u64;
+        self.settle_timed(reply, local, missing > 0, started);
+        true
+    }
+
+    /// Sends a kept push with its positions to the siblings that may hold one of `uids`;
+    /// the whole count to `reply` once they answered.
+    #[allow(clippy::too_many_arguments)]
+    fn send_positioned(
+        &mut self,
+        uids: Vec<String>,
+        positions: Positions,
+        local: u32,
+        payload: &[u8],
+        binary: bool,
+        started: Instant,
+        reply: ReplyTo,
+    ) {
         let timeout = self.cfg.ipc_timeout.max(0.0);
         let margin = (timeout / 10.0).min(0.1);
         let msg = PeerMsg::Positioned {
@@ -269,7 +365,7 @@ impl Worker {
                 payload: payload.to_vec(),
                 binary,
             },
-            positions,
+            positions: positions.into_vec(),
         };
         let job = Job::Push {
             started,
@@ -621,14 +717,27 @@ impl Worker {
         payload: &Bytes,
         binary: bool,
     ) -> u32 {
-        let recipients = self.registry.get(uid).to_vec();
-        if recipients.is_empty() {
+        if self.registry.get(uid).is_empty() {
             return 0;
         }
         let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
+        self.deliver_positioned_framed(uid, epoch, offset, payload, binary, &f)
+    }
+
+    /// [`Worker::deliver_positioned`] with the message's plain frame made already.
+    pub(super) fn deliver_positioned_framed(
+        &mut self,
+        uid: &str,
+        epoch: u64,
+        offset: u64,
+        payload: &Bytes,
+        binary: bool,
+        plain: &Bytes,
+    ) -> u32 {
+        let recipients: crate::registry::Slots = self.registry.get(uid).iter().copied().collect();
         let mut n = 0;
         for r in recipients {
-            n += self.deliver_one(r, epoch, offset, payload, binary, &f) as u32;
+            n += self.deliver_one(r, epoch, offset, payload, binary, plain) as u32;
         }
         n
     }
