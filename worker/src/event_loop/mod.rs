@@ -53,6 +53,7 @@ mod cluster;
 mod control;
 mod handoff;
 mod history_cluster;
+mod history_cluster_fan;
 mod history_handover;
 mod http;
 mod mesh;
