@@ -448,3 +448,41 @@ fn a_broadcast_to_more_uids_than_one_write_holds_reaches_them_all() {
         assert_eq!(data, ["to every one", "and again"], "{uid}: {h}");
     }
 }
+
+#[test]
+fn with_redis_down_a_broadcast_is_still_delivered_on_the_entry_host() {
+    if !Redis::available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let a = node(&redis.url(), "node-a", &[]);
+    let mut plain = a.login("rd1");
+    let (mut env, _) = login_env(&a, "/?envelope=1", "rd2");
+    a.push_until_ok(b"{\"uid\":\"rd1\",\"sync\":1}\n", Duration::from_secs(15));
+    a.push_until_ok(b"{\"uid\":\"rd2\",\"sync\":1}\n", Duration::from_secs(15));
+    loop {
+        if plain.recv_text(REPLY).contains("\"sync\":1") {
+            break;
+        }
+    }
+    until_sync(&mut env);
+    redis.kill();
+    // Not kept, no position: the way without a history, to every worker of this host.
+    assert_eq!(cmd(&a, r#"{"cmd":"all","data":"redis is down"}"#), "ok\n");
+    assert_eq!(plain.recv_text(REPLY), "redis is down");
+    let m = recv_json(&mut env);
+    assert_eq!(
+        m,
+        serde_json::json!({"type": "msg", "data": "redis is down"})
+    );
+}
+
+/// Reads envelopes of `c` until the `sync` push.
+fn until_sync(c: &mut Ws) {
+    loop {
+        let m = recv_json(c);
+        if m["data"].as_str().is_some_and(|d| d.contains("\"sync\":1")) {
+            return;
+        }
+    }
+}
