@@ -5,8 +5,8 @@
 //! other recovers the broadcasts it missed, in order with its own pushes, once; a uid held on
 //! both nodes gets each broadcast once per connection at one position; a client without the
 //! envelope gets the plain bytes; a uid with no connection anywhere gets it at its next login
-//! with offline delivery; and a broadcast to more uids than one Redis script writes reaches
-//! every one of them, answered with the right count.
+//! with offline delivery; and a broadcast, a push to a list and a group push to more uids
+//! than one Redis script writes reach every one of them, answered with the right count.
 //!
 //! A broadcast is written by every node worker when it gets it, so the text port answers `ok`
 //! before it is kept: a test that needs a broadcast kept before its next push waits until the
@@ -110,6 +110,19 @@ fn until_n(c: &mut Ws, n: u64) -> Value {
             return m;
         }
     }
+}
+
+/// A JSON API push on `srv`; its answer.
+fn api_push(srv: &Server, body: &str) -> Value {
+    let r = srv.http(
+        format!(
+            "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    serde_json::from_slice(&r.body).expect("json")
 }
 
 /// Waits until `uid` has no connection anywhere in the cluster (asked of `srv`).
@@ -277,16 +290,7 @@ fn a_client_without_the_envelope_gets_the_plain_broadcast_bytes() {
     assert_eq!(r.body, b"ok");
     assert_eq!(c.recv_text(REPLY), "&lt;b&gt;hi&lt;/b&gt;");
     // The JSON API counts the connections reached (the one client).
-    let body = r#"{"all":true,"data":"counted"}"#;
-    let r = a.http(
-        format!(
-            "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    let v = api_push(&a, r#"{"all":true,"data":"counted"}"#);
     assert_eq!(v, serde_json::json!({"delivered": 1}));
     assert_eq!(c.recv_text(REPLY), "counted");
     // Kept for it, as pushes to it are (the last two: the HTTP ones).
@@ -393,7 +397,7 @@ fn raw_frame(s: &mut TcpStream) -> Vec<u8> {
 }
 
 #[test]
-fn a_broadcast_to_more_uids_than_one_write_holds_reaches_them_all() {
+fn pushes_to_more_uids_than_one_write_holds_reach_them_all() {
     if !Redis::available() {
         return;
     }
@@ -421,18 +425,34 @@ fn a_broadcast_to_more_uids_than_one_write_holds_reaches_them_all() {
             break;
         }
     }
-    let body = r#"{"all":true,"data":"to every one"}"#;
-    let r = b.http(
-        format!(
-            "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    let v = api_push(&b, r#"{"all":true,"data":"to every one"}"#);
     assert_eq!(v, serde_json::json!({"delivered": UIDS}), "{}", a.log());
+    // A push naming every uid, and a group of them all: written in chunks too, answered once.
+    let names: Vec<String> = (0..UIDS).map(|i| format!("m{i}")).collect();
+    let to = serde_json::to_string(&names).expect("json");
+    let line = format!("{{\"cmd\":\"push\",\"to\":{to},\"data\":\"listed\"}}");
+    assert_eq!(cmd(&b, &line), "ok\n");
+    let v = api_push(&a, &format!("{{\"to\":{to},\"data\":\"listed again\"}}"));
+    assert_eq!(v, serde_json::json!({"delivered": UIDS}));
+    let mut joins = TextConn::connect(a.text);
+    let lines: String = names
+        .iter()
+        .map(|u| format!("{{\"cmd\":\"join\",\"uid\":\"{u}\",\"group\":\"big\"}}\n"))
+        .collect();
+    joins.send(lines.as_bytes());
+    let answers = joins.read_lines(UIDS, Duration::from_secs(20));
+    assert_eq!(answers, "ok\n".repeat(UIDS).as_bytes());
+    let v = api_push(&b, r#"{"group":"big","data":"grouped"}"#);
+    assert_eq!(v, serde_json::json!({"delivered": UIDS}));
+    // Last: the text port answers a broadcast before it is written.
     assert_eq!(cmd(&b, r#"{"cmd":"all","data":"and again"}"#), "ok\n");
+    let want = [
+        "to every one",
+        "listed",
+        "listed again",
+        "grouped",
+        "and again",
+    ];
     for (i, s) in socks.iter_mut().enumerate() {
         s.set_read_timeout(Some(REPLY)).ok();
         let mut got = raw_frame(s);
@@ -442,8 +462,10 @@ fn a_broadcast_to_more_uids_than_one_write_holds_reaches_them_all() {
                 got = raw_frame(s);
             }
         }
-        assert_eq!(String::from_utf8_lossy(&got), "to every one", "m{i}");
-        assert_eq!(raw_frame(s), b"and again", "m{i}");
+        assert_eq!(String::from_utf8_lossy(&got), want[0], "m{i}");
+        for w in &want[1..] {
+            assert_eq!(String::from_utf8_lossy(&raw_frame(s)), *w, "m{i}");
+        }
     }
     // Kept for each, at a position.
     for uid in ["m0", "m599", "m1199"] {
@@ -456,7 +478,7 @@ fn a_broadcast_to_more_uids_than_one_write_holds_reaches_them_all() {
             .filter_map(|m| m["data"].as_str())
             .filter(|d| !d.starts_with("{\"uid\""))
             .collect();
-        assert_eq!(data, ["to every one", "and again"], "{uid}: {h}");
+        assert_eq!(data, want, "{uid}: {h}");
     }
 }
 

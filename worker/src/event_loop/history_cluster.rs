@@ -45,8 +45,9 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 /// Recovered messages delivered in one loop turn at most (past it, answers wait for the
 /// next turn: a burst of recoveries does not hold the loop).
 const TURN_BUDGET: usize = 20_000;
-/// The link key standing for a member of the cluster in a relay entry's reply (see
-/// `sibling_settled`): a group push written here for another member's entry.
+/// The link key standing for a push written here in chunks in a chunk's reply (see
+/// `history_cluster_fan`): a group push or a broadcast for a member's entry, or a push to a
+/// long list of uids.
 pub(super) const MEMBER_LINK: usize = usize::MAX - 1;
 
 /// A push waiting for Redis to say it was kept (or a group push or a broadcast to be
@@ -142,8 +143,9 @@ impl Worker {
         sent
     }
 
-    /// A push for `uids` (distinct, none excluded): kept and published by Redis in one step;
-    /// the outcome to `reply` once every member reached answered.
+    /// A push for `uids` (distinct, none excluded): kept and published by Redis in one step
+    /// (one per chunk of uids past `WRITE_CHUNK`); the outcome to `reply` once every member
+    /// reached answered.
     pub(super) fn ch_push(
         &mut self,
         uids: Vec<String>,
@@ -151,6 +153,9 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
+        if uids.len() > super::history_cluster_fan::WRITE_CHUNK {
+            return self.ch_push_chunked(uids, payload, binary, reply);
+        }
         self.ch_write(uids, payload, binary, reply, String::new());
     }
 

@@ -14,7 +14,8 @@
 //! several members is written once (the first writer's), with one position. A member writes
 //! at most [`WRITE_CHUNK`] uids per script call (Redis runs one script at a time: a broadcast
 //! to tens of thousands of uids is many short calls, not one long one), and answers the
-//! entry once, with the sum of its calls' counts. When the push cannot be published, or a
+//! entry once, with the sum of its calls' counts. A push to a long list of uids is written in
+//! the same chunks by the worker it entered, which answers its backend once. When the push cannot be published, or a
 //! member cannot write, it goes the way it goes without a history (no position, not kept).
 //!
 //! [`GROUP`]: crate::cluster_history::GROUP
@@ -38,17 +39,36 @@ use std::time::{Duration, Instant};
 /// in several calls, each short enough not to hold Redis (nor its other clients) for long.
 pub(super) const WRITE_CHUNK: usize = 500;
 
-/// A push written here, in chunks, for a member's entry.
+/// Where the sum of a push's chunks goes.
+enum RelayTo {
+    /// A member's entry (a group push or a broadcast written here for it): answered with
+    /// `Delivered`.
+    Member {
+        /// The entry member.
+        from: String,
+        /// Its entry's id.
+        id: u64,
+    },
+    /// The backend of a push to a long list of uids that entered here.
+    Backend {
+        /// Where its outcome goes.
+        reply: ReplyTo,
+        /// When it came (the `push_seconds` histogram).
+        started: Instant,
+    },
+}
+
+/// A push written here in chunks, waiting for every chunk's count.
 struct Relay {
-    /// The entry member (answered once every chunk's count is known).
-    from: String,
-    /// Its entry's id.
-    id: u64,
+    /// Where the sum goes once every chunk's count is known.
+    to: RelayTo,
     /// Chunks whose count is not known yet.
     left: usize,
     /// The counts known so far, summed.
     total: u32,
-    /// When it was written (forgotten well after its entry gave up).
+    /// Some chunk's count is incomplete.
+    partial: bool,
+    /// When it was written (forgotten well after its entries gave up).
     at: Instant,
 }
 
@@ -155,18 +175,48 @@ impl Worker {
         if uids.is_empty() {
             return self.ch_answer_member(from, p.id, 0);
         }
+        let token = format!("{from}/{}", p.id);
+        let to = RelayTo::Member { from, id: p.id };
+        self.ch_write_chunks(uids, &p.payload, p.binary, to, token);
+    }
+
+    /// A push for `uids` with the history in Redis, in chunks of at most [`WRITE_CHUNK`]
+    /// uids; the sum of their counts to the backend's `reply` once every chunk is settled.
+    pub(super) fn ch_push_chunked(
+        &mut self,
+        uids: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) {
+        let to = RelayTo::Backend {
+            reply,
+            started: Instant::now(),
+        };
+        self.ch_write_chunks(uids, payload, binary, to, String::new());
+    }
+
+    /// Writes `uids` (not empty) in chunks, each its own entry answering the relay, which
+    /// sends the sum to `to`.
+    fn ch_write_chunks(
+        &mut self,
+        uids: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+        to: RelayTo,
+        token: String,
+    ) {
         let Some(h) = self.hist.as_mut() else { return };
         let fan = &mut h.ch.fan;
         fan.next_relay += 1;
         let rid = fan.next_relay;
-        let token = format!("{from}/{}", p.id);
         fan.relays.insert(
             rid,
             Relay {
-                from,
-                id: p.id,
+                to,
                 left: uids.len().div_ceil(WRITE_CHUNK),
                 total: 0,
+                partial: false,
                 at: Instant::now(),
             },
         );
@@ -180,7 +230,7 @@ impl Worker {
             if chunk.is_empty() {
                 break;
             }
-            self.ch_write(chunk, &p.payload, p.binary, reply, token.clone());
+            self.ch_write(chunk, payload, binary, reply, token.clone());
         }
     }
 
@@ -224,9 +274,14 @@ impl Worker {
         uids
     }
 
-    /// One chunk of a push written here for a member's entry reached `total` connections;
-    /// the last one answers the entry with the sum.
+    /// One chunk of a push written here in chunks reached `total` connections; the last one
+    /// sends the sum where it goes.
     pub(super) fn ch_relay_settled(&mut self, rid: u64, total: u32) {
+        self.ch_relay_part(rid, total, false);
+    }
+
+    /// [`Worker::ch_relay_settled`], `partial` when the chunk's count is incomplete.
+    pub(super) fn ch_relay_part(&mut self, rid: u64, total: u32, partial: bool) {
         let Some(relays) = self.hist.as_mut().map(|h| &mut h.ch.fan.relays) else {
             return;
         };
@@ -234,12 +289,17 @@ impl Worker {
             return;
         };
         r.total = r.total.saturating_add(total);
+        r.partial |= partial;
         r.left = r.left.saturating_sub(1);
         if r.left > 0 {
             return;
         }
-        if let Some(r) = relays.remove(&rid) {
-            self.ch_answer_member(r.from, r.id, r.total);
+        let Some(r) = relays.remove(&rid) else { return };
+        match r.to {
+            RelayTo::Member { from, id } => self.ch_answer_member(from, id, r.total),
+            RelayTo::Backend { reply, started } => {
+                self.settle_timed(reply, r.total, r.partial, started)
+            }
         }
     }
 

@@ -284,6 +284,10 @@ impl Worker {
         };
         match reply {
             ReplyTo::Nobody => {}
+            // A chunk of a push written in chunks (history in a cluster): with its `partial`.
+            ReplyTo::Sibling { key, id } if key == super::history_cluster::MEMBER_LINK => {
+                self.ch_relay_part(id, total, partial)
+            }
             ReplyTo::Sibling { key, id } => self.sibling_settled(key, id, total),
             ReplyTo::Text {
                 slot,
