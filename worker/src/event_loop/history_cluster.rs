@@ -89,8 +89,8 @@ pub(super) struct State {
     refreshed: Option<Instant>,
     /// When the maps were last swept.
     swept: Option<Instant>,
-    /// Group pushes and broadcasts written here for members' entries, and the uids that
-    /// dropped recently (see `history_cluster_fan`).
+    /// Pushes written here in chunks (group pushes and broadcasts for members' entries,
+    /// pushes to long lists), and the uids that dropped recently (see `history_cluster_fan`).
     pub(super) fan: super::history_cluster_fan::Fan,
     /// Recovery answers waiting for a later loop turn ([`TURN_BUDGET`]).
     deferred: std::collections::VecDeque<HistoryMsg>,

@@ -75,7 +75,7 @@ struct Relay {
 /// The state of pushes to many in a worker.
 #[derive(Default)]
 pub(super) struct Fan {
-    /// Pushes written here for a member's entry, by this worker's relay id.
+    /// Pushes written here in chunks, by this worker's relay id.
     relays: HashMap<u64, Relay>,
     /// Next relay id.
     next_relay: u64,
