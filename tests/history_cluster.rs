@@ -6,18 +6,15 @@
 //! once per member; expired history and Redis restarted empty give `recovered: false` (in the
 //! same epoch, and in a new one); bad positions are refused.
 //!
-//! The page reaches the nodes through a small TCP switch in the test, so that its reconnection
-//! (to the same URL, as a page behind a load balancer) lands on the other node.
+//! The page reaches the nodes through a small TCP switch (`sio_page::Switch`), so that its
+//! reconnection (to the same URL, as a page behind a load balancer) lands on the other node.
 
 mod common;
 mod sio_page;
 
 use common::*;
 use serde_json::Value;
-use sio_page::{sio_v4_ready, Page};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::Arc;
+use sio_page::{sio_v4_ready, Page, Switch};
 use std::time::{Duration, Instant};
 
 /// A node of 2 workers with a history in the cluster at `url`.
@@ -67,63 +64,6 @@ fn push_until_ok(srv: &Server, uid: &str, mut n: u32) -> u32 {
         assert!(Instant::now() < deadline, "no push to {uid} answered ok");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A TCP switch: connections to `port` go to the target port of the moment.
-struct Switch {
-    port: u16,
-    target: Arc<AtomicU16>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Switch {
-    fn start(to: u16) -> Switch {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind switch");
-        l.set_nonblocking(true).expect("nonblocking");
-        let port = l.local_addr().expect("addr").port();
-        let target = Arc::new(AtomicU16::new(to));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (target.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((down, _)) => {
-                        down.set_nonblocking(false).ok();
-                        let Ok(up) = TcpStream::connect(("127.0.0.1", t.load(Ordering::SeqCst)))
-                        else {
-                            continue;
-                        };
-                        pipe(&down, &up);
-                        pipe(&up, &down);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Switch { port, target, stop }
-    }
-
-    fn to(&self, port: u16) {
-        self.target.store(port, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to` on a thread; at the end, `to` is told no more comes.
-fn pipe(from: &TcpStream, to: &TcpStream) {
-    let (Ok(mut a), Ok(mut b)) = (from.try_clone(), to.try_clone()) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut a, &mut b);
-        let _ = b.shutdown(Shutdown::Write);
-        let _ = a.shutdown(Shutdown::Read);
-    });
 }
 
 /// The `n`s of the messages, in the order received.

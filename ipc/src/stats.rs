@@ -174,6 +174,8 @@ table! {
     cluster_presence: Counter;
     /// Of those, offline events of uids whose worker died without saying so (reaped after its alive key expired)
     cluster_reaped: Counter;
+    /// Uids forgotten from the record of those that dropped within history_ttl (over 100,000 in a worker): a broadcast to everyone is not kept for them
+    history_drops_forgotten: Counter;
 }
 
 impl Stat {

@@ -1,12 +1,16 @@
 //! A Socket.IO v4 page under Node for the recovery tests: `scripts/node/sio-recover.js` (the
 //! real socket.io-client 4.x), commanded on its stdin, its lines read on a channel, and reaped
-//! when dropped. Shared by `tests/recovery_sio.rs` and `tests/history_cluster.rs`.
+//! when dropped; and a TCP [`Switch`] standing for a load balancer, so that a page's reconnection
+//! (to the same URL) lands on another node. Shared by `tests/recovery_sio.rs`,
+//! `tests/history_cluster.rs` and `tests/history_cluster_all.rs`.
 #![allow(dead_code)]
 
 use crate::common::{lines_of, require, workspace_root};
 use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Whether `node` and socket.io-client 4 are here (under CI their absence is a failure).
@@ -113,4 +117,66 @@ impl Drop for Page {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP switch: connections to `port` go to the target port of the moment.
+pub struct Switch {
+    /// Where the page connects.
+    pub port: u16,
+    /// Where its connections go now.
+    target: Arc<AtomicU16>,
+    /// Tells the accepting thread to end.
+    stop: Arc<AtomicBool>,
+}
+
+impl Switch {
+    /// A switch sending to port `to` until told otherwise.
+    pub fn start(to: u16) -> Switch {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind switch");
+        l.set_nonblocking(true).expect("nonblocking");
+        let port = l.local_addr().expect("addr").port();
+        let target = Arc::new(AtomicU16::new(to));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s) = (target.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((down, _)) => {
+                        down.set_nonblocking(false).ok();
+                        let Ok(up) = TcpStream::connect(("127.0.0.1", t.load(Ordering::SeqCst)))
+                        else {
+                            continue;
+                        };
+                        pipe(&down, &up);
+                        pipe(&up, &down);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Switch { port, target, stop }
+    }
+
+    /// New connections go to `port` from now on.
+    pub fn to(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on a thread; at the end, `to` is told no more comes.
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut a), Ok(mut b)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a, &mut b);
+        let _ = b.shutdown(Shutdown::Write);
+        let _ = a.shutdown(Shutdown::Read);
+    });
 }

@@ -17,8 +17,8 @@
 //! - `P:hb:PID`, a Socket.IO private session id's binding: `UID\nSID\nBY` (its uid, socket id,
 //!   and the Engine.IO session that bound it last), expiring `recovery_window` after the session
 //!   ended (refreshed while it lives);
-//! - `P:hd:MEMBER/ID:UID`, for a minute: a group push (the entry member's push `ID`) was
-//!   written for UID (every worker holding a member writes; the first one keeps it).
+//! - `P:hd:MEMBER/ID:UID`, for a minute: a group push or a broadcast (the entry member's push
+//!   `ID`) was written for UID (every worker holding the uid writes; the first one keeps it).
 //!
 //! A push is written and published in one script (`PUSH`): for each uid it assigns the next
 //! offset, appends, sets the expiries, and publishes to every live member holding the uid
@@ -38,8 +38,8 @@ use std::sync::LazyLock;
 pub const META_TTL: u64 = 86_400;
 /// The first byte of a positioned push on a member's channel.
 pub const POSITIONED: u8 = 40;
-/// The first byte of a group push to every member (`P:all`) when the history is in Redis:
-/// then an envelope (`crate::cluster::envelope`) of the mesh's push.
+/// The first byte of a group push or a broadcast to every member (`P:all`) when the history
+/// is in Redis: then an envelope (`crate::cluster::envelope`) of the mesh's push.
 pub const GROUP: u8 = 41;
 
 /// Writes a push for uids ARGV[11..] and publishes it. ARGV: prefix, sender member, push id,

@@ -16,6 +16,7 @@ pub mod cluster_history;
 pub mod cluster_presence;
 pub mod conn;
 pub mod delivery;
+pub mod dropped;
 pub mod event_loop;
 pub mod events;
 pub mod gather;

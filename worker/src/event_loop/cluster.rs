@@ -180,7 +180,7 @@ impl Worker {
                 self.cluster_nodes = nodes;
             }
             BusEvent::Published { id, count } => {
-                if count.is_none() && self.ch_unpublished(id) {
+                if self.ch_published(id, count.is_some()) {
                     return;
                 }
                 if let Some(w) = self.gather.get_mut(id) {

@@ -15,28 +15,24 @@
 //!   its session lives), so it resolves on any node. Its recovery adds this member to the
 //!   uid's holders in the same script that reads the history, so what is pushed after the read
 //!   comes here; what comes before the session is logged in again is held for it.
-//! - A group push goes to every member of the cluster (`P:all`, first byte
-//!   [`GROUP`]); each writes the push for the group's members it holds, with the group push's
-//!   name as a token, so that a uid held by several workers is written once (the first), and
-//!   answers the entry with the count its write reached. A member held nowhere is not written
-//!   (it cannot be found cheaply). `all` is delivered as without a history (no position).
-//!
-//! [`GROUP`]: crate::cluster_history::GROUP
+//! - A group push and a broadcast to everyone (`all`) go to every member of the cluster, which
+//!   writes them for its share of the uids (see `history_cluster_fan`): every uid gets its
+//!   copy with a position, written once, and recovers it on any host.
 
 use super::mesh::Job;
+use super::push::To;
 use super::query::QReply;
 use super::resume::Waiter;
 use super::{mono_ns, Worker};
-use crate::cluster::{envelope, open_envelope, BusCmd};
-use crate::cluster_history::{parse_positioned, HistCmd, HistEvent, Limits, GROUP};
+use crate::cluster::BusCmd;
+use crate::cluster_history::{parse_positioned, HistCmd, HistEvent, Limits};
 use crate::delivery::{OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use crate::history::MAX_RECOVERY_BYTES;
 use crate::mesh::ReplyTo;
 use crate::registry::Recipient;
 use bytes::Bytes;
-use herald_ipc::codec::{read_frame, write_frame};
-use herald_ipc::{HistoryMsg, PeerMsg, Push, Query, Share, Whose};
+use herald_ipc::{HistoryMsg, Query, Share, Target, Whose};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -49,28 +45,34 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 /// Recovered messages delivered in one loop turn at most (past it, answers wait for the
 /// next turn: a burst of recoveries does not hold the loop).
 const TURN_BUDGET: usize = 20_000;
-/// The link key standing for a member of the cluster in a relay entry's reply (see
-/// `sibling_settled`): a group push written here for another member's entry.
+/// The link key standing for a push written here in chunks in a chunk's reply (see
+/// `history_cluster_fan`): a group push or a broadcast for a member's entry, or a push to a
+/// long list of uids.
 pub(super) const MEMBER_LINK: usize = usize::MAX - 1;
 
-/// A push waiting for Redis to say it was kept (or a group push to be published), for the
-/// way without a history if not.
-struct Sent {
-    /// Whom it is for: uids, or the groups of a group push.
-    uids: Vec<String>,
+/// A push waiting for Redis to say it was kept (or a group push or a broadcast to be
+/// published), for the way without a history if not.
+pub(super) struct Sent {
+    /// Whom it is for: uids, groups, or everyone.
+    pub(super) target: Target,
+    /// Uids left out (a group push's or a broadcast's).
+    pub(super) exclude: Vec<String>,
     /// The message.
-    payload: Bytes,
+    pub(super) payload: Bytes,
     /// A binary frame.
-    binary: bool,
+    pub(super) binary: bool,
+    /// A member's share of a group push or a broadcast (uids): unkept, it goes to this
+    /// worker's connections only (every member got the push).
+    pub(super) here: bool,
     /// When it was sent (forgotten well after its entry gave up).
-    at: Instant,
+    pub(super) at: Instant,
 }
 
 /// The cluster history's state in a worker.
 #[derive(Default)]
 pub(super) struct State {
     /// Pushes waiting for their count, by entry id.
-    pushes: HashMap<u64, Sent>,
+    pub(super) pushes: HashMap<u64, Sent>,
     /// `history` questions waiting for Redis, by their id: the uid, where the answer goes, and
     /// when it was asked.
     reads: HashMap<u64, (String, QReply, Instant)>,
@@ -87,11 +89,9 @@ pub(super) struct State {
     refreshed: Option<Instant>,
     /// When the maps were last swept.
     swept: Option<Instant>,
-    /// Group pushes written here for a member's entry, by this worker's relay id: the member
-    /// and its entry's id, answered when the write's count is known.
-    relays: HashMap<u64, (String, u64, Instant)>,
-    /// Next relay id.
-    next_relay: u64,
+    /// Pushes written here in chunks (group pushes and broadcasts for members' entries,
+    /// pushes to long lists), and the uids that dropped recently (see `history_cluster_fan`).
+    pub(super) fan: super::history_cluster_fan::Fan,
     /// Recovery answers waiting for a later loop turn ([`TURN_BUDGET`]).
     deferred: std::collections::VecDeque<HistoryMsg>,
     /// Recovered messages delivered in this loop turn.
@@ -143,8 +143,9 @@ impl Worker {
         sent
     }
 
-    /// A push for `uids` (distinct, none excluded): kept and published by Redis in one step;
-    /// the outcome to `reply` once every member reached answered.
+    /// A push for `uids` (distinct, none excluded): kept and published by Redis in one step
+    /// (one per chunk of uids past `WRITE_CHUNK`); the outcome to `reply` once every member
+    /// reached answered.
     pub(super) fn ch_push(
         &mut self,
         uids: Vec<String>,
@@ -152,11 +153,14 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
+        if uids.len() > super::history_cluster_fan::WRITE_CHUNK {
+            return self.ch_push_chunked(uids, payload, binary, reply);
+        }
         self.ch_write(uids, payload, binary, reply, String::new());
     }
 
     /// [`Worker::ch_push`] with a group push's token (empty: none).
-    fn ch_write(
+    pub(super) fn ch_write(
         &mut self,
         uids: Vec<String>,
         payload: &[u8],
@@ -176,26 +180,30 @@ impl Worker {
             epoch: fresh_epoch(),
             token,
         };
-        if !self.hist_cmd(cmd) {
-            if grouped {
-                // Every member delivers its own part without a history.
-                return self.ch_unkept_here(uids, payload, binary, reply);
-            }
-            return self.ch_unkept(uids, payload, binary, reply);
-        }
-        let sent = (!grouped).then(|| Sent {
-            uids,
+        let sent = Sent {
+            target: Target::Uids(uids),
+            exclude: Vec::new(),
             payload: Bytes::copy_from_slice(payload),
             binary,
+            here: grouped,
             at: started,
-        });
-        self.ch_await(id, sent, started, reply);
+        };
+        if !self.hist_cmd(cmd) {
+            return self.ch_unkept(sent, reply);
+        }
+        self.ch_await(id, Some(sent), started, reply);
     }
 
     /// Push `id`, handed to Redis, waits as an entry of the gather for Redis's count of the
     /// members reached, then for their answers; `sent` is kept to deliver it without a history
     /// should Redis not publish it.
-    fn ch_await(&mut self, id: u64, sent: Option<Sent>, started: Instant, reply: ReplyTo) {
+    pub(super) fn ch_await(
+        &mut self,
+        id: u64,
+        sent: Option<Sent>,
+        started: Instant,
+        reply: ReplyTo,
+    ) {
         if let (Some(h), Some(sent)) = (self.hist.as_mut(), sent) {
             h.ch.pushes.insert(id, sent);
         }
@@ -214,149 +222,21 @@ impl Worker {
         self.progress(id);
     }
 
-    /// Redis could not keep a push: it goes the way without a history (this host's workers,
-    /// no position).
-    fn ch_unkept(&mut self, uids: Vec<String>, payload: &[u8], binary: bool, reply: ReplyTo) {
-        self.plain_push(
-            super::push::To::Target(herald_ipc::Target::Uids(uids)),
-            Vec::new(),
+    /// Redis could not keep (or publish) a push: it goes the way without a history (this
+    /// host's workers, no position; a member's share to this worker's connections).
+    pub(super) fn ch_unkept(&mut self, s: Sent, reply: ReplyTo) {
+        let Sent {
+            target,
+            exclude,
             payload,
             binary,
-            reply,
-        );
-    }
-
-    /// A group push's part, unkept, delivered to this worker's connections only (each
-    /// member of the cluster got the group push).
-    fn ch_unkept_here(&mut self, uids: Vec<String>, payload: &[u8], binary: bool, reply: ReplyTo) {
-        let f = crate::delivery::frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
-        let target = super::push::To::Target(herald_ipc::Target::Uids(uids));
-        let n = self.deliver_local(&target, &[], f, payload, binary);
-        self.settle(reply, n, true);
-    }
-
-    /// A group push with the history in Redis: to every member of the cluster, which writes
-    /// it for the members it holds; the outcome to `reply` once every member answered.
-    pub(super) fn ch_group_push(
-        &mut self,
-        groups: Vec<String>,
-        exclude: Vec<String>,
-        payload: &[u8],
-        binary: bool,
-        reply: ReplyTo,
-    ) {
-        let started = Instant::now();
-        let id = self.gather.next_id();
-        let msg = PeerMsg::Push(Push {
-            id,
-            deadline: u64::MAX,
-            target: herald_ipc::Target::Groups(groups.clone()),
-            exclude: exclude.clone(),
-            payload: payload.to_vec(),
-            binary,
-        });
-        let mut frame = Vec::new();
-        let env = match (&self.bus, write_frame(&msg, &mut frame)) {
-            (Some(b), Ok(())) => {
-                let mut env = vec![GROUP];
-                env.extend(envelope(&b.member, &frame));
-                Some(env)
-            }
-            _ => None,
-        };
-        // On the loop's own link when it is up, as any broadcast.
-        let sent = env.is_some_and(|env| self.bus_send(BusCmd::Broadcast { id, env }));
-        if !sent {
-            self.stats.cluster_dropped += 1;
-            let target = super::push::To::Target(herald_ipc::Target::Groups(groups));
-            return self.plain_push(target, exclude, payload, binary, reply);
+            here,
+            ..
+        } = s;
+        match target {
+            Target::Uids(uids) if here => self.ch_unkept_here(uids, &payload, binary, reply),
+            target => self.plain_push(To::Target(target), exclude, &payload, binary, reply),
         }
-        let sent = Sent {
-            uids: groups,
-            payload: Bytes::copy_from_slice(payload),
-            binary,
-            at: started,
-        };
-        self.ch_await(id, Some(sent), started, reply);
-    }
-
-    /// A group push could not be published (Redis down): delivered the way without a
-    /// history. True when `id` was one.
-    pub(super) fn ch_unpublished(&mut self, id: u64) -> bool {
-        let Some(s) = self.hist.as_mut().and_then(|h| h.ch.pushes.remove(&id)) else {
-            return false;
-        };
-        self.stats.cluster_dropped += 1;
-        if let Some(w) = self.gather.take(id) {
-            if let Job::Push { reply, .. } = w.job {
-                let target = super::push::To::Target(herald_ipc::Target::Groups(s.uids));
-                self.plain_push(target, Vec::new(), &s.payload, s.binary, reply);
-            }
-        }
-        true
-    }
-
-    /// A group push from a member (after its first byte): written for the group's members
-    /// held here; the count answered to that member.
-    pub(super) fn ch_group_message(&mut self, env: &[u8]) {
-        let Some((from, body)) = open_envelope(env) else {
-            return;
-        };
-        let Ok(Some((PeerMsg::Push(p), _))) = read_frame::<PeerMsg>(body) else {
-            log::debug!("cluster history: unreadable group push from {from}");
-            return;
-        };
-        let from = from.to_string();
-        let herald_ipc::Target::Groups(groups) = &p.target else {
-            return;
-        };
-        // Every member writes the group's members it holds a connection of; the entry also
-        // writes those nobody may hold (membership is known everywhere, connections are not):
-        // a member dropped for a moment is then kept too, and recovers what it missed. The
-        // push's token keeps one copy per uid, whoever writes first.
-        let entry = self.bus.as_ref().is_some_and(|b| b.member == from);
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut uids = Vec::new();
-        for g in groups {
-            for u in self.groups.members(g) {
-                if !p.exclude.iter().any(|e| e == u)
-                    && (entry || !self.registry.get(u).is_empty())
-                    && seen.insert(u)
-                {
-                    uids.push(u.to_string());
-                }
-            }
-        }
-        if uids.is_empty() {
-            return self.ch_answer_member(from, p.id, 0);
-        }
-        let Some(h) = self.hist.as_mut() else { return };
-        h.ch.next_relay += 1;
-        let rid = h.ch.next_relay;
-        let token = format!("{from}/{}", p.id);
-        h.ch.relays.insert(rid, (from, p.id, Instant::now()));
-        let reply = ReplyTo::Sibling {
-            key: MEMBER_LINK,
-            id: rid,
-        };
-        self.ch_write(uids, &p.payload, p.binary, reply, token);
-    }
-
-    /// A group push written here for a member's entry reached `total` connections.
-    pub(super) fn ch_relay_settled(&mut self, rid: u64, total: u32) {
-        let Some((from, id, _)) = self.hist.as_mut().and_then(|h| h.ch.relays.remove(&rid)) else {
-            return;
-        };
-        self.ch_answer_member(from, id, total);
-    }
-
-    /// Answers member `to`'s entry `id` with a count (this member's own entry directly).
-    fn ch_answer_member(&mut self, to: String, id: u64, count: u32) {
-        let Some(bus) = &self.bus else { return };
-        if to == bus.member {
-            return self.remote_delivered(id, count);
-        }
-        self.bus_send_msg(&to, &PeerMsg::Delivered { id, count });
     }
 
     /// A question `resume` or `sio_recovery` would ask an owner, asked of Redis; false when
@@ -466,7 +346,7 @@ impl Worker {
                     return;
                 };
                 if let (Some(s), Job::Push { reply, .. }) = (sent, w.job) {
-                    self.ch_unkept(s.uids, &s.payload, s.binary, reply);
+                    self.ch_unkept(s, reply);
                 }
             }
             HistEvent::Recovered(m) => {
@@ -597,7 +477,8 @@ impl Worker {
         h.ch.swept = Some(now);
         let keep = Duration::from_secs(30).max(super::ms(self.cfg.ipc_timeout * 2.0));
         h.ch.pushes.retain(|_, s| now < s.at + keep);
-        h.ch.relays.retain(|_, r| now < r.2 + keep);
+        self.ch_fan_sweep(now, keep);
+        let Some(h) = self.hist.as_mut() else { return };
         let late: Vec<u64> =
             h.ch.reads
                 .iter()

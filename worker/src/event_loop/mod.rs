@@ -54,6 +54,7 @@ mod control;
 mod handoff;
 mod history_all;
 mod history_cluster;
+mod history_cluster_fan;
 mod history_handover;
 mod http;
 mod mesh;

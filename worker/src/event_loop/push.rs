@@ -53,12 +53,14 @@ impl Worker {
         self.stats.pushes += 1;
         // With a history, a push for uids or groups goes through each uid's owner (see
         // `recovery`); a broadcast to everyone is delivered as always, and each worker keeps
-        // it for the uids it owns (see `history_all`). In a cluster the
-        // history is in Redis, where every node writes a group push for the members it holds
-        // (see `history_cluster`).
-        if let (true, To::Target(Target::Groups(groups))) = (self.cluster_history(), &target) {
-            let groups = groups.clone();
-            return self.ch_group_push(groups, exclude, payload, binary, reply);
+        // it for the uids it owns (see `history_all`). In a cluster the history is in Redis,
+        // where every node writes a group push or a broadcast for its share of the uids (see
+        // `history_cluster_fan`).
+        if let (true, To::Target(t @ (Target::Groups(_) | Target::All))) =
+            (self.cluster_history(), &target)
+        {
+            let t = t.clone();
+            return self.ch_group_push(t, exclude, payload, binary, reply);
         }
         if self.hist.is_some() && !matches!(target, To::Target(Target::All)) {
             return self.history_push(target, exclude, payload, binary, reply);
@@ -293,6 +295,10 @@ impl Worker {
         };
         match reply {
             ReplyTo::Nobody => {}
+            // A chunk of a push written in chunks (history in a cluster): with its `partial`.
+            ReplyTo::Sibling { key, id } if key == super::history_cluster::MEMBER_LINK => {
+                self.ch_relay_part(id, total, partial)
+            }
             ReplyTo::Sibling { key, id } => self.sibling_settled(key, id, total),
             ReplyTo::Text {
                 slot,

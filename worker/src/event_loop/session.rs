@@ -51,7 +51,8 @@ impl Worker {
     }
 
     /// `who`, logged in as `uid`, is gone; the uid's last recipient here starts its groups'
-    /// `group_ttl`.
+    /// `group_ttl` (and, with the history in Redis, its time in the record of uids that
+    /// dropped recently, for which `all` is still kept).
     pub(super) fn logout(&mut self, who: Recipient, uid: &str) {
         self.history_logout(who, uid);
         self.registry.remove(uid, who);
@@ -60,6 +61,7 @@ impl Worker {
             self.presence.depart(uid);
             self.cluster_presence(uid, false);
             self.groups.departed(uid, self.now);
+            self.ch_dropped(uid);
         }
         self.up_logout(who, uid, last_here);
     }
