@@ -366,7 +366,10 @@ mod tests {
         let Ok(Parsed::Run(o)) = p("limit-storm --clients 200 --floor-procs 3") else {
             panic!("not parsed");
         };
-        assert_eq!((o.mode.as_str(), o.clients, o.floor_procs), ("limit-storm", 200, 3));
+        assert_eq!(
+            (o.mode.as_str(), o.clients, o.floor_procs),
+            ("limit-storm", 200, 3)
+        );
         let Ok(Parsed::Run(o)) = p("limit-connect") else {
             panic!("not parsed");
         };

@@ -234,8 +234,10 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
     poll.registry()
         .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
         .map_err(|e| err("register stdin", &e))?;
-    reply(&json!({"hello": true, "port": port, "text": text_port, "steady": steady_port,
-                  "pid": std::process::id(), "nofile": nofile}))?;
+    reply(
+        &json!({"hello": true, "port": port, "text": text_port, "steady": steady_port,
+                  "pid": std::process::id(), "nofile": nofile}),
+    )?;
 
     let mut login: Vec<u8> = Vec::new();
     ws::encode_server_text(b"login success", &mut login);

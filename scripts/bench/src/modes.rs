@@ -251,7 +251,10 @@ pub(crate) fn connect_against(
         "client_cpu_us_per_conn".into(),
         json!(r3(c.client_cpu_ns as f64 / 1e3 / n)),
     );
-    m.insert("steal_pct".into(), json!(procstat::steal_pct(&before, &after)));
+    m.insert(
+        "steal_pct".into(),
+        json!(procstat::steal_pct(&before, &after)),
+    );
     let added = more(&mut m);
     pool.shutdown();
     added?;
