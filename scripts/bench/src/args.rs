@@ -10,7 +10,7 @@ USAGE:
   herald-bench connect   --clients N [--procs P]
   herald-bench unicast   --clients N --conns K [--rate R] --pushes M
   herald-bench broadcast --clients N --count B [--spacing-ms S]
-  herald-bench limit     --clients N --count B [--spacing-ms S]
+  herald-bench limit     --clients N --count B [--spacing-ms S] [--floor-procs F]
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench limit-connect --clients N [--floor-procs F]
   herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
@@ -113,7 +113,7 @@ OPTIONS:
 /// Parsed options.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `connect`, `unicast`, `broadcast`, `limit`, `limit-unicast` or `churn`.
+    /// The mode: `connect`, `unicast`, `broadcast`, `limit`, `limit-storm`, … (see `USAGE`).
     pub mode: String,
     /// WebSocket clients.
     pub clients: usize,

@@ -4,7 +4,7 @@
 //! herald-bench connect   --clients N [--procs P]
 //! herald-bench unicast   --clients N --conns K [--rate R] --pushes M
 //! herald-bench broadcast --clients N --count B [--spacing-ms S]
-//! herald-bench limit     --clients N --count B [--spacing-ms S]
+//! herald-bench limit     --clients N --count B [--spacing-ms S] [--floor-procs F]
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench limit-connect --clients N [--floor-procs F]
 //! herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
@@ -15,7 +15,7 @@
 //! herald-bench recover   --clients N --missed K
 //! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
-//!         --server-wrap CMD  --stop-grace-ms G  --tls
+//!         --server-wrap CMD  --stop-grace-ms G  --tls  --floor-procs F (limit modes)
 //! ```
 //!
 //! Each run starts its own server — `herald start --workers W --ws … --text … --http …
