@@ -10,8 +10,10 @@ USAGE:
   herald-bench connect   --clients N [--procs P]
   herald-bench unicast   --clients N --conns K [--rate R] --pushes M
   herald-bench broadcast --clients N --count B [--spacing-ms S]
-  herald-bench limit     --clients N --count B [--spacing-ms S]
+  herald-bench limit     --clients N --count B [--spacing-ms S] [--floor-procs F]
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
+  herald-bench limit-connect --clients N [--floor-procs F]
+  herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench upstream  --clients N [--rate R] --pushes M
@@ -35,6 +37,17 @@ MODES:
   limit-unicast  the same as unicast against that trivial server: each line is framed as it is
              and written to one client (one write(2) per push, no parsing, no login), and
              answered ok; the floor of a unicast push (its misrouted count is not reported)
+  limit-connect  connect against the handshake floor: a trivial server that reads the upgrade
+             request, answers 101 (Sec-WebSocket-Accept computed), reads the login frame and
+             answers login success, nothing else; the connect rate, its memory and CPU per
+             client, and the load tool's own CPU (client_cpu_connect_s)
+  limit-storm  storm against the handshake floor: the dropping clients on its shared port,
+             the K steady clients on a port of the first floor process, the pushes through
+             its text port (each written to one steady client); the storm's figures
+  (limit, limit-unicast, limit-connect, limit-storm: --floor-procs F runs the trivial server
+             as F processes sharing the port with SO_REUSEPORT, each writing a broadcast to
+             its own sockets, so that more than one process's 20,000 open files fit: give
+             F >= 6 for 100,000 clients; the text port is the first process's)
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
@@ -48,7 +61,9 @@ MODES:
   storm      N clients drop their connections at once and reconnect (each process keeping
              --inflight handshakes going) while K steady clients get R pushes/s (M in all, so
              M/R seconds: longer than the storm); report the time until all N are back, failed
-             reconnects, the steady pushes' latency and losses, and ListenOverflows/ListenDrops
+             reconnects, the steady pushes' latency and losses, ListenOverflows/ListenDrops,
+             and the CPU of the server and of the dropping clients' processes (the load tool
+             itself) from the drop until all were back (storm_server_cpu_s, storm_client_cpu_s)
   recover    N WebSocket clients with a history (history_size=100 unless --set) hold their
              position (?envelope=1), all drop at once, K messages are pushed to each while away,
              and all reconnect at once with ?since=; report how many were recovered, the time
@@ -79,6 +94,7 @@ OPTIONS:
   --spacing-ms S     broadcast/limit: milliseconds between broadcasts (default 0)
   --herald PATH      server binary (default target/release/herald, else next to this binary)
   --workers W        Herald workers (default 1)
+  --floor-procs F    limit modes: processes of the trivial server sharing its port (default 1)
   --json-out FILE    also append the JSON object as one line to FILE
   --seed S           seed of the random uid choice (default 1)
   --deadline S       global time limit in seconds; everything is killed after it (default 120)
@@ -97,7 +113,7 @@ OPTIONS:
 /// Parsed options.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `connect`, `unicast`, `broadcast`, `limit`, `limit-unicast` or `churn`.
+    /// The mode: `connect`, `unicast`, `broadcast`, `limit`, `limit-storm`, … (see `USAGE`).
     pub mode: String,
     /// WebSocket clients.
     pub clients: usize,
@@ -119,6 +135,8 @@ pub struct Opts {
     pub herald: Option<PathBuf>,
     /// Herald workers.
     pub workers: usize,
+    /// Processes of the floor (`limit`) server sharing its port.
+    pub floor_procs: usize,
     /// File to append the result line to.
     pub json_out: Option<PathBuf>,
     /// Random seed.
@@ -169,6 +187,7 @@ impl Default for Opts {
             spacing_ms: 0,
             herald: None,
             workers: 1,
+            floor_procs: 1,
             json_out: None,
             seed: 1,
             deadline_s: 120.0,
@@ -234,6 +253,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--spacing-ms" => o.spacing_ms = v.parse().map_err(|e| bad(&e))?,
             "--herald" => o.herald = Some(PathBuf::from(v)),
             "--workers" => o.workers = v.parse().map_err(|e| bad(&e))?,
+            "--floor-procs" => o.floor_procs = v.parse().map_err(|e| bad(&e))?,
             "--json-out" => o.json_out = Some(PathBuf::from(v)),
             "--seed" => o.seed = v.parse().map_err(|e| bad(&e))?,
             "--deadline" => o.deadline_s = v.parse().map_err(|e| bad(&e))?,
@@ -256,7 +276,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
-        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" | "recover" => {}
+        | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" | "recover"
+        | "limit-connect" | "limit-storm" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }
@@ -268,6 +289,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     if o.conns == 0 || o.window == 0 || o.per_addr == 0 || o.workers == 0 {
         return Err("--conns, --window, --per-addr and --workers must be at least 1".into());
+    }
+    if !(1..=64).contains(&o.floor_procs) {
+        return Err("--floor-procs must be in 1..=64".into());
     }
     if o.clients.div_ceil(o.per_addr) > 254 {
         return Err("too many clients for 254 source addresses at --per-addr".into());
@@ -318,6 +342,8 @@ mod tests {
         assert!(p("churn --seconds 0").is_err());
         assert!(p("churn --seconds 100").is_err());
         assert!(p("churn --push-rate -1").is_err());
+        assert!(p("limit --floor-procs 0").is_err());
+        assert!(p("limit --floor-procs 65").is_err());
     }
 
     #[test]
@@ -333,5 +359,20 @@ mod tests {
             (50, Some(300.0), 5.0, 40.0)
         );
         assert_eq!(o.server_wrap, vec!["valgrind"]);
+    }
+
+    #[test]
+    fn parses_the_floor_modes() {
+        let Ok(Parsed::Run(o)) = p("limit-storm --clients 200 --floor-procs 3") else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            (o.mode.as_str(), o.clients, o.floor_procs),
+            ("limit-storm", 200, 3)
+        );
+        let Ok(Parsed::Run(o)) = p("limit-connect") else {
+            panic!("not parsed");
+        };
+        assert_eq!(o.floor_procs, 1);
     }
 }

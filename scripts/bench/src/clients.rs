@@ -923,6 +923,9 @@ pub struct ConnectOutcome {
     pub elapsed_ns: u64,
     /// The first error messages of each process.
     pub errors: Vec<String>,
+    /// CPU time the client processes spent meanwhile (the load tool's own cost), nanoseconds
+    /// of schedstat run time.
+    pub client_cpu_ns: u64,
 }
 
 /// The client processes of a run.
@@ -1041,8 +1044,15 @@ impl ClientPool {
         self.procs.len()
     }
 
+    /// The client processes' pids (for the load tool's own CPU).
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.child.id() as i32).collect()
+    }
+
     /// Connects and logs in every client; returns when all are in or failed.
     pub fn connect(&mut self) -> Result<ConnectOutcome, String> {
+        let pids = self.pids();
+        let cpu0 = crate::procstat::sample(&pids).sched_ns;
         let t0 = mono_ns();
         let answers = self.ask("connect")?;
         let mut out = ConnectOutcome {
@@ -1050,6 +1060,7 @@ impl ClientPool {
             failed: 0,
             elapsed_ns: 0,
             errors: Vec::new(),
+            client_cpu_ns: crate::procstat::sample(&pids).sched_ns.saturating_sub(cpu0),
         };
         let mut t_done = t0;
         for a in &answers {

@@ -12,22 +12,36 @@
 //! floor, only that every push costs one delivery), and answered `ok\n`; the answers to all the
 //! lines of one read go back in one `write`. No JSON parsing, no registry, no WebSocket login.
 //!
-//! Pipe protocol on stdin: `count` → `{"accepted":N}`; `b DATA` → broadcast DATA (no answer);
-//! `quit` or end of input → exit. At start it prints
-//! `{"hello":true,"port":P,"text":T,"pid":PID}`.
+//! Several of these processes can serve one port (`--floor-procs`, see `floor.rs`): the
+//! listening socket is bound with `SO_REUSEPORT`, so the kernel spreads the connections over
+//! them as it does over Herald's workers, and each process writes a broadcast to its own
+//! sockets. Only the first process has the text port.
+//!
+//! With `--ws 1` (the handshake floor of `limit-connect` and `limit-storm`) each client must
+//! first do the WebSocket upgrade: the process reads the request up to its blank line, answers
+//! `101` (see `floor_ws.rs`), reads the client's first frame (the login, content ignored) and
+//! answers `login success`; afterwards whatever a client sends is read and dropped, and a
+//! connection the client closed is closed and its slot reused. With `--steady 1` the process
+//! also listens on a port of its own, and the clients accepted there are the only ones its text
+//! port's pushes go to (the storm's steady clients, apart from the clients that drop).
+//!
+//! Arguments: `--port P` (0: any free port), `--text 0|1`, `--ws 0|1`, `--steady 0|1`.
+//! Pipe protocol on stdin: `count` → `{"accepted":N}` (logged-in clients with `--ws 1`);
+//! `b DATA` → broadcast DATA (no answer); `quit` or end of input → exit. At start it prints
+//! `{"hello":true,"port":P,"text":T,"steady":S,"pid":PID,"nofile":F}` (0 for a port it lacks).
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{json, Value};
+use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::util::{self, mono_ns, Victim};
+use crate::floor_ws::{self, Request};
+use crate::util;
 use crate::ws;
 
 /// Token of the listening socket.
@@ -36,6 +50,8 @@ const LISTENER: Token = Token(usize::MAX - 2);
 const STDIN: Token = Token(usize::MAX - 1);
 /// Token of the text listening socket.
 const TEXT_LISTENER: Token = Token(usize::MAX - 3);
+/// Token of the steady clients' listening socket.
+const STEADY_LISTENER: Token = Token(usize::MAX - 4);
 /// Tokens of text connections start here (client sockets count up from 0).
 const TEXT_BASE: usize = 1 << 40;
 
@@ -49,14 +65,81 @@ struct Backend {
     out: Vec<u8>,
 }
 
+/// Where an accepted client is (always `Ready` without `--ws`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    /// Reading the upgrade request.
+    Http,
+    /// `101` sent; reading the login frame.
+    Login,
+    /// Logged in: broadcasts and pushes go to it.
+    Ready,
+}
+
 /// One accepted client.
 struct Peer {
     /// The socket.
     sock: TcpStream,
     /// Bytes a short write left behind; empty almost always.
     pending: Vec<u8>,
-    /// Registered for `WRITABLE` (after the first short write).
+    /// Registered with the poll (for `WRITABLE` after the first short write; from the start
+    /// with `--ws`, which also reads).
     registered: bool,
+    /// Handshake progress.
+    stage: Stage,
+    /// With `--ws`: the request or login frame received so far.
+    inbuf: Vec<u8>,
+    /// Accepted on the steady listener: a unicast target.
+    steady: bool,
+}
+
+/// Options of one server process, from its command line.
+struct ServerArgs {
+    /// The port to share (0: a free one).
+    port: u16,
+    /// Listen on a text port too.
+    text: bool,
+    /// Clients do the WebSocket upgrade and log in.
+    ws: bool,
+    /// Listen on a port of its own for the steady clients.
+    steady: bool,
+}
+
+impl ServerArgs {
+    /// Reads `--port P --text 0|1 --ws 0|1 --steady 0|1` (each optional).
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let get = |k: &str| -> Result<u64, String> {
+            match args.iter().position(|a| a == k) {
+                None => Ok(0),
+                Some(i) => args
+                    .get(i + 1)
+                    .ok_or_else(|| format!("_limit-server: {k} needs a value"))?
+                    .parse()
+                    .map_err(|e| format!("_limit-server: {k}: {e}")),
+            }
+        };
+        Ok(ServerArgs {
+            port: u16::try_from(get("--port")?).map_err(|e| format!("_limit-server: {e}"))?,
+            text: get("--text")? != 0,
+            ws: get("--ws")? != 0,
+            steady: get("--steady")? != 0,
+        })
+    }
+}
+
+/// The arguments that `ServerArgs::parse` reads back.
+pub fn server_args(port: u16, text: bool, ws: bool, steady: bool) -> Vec<String> {
+    let flag = |b: bool| u8::from(b).to_string();
+    vec![
+        "--port".into(),
+        port.to_string(),
+        "--text".into(),
+        flag(text),
+        "--ws".into(),
+        flag(ws),
+        "--steady".into(),
+        flag(steady),
+    ]
 }
 
 /// Writes one JSON line to the parent.
@@ -67,33 +150,82 @@ fn reply(v: &Value) -> Result<(), String> {
         .map_err(|e| format!("_limit-server: write to parent: {e}"))
 }
 
+/// A non-blocking listening socket on 127.0.0.1:`port` with a backlog of 4096 (at most
+/// net.core.somaxconn), so that a burst of clients does not overflow the accept queue; with
+/// `shared`, bound with `SO_REUSEPORT` so that sibling processes can bind the same port.
+fn listen(port: u16, shared: bool) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if shared {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    s.listen(4096)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
+/// The port `l` listens on.
+fn port_of(l: &TcpListener) -> Result<u16, String> {
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("_limit-server: {e}"))
+}
+
+/// The state of one server process.
+struct Server {
+    /// The poll every socket is registered with.
+    poll: Poll,
+    /// Accepted clients by slot (the slot is the token); `None` for a free slot.
+    peers: Vec<Option<Peer>>,
+    /// Free slots of `peers`, reused before it grows.
+    free: Vec<usize>,
+    /// Slots of the clients accepted on the steady listener.
+    steady: Vec<usize>,
+    /// Clients that broadcasts go to (logged in with `--ws`, else accepted).
+    ready: u64,
+    /// `--ws`: clients must do the upgrade and log in.
+    ws: bool,
+    /// The pre-encoded `login success` frame.
+    login: Vec<u8>,
+    /// Read buffer.
+    scratch: Vec<u8>,
+    /// An accept failed for a reason other than `WouldBlock` (such as too many open files): try
+    /// again at the next loop turn, as the edge-triggered listener may not report again.
+    accept_stalled: bool,
+}
+
 /// Runs the `limit` server until `quit` or end of input.
-pub fn child_main() -> Result<(), String> {
+pub fn child_main(args: &[String]) -> Result<(), String> {
+    let a = ServerArgs::parse(args)?;
     let nofile = util::raise_nofile();
-    let addr: SocketAddr = "127.0.0.1:0"
-        .parse()
-        .map_err(|e| format!("_limit-server: {e}"))?;
-    let mut listener = TcpListener::bind(addr).map_err(|e| format!("_limit-server: bind: {e}"))?;
-    // SAFETY: listen(2) again on our own listening socket only raises its backlog (to at most
-    // net.core.somaxconn), so that a burst of clients does not overflow the accept queue.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
-    let port = listener
-        .local_addr()
-        .map_err(|e| format!("_limit-server: {e}"))?
-        .port();
-    let mut text_listener =
-        TcpListener::bind(addr).map_err(|e| format!("_limit-server: bind text: {e}"))?;
-    let text_port = text_listener
-        .local_addr()
-        .map_err(|e| format!("_limit-server: {e}"))?
-        .port();
-    let mut poll = Poll::new().map_err(|e| format!("_limit-server: poll: {e}"))?;
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("_limit-server: {what}: {e}");
+    let mut listener = listen(a.port, true).map_err(|e| err("bind", &e))?;
+    let port = port_of(&listener)?;
+    let poll = Poll::new().map_err(|e| err("poll", &e))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| format!("_limit-server: register: {e}"))?;
-    poll.registry()
-        .register(&mut text_listener, TEXT_LISTENER, Interest::READABLE)
-        .map_err(|e| format!("_limit-server: register text: {e}"))?;
+        .map_err(|e| err("register", &e))?;
+    let mut text_listener = None;
+    let mut text_port = 0;
+    if a.text {
+        let mut l = listen(0, false).map_err(|e| err("bind text", &e))?;
+        text_port = port_of(&l)?;
+        poll.registry()
+            .register(&mut l, TEXT_LISTENER, Interest::READABLE)
+            .map_err(|e| err("register text", &e))?;
+        text_listener = Some(l);
+    }
+    let mut steady_listener = None;
+    let mut steady_port = 0;
+    if a.steady {
+        let mut l = listen(0, false).map_err(|e| err("bind steady", &e))?;
+        steady_port = port_of(&l)?;
+        poll.registry()
+            .register(&mut l, STEADY_LISTENER, Interest::READABLE)
+            .map_err(|e| err("register steady", &e))?;
+        steady_listener = Some(l);
+    }
     // SAFETY: fcntl on our own stdin; only the non-blocking flag of our read end changes.
     unsafe {
         let fl = libc::fcntl(0, libc::F_GETFL);
@@ -101,36 +233,62 @@ pub fn child_main() -> Result<(), String> {
     }
     poll.registry()
         .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
-        .map_err(|e| format!("_limit-server: register stdin: {e}"))?;
+        .map_err(|e| err("register stdin", &e))?;
     reply(
-        &json!({"hello": true, "port": port, "text": text_port, "pid": std::process::id(),
-                  "nofile": nofile}),
+        &json!({"hello": true, "port": port, "text": text_port, "steady": steady_port,
+                  "pid": std::process::id(), "nofile": nofile}),
     )?;
 
-    let mut peers: Vec<Option<Peer>> = Vec::new();
-    let mut backends: Vec<Option<Backend>> = Vec::new();
-    let mut scratch = vec![0u8; 64 * 1024];
-    let mut cmd_buf: Vec<u8> = Vec::new();
-    let mut frame: Vec<u8> = Vec::with_capacity(128);
     let mut login: Vec<u8> = Vec::new();
     ws::encode_server_text(b"login success", &mut login);
+    let mut s = Server {
+        poll,
+        peers: Vec::new(),
+        free: Vec::new(),
+        steady: Vec::new(),
+        ready: 0,
+        ws: a.ws,
+        login,
+        scratch: vec![0u8; 64 * 1024],
+        accept_stalled: false,
+    };
+    let mut backends: Vec<Option<Backend>> = Vec::new();
+    let mut text_scratch = vec![0u8; 64 * 1024];
+    let mut cmd_buf: Vec<u8> = Vec::new();
+    let mut frame: Vec<u8> = Vec::with_capacity(128);
     let mut events = Events::with_capacity(1024);
     loop {
-        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        match s.poll.poll(&mut events, Some(Duration::from_millis(100))) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("_limit-server: poll: {e}")),
+            Err(e) => return Err(err("poll", &e)),
+        }
+        if s.accept_stalled {
+            s.accept_stalled = false;
+            s.accept_all(&listener, false);
+            if let Some(l) = &steady_listener {
+                s.accept_all(l, true);
+            }
         }
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => accept_all(&listener, &mut peers, &login),
-                TEXT_LISTENER => accept_backends(&poll, &text_listener, &mut backends),
+                LISTENER => s.accept_all(&listener, false),
+                STEADY_LISTENER => {
+                    if let Some(l) = &steady_listener {
+                        s.accept_all(l, true);
+                    }
+                }
+                TEXT_LISTENER => {
+                    if let Some(l) = &text_listener {
+                        accept_backends(&s.poll, l, &mut backends);
+                    }
+                }
                 Token(t) if (TEXT_BASE..2 * TEXT_BASE).contains(&t) => {
                     let j = t - TEXT_BASE;
                     let Some(Some(b)) = backends.get_mut(j) else {
                         continue;
                     };
-                    if serve_backend(&poll, b, &mut peers, &mut scratch, &mut frame).is_err() {
+                    if serve_backend(&mut s, b, &mut text_scratch, &mut frame).is_err() {
                         backends[j] = None;
                     }
                 }
@@ -142,55 +300,195 @@ pub fn child_main() -> Result<(), String> {
                         let line: Vec<u8> = cmd_buf.drain(..=nl).collect();
                         let line = &line[..line.len() - 1];
                         if line == b"count" {
-                            accept_all(&listener, &mut peers, &login);
-                            let n = peers.iter().filter(|p| p.is_some()).count();
-                            reply(&json!({"accepted": n}))?;
+                            s.accept_all(&listener, false);
+                            reply(&json!({"accepted": s.ready}))?;
                         } else if let Some(data) = line.strip_prefix(b"b ") {
                             frame.clear();
                             ws::encode_server_text(data, &mut frame);
-                            broadcast(&poll, &mut peers, &frame);
+                            s.broadcast(&frame);
                         } else if line == b"quit" {
                             return Ok(());
                         }
                     }
                 }
-                Token(i) => {
-                    if let Some(Some(p)) = peers.get_mut(i) {
-                        if finish(p).is_err() {
-                            peers[i] = None;
-                        }
-                    }
-                }
+                Token(i) => s.on_peer(i),
             }
         }
     }
 }
 
-/// Accepts every pending connection and greets it with `login` (a `login success` frame), which
-/// tells the client it was accepted: clients pace their connects on it as they do with Herald.
-fn accept_all(listener: &TcpListener, peers: &mut Vec<Option<Peer>>, login: &[u8]) {
-    loop {
-        match listener.accept() {
-            Ok((mut sock, _)) => {
-                let _ = sock.set_nodelay(true);
-                if !matches!(sock.write(login), Ok(n) if n == login.len()) {
+impl Server {
+    /// Accepts every pending connection of `listener`. Without `--ws` each is greeted at once
+    /// with `login success`, which tells the client it was accepted (clients pace their connects
+    /// on it as they do with Herald); with `--ws` it is registered to read its upgrade request.
+    fn accept_all(&mut self, listener: &TcpListener, steady: bool) {
+        loop {
+            let (mut sock, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if !self.accept_stalled {
+                        eprintln!("_limit-server: accept: {e}");
+                    }
+                    self.accept_stalled = true;
+                    break;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let i = self.free.pop().unwrap_or(self.peers.len());
+            let stage = if self.ws {
+                let ok = self
+                    .poll
+                    .registry()
+                    .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                    .is_ok();
+                if !ok {
+                    self.free.push(i);
                     continue;
                 }
-                peers.push(Some(Peer {
-                    sock,
-                    pending: Vec::new(),
-                    registered: false,
-                }));
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                if e.kind() != ErrorKind::WouldBlock {
-                    eprintln!("_limit-server: accept: {e}");
+                Stage::Http
+            } else {
+                if !matches!(sock.write(&self.login), Ok(n) if n == self.login.len()) {
+                    self.free.push(i);
+                    continue;
                 }
-                break;
+                self.ready += 1;
+                Stage::Ready
+            };
+            let peer = Peer {
+                sock,
+                pending: Vec::new(),
+                registered: self.ws,
+                stage,
+                inbuf: Vec::new(),
+                steady,
+            };
+            if i == self.peers.len() {
+                self.peers.push(Some(peer));
+            } else {
+                self.peers[i] = Some(peer);
+            }
+            if steady {
+                self.steady.push(i);
             }
         }
     }
+
+    /// Closes the client in slot `i` and frees the slot.
+    fn close(&mut self, i: usize) {
+        let Some(p) = self.peers.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        if p.stage == Stage::Ready {
+            self.ready -= 1;
+        }
+        if p.steady {
+            self.steady.retain(|&s| s != i);
+        }
+        self.free.push(i);
+    }
+
+    /// Handles readiness of client `i`: finishes its pending output and, with `--ws`, reads
+    /// what it sent.
+    fn on_peer(&mut self, i: usize) {
+        let Some(Some(p)) = self.peers.get_mut(i) else {
+            return;
+        };
+        let r = if self.ws {
+            serve_ws(p, &mut self.scratch, &self.login)
+        } else {
+            write_pending(&mut p.sock, &mut p.pending).map(|_| false)
+        };
+        match r {
+            Ok(true) => self.ready += 1,
+            Ok(false) => {}
+            Err(_) => self.close(i),
+        }
+    }
+
+    /// Writes `frame` to every logged-in client: one `write` each, the rest queued if the
+    /// socket is full.
+    fn broadcast(&mut self, frame: &[u8]) {
+        for i in 0..self.peers.len() {
+            self.unicast(i, frame);
+        }
+    }
+
+    /// Writes `frame` to client `i` in one `write` if it is logged in, the rest queued if the
+    /// socket is full.
+    fn unicast(&mut self, i: usize, frame: &[u8]) {
+        let Some(Some(p)) = self.peers.get_mut(i) else {
+            return;
+        };
+        if p.stage != Stage::Ready {
+            return;
+        }
+        if !p.pending.is_empty() {
+            p.pending.extend_from_slice(frame);
+            return;
+        }
+        match p.sock.write(frame) {
+            Ok(n) if n == frame.len() => {}
+            Ok(n) => queue(&self.poll, i, p, &frame[n..]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => queue(&self.poll, i, p, frame),
+            Err(_) => self.close(i),
+        }
+    }
+
+    /// The client a push with uid number `n` goes to: one of the steady clients if there is a
+    /// steady listener, else any slot.
+    fn target(&self, n: u64) -> usize {
+        if self.steady.is_empty() {
+            (n % self.peers.len().max(1) as u64) as usize
+        } else {
+            self.steady[(n % self.steady.len() as u64) as usize]
+        }
+    }
+}
+
+/// With `--ws`: writes what is pending for `p`, then reads until `WouldBlock`, moving it through
+/// the upgrade and the login. `Ok(true)` when it just logged in; `Err` when it must be closed
+/// (closed by the client, a bad request, an error).
+fn serve_ws(p: &mut Peer, scratch: &mut [u8], login: &[u8]) -> io::Result<bool> {
+    write_pending(&mut p.sock, &mut p.pending)?;
+    let mut logged_in = false;
+    loop {
+        let n = match p.sock.read(scratch) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if p.stage == Stage::Ready {
+            continue;
+        }
+        p.inbuf.extend_from_slice(&scratch[..n]);
+        if p.stage == Stage::Http {
+            match floor_ws::request(&p.inbuf) {
+                Request::Incomplete => continue,
+                Request::Bad => return Err(ErrorKind::InvalidData.into()),
+                Request::Upgrade(answer, used) => {
+                    p.pending.extend_from_slice(&answer);
+                    p.inbuf.drain(..used);
+                    p.stage = Stage::Login;
+                }
+            }
+        }
+        match floor_ws::frame_len(&p.inbuf) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                p.inbuf = Vec::new();
+                p.pending.extend_from_slice(login);
+                p.stage = Stage::Ready;
+                logged_in = true;
+            }
+            Err(()) => return Err(ErrorKind::InvalidData.into()),
+        }
+    }
+    write_pending(&mut p.sock, &mut p.pending)?;
+    Ok(logged_in)
 }
 
 /// Accepts every pending backend connection.
@@ -226,9 +524,8 @@ fn accept_backends(poll: &Poll, listener: &TcpListener, backends: &mut Vec<Optio
 /// Reads what backend `b` sent until `WouldBlock`; every complete line is written to one client
 /// as a frame and answered `ok`. `Err` when the backend is gone.
 fn serve_backend(
-    poll: &Poll,
+    s: &mut Server,
     b: &mut Backend,
-    peers: &mut [Option<Peer>],
     scratch: &mut [u8],
     frame: &mut Vec<u8>,
 ) -> io::Result<()> {
@@ -252,12 +549,10 @@ fn serve_backend(
         while let Some(nl) = data[pos..].iter().position(|&c| c == b'\n') {
             let line = &data[pos..pos + nl];
             pos += nl + 1;
-            let live = peers.len().max(1);
-            let to =
-                crate::clients::number_after(line, b"\"uid\":\"u").unwrap_or(0) as usize % live;
+            let uid = crate::clients::number_after(line, b"\"uid\":\"u").unwrap_or(0);
             frame.clear();
             ws::encode_server_text(line, frame);
-            unicast(poll, peers, to, frame);
+            s.unicast(s.target(uid), frame);
             b.out.extend_from_slice(b"ok\n");
         }
         b.partial.extend_from_slice(&data[pos..]);
@@ -286,32 +581,7 @@ fn read_commands(buf: &mut Vec<u8>) -> Result<bool, String> {
     }
 }
 
-/// Writes `frame` to every peer: one `write` each, the rest queued if the socket is full.
-fn broadcast(poll: &Poll, peers: &mut [Option<Peer>], frame: &[u8]) {
-    for i in 0..peers.len() {
-        unicast(poll, peers, i, frame);
-    }
-}
-
-/// Writes `frame` to peer `i` in one `write`, the rest queued if the socket is full.
-fn unicast(poll: &Poll, peers: &mut [Option<Peer>], i: usize, frame: &[u8]) {
-    let Some(slot) = peers.get_mut(i) else {
-        return;
-    };
-    let Some(p) = slot else { return };
-    if !p.pending.is_empty() {
-        p.pending.extend_from_slice(frame);
-        return;
-    }
-    match p.sock.write(frame) {
-        Ok(n) if n == frame.len() => {}
-        Ok(n) => queue(poll, i, p, &frame[n..]),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => queue(poll, i, p, frame),
-        Err(_) => *slot = None,
-    }
-}
-
-/// Keeps `rest` for later and asks for `WRITABLE`.
+/// Keeps `rest` for later and asks for `WRITABLE` (a `--ws` client is registered already).
 fn queue(poll: &Poll, i: usize, p: &mut Peer, rest: &[u8]) {
     p.pending.extend_from_slice(rest);
     if !p.registered {
@@ -320,11 +590,6 @@ fn queue(poll: &Poll, i: usize, p: &mut Peer, rest: &[u8]) {
             .register(&mut p.sock, Token(i), Interest::WRITABLE)
             .is_ok();
     }
-}
-
-/// Writes pending bytes after `WRITABLE`.
-fn finish(p: &mut Peer) -> io::Result<()> {
-    write_pending(&mut p.sock, &mut p.pending)
 }
 
 /// Writes `pending` as far as `sock` takes it; what is written leaves `pending`.
@@ -342,103 +607,16 @@ fn write_pending(sock: &mut TcpStream, pending: &mut Vec<u8>) -> io::Result<()> 
     Ok(())
 }
 
-/// The parent's handle on a running `limit` server.
-pub struct LimitServer {
-    /// The process.
-    child: Child,
-    /// Its command pipe.
-    stdin: ChildStdin,
-    /// Its answer pipe.
-    stdout: BufReader<ChildStdout>,
-    /// Its entry on the kill list.
-    victim: Victim,
-    /// The port it listens on (127.0.0.1).
-    pub port: u16,
-    /// Its text port (127.0.0.1), for `limit-unicast`.
-    pub text: u16,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl LimitServer {
-    /// Starts the server process and waits for its hello.
-    pub fn spawn() -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let mut child = Command::new(exe)
-            .arg("_limit-server")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn limit server: {e}"))?;
-        let victim = Victim {
-            pid: child.id() as i32,
-            group: false,
-        };
-        util::register_victim(victim);
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("limit server without pipes".into());
-        };
-        let mut s = LimitServer {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-            victim,
-            port: 0,
-            text: 0,
-        };
-        let hello = s.read()?;
-        s.port = hello["port"].as_u64().ok_or("limit server: no port")? as u16;
-        s.text = hello["text"].as_u64().ok_or("limit server: no text port")? as u16;
-        Ok(s)
-    }
-
-    /// The server's pid (for CPU and memory figures).
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Reads one JSON answer.
-    fn read(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(0) => Err("limit server exited".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("limit server: {e}")),
-            Err(e) => Err(format!("limit server: {e}")),
-        }
-    }
-
-    /// Sends one command line.
-    fn send(&mut self, line: &str) -> Result<(), String> {
-        writeln!(self.stdin, "{line}")
-            .and_then(|_| self.stdin.flush())
-            .map_err(|e| format!("limit server: {e}"))
-    }
-
-    /// Waits until `n` connections are accepted (or `deadline_ns`); returns how many were.
-    pub fn wait_accepted(&mut self, n: u64, deadline_ns: u64) -> Result<u64, String> {
-        loop {
-            self.send("count")?;
-            let got = self.read()?["accepted"].as_u64().unwrap_or(0);
-            if got >= n || mono_ns() > deadline_ns {
-                return Ok(got);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Broadcasts `data` (no newline inside) to every connection.
-    pub fn broadcast(&mut self, data: &str) -> Result<(), String> {
-        self.send(&format!("b {data}"))
-    }
-
-    /// Stops the server.
-    pub fn stop(mut self) {
-        let _ = self.send("quit");
-        let until = mono_ns() + 2_000_000_000;
-        while matches!(self.child.try_wait(), Ok(None)) && mono_ns() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        util::unregister_victim(self.victim);
+    #[test]
+    fn server_args_round_trip() {
+        let a = ServerArgs::parse(&server_args(4321, false, true, true)).expect("parsed");
+        assert_eq!((a.port, a.text, a.ws, a.steady), (4321, false, true, true));
+        let d = ServerArgs::parse(&[]).expect("defaults");
+        assert_eq!((d.port, d.text, d.ws, d.steady), (0, false, false, false));
+        assert!(ServerArgs::parse(&["--port".into(), "70000".into()]).is_err());
     }
 }

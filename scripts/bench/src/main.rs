@@ -4,8 +4,10 @@
 //! herald-bench connect   --clients N [--procs P]
 //! herald-bench unicast   --clients N --conns K [--rate R] --pushes M
 //! herald-bench broadcast --clients N --count B [--spacing-ms S]
-//! herald-bench limit     --clients N --count B [--spacing-ms S]
+//! herald-bench limit     --clients N --count B [--spacing-ms S] [--floor-procs F]
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
+//! herald-bench limit-connect --clients N [--floor-procs F]
+//! herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! herald-bench upstream  --clients N [--rate R] --pushes M
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
@@ -13,7 +15,7 @@
 //! herald-bench recover   --clients N --missed K
 //! herald-bench cluster-broadcast --clients N --count B [--spacing-ms S]
 //! common: --herald PATH  --workers W  --json-out FILE  --seed S  --deadline SECONDS
-//!         --server-wrap CMD  --stop-grace-ms G  --tls
+//!         --server-wrap CMD  --stop-grace-ms G  --tls  --floor-procs F (limit modes)
 //! ```
 //!
 //! Each run starts its own server — `herald start --workers W --ws … --text … --http …
@@ -41,6 +43,11 @@
 //! * `limit-unicast` — the `unicast` pushes through that server's text port: each line framed as
 //!   it is and written to one client, answered `ok` (one syscall per push, nothing parsed): the
 //!   floor of a unicast push.
+//! * `limit-connect`, `limit-storm` — `connect` and `storm` against the handshake floor: the
+//!   same trivial server, which also answers the WebSocket upgrade (`101` with the computed
+//!   `Sec-WebSocket-Accept`) and reads the login frame before `login success`. See `floor.rs`.
+//! * `--floor-procs F` runs any of the four floor modes' server as F processes sharing the port
+//!   with `SO_REUSEPORT` (one process holds at most 20,000 sockets here).
 //! * `churn` — about N clients stay connected while each second R new ones connect and R random
 //!   ones leave, for S seconds, with P pushes per second to connected uids (through one text
 //!   connection per client process); connects attempted/failed, disconnects, pushes ok/fail,
@@ -60,6 +67,8 @@ mod args;
 mod churn;
 mod clients;
 mod cluster_bc;
+mod floor;
+mod floor_ws;
 mod idle;
 mod limit;
 mod modes;
@@ -82,7 +91,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match argv.first().map(String::as_str) {
         Some("_clients") => return child_exit(clients::child_main(&argv[1..])),
-        Some("_limit-server") => return child_exit(limit::child_main()),
+        Some("_limit-server") => return child_exit(limit::child_main(&argv[1..])),
         _ => {}
     }
     let opts = match args::parse(&argv) {

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::args::Opts;
 use crate::clients::{ClientPool, ConnectOutcome, PoolConfig};
-use crate::limit::LimitServer;
+use crate::floor::{self, Floor, FloorKind};
 use crate::procstat::{self, Sample};
 use crate::push;
 use crate::server::{Herald, Launch};
@@ -42,6 +42,8 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "broadcast" => broadcast(o, d),
         "limit" => limit(o, d),
         "limit-unicast" => limit_unicast(o, d),
+        "limit-connect" => floor::limit_connect(o, d),
+        "limit-storm" => crate::storm::run_floor(o, d),
         "churn" => crate::churn::run(o, d),
         "cluster-unicast" => cluster_unicast(o, d),
         "upstream" => crate::upstream::run(o, d),
@@ -167,6 +169,9 @@ pub(crate) fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Va
     if server == "herald" {
         m.insert("workers".into(), json!(o.workers));
     }
+    if server == "limit" {
+        m.insert("floor_procs".into(), json!(o.floor_procs));
+    }
     m.insert("client_procs".into(), json!(procs(o)));
     m.insert("connected".into(), json!(c.connected));
     m.insert("failed_connects".into(), json!(c.failed));
@@ -174,6 +179,10 @@ pub(crate) fn base(o: &Opts, server: &str, c: &ConnectOutcome) -> Map<String, Va
     m.insert(
         "connects_per_s".into(),
         json!(util::per_s(c.connected, secs)),
+    );
+    m.insert(
+        "client_cpu_connect_s".into(),
+        json!(r3(c.client_cpu_ns as f64 / 1e9)),
     );
     m
 }
@@ -203,12 +212,28 @@ pub(crate) fn per_conn_memory(m: &mut Map<String, Value>, before: &Sample, after
 /// `connect`: memory per idle logged-in client.
 fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let herald = start_herald(o)?;
-    let before = herald.sample();
-    let (mut pool, c) = connect_pool(o, d, herald.ws, false, o.clients)?;
+    let v = connect_against(o, d, "herald", herald.ws, || herald.sample(), |_| Ok(()));
+    drop(herald);
+    v
+}
+
+/// Connects `o.clients` WebSocket clients to `ws` (`server` names it in the result), holds
+/// them idle, and reports the connect rate and the memory and CPU the server (read by
+/// `sample`) spent on them; `more` adds figures while the clients are still connected.
+pub(crate) fn connect_against(
+    o: &Opts,
+    d: Deadlines,
+    server: &str,
+    ws: std::net::SocketAddrV4,
+    sample: impl Fn() -> Sample,
+    more: impl FnOnce(&mut Map<String, Value>) -> Result<(), String>,
+) -> Result<Value, String> {
+    let before = sample();
+    let (mut pool, c) = connect_pool(o, d, ws, false, o.clients)?;
     // Hold the clients idle (and let the server finish what the logins started) first.
     std::thread::sleep(Duration::from_millis(o.hold_ms));
-    let after = herald.sample();
-    let mut m = base(o, "herald", &c);
+    let after = sample();
+    let mut m = base(o, server, &c);
     m.insert("hold_ms".into(), json!(o.hold_ms));
     m.insert("clients_closed".into(), json!(pool.stat_sum("closed")?));
     let n = c.connected.max(1) as f64;
@@ -222,8 +247,17 @@ fn connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "server_cpu_connect_us_per_conn".into(),
         json!(cpu_per(&before, &after, c.connected).1),
     );
+    m.insert(
+        "client_cpu_us_per_conn".into(),
+        json!(r3(c.client_cpu_ns as f64 / 1e3 / n)),
+    );
+    m.insert(
+        "steal_pct".into(),
+        json!(procstat::steal_pct(&before, &after)),
+    );
+    let added = more(&mut m);
     pool.shutdown();
-    drop(herald);
+    added?;
     Ok(Value::Object(m))
 }
 
@@ -286,13 +320,13 @@ fn cluster_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
 /// `limit-unicast`: the same pushes through the trivial server's text port (one `write` per
 /// push, no parsing, no registry): the floor of a unicast push on this machine.
 fn limit_unicast(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let (ls, mut pool, c) = limit_pool(o, d)?;
+    let (floor, mut pool, c) = limit_pool(o, d)?;
     let mut m = base(o, "limit", &c);
-    let pid = ls.pid();
-    let text = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.text);
-    let run = unicast_run(o, d, &mut pool, text, &mut m, || procstat::sample(&[pid]));
+    let pids = floor.pids();
+    let text = floor.text_addr();
+    let run = unicast_run(o, d, &mut pool, text, &mut m, || procstat::sample(&pids));
     pool.shutdown();
-    ls.stop();
+    floor.stop();
     run?;
     // The floor writes each push to an arbitrary client: "misrouted" means nothing here.
     m.remove("misrouted");
@@ -493,32 +527,30 @@ fn broadcast(o: &Opts, d: Deadlines) -> Result<Value, String> {
     Ok(Value::Object(m))
 }
 
-/// Starts the `limit` server and connects `o.clients` plain clients to it; returns the server,
-/// the clients and the outcome of connecting (its `connected` is what the server accepted).
-fn limit_pool(o: &Opts, d: Deadlines) -> Result<(LimitServer, ClientPool, ConnectOutcome), String> {
-    let nofile = util::raise_nofile();
-    if o.clients as u64 + 64 > nofile {
-        return Err(format!(
-            "limit: {} clients do not fit in one process's open-file limit {nofile}",
-            o.clients
-        ));
-    }
-    let mut ls = LimitServer::spawn()?;
-    let ws = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), ls.port);
-    let (pool, mut c) = connect_pool(o, d, ws, true, o.clients)?;
-    c.connected = ls.wait_accepted(c.connected, d.connect)?;
-    Ok((ls, pool, c))
+/// Starts the `limit` server (`--floor-procs` processes) and connects `o.clients` plain
+/// clients to it; returns the server, the clients and the outcome of connecting (its
+/// `connected` is what the server accepted).
+fn limit_pool(o: &Opts, d: Deadlines) -> Result<(Floor, ClientPool, ConnectOutcome), String> {
+    floor::check_fit(o.clients, o.floor_procs)?;
+    let mut floor = Floor::spawn(FloorKind {
+        procs: o.floor_procs,
+        ws: false,
+        steady: false,
+    })?;
+    let (pool, mut c) = connect_pool(o, d, floor.addr(), true, o.clients)?;
+    c.connected = floor.wait_accepted(c.connected, d.connect)?;
+    Ok((floor, pool, c))
 }
 
 /// `limit`: the same broadcasts done by the trivial one-write-per-delivery server.
 fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
-    let (mut ls, mut pool, c) = limit_pool(o, d)?;
+    let (mut floor, mut pool, c) = limit_pool(o, d)?;
     let accepted = c.connected;
     let mut m = base(o, "limit", &c);
     m.insert("accepted".into(), json!(accepted));
+    m.insert("accepted_per_proc".into(), json!(floor.counts()?));
     pool.ask("reset")?;
-    let pid = ls.pid();
-    let s0 = procstat::sample(&[pid]);
+    let s0 = floor.sample();
     util::progress(&format!(
         "limit: {} broadcasts, {} ms apart",
         o.count, o.spacing_ms
@@ -526,7 +558,7 @@ fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
     let mut sent = Vec::with_capacity(o.count);
     for i in 0..o.count {
         let t = mono_ns();
-        ls.broadcast(&push::bc_data(i, t))?;
+        floor.broadcast(&push::bc_data(i, t))?;
         sent.push(t);
         if o.spacing_ms > 0 && i + 1 < o.count {
             std::thread::sleep(Duration::from_millis(o.spacing_ms));
@@ -538,13 +570,13 @@ fn limit(o: &Opts, d: Deadlines) -> Result<Value, String> {
         Duration::from_millis(o.settle_ms),
         d.before_end(5_000_000_000),
     )?;
-    let s1 = procstat::sample(&[pid]);
+    let s1 = floor.sample();
     util::progress(&format!("limit: {got} deliveries"));
     let reports = pool.ask("report")?;
     m.insert("count".into(), json!(o.count));
     m.insert("spacing_ms".into(), json!(o.spacing_ms));
     broadcast_figures(&mut m, &reports, &sent, accepted, &s0, &s1);
     pool.shutdown();
-    ls.stop();
+    floor.stop();
     Ok(Value::Object(m))
 }

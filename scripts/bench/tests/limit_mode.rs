@@ -1,6 +1,8 @@
 //! End-to-end check of the bench's own machinery, without Herald: the `limit` mode spawns its
-//! trivial server and two client processes, and every broadcast must reach every client. Only
-//! counts are asserted, never timings.
+//! trivial server and two client processes, and every broadcast must reach every client; with
+//! `--floor-procs 3` the server is three processes on one port; `limit-storm` drops and
+//! reconnects clients through the handshake floor while pushes go on. Only counts are asserted,
+//! never timings.
 
 use std::process::Command;
 
@@ -38,6 +40,66 @@ fn limit_mode_delivers_every_broadcast_to_every_client() {
     assert_eq!(v["deliveries"], 1500, "{v}");
     assert_eq!(v["missing"], 0, "{v}");
     assert_eq!(v["client_procs"], 2);
+}
+
+#[test]
+fn three_floor_processes_share_the_port_and_each_broadcast_reaches_all() {
+    let v = run(&[
+        "limit",
+        "--clients",
+        "300",
+        "--count",
+        "3",
+        "--spacing-ms",
+        "20",
+        "--procs",
+        "2",
+        "--floor-procs",
+        "3",
+        "--deadline",
+        "60",
+    ]);
+    assert_eq!(v["floor_procs"], 3, "{v}");
+    assert_eq!(v["accepted"], 300, "{v}");
+    let per: Vec<u64> = v["accepted_per_proc"]
+        .as_array()
+        .expect("accepted_per_proc")
+        .iter()
+        .map(|x| x.as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per.len(), 3, "{v}");
+    assert_eq!(per.iter().sum::<u64>(), 300, "{v}");
+    assert_eq!(v["deliveries"], 900, "{v}");
+    assert_eq!(v["missing"], 0, "{v}");
+}
+
+#[test]
+fn a_storm_against_the_handshake_floor_comes_back_whole() {
+    let v = run(&[
+        "limit-storm",
+        "--clients",
+        "200",
+        "--steady",
+        "20",
+        "--rate",
+        "500",
+        "--pushes",
+        "1000",
+        "--procs",
+        "2",
+        "--floor-procs",
+        "2",
+        "--deadline",
+        "60",
+    ]);
+    assert_eq!(v["mode"], "limit-storm", "{v}");
+    assert_eq!(v["connected"], 200, "{v}");
+    assert_eq!(v["steady"], 20, "{v}");
+    assert_eq!(v["dropped"], 200, "{v}");
+    assert_eq!(v["back"], 200, "{v}");
+    assert_eq!(v["failed_total"], 0, "{v}");
+    assert_eq!(v["ok"], 1000, "{v}");
+    assert_eq!(v["losses"], 0, "{v}");
 }
 
 #[test]
