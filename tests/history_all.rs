@@ -7,9 +7,11 @@
 //! history, once.
 
 mod common;
+mod history_nodes;
 mod sio_page;
 
 use common::*;
+use history_nodes::wait_offline;
 use serde_json::Value;
 use sio_page::{sio_v4_ready, Page};
 use std::time::Duration;
@@ -160,16 +162,6 @@ fn dropped_clients_recover_the_broadcasts_they_missed_on_any_worker() {
         .map(|b| format!("{{\"n\":{b}}}"))
         .collect();
     assert_eq!(got, want);
-}
-
-/// Waits until the server saw the close of `uid`'s last connection.
-fn wait_offline(srv: &Server, uid: &str) {
-    let q = format!("{{\"cmd\":\"online\",\"uid\":\"{uid}\"}}\n");
-    assert!(
-        wait_until(Duration::from_secs(10), || srv.text_push(q.as_bytes())
-            == b"0\n"),
-        "{uid}: the close was never noticed"
-    );
 }
 
 /// `recovered`, summed over the workers.

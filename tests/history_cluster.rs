@@ -10,61 +10,14 @@
 //! reconnection (to the same URL, as a page behind a load balancer) lands on the other node.
 
 mod common;
+mod history_nodes;
 mod sio_page;
 
 use common::*;
+use history_nodes::*;
 use serde_json::Value;
 use sio_page::{sio_v4_ready, Page, Switch};
 use std::time::{Duration, Instant};
-
-/// A node of 2 workers with a history in the cluster at `url`.
-fn node(url: &str, name: &str, extra: &[&str]) -> Server {
-    let mut b = Server::builder()
-        .workers(2)
-        .socketio()
-        .set(&format!("cluster=\"{url}\""))
-        .set(&format!("node_id={name}"))
-        .set("ipc_timeout=2")
-        .set("history_size=100");
-    for e in extra {
-        b = b.set(e);
-    }
-    let srv = b.start();
-    srv.wait_mesh();
-    srv
-}
-
-/// One line on a fresh text connection; the reply.
-fn cmd(srv: &Server, line: &str) -> String {
-    String::from_utf8_lossy(&srv.text_push(format!("{line}\n").as_bytes())).into_owned()
-}
-
-/// A seed push line for `uid` with number `n`.
-fn seed(uid: &str, n: u32) -> String {
-    format!("{{\"uid\":\"{uid}\",\"n\":{n}}}")
-}
-
-/// The `n` of an envelope's data.
-fn n_of(env: &Value) -> u64 {
-    assert_eq!(env["type"], "msg", "{env}");
-    let data: Value = serde_json::from_str(env["data"].as_str().expect("data")).expect("json");
-    data["n"].as_u64().expect("n")
-}
-
-/// Pushes until one answers `ok` (the uid's holder is known in Redis); the pushes made are
-/// numbered from `n` and the next number is returned.
-fn push_until_ok(srv: &Server, uid: &str, mut n: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = cmd(srv, &seed(uid, n));
-        n += 1;
-        if r == "ok\n" {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "no push to {uid} answered ok");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The `n`s of the messages, in the order received.
 fn numbers(msgs: &[String]) -> Vec<u64> {
@@ -170,7 +123,7 @@ fn websocket_since_recovers_on_another_node() {
     }
     let offset = last["offset"].as_u64().expect("offset");
     c.close();
-    let away: Vec<u32> = (n..n + 4).collect();
+    let away: Vec<u64> = (n..n + 4).collect();
     for (k, m) in away.iter().enumerate() {
         let r = cmd(if k % 2 == 0 { &a } else { &b }, &seed("ws1", *m));
         assert!(r == "ok\n" || r == "fail\n", "{r}");

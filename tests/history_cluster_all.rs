@@ -13,62 +13,20 @@
 //! `history` command shows it.
 
 mod common;
+mod history_nodes;
 mod sio_page;
 
 use common::*;
+use history_nodes::*;
 use serde_json::Value;
 use sio_page::{sio_v4_ready, Page, Switch};
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A node of `workers` workers with a history in the cluster at `url`.
-fn node_of(url: &str, name: &str, workers: usize, extra: &[&str]) -> Server {
-    let mut b = Server::builder()
-        .workers(workers)
-        .socketio()
-        .set(&format!("cluster=\"{url}\""))
-        .set(&format!("node_id={name}"))
-        .set("ipc_timeout=2")
-        .set("history_size=100");
-    for e in extra {
-        b = b.set(e);
-    }
-    let srv = b.start();
-    srv.wait_mesh();
-    srv
-}
-
-/// A node of 2 workers.
-fn node(url: &str, name: &str, extra: &[&str]) -> Server {
-    node_of(url, name, 2, extra)
-}
-
-/// One line on a fresh text connection; the reply.
-fn cmd(srv: &Server, line: &str) -> String {
-    String::from_utf8_lossy(&srv.text_push(format!("{line}\n").as_bytes())).into_owned()
-}
-
-/// A seed push line for `uid` with number `n`.
-fn seed(uid: &str, n: u64) -> String {
-    format!("{{\"uid\":\"{uid}\",\"n\":{n}}}")
-}
-
 /// A broadcast line with number `n`.
 fn all(n: u64) -> String {
     format!("{{\"cmd\":\"all\",\"data\":{{\"n\":{n}}}}}")
-}
-
-/// The `n` of a message's text (`{"uid":…,"n":N}` or `{"n":N}`).
-fn n_in(text: &str) -> u64 {
-    let data: Value = serde_json::from_str(text).expect("message JSON");
-    data["n"].as_u64().expect("n")
-}
-
-/// The `n` of an envelope's data.
-fn n_of(env: &Value) -> u64 {
-    assert_eq!(env["type"], "msg", "{env}");
-    n_in(env["data"].as_str().expect("data"))
 }
 
 /// How many messages `srv` says are kept for `uid`.
@@ -85,21 +43,6 @@ fn send_kept(srv: &Server, uid: &str, line: &str) {
     assert!(r == "ok\n" || r == "fail\n", "{line}: {r}");
     let grew = wait_until(Duration::from_secs(10), || kept(srv, uid) > before);
     assert!(grew, "{line} was not kept for {uid}\n{}", srv.log());
-}
-
-/// Pushes until one answers `ok` (the uid's holder is known in Redis); the pushes made are
-/// numbered from `n` and the next number is returned.
-fn push_until_ok(srv: &Server, uid: &str, mut n: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = cmd(srv, &seed(uid, n));
-        n += 1;
-        if r == "ok\n" {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "no push to {uid} answered ok");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Reads envelopes of `c` until the one with number `n`; returns it.
@@ -123,13 +66,6 @@ fn api_push(srv: &Server, body: &str) -> Value {
         .as_bytes(),
     );
     serde_json::from_slice(&r.body).expect("json")
-}
-
-/// Waits until `uid` has no connection anywhere in the cluster (asked of `srv`).
-fn wait_offline(srv: &Server, uid: &str) {
-    let line = format!("{{\"cmd\":\"online\",\"uid\":\"{uid}\"}}");
-    let gone = wait_until(Duration::from_secs(10), || cmd(srv, &line) == "0\n");
-    assert!(gone, "{uid} still online");
 }
 
 #[test]
