@@ -229,9 +229,8 @@ impl Worker {
     /// A group push's part, unkept, delivered to this worker's connections only (each
     /// member of the cluster got the group push).
     fn ch_unkept_here(&mut self, uids: Vec<String>, payload: &[u8], binary: bool, reply: ReplyTo) {
-        let f = crate::delivery::frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let target = super::push::To::Target(herald_ipc::Target::Uids(uids));
-        let n = self.deliver_local(&target, &[], f, payload, binary);
+        let n = self.deliver_local(&target, &[], payload, binary);
         self.settle(reply, n, true);
     }
 

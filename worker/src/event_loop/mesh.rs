@@ -9,7 +9,6 @@
 use super::push::To;
 use super::query::QReply;
 use super::{mono_ns, ms, would_block, Worker, LINK_BASE};
-use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use crate::mesh::{Link, ReplyTo};
 use crate::presence::View;
@@ -263,9 +262,8 @@ impl Worker {
                     log::debug!("push {} arrived after its deadline; dropped", p.id);
                     return self.answer_link(key, PeerMsg::Delivered { id: p.id, count: 0 });
                 }
-                let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
                 let count =
-                    self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
+                    self.deliver_local(&To::Target(p.target), &p.exclude, &p.payload, p.binary);
                 self.answer_link(key, PeerMsg::Delivered { id: p.id, count });
             }
             m @ (PeerMsg::Route(_) | PeerMsg::Positioned { .. } | PeerMsg::History(_)) => {

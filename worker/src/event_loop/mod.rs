@@ -140,8 +140,11 @@ pub struct Worker {
     registry: Registry,
     /// The per-worker read buffer.
     scratch: Vec<u8>,
-    /// Connections with output queued this turn.
+    /// Connections with output queued this turn (or a frame written at once, see
+    /// `write_now`).
     dirty: Vec<usize>,
+    /// Frames written at once this turn, not yet counted in `delivery_latency`.
+    written_now: u64,
     /// The next connection id (ids are never reused, slots are).
     next_conn_id: u64,
     /// The master's channel: configuration and orders in, readiness and reports out.
@@ -324,6 +327,7 @@ impl Worker {
             registry: Registry::default(),
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
+            written_now: 0,
             next_conn_id: 1,
             control,
             mesh_listener,

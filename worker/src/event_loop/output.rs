@@ -6,10 +6,12 @@ use super::{Worker, CONN_BASE};
 use crate::conn::{
     Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
 };
-use crate::delivery::{close_frame, kernel_unsent};
+use crate::delivery::{close_frame, frame, frame_header, kernel_unsent};
 use crate::registry::Recipient;
-use bytes::Bytes;
+use crate::stream::Stream;
+use bytes::{Buf, Bytes};
 use mio::{Interest, Token};
+use std::io::{IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -24,6 +26,49 @@ impl Worker {
             conn.flags |= DIRTY;
             self.dirty.push(slot);
         }
+    }
+
+    /// Writes one frame with `opcode` around `payload` to `slot` now, when that is what queueing
+    /// it would do at the end of the turn: a plain socket with nothing queued, not waiting for
+    /// WRITABLE, not closing and not yet in this turn's flush list. A unicast push then needs
+    /// no frame to allocate, queue and free. The connection joins the flush list, so that what
+    /// else it gets in this turn is queued and written together, as always. Returns whether it
+    /// was delivered (written, or its unwritten rest queued); `false`: nothing was written
+    /// (the socket is full, or the connection does not qualify), queue the frame instead.
+    pub(super) fn write_now(&mut self, slot: usize, opcode: u8, payload: &[u8]) -> bool {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let (header, used) = frame_header(opcode, payload.len());
+        let total = used + payload.len();
+        if conn.flags & (DIRTY | WANT_WRITE | CLOSING) != 0
+            || !conn.out.is_empty()
+            || total > self.cfg.max_send_buffer
+        {
+            return false;
+        }
+        let Stream::Plain(tcp) = &mut conn.stream else {
+            return false;
+        };
+        let n = match tcp.write_vectored(&[IoSlice::new(&header[..used]), IoSlice::new(payload)]) {
+            Ok(n) if n > 0 => n,
+            // Nothing written: the queued frame's flush finds out (and closes on an error).
+            _ => return false,
+        };
+        conn.bytes_out += n as u64;
+        conn.flags |= DIRTY;
+        self.dirty.push(slot);
+        self.stats.delivered += 1;
+        if n == total {
+            // Counted in `delivery_seconds` with the turn's first writes.
+            self.written_now += 1;
+        } else {
+            // The socket took part of it: the rest waits in the queue, like a short flush.
+            let mut rest = frame(opcode, payload);
+            rest.advance(n);
+            conn.out.push(rest);
+        }
+        true
     }
 
     /// Puts `slot` in this turn's flush list (it has output, or its socket became writable).
@@ -75,7 +120,8 @@ impl Worker {
         // Frames written in this turn count from the turn's start; the clock is read once
         // per batch of writes, and the writes of one batch are recorded together.
         let mut clock = Instant::now();
-        let mut same = 0u64;
+        // Frames written at once during the turn count as written with the first batch.
+        let mut same = std::mem::take(&mut self.written_now);
         while i < self.dirty.len() {
             if i % 64 == 0 && same > 0 {
                 clock = Instant::now();

@@ -76,8 +76,7 @@ impl Worker {
         reply: ReplyTo,
     ) {
         let started = Instant::now();
-        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
-        let local = self.deliver_local(&target, &exclude, f, payload, binary);
+        let local = self.deliver_local(&target, &exclude, payload, binary);
         // Siblings that may hold the target: all of them for a broadcast or a group.
         let uids = match &target {
             To::Uid(u) => Holders::Uid(u),
@@ -132,12 +131,12 @@ impl Worker {
         self.fan_out(&msg, job, uids);
     }
 
-    /// Queues `f` to every local recipient `target` names; returns how many got it.
+    /// Queues the push's frame to every local recipient `target` names (a lone recipient
+    /// may have it written at once, see [`Worker::write_now`]); returns how many got it.
     pub(super) fn deliver_local(
         &mut self,
         target: &To<'_>,
         exclude: &[String],
-        f: Bytes,
         payload: &[u8],
         binary: bool,
     ) -> u32 {
@@ -199,8 +198,10 @@ impl Worker {
         let mut n = 0;
         // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
         let mut event = SioEvent::new(payload, binary);
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
         let last = slots.len().saturating_sub(1);
-        let mut f = Some(f);
+        // The frame, built on first need and shared by the recipients.
+        let mut f: Option<Bytes> = None;
         // With a history, connections that asked for the envelope get a broadcast wrapped
         // too (without a position), encoded once.
         let mut wrapped: Option<Bytes> = None;
@@ -212,11 +213,18 @@ impl Worker {
                     let w = w.clone();
                     self.deliver(slot, w)
                 }
+                // A lone recipient with nothing queued gets it written at once, without a
+                // frame to allocate and queue.
+                Who::Conn(slot) if last == 0 && self.write_now(slot, opcode, payload) => true,
                 // The last recipient takes the frame itself: a unicast push shares nothing, so
                 // its frame needs no shared reference count (one allocation less).
                 Who::Conn(slot) => {
-                    let one = if i == last { f.take() } else { f.clone() };
-                    one.is_some_and(|one| self.deliver(slot, one))
+                    let one = if i == last {
+                        f.take().unwrap_or_else(|| frame(opcode, payload))
+                    } else {
+                        f.get_or_insert_with(|| frame(opcode, payload)).clone()
+                    };
+                    self.deliver(slot, one)
                 }
             };
             n += got as u32;
