@@ -35,7 +35,6 @@ use crate::groups::Groups;
 use crate::mesh::Link;
 use crate::presence::{self, View};
 use crate::registry::{Recipient, Registry};
-use bytes::Bytes;
 use herald_ipc::{mesh_name, Channel, Control, Peer, Stats};
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -240,8 +239,6 @@ pub struct Worker {
     resume: Vec<usize>,
     /// Recipients of the push being delivered (kept to avoid an allocation per push).
     slots_buf: Vec<Recipient>,
-    /// Text replies ready to write (kept to avoid an allocation per reply).
-    ready_buf: Vec<Bytes>,
     /// Socket.IO sessions and the handoff socket.
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
@@ -373,7 +370,6 @@ impl Worker {
             fd_reserve_hit: false,
             resume: Vec::new(),
             slots_buf: Vec::new(),
-            ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
             tls: crate::tls::Acceptors::default(),
