@@ -47,7 +47,7 @@ pub(super) enum Job {
     /// A push: connections reached so far, and where the outcome goes (`Nobody` once it was
     /// replied early).
     Push {
-        /// When it entered this worker (for the `push_seconds` histogram).
+        /// The start of the turn that read it (for the `push_seconds` histogram).
         started: std::time::Instant,
         /// Connections reached here and in the siblings that answered.
         total: u32,

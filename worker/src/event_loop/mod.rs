@@ -144,6 +144,8 @@ pub struct Worker {
     dirty: Vec<usize>,
     /// Frames written at once this turn, not yet counted in `delivery_latency`.
     written_now: u64,
+    /// Pushes read and answered in this turn, not yet counted in `push_latency`.
+    answered_in_turn: u64,
     /// The next connection id (ids are never reused, slots are).
     next_conn_id: u64,
     /// The master's channel: configuration and orders in, readiness and reports out.
@@ -325,6 +327,7 @@ impl Worker {
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
             written_now: 0,
+            answered_in_turn: 0,
             next_conn_id: 1,
             control,
             mesh_listener,
@@ -449,7 +452,11 @@ impl Worker {
                 return Err(e);
             }
             self.turn_start = Instant::now();
-            self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
+            self.now = (self
+                .turn_start
+                .saturating_duration_since(self.epoch)
+                .as_millis()
+                / 100) as u32;
             // Sibling links first: what a sibling said before this turn (a login's presence,
             // answers) is known before any connection's request of this turn is handled.
             for ev in events.iter() {

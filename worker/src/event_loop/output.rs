@@ -120,6 +120,11 @@ impl Worker {
         // Frames written in this turn count from the turn's start; the clock is read once
         // per batch of writes, and the writes of one batch are recorded together.
         let mut clock = Instant::now();
+        // The backends answered in this turn have waited until now.
+        self.push_latency.observe_n(
+            clock.saturating_duration_since(self.turn_start),
+            std::mem::take(&mut self.answered_in_turn),
+        );
         // Frames written at once during the turn count as written with the first batch.
         let mut same = std::mem::take(&mut self.written_now);
         while i < self.dirty.len() {

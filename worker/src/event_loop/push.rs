@@ -75,7 +75,8 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
-        let started = Instant::now();
+        // Its wait counts from the turn that read it (no clock read per push).
+        let started = self.turn_start;
         let local = self.deliver_local(&target, &exclude, payload, binary);
         // Siblings that may hold the target: all of them for a broadcast or a group.
         let uids = match &target {
@@ -90,7 +91,7 @@ impl Worker {
         if !asked && self.bus.is_none() {
             let missing = self.unlinked_peers(uids);
             self.stats.ipc_undelivered += missing as u64;
-            self.settle_timed(reply, local, missing > 0, started);
+            self.settle_in_turn(reply, local, missing > 0);
             return;
         }
         let id = self.gather.next_id();
@@ -114,7 +115,7 @@ impl Worker {
         // entry only collects the siblings' answers.
         let early = reply.decided(local);
         if early {
-            self.settle_timed(reply, local, false, started);
+            self.settle_in_turn(reply, local, false);
         }
         let job = Job::Push {
             started,
@@ -255,6 +256,16 @@ impl Worker {
         self.stats.delivered += 1;
         self.queue(slot, f);
         true
+    }
+
+    /// [`Worker::settle`] for a push read in this turn: a backend that gets an answer waits
+    /// until the turn's writes, and all such waits go into the `push_seconds` histogram
+    /// together when they begin (see `flush_conns`), with one clock read per turn.
+    pub(super) fn settle_in_turn(&mut self, reply: ReplyTo, total: u32, partial: bool) {
+        if reply != ReplyTo::Nobody {
+            self.answered_in_turn += 1;
+        }
+        self.settle(reply, total, partial);
     }
 
     /// [`Worker::settle`], and the wait of a backend that gets an answer goes into the
