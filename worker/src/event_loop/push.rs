@@ -141,6 +141,20 @@ impl Worker {
         payload: &[u8],
         binary: bool,
     ) -> u32 {
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        // The seeds' unicast, a uid with one plain WebSocket and nothing excluded, goes
+        // straight to it (as the loop below would deliver it).
+        if let (To::Uid(u), []) = (target, exclude) {
+            if let [r] = *self.registry.get(u) {
+                if let Who::Conn(slot) = r.who() {
+                    if self.hist.is_none() {
+                        let got = self.write_now(slot, opcode, payload)
+                            || self.deliver(slot, frame(opcode, payload));
+                        return got as u32;
+                    }
+                }
+            }
+        }
         // Reused between pushes: no allocation per push for the recipient list.
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
@@ -199,7 +213,6 @@ impl Worker {
         let mut n = 0;
         // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
         let mut event = SioEvent::new(payload, binary);
-        let opcode = if binary { OP_BINARY } else { OP_TEXT };
         let last = slots.len().saturating_sub(1);
         // The frame, built on first need and shared by the recipients.
         let mut f: Option<Bytes> = None;
