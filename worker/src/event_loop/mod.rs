@@ -139,9 +139,10 @@ pub struct Worker {
     registry: Registry,
     /// The per-worker read buffer.
     scratch: Vec<u8>,
-    /// Connections with output queued this turn (or a frame written at once, see
-    /// `write_now`).
+    /// Connections with output queued this turn.
     dirty: Vec<usize>,
+    /// Connections a frame was written to at once this turn (flag `WROTE`, see `write_now`).
+    wrote: Vec<usize>,
     /// Frames written at once this turn, not yet counted in `delivery_latency`.
     written_now: u64,
     /// Pushes read and answered in this turn, not yet counted in `push_latency`.
@@ -326,6 +327,7 @@ impl Worker {
             registry: Registry::default(),
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
+            wrote: Vec::new(),
             written_now: 0,
             answered_in_turn: 0,
             next_conn_id: 1,

@@ -4,7 +4,7 @@
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
 use crate::conn::{
-    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
+    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE, WROTE,
 };
 use crate::delivery::{close_frame, frame, frame_header, kernel_unsent};
 use crate::registry::Recipient;
@@ -30,9 +30,9 @@ impl Worker {
 
     /// Writes one frame with `opcode` around `payload` to `slot` now, when that is what queueing
     /// it would do at the end of the turn: a plain socket with nothing queued, not waiting for
-    /// WRITABLE, not closing and not yet in this turn's flush list. A unicast push then needs
-    /// no frame to allocate, queue and free. The connection joins the flush list, so that what
-    /// else it gets in this turn is queued and written together, as always. Returns whether it
+    /// WRITABLE, not closing, not yet in this turn's flush list nor written at once in this
+    /// turn. A unicast push then needs no frame to allocate, queue and free. What else the
+    /// connection gets in this turn is queued and written together, as always. Returns whether it
     /// was delivered (written, or its unwritten rest queued); `false`: nothing was written
     /// (the socket is full, or the connection does not qualify), queue the frame instead.
     pub(super) fn write_now(&mut self, slot: usize, opcode: u8, payload: &[u8]) -> bool {
@@ -41,7 +41,7 @@ impl Worker {
         };
         let (header, used) = frame_header(opcode, payload.len());
         let total = used + payload.len();
-        if conn.flags & (DIRTY | WANT_WRITE | CLOSING) != 0
+        if conn.flags & (DIRTY | WROTE | WANT_WRITE | CLOSING) != 0
             || !conn.out.is_empty()
             || total > self.cfg.max_send_buffer
         {
@@ -56,10 +56,10 @@ impl Worker {
             _ => return false,
         };
         conn.bytes_out += n as u64;
-        conn.flags |= DIRTY;
-        self.dirty.push(slot);
         self.stats.delivered += 1;
         if n == total {
+            conn.flags |= WROTE;
+            self.wrote.push(slot);
             // Counted in `delivery_seconds` with the turn's first writes.
             self.written_now += 1;
         } else {
@@ -67,6 +67,8 @@ impl Worker {
             let mut rest = frame(opcode, payload);
             rest.advance(n);
             conn.out.push(rest);
+            conn.flags |= DIRTY;
+            self.dirty.push(slot);
         }
         true
     }
@@ -237,6 +239,13 @@ impl Worker {
                 .observe_n(now.saturating_duration_since(self.turn_start), same);
         }
         self.dirty.clear();
+        // The connections written at once may be written at once again in the next turn.
+        for &slot in &self.wrote {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.flags &= !WROTE;
+            }
+        }
+        self.wrote.clear();
     }
 
     /// Writes every sibling link with output; returns the links whose write failed, and why.
