@@ -138,6 +138,7 @@ impl<'a> Scanner<'a> {
 
     /// A string; returns its raw contents (between the quotes) and whether it had no escape.
     /// A non-ASCII byte in it is left to the general parser.
+    #[inline(always)]
     fn string(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
         let start = self.i;
