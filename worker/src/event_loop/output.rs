@@ -58,6 +58,8 @@ impl Worker {
         conn.bytes_out += n as u64;
         self.stats.delivered += 1;
         if n == total {
+            // All written, as a flush that empties the queue: not a slow client.
+            conn.slow_since = 0;
             conn.flags |= WROTE;
             self.wrote.push(slot);
             // Counted in `delivery_seconds` with the turn's first writes.
