@@ -28,6 +28,9 @@ pub const CLOSING: u8 = 2;
 /// backend's lines and requests already read are still answered, then the connection closes
 /// once the answers are written (RFC 9112 §9.6: a server reading EOF still answers).
 pub const EOF_IN: u8 = 32;
+/// Flag: a frame was written to it at once in this loop turn (see `Worker::write_now`): what
+/// else it gets in the turn is queued and written together at the turn's end.
+pub const WROTE: u8 = 128;
 /// Flag: a backend connection of a draining or stopping worker: nothing more is read as
 /// requests; once every request already read is answered and written, the server shuts its
 /// side for writing and reads (and discards) what the peer still sends until its EOF, so
@@ -137,23 +140,26 @@ impl Text {
         self.first_seq + self.replies.len() as u64 - 1
     }
 
-    /// Fills slot `seq`; returns the replies now ready to write, in order.
-    pub fn fill(&mut self, seq: u64, reply: Bytes, ready: &mut Vec<Bytes>) {
-        if seq < self.first_seq {
-            return;
-        }
-        if let Some(slot) = self.replies.get_mut((seq - self.first_seq) as usize) {
+    /// Fills slot `seq` (the replies then ready come out of [`Text::next_ready`]).
+    pub fn fill(&mut self, seq: u64, reply: Bytes) {
+        if let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.replies.get_mut(i as usize))
+        {
             *slot = Some(reply);
         }
-        while let Some(Some(_)) = self.replies.front() {
-            if let Some(Some(b)) = self.replies.pop_front() {
-                ready.push(b);
+    }
+
+    /// The oldest reply if it is ready to write (every line before it is answered).
+    pub fn next_ready(&mut self) -> Option<Bytes> {
+        let Some(Some(_)) = self.replies.front() else {
+            if self.replies.is_empty() && self.replies.capacity() > 64 {
+                self.replies = VecDeque::new();
             }
-            self.first_seq += 1;
-        }
-        if self.replies.is_empty() && self.replies.capacity() > 64 {
-            self.replies = VecDeque::new();
-        }
+            return None;
+        };
+        self.first_seq += 1;
+        self.replies.pop_front().flatten()
     }
 }
 
@@ -264,17 +270,16 @@ mod tests {
         let a = t.reserve();
         let b = t.reserve();
         let c = t.reserve();
-        let mut ready = Vec::new();
-        t.fill(b, Bytes::from_static(b"B"), &mut ready);
-        assert!(ready.is_empty());
-        t.fill(a, Bytes::from_static(b"A"), &mut ready);
+        let ready = |t: &mut Text| std::iter::from_fn(|| t.next_ready()).collect::<Vec<_>>();
+        t.fill(b, Bytes::from_static(b"B"));
+        assert!(ready(&mut t).is_empty());
+        t.fill(a, Bytes::from_static(b"A"));
         assert_eq!(
-            ready,
+            ready(&mut t),
             vec![Bytes::from_static(b"A"), Bytes::from_static(b"B")]
         );
-        ready.clear();
-        t.fill(c, Bytes::from_static(b"C"), &mut ready);
-        assert_eq!(ready, vec![Bytes::from_static(b"C")]);
+        t.fill(c, Bytes::from_static(b"C"));
+        assert_eq!(ready(&mut t), vec![Bytes::from_static(b"C")]);
         assert!(t.replies.is_empty());
     }
 }

@@ -21,30 +21,38 @@ pub const OP_PING: u8 = 0x9;
 /// WebSocket opcode of a pong frame.
 pub const OP_PONG: u8 = 0xA;
 
+/// The header of a final, unmasked server frame with `opcode` for a payload of `len` bytes:
+/// the bytes, of which the first `.1` are used.
+pub fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode;
+    let used = match len {
+        0..=125 => {
+            h[1] = len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (h, used)
+}
+
 /// Encodes one final, unmasked server frame with `opcode` around `payload`.
 ///
 /// The buffer is allocated at its exact size, so the `Bytes` owns it directly: no separate
 /// shared header is allocated unless the frame goes to more than one connection.
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let header = match len {
-        0..=125 => 2,
-        126..=0xFFFF => 4,
-        _ => 10,
-    };
-    let mut b = Vec::with_capacity(header + len);
-    b.push(0x80 | opcode);
-    match header {
-        2 => b.push(len as u8),
-        4 => {
-            b.push(126);
-            b.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            b.push(127);
-            b.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+    let (h, used) = frame_header(opcode, payload.len());
+    let mut b = Vec::with_capacity(used + payload.len());
+    b.extend_from_slice(&h[..used]);
     b.extend_from_slice(payload);
     Bytes::from(b)
 }

@@ -1,5 +1,5 @@
 //! A latency histogram with fixed buckets, as Prometheus reads them: how long a backend waited
-//! for its answer (from the push entering the worker to its `ok`/`fail` or JSON reply), so an
+//! for its answer (from the loop turn that read the push to its `ok`/`fail` or JSON reply), so an
 //! operator can see the tail a frozen sibling or a slow cluster causes.
 
 use serde_json::{json, Value};

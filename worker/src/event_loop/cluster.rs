@@ -11,7 +11,6 @@ use super::push::To;
 use super::query::QReply;
 use super::Worker;
 use crate::cluster::{envelope, node_of, open_envelope, redacted, Bus, BusCmd, BusEvent};
-use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use herald_ipc::codec::{read_frame, write_frame};
 use herald_ipc::{PeerMsg, Push, Query, Share};
 use std::sync::Arc;
@@ -224,8 +223,7 @@ impl Worker {
                 let count = if ours {
                     0
                 } else {
-                    let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
-                    self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary)
+                    self.deliver_local(&To::Target(p.target), &p.exclude, &p.payload, p.binary)
                 };
                 self.bus_send_msg(&from, &PeerMsg::Delivered { id: p.id, count });
             }

@@ -26,7 +26,6 @@ use super::push::To;
 use super::Worker;
 use crate::cluster::{envelope, open_envelope, BusCmd};
 use crate::cluster_history::GROUP;
-use crate::delivery::{OP_BINARY, OP_TEXT};
 use crate::dropped::Dropped;
 use crate::mesh::ReplyTo;
 use bytes::Bytes;
@@ -321,9 +320,8 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
-        let f = crate::delivery::frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
         let target = To::Target(Target::Uids(uids));
-        let n = self.deliver_local(&target, &[], f, payload, binary);
+        let n = self.deliver_local(&target, &[], payload, binary);
         self.settle(reply, n, true);
     }
 

@@ -9,7 +9,6 @@
 use super::push::To;
 use super::query::QReply;
 use super::{mono_ns, ms, would_block, Worker, LINK_BASE};
-use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::gather::{Peers, Waiting};
 use crate::mesh::{Link, ReplyTo};
 use crate::presence::View;
@@ -48,7 +47,7 @@ pub(super) enum Job {
     /// A push: connections reached so far, and where the outcome goes (`Nobody` once it was
     /// replied early).
     Push {
-        /// When it entered this worker (for the `push_seconds` histogram).
+        /// The start of the turn that read it (for the `push_seconds` histogram).
         started: std::time::Instant,
         /// Connections reached here and in the siblings that answered.
         total: u32,
@@ -263,9 +262,8 @@ impl Worker {
                     log::debug!("push {} arrived after its deadline; dropped", p.id);
                     return self.answer_link(key, PeerMsg::Delivered { id: p.id, count: 0 });
                 }
-                let f = frame(if p.binary { OP_BINARY } else { OP_TEXT }, &p.payload);
                 let count =
-                    self.deliver_local(&To::Target(p.target), &p.exclude, f, &p.payload, p.binary);
+                    self.deliver_local(&To::Target(p.target), &p.exclude, &p.payload, p.binary);
                 self.answer_link(key, PeerMsg::Delivered { id: p.id, count });
             }
             m @ (PeerMsg::Route(_)

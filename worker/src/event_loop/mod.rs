@@ -35,7 +35,6 @@ use crate::groups::Groups;
 use crate::mesh::Link;
 use crate::presence::{self, View};
 use crate::registry::{Recipient, Registry};
-use bytes::Bytes;
 use herald_ipc::{mesh_name, Channel, Control, Peer, Stats};
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -144,6 +143,12 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// Connections with output queued this turn.
     dirty: Vec<usize>,
+    /// Connections a frame was written to at once this turn (flag `WROTE`, see `write_now`).
+    wrote: Vec<usize>,
+    /// Frames written at once this turn, not yet counted in `delivery_latency`.
+    written_now: u64,
+    /// Pushes read and answered in this turn, not yet counted in `push_latency`.
+    answered_in_turn: u64,
     /// The next connection id (ids are never reused, slots are).
     next_conn_id: u64,
     /// The master's channel: configuration and orders in, readiness and reports out.
@@ -239,8 +244,6 @@ pub struct Worker {
     resume: Vec<usize>,
     /// Recipients of the push being delivered (kept to avoid an allocation per push).
     slots_buf: Vec<Recipient>,
-    /// Text replies ready to write (kept to avoid an allocation per reply).
-    ready_buf: Vec<Bytes>,
     /// Socket.IO sessions and the handoff socket.
     sio: Sio,
     /// Connections at the last heap trim (or the peak since): a drop of 1,000 below it trims.
@@ -326,6 +329,9 @@ impl Worker {
             registry: Registry::default(),
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
+            wrote: Vec::new(),
+            written_now: 0,
+            answered_in_turn: 0,
             next_conn_id: 1,
             control,
             mesh_listener,
@@ -371,7 +377,6 @@ impl Worker {
             fd_reserve_hit: false,
             resume: Vec::new(),
             slots_buf: Vec::new(),
-            ready_buf: Vec::new(),
             sio: Sio::new(instance, pid)?,
             trim_mark: 0,
             tls: crate::tls::Acceptors::default(),
@@ -451,7 +456,11 @@ impl Worker {
                 return Err(e);
             }
             self.turn_start = Instant::now();
-            self.now = (self.epoch.elapsed().as_millis() / 100) as u32;
+            self.now = (self
+                .turn_start
+                .saturating_duration_since(self.epoch)
+                .as_millis()
+                / 100) as u32;
             // Sibling links first: what a sibling said before this turn (a login's presence,
             // answers) is known before any connection's request of this turn is handled.
             for ev in events.iter() {

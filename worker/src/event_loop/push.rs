@@ -78,9 +78,9 @@ impl Worker {
         binary: bool,
         reply: ReplyTo,
     ) {
-        let started = Instant::now();
-        let f = frame(if binary { OP_BINARY } else { OP_TEXT }, payload);
-        let local = self.deliver_local(&target, &exclude, f, payload, binary);
+        // Its wait counts from the turn that read it (no clock read per push).
+        let started = self.turn_start;
+        let local = self.deliver_local(&target, &exclude, payload, binary);
         // Siblings that may hold the target: all of them for a broadcast or a group.
         let uids = match &target {
             To::Uid(u) => Holders::Uid(u),
@@ -94,7 +94,7 @@ impl Worker {
         if !asked && self.bus.is_none() {
             let missing = self.unlinked_peers(uids);
             self.stats.ipc_undelivered += missing as u64;
-            self.settle_timed(reply, local, missing > 0, started);
+            self.settle_in_turn(reply, local, missing > 0);
             return;
         }
         let id = self.gather.next_id();
@@ -118,7 +118,7 @@ impl Worker {
         // entry only collects the siblings' answers.
         let early = reply.decided(local);
         if early {
-            self.settle_timed(reply, local, false, started);
+            self.settle_in_turn(reply, local, false);
         }
         let job = Job::Push {
             started,
@@ -135,15 +135,29 @@ impl Worker {
         self.fan_out(&msg, job, uids);
     }
 
-    /// Queues `f` to every local recipient `target` names; returns how many got it.
+    /// Queues the push's frame to every local recipient `target` names (a lone recipient
+    /// may have it written at once, see [`Worker::write_now`]); returns how many got it.
     pub(super) fn deliver_local(
         &mut self,
         target: &To<'_>,
         exclude: &[String],
-        f: Bytes,
         payload: &[u8],
         binary: bool,
     ) -> u32 {
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        // The seeds' unicast, a uid with one plain WebSocket and nothing excluded, goes
+        // straight to it (as the loop below would deliver it).
+        if let (To::Uid(u), []) = (target, exclude) {
+            if let [r] = *self.registry.get(u) {
+                if let Who::Conn(slot) = r.who() {
+                    if self.hist.is_none() {
+                        let got = self.write_now(slot, opcode, payload)
+                            || self.deliver(slot, frame(opcode, payload));
+                        return got as u32;
+                    }
+                }
+            }
+        }
         // Reused between pushes: no allocation per push for the recipient list.
         let mut slots = std::mem::take(&mut self.slots_buf);
         slots.clear();
@@ -206,7 +220,8 @@ impl Worker {
         // Socket.IO sessions get the push as a `new_msg` event, encoded once, on first need.
         let mut event = SioEvent::new(payload, binary);
         let last = slots.len().saturating_sub(1);
-        let mut f = Some(f);
+        // The frame, built on first need and shared by the recipients.
+        let mut f: Option<Bytes> = None;
         // With a history, connections that asked for the envelope get a broadcast wrapped
         // too (without a position), encoded once.
         let mut wrapped: Option<Bytes> = None;
@@ -222,11 +237,18 @@ impl Worker {
                     let w = w.clone();
                     self.deliver(slot, w)
                 }
+                // A lone recipient with nothing queued gets it written at once, without a
+                // frame to allocate and queue.
+                Who::Conn(slot) if last == 0 && self.write_now(slot, opcode, payload) => true,
                 // The last recipient takes the frame itself: a unicast push shares nothing, so
                 // its frame needs no shared reference count (one allocation less).
                 Who::Conn(slot) => {
-                    let one = if i == last { f.take() } else { f.clone() };
-                    one.is_some_and(|one| self.deliver(slot, one))
+                    let one = if i == last {
+                        f.take().unwrap_or_else(|| frame(opcode, payload))
+                    } else {
+                        f.get_or_insert_with(|| frame(opcode, payload)).clone()
+                    };
+                    self.deliver(slot, one)
                 }
             };
             n += got as u32;
@@ -260,6 +282,16 @@ impl Worker {
         self.stats.delivered += 1;
         self.queue(slot, f);
         true
+    }
+
+    /// [`Worker::settle`] for a push read in this turn: a backend that gets an answer waits
+    /// until the turn's writes, and all such waits go into the `push_seconds` histogram
+    /// together when they begin (see `flush_conns`), with one clock read per turn.
+    pub(super) fn settle_in_turn(&mut self, reply: ReplyTo, total: u32, partial: bool) {
+        if reply != ReplyTo::Nobody {
+            self.answered_in_turn += 1;
+        }
+        self.settle(reply, total, partial);
     }
 
     /// [`Worker::settle`], and the wait of a backend that gets an answer goes into the

@@ -5,7 +5,7 @@ use super::push::To;
 use super::query::QReply;
 use super::Worker;
 use crate::auth;
-use crate::conn::{Proto, CLOSING};
+use crate::conn::{Proto, CLOSING, DIRTY};
 use crate::mesh::{ReplyKind, ReplyTo};
 use crate::proto::text::{self, Command};
 use bytes::Bytes;
@@ -149,11 +149,16 @@ impl Worker {
         let Proto::Text(t) = &mut conn.proto else {
             return;
         };
-        let mut ready = std::mem::take(&mut self.ready_buf);
-        t.fill(seq, reply, &mut ready);
-        for b in ready.drain(..) {
-            self.queue(slot, b);
+        t.fill(seq, reply);
+        // Queued as `queue` does, without a list of what is ready in between.
+        let mut queued = false;
+        while let Some(b) = t.next_ready() {
+            conn.out.push(b);
+            queued = true;
         }
-        self.ready_buf = ready;
+        if queued && conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(slot);
+        }
     }
 }

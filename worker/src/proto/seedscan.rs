@@ -29,11 +29,22 @@ pub enum Scan<'a> {
 /// Nesting deeper than this is left to the general parser.
 const MAX_DEPTH: usize = 32;
 
+/// The bytes that end a run of plain string contents: `"`, `\\`, control bytes and non-ASCII
+/// bytes (one table look-up per byte).
+const STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = c < 0x20 || c >= 0x80 || c == b'"' as usize || c == b'\\' as usize;
+        c += 1;
+    }
+    t
+};
+
 /// Scans one line (no trailing `\n`; a trailing `\r` is whitespace to JSON anyway).
 pub fn scan(line: &[u8]) -> Scan<'_> {
-    if !line.is_ascii() {
-        return Scan::Unsure;
-    }
+    // (A non-ASCII byte is unsure: in a string [`Scanner::string`] says so, and anywhere else
+    // it breaks the grammar.)
     let mut s = Scanner { b: line, i: 0 };
     match s.top() {
         Some(found) => found,
@@ -96,8 +107,9 @@ impl<'a> Scanner<'a> {
                         if !plain {
                             return None;
                         }
-                        // ASCII was checked for the whole line.
-                        uid = Some(std::str::from_utf8(v).ok()?);
+                        // SAFETY: a plain string's bytes are all printable ASCII
+                        // (`string` stops at anything else), so they are valid UTF-8.
+                        uid = Some(unsafe { std::str::from_utf8_unchecked(v) });
                     }
                     b"cmd" => {
                         cmd = true;
@@ -125,14 +137,18 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string; returns its raw contents (between the quotes) and whether it had no escape.
+    /// A non-ASCII byte in it is left to the general parser.
+    #[inline(always)]
     fn string(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
         let start = self.i;
         let mut plain = true;
         loop {
-            let c = self.peek()?;
-            self.i += 1;
-            match c {
+            // Printable ASCII runs to the next quote, backslash or other byte.
+            let rest = self.b.get(self.i..)?;
+            let k = rest.iter().position(|&c| STOP[usize::from(c)])?;
+            self.i += k + 1;
+            match rest[k] {
                 b'"' => return Some((&self.b[start..self.i - 1], plain)),
                 b'\\' => {
                     plain = false;
@@ -148,8 +164,8 @@ impl<'a> Scanner<'a> {
                         _ => return None,
                     }
                 }
-                0..=0x1F => return None,
-                _ => {}
+                // A control byte (not JSON) or a non-ASCII one.
+                _ => return None,
             }
         }
     }
@@ -230,9 +246,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
-        }
+        let rest = self.b.get(self.i..).unwrap_or_default();
+        self.i += rest
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
     }
 
     fn some_digits(&mut self) -> Option<()> {
