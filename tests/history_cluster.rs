@@ -84,7 +84,7 @@ fn socketio_page_dropped_on_one_node_recovers_on_another() {
     }
     page.command("quit");
     let got = numbers(&msgs);
-    let want: Vec<u64> = (u64::from(skipped)..u64::from(n)).collect();
+    let want: Vec<u64> = (skipped..n).collect();
     assert_eq!(got, want, "every message once, in order");
 }
 
@@ -102,7 +102,7 @@ fn websocket_since_recovers_on_another_node() {
     // Pushes entering B reach the client on A, with consecutive offsets from the position.
     let mut n = push_until_ok(&b, "ws1", 0);
     let mut last = recv_json(&mut c);
-    while n_of(&last) != u64::from(n - 1) {
+    while n_of(&last) != n - 1 {
         last = recv_json(&mut c);
     }
     for k in 0..3 {
@@ -111,7 +111,7 @@ fn websocket_since_recovers_on_another_node() {
             "ok\n"
         );
         let m = recv_json(&mut c);
-        assert_eq!(n_of(&m), u64::from(n));
+        assert_eq!(n_of(&m), n);
         assert_eq!(m["epoch"], epoch.as_str());
         assert_eq!(
             m["offset"].as_u64(),
@@ -135,10 +135,10 @@ fn websocket_since_recovers_on_another_node() {
     assert_eq!(head["recovered"], true, "{head}\n{}", b.log());
     assert_eq!(head["epoch"], epoch.as_str());
     for m in &away {
-        assert_eq!(n_of(&recv_json(&mut c2)), u64::from(*m));
+        assert_eq!(n_of(&recv_json(&mut c2)), *m);
     }
     assert_eq!(cmd(&a, &seed("ws1", n)), "ok\n");
-    assert_eq!(n_of(&recv_json(&mut c2)), u64::from(n));
+    assert_eq!(n_of(&recv_json(&mut c2)), n);
     c2.expect_silence(Duration::from_millis(300));
     // Bad positions, on either node: refused, never another uid's messages.
     drop(c2);
@@ -220,7 +220,7 @@ fn redis_down_then_restarted_empty_gives_recovered_false_in_a_new_epoch() {
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
     let n = push_until_ok(&b, "rr1", 0);
     let mut last = recv_json(&mut c);
-    while n_of(&last) != u64::from(n - 1) {
+    while n_of(&last) != n - 1 {
         last = recv_json(&mut c);
     }
     let offset = last["offset"].as_u64().expect("offset");

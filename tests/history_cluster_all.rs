@@ -22,7 +22,7 @@ use serde_json::Value;
 use sio_page::{sio_v4_ready, Page, Switch};
 use std::io::Read;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A broadcast line with number `n`.
 fn all(n: u64) -> String {
