@@ -99,7 +99,9 @@ OPTIONS:
   --seed S           seed of the random uid choice (default 1)
   --deadline S       global time limit in seconds; everything is killed after it (default 120)
   --inflight I       handshakes in progress per client process (default 128)
-  --per-addr A       clients per source address 127.0.0.x at most (default 20000)
+  --per-addr A       clients per source address 127.0.0.x at most (default 1000: the
+                     kernel picks each connection's local port by probing the address's
+                     ephemeral range, which costs more the fuller it is)
   --settle-ms T      wait at most T ms without progress for the last deliveries (default 2000)
   --hold-ms H        connect: hold the clients idle H ms before measuring memory (default 500)
   --server-wrap CMD  start Herald under CMD (split at spaces), e.g. \"valgrind --tool=callgrind\"
@@ -192,7 +194,7 @@ impl Default for Opts {
             seed: 1,
             deadline_s: 120.0,
             inflight: 128,
-            per_addr: 20_000,
+            per_addr: 1_000,
             settle_ms: 2000,
             hold_ms: 500,
             seconds: 60.0,
