@@ -136,6 +136,19 @@ pub enum PeerMsg {
         /// Each uid's position (epoch, offset), in the order of the target's uids.
         positions: Vec<(u64, u64)>,
     },
+    /// With a history: the owner's answer to a `Route` whose uids no other sibling than the
+    /// asker may hold: the push (its id the `Route`'s) with each uid's position, for the asker
+    /// to deliver as a `Positioned`, and the owner's own count. The asker's count and this one
+    /// answer the `Route`: no `Delivered` follows (two messages where `Positioned` and its
+    /// answers take four).
+    PositionedAnswer {
+        /// Connections the owner reached.
+        count: u32,
+        /// The push.
+        push: Push,
+        /// Each uid's position (epoch, offset), in the order of the target's uids.
+        positions: Vec<(u64, u64)>,
+    },
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
     /// With a history, on one host: a broadcast to everyone as the sender kept it, at its
@@ -197,6 +210,7 @@ const ROUTE: u8 = 14;
 const POSITIONED: u8 = 15;
 const HISTORY: u8 = 16;
 const ALL_POSITIONED: u8 = 17;
+const POSITIONED_ANSWER: u8 = 18;
 const UIDS_SNAPSHOT: u8 = 60;
 const UIDS_BACKED: u8 = 61;
 const UIDS_GONE: u8 = 62;
@@ -232,12 +246,16 @@ impl Wire for PeerMsg {
             }
             PeerMsg::Positioned { push, positions } => {
                 put::u8(out, POSITIONED);
-                put::u32(out, positions.len() as u32);
-                for (e, o) in positions {
-                    put::u64(out, *e);
-                    put::u64(out, *o);
-                }
-                encode_push(push, out);
+                encode_positioned(push, positions, out);
+            }
+            PeerMsg::PositionedAnswer {
+                count,
+                push,
+                positions,
+            } => {
+                put::u8(out, POSITIONED_ANSWER);
+                put::u32(out, *count);
+                encode_positioned(push, positions, out);
             }
             PeerMsg::AllPositioned {
                 epoch,
@@ -362,17 +380,15 @@ impl Wire for PeerMsg {
             PUSH => PeerMsg::Push(decode_push(&mut r)?),
             ROUTE => PeerMsg::Route(decode_push(&mut r)?),
             POSITIONED => {
-                let n = r.u32("positions")? as usize;
-                // Refused before allocating when the body cannot hold that many.
-                if n > body.len() / 16 {
-                    return Err(CodecError::Truncated("positions"));
-                }
-                let mut positions = Vec::with_capacity(n);
-                for _ in 0..n {
-                    positions.push((r.u64("epoch")?, r.u64("offset")?));
-                }
-                PeerMsg::Positioned {
-                    push: decode_push(&mut r)?,
+                let (push, positions) = decode_positioned(&mut r, body.len())?;
+                PeerMsg::Positioned { push, positions }
+            }
+            POSITIONED_ANSWER => {
+                let count = r.u32("count")?;
+                let (push, positions) = decode_positioned(&mut r, body.len())?;
+                PeerMsg::PositionedAnswer {
+                    count,
+                    push,
                     positions,
                 }
             }
@@ -495,6 +511,33 @@ fn encode_push(p: &Push, out: &mut Vec<u8>) {
     put::strs(out, &p.exclude);
     put::u8(out, p.binary as u8);
     out.extend_from_slice(&p.payload);
+}
+
+/// The positions, then the push.
+fn encode_positioned(push: &Push, positions: &[(u64, u64)], out: &mut Vec<u8>) {
+    put::u32(out, positions.len() as u32);
+    for (e, o) in positions {
+        put::u64(out, *e);
+        put::u64(out, *o);
+    }
+    encode_push(push, out);
+}
+
+/// What [`encode_positioned`] wrote, from a body of `len` bytes.
+fn decode_positioned(
+    r: &mut Reader<'_>,
+    len: usize,
+) -> Result<(Push, Vec<(u64, u64)>), CodecError> {
+    let n = r.u32("positions")? as usize;
+    // Refused before allocating when the body cannot hold that many.
+    if n > len / 16 {
+        return Err(CodecError::Truncated("positions"));
+    }
+    let mut positions = Vec::with_capacity(n);
+    for _ in 0..n {
+        positions.push((r.u64("epoch")?, r.u64("offset")?));
+    }
+    Ok((decode_push(r)?, positions))
 }
 
 /// A push's fields, as [`encode_push`] wrote them.
@@ -680,6 +723,18 @@ mod tests {
         round(PeerMsg::Positioned {
             push: p,
             positions: vec![(77, 1), (78, 2)],
+        });
+        round(PeerMsg::PositionedAnswer {
+            count: 3,
+            push: Push {
+                id: 4,
+                deadline: 5,
+                target: Target::Uids(vec!["a".into()]),
+                exclude: Vec::new(),
+                payload: b"p".to_vec(),
+                binary: false,
+            },
+            positions: vec![(1, 2)],
         });
         round(PeerMsg::AllPositioned {
             epoch: 9,

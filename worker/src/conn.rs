@@ -28,9 +28,6 @@ pub const CLOSING: u8 = 2;
 /// backend's lines and requests already read are still answered, then the connection closes
 /// once the answers are written (RFC 9112 §9.6: a server reading EOF still answers).
 pub const EOF_IN: u8 = 32;
-/// Flag: a frame was written to it at once in this loop turn (see `Worker::write_now`): what
-/// else it gets in the turn is queued and written together at the turn's end.
-pub const WROTE: u8 = 128;
 /// Flag: a backend connection of a draining or stopping worker: nothing more is read as
 /// requests; once every request already read is answered and written, the server shuts its
 /// side for writing and reads (and discards) what the peer still sends until its EOF, so

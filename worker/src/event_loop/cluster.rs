@@ -267,6 +267,7 @@ impl Worker {
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
             | PeerMsg::AllPositioned { .. }
+            | PeerMsg::PositionedAnswer { .. }
             | PeerMsg::UidsSnapshot(_)
             | PeerMsg::UidsBacked { .. }
             | PeerMsg::UidsGone(_) => {}

@@ -269,6 +269,7 @@ impl Worker {
             m @ (PeerMsg::Route(_)
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
+            | PeerMsg::PositionedAnswer { .. }
             | PeerMsg::AllPositioned { .. }) => self.history_link_msg(key, m),
             PeerMsg::Query { id, query } => {
                 let share = self.answer_query(&query);

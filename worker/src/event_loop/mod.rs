@@ -104,6 +104,11 @@ const SCRATCH: usize = 64 * 1024;
 /// next loop turn (its readiness is remembered in the resume list: edge-triggered epoll will
 /// not report it again).
 const READ_BUDGET: usize = 4 * SCRATCH;
+/// Client connections (WebSocket, Socket.IO) read in one loop turn at most; the others wait
+/// for the next turn (`resume`), after a poll that sees the backends' new lines. A reconnect
+/// storm makes every event a handshake (~20-40 us each): without a bound, one turn of 1,024
+/// of them would hold a backend's push for tens of milliseconds.
+const CLIENT_READS_PER_TURN: usize = 128;
 /// Replies a text connection may have in flight before it is read no further.
 const MAX_PENDING_REPLIES: usize = 16 * 1024;
 
@@ -143,10 +148,6 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// Connections with output queued this turn.
     dirty: Vec<usize>,
-    /// Connections a frame was written to at once this turn (flag `WROTE`, see `write_now`).
-    wrote: Vec<usize>,
-    /// Frames written at once this turn, not yet counted in `delivery_latency`.
-    written_now: u64,
     /// Pushes read and answered in this turn, not yet counted in `push_latency`.
     answered_in_turn: u64,
     /// The next connection id (ids are never reused, slots are).
@@ -329,8 +330,6 @@ impl Worker {
             registry: Registry::default(),
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
-            wrote: Vec::new(),
-            written_now: 0,
             answered_in_turn: 0,
             next_conn_id: 1,
             control,
@@ -463,12 +462,21 @@ impl Worker {
                 / 100) as u32;
             // Sibling links first: what a sibling said before this turn (a login's presence,
             // answers) is known before any connection's request of this turn is handled.
+            // Then the backends (text port, HTTP API): a push that came in this turn goes
+            // out before the clients' requests of this turn are read.
             for ev in events.iter() {
                 let Token(t) = ev.token();
                 if t >= LINK_BASE {
                     self.on_link(t - LINK_BASE);
                 }
             }
+            for ev in events.iter() {
+                if let Some(slot) = self.backend_event(ev) {
+                    let plain = !ev.is_read_closed() && !ev.is_error();
+                    self.on_readable(slot, plain);
+                }
+            }
+            let mut reads = CLIENT_READS_PER_TURN;
             if std::mem::take(&mut self.bus_again) {
                 self.on_bus();
             }
@@ -481,9 +489,19 @@ impl Worker {
                     self.accept(port);
                 }
             }
-            for slot in std::mem::take(&mut self.resume) {
-                if let Some(c) = self.conns.get_mut(slot) {
-                    c.flags &= !RESUME;
+            let resumed = std::mem::take(&mut self.resume);
+            for (i, &slot) in resumed.iter().enumerate() {
+                if reads == 0 {
+                    // Still flagged: read in a later turn.
+                    self.resume.extend_from_slice(&resumed[i..]);
+                    break;
+                }
+                let Some(c) = self.conns.get_mut(slot) else {
+                    continue;
+                };
+                c.flags &= !RESUME;
+                if !c.is_backend() {
+                    reads -= 1;
                 }
                 self.on_readable(slot, false);
             }
@@ -506,7 +524,14 @@ impl Worker {
                         if ev.is_writable() {
                             self.mark_dirty(slot);
                         }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if self.backend_event(ev).is_some() {
+                            // Read first, above.
+                        } else if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if reads == 0 {
+                                self.read_later(slot);
+                                continue;
+                            }
+                            reads -= 1;
                             // A plain readable event: no end or error was pending when it was
                             // taken, so a short read drained the socket, and anything arriving
                             // after it (bytes, FIN) raises a new edge for the next turn.

@@ -4,14 +4,12 @@
 use super::read::read_blocked;
 use super::{Worker, CONN_BASE};
 use crate::conn::{
-    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE, WROTE,
+    Conn, Port, Proto, CLOSING, DIRTY, EOF_IN, READ_PAUSED, RESUME, RETIRED, WANT_WRITE,
 };
-use crate::delivery::{close_frame, frame, frame_header, kernel_unsent};
+use crate::delivery::{close_frame, kernel_unsent};
 use crate::registry::Recipient;
-use crate::stream::Stream;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use mio::{Interest, Token};
-use std::io::{IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -26,53 +24,6 @@ impl Worker {
             conn.flags |= DIRTY;
             self.dirty.push(slot);
         }
-    }
-
-    /// Writes one frame with `opcode` around `payload` to `slot` now, when that is what queueing
-    /// it would do at the end of the turn: a plain socket with nothing queued, not waiting for
-    /// WRITABLE, not closing, not yet in this turn's flush list nor written at once in this
-    /// turn. A unicast push then needs no frame to allocate, queue and free. What else the
-    /// connection gets in this turn is queued and written together, as always. Returns whether it
-    /// was delivered (written, or its unwritten rest queued); `false`: nothing was written
-    /// (the socket is full, or the connection does not qualify), queue the frame instead.
-    pub(super) fn write_now(&mut self, slot: usize, opcode: u8, payload: &[u8]) -> bool {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return false;
-        };
-        let (header, used) = frame_header(opcode, payload.len());
-        let total = used + payload.len();
-        if conn.flags & (DIRTY | WROTE | WANT_WRITE | CLOSING) != 0
-            || !conn.out.is_empty()
-            || total > self.cfg.max_send_buffer
-        {
-            return false;
-        }
-        let Stream::Plain(tcp) = &mut conn.stream else {
-            return false;
-        };
-        let n = match tcp.write_vectored(&[IoSlice::new(&header[..used]), IoSlice::new(payload)]) {
-            Ok(n) if n > 0 => n,
-            // Nothing written: the queued frame's flush finds out (and closes on an error).
-            _ => return false,
-        };
-        conn.bytes_out += n as u64;
-        self.stats.delivered += 1;
-        if n == total {
-            // All written, as a flush that empties the queue: not a slow client.
-            conn.slow_since = 0;
-            conn.flags |= WROTE;
-            self.wrote.push(slot);
-            // Counted in `delivery_seconds` with the turn's first writes.
-            self.written_now += 1;
-        } else {
-            // The socket took part of it: the rest waits in the queue, like a short flush.
-            let mut rest = frame(opcode, payload);
-            rest.advance(n);
-            conn.out.push(rest);
-            conn.flags |= DIRTY;
-            self.dirty.push(slot);
-        }
-        true
     }
 
     /// Puts `slot` in this turn's flush list (it has output, or its socket became writable).
@@ -129,8 +80,7 @@ impl Worker {
             clock.saturating_duration_since(self.turn_start),
             std::mem::take(&mut self.answered_in_turn),
         );
-        // Frames written at once during the turn count as written with the first batch.
-        let mut same = std::mem::take(&mut self.written_now);
+        let mut same = 0;
         while i < self.dirty.len() {
             if i % 64 == 0 && same > 0 {
                 clock = Instant::now();
@@ -241,13 +191,6 @@ impl Worker {
                 .observe_n(now.saturating_duration_since(self.turn_start), same);
         }
         self.dirty.clear();
-        // The connections written at once may be written at once again in the next turn.
-        for &slot in &self.wrote {
-            if let Some(conn) = self.conns.get_mut(slot) {
-                conn.flags &= !WROTE;
-            }
-        }
-        self.wrote.clear();
     }
 
     /// Writes every sibling link with output; returns the links whose write failed, and why.

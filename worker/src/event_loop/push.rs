@@ -135,8 +135,8 @@ impl Worker {
         self.fan_out(&msg, job, uids);
     }
 
-    /// Queues the push's frame to every local recipient `target` names (a lone recipient
-    /// may have it written at once, see [`Worker::write_now`]); returns how many got it.
+    /// Queues the push's frame to every local recipient `target` names; returns how many got
+    /// it.
     pub(super) fn deliver_local(
         &mut self,
         target: &To<'_>,
@@ -151,9 +151,7 @@ impl Worker {
             if let [r] = *self.registry.get(u) {
                 if let Who::Conn(slot) = r.who() {
                     if self.hist.is_none() {
-                        let got = self.write_now(slot, opcode, payload)
-                            || self.deliver(slot, frame(opcode, payload));
-                        return got as u32;
+                        return self.deliver(slot, frame(opcode, payload)) as u32;
                     }
                 }
             }
@@ -237,9 +235,6 @@ impl Worker {
                     let w = w.clone();
                     self.deliver(slot, w)
                 }
-                // A lone recipient with nothing queued gets it written at once, without a
-                // frame to allocate and queue.
-                Who::Conn(slot) if last == 0 && self.write_now(slot, opcode, payload) => true,
                 // The last recipient takes the frame itself: a unicast push shares nothing, so
                 // its frame needs no shared reference count (one allocation less).
                 Who::Conn(slot) => {

@@ -33,6 +33,31 @@ pub(super) fn read_blocked(c: &Conn, cfg: &Config) -> bool {
 }
 
 impl Worker {
+    /// The slot of a backend connection (text port, HTTP API) that event `ev` says is
+    /// readable (or ended), read before the clients in a loop turn.
+    pub(super) fn backend_event(&self, ev: &mio::event::Event) -> Option<usize> {
+        let slot = ev.token().0.checked_sub(super::CONN_BASE)?;
+        if ev.token().0 >= super::tls::RELAY_BASE
+            || !(ev.is_readable() || ev.is_read_closed() || ev.is_error())
+        {
+            return None;
+        }
+        self.conns
+            .get(slot)
+            .is_some_and(|c| c.is_backend())
+            .then_some(slot)
+    }
+
+    /// Reads connection `slot` in a later loop turn (this turn's client reads are spent).
+    pub(super) fn read_later(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if c.flags & RESUME == 0 {
+                c.flags |= RESUME;
+                self.resume.push(slot);
+            }
+        }
+    }
+
     /// Reads `slot` until `WouldBlock`, its read budget or backpressure. With `short_ok` (the
     /// event said readable and nothing else), a read that did not fill the buffer ends it: the
     /// socket was empty then, and saving the `read` that would only say `WouldBlock` is one

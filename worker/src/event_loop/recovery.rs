@@ -275,7 +275,62 @@ impl Worker {
         if self.settle_if_alone(Holders::Uids(&uids), local, started, reply) {
             return;
         }
+        let (uids, positions) =
+            match self.answer_positioned(uids, positions, local, payload, binary, reply) {
+                Ok(()) => return,
+                Err(back) => back,
+            };
         self.send_positioned(uids, positions, local, payload, binary, started, reply);
+    }
+
+    /// A `Route` from sibling link `reply`'s worker whose uids no other sibling may hold: the
+    /// asker gets the push with its positions in the answer itself (`PositionedAnswer`), on
+    /// this worker's own link to it, behind the other positioned messages sent there. `Err`
+    /// gives the uids and positions back when that does not apply.
+    #[allow(clippy::type_complexity)]
+    fn answer_positioned(
+        &mut self,
+        uids: Vec<String>,
+        positions: Positions,
+        local: u32,
+        payload: &[u8],
+        binary: bool,
+        reply: ReplyTo,
+    ) -> Result<(), (Vec<String>, Positions)> {
+        let ReplyTo::Sibling { key, id } = reply else {
+            return Err((uids, positions));
+        };
+        let Some(asker) = self.links.get(key).map(|l| l.peer_pid) else {
+            return Err((uids, positions));
+        };
+        let holders = Holders::Uids(&uids);
+        let others = self
+            .links
+            .iter()
+            .any(|(_, l)| l.outbound && l.peer_pid != asker && self.may_hold(l.peer_pid, holders));
+        if others || self.unlinked_peers(holders) > 0 || self.link_to(asker).is_none() {
+            return Err((uids, positions));
+        }
+        let timeout = self.cfg.ipc_timeout.max(0.0);
+        let margin = (timeout / 10.0).min(0.1);
+        let msg = PeerMsg::PositionedAnswer {
+            count: local,
+            push: Push {
+                id,
+                deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
+                target: Target::Uids(uids),
+                exclude: Vec::new(),
+                payload: payload.to_vec(),
+                binary,
+            },
+            positions: positions.into_vec(),
+        };
+        if !self.send_to_sibling(asker, &msg) {
+            // Its part could not be sent: the asker hears the owner's count alone.
+            self.stats.ipc_undelivered += 1;
+            self.answer_link(key, PeerMsg::Delivered { id, count: local });
+        }
+        Ok(())
     }
 
     /// [`Worker::owner_push`] for one uid borrowed from the line that named it (the seeds'
@@ -427,6 +482,31 @@ impl Worker {
                     }
                 }
                 self.answer_link(key, PeerMsg::Delivered { id: push.id, count });
+            }
+            PeerMsg::PositionedAnswer {
+                count,
+                push,
+                positions,
+            } => {
+                // The answer to this worker's `Route`, sent on the owner's own link: the
+                // gather entry waits on this worker's link to the owner.
+                let from = self.links.get(key).map_or(0, |l| l.peer_pid);
+                let mut total = count;
+                if mono_ns() > push.deadline {
+                    self.stats.late_dropped += 1;
+                } else if let Target::Uids(uids) = &push.target {
+                    let shared = Bytes::from(push.payload);
+                    for (u, &(e, o)) in uids.iter().zip(&positions) {
+                        total += self.deliver_positioned(u, e, o, &shared, push.binary);
+                    }
+                }
+                let out = self.link_to(from).unwrap_or(key);
+                if let Some(w) = self.gather.answered(push.id, out) {
+                    if let Job::Push { total: t, .. } = &mut w.job {
+                        *t += total;
+                    }
+                }
+                self.progress(push.id);
             }
             PeerMsg::AllPositioned {
                 epoch,

@@ -37,7 +37,6 @@ impl Worker {
         shrunk |= self.registry.shrink();
         // Work lists are reused from turn to turn; one sized by a peak keeps its room.
         shrunk |= shrink_idle(&mut self.dirty)
-            | shrink_idle(&mut self.wrote)
             | shrink_idle(&mut self.resume)
             | shrink_idle(&mut self.slots_buf);
         if self.per_ip.capacity() > 2 * self.per_ip.len() + 1024 {
