@@ -276,3 +276,44 @@ fn a_socketio_v4_page_recovers_broadcasts_and_pushes_in_order() {
         "every message once, in order"
     );
 }
+
+#[test]
+fn pushes_to_plain_clients_on_any_worker_are_kept_in_order() {
+    // Clients without positions get a push from the worker it entered when they are all
+    // there, and the owner of their uid's history only keeps it: it must keep every one, in
+    // order, once, wherever the client and the backend's connection landed.
+    let srv = Server::builder().workers(2).set("history_size=100").start();
+    srv.wait_mesh();
+    let uids: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let mut clients: Vec<Ws> = uids.iter().map(|u| srv.login(u)).collect();
+    for (u, c) in uids.iter().zip(&mut clients) {
+        srv.push_until_ok(&unicast(u, 0), REPLY);
+        assert_eq!(c.recv_text(REPLY), format!("{{\"uid\":\"{u}\",\"n\":0}}"));
+    }
+    // Each on a fresh text connection, so the kernel spreads them over both workers.
+    for n in 1..=5 {
+        for u in &uids {
+            assert_eq!(srv.text_push(&unicast(u, n)), b"ok\n", "{u} {n}");
+        }
+    }
+    for (u, c) in uids.iter().zip(&mut clients) {
+        for n in 1..=5 {
+            assert_eq!(c.recv_text(REPLY), format!("{{\"uid\":\"{u}\",\"n\":{n}}}"));
+        }
+        c.expect_silence(Duration::from_millis(50));
+        let q = format!("{{\"cmd\":\"history\",\"uid\":\"{u}\"}}\n");
+        let h: Value = serde_json::from_slice(&srv.text_push(q.as_bytes())).expect("history");
+        let msgs = h["messages"].as_array().expect("messages");
+        let ns: Vec<u64> = msgs
+            .iter()
+            .map(|m| {
+                let d: Value =
+                    serde_json::from_str(m["data"].as_str().expect("data")).expect("json");
+                d["n"].as_u64().expect("n")
+            })
+            .collect();
+        assert_eq!(ns, (0..=5).collect::<Vec<_>>(), "{u}: {h}");
+        let offs: Vec<u64> = msgs.iter().filter_map(|m| m["offset"].as_u64()).collect();
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "{u}: {h}");
+    }
+}

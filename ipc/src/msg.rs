@@ -149,6 +149,10 @@ pub enum PeerMsg {
         /// Each uid's position (epoch, offset), in the order of the target's uids.
         positions: Vec<(u64, u64)>,
     },
+    /// With a history, to the owner of the push's uids (`Target::Uids`): the sender delivered
+    /// it itself, to connections of its own that want no position, and no other worker may
+    /// hold them: keep it (and deliver it to any connection of the owner's own); no answer.
+    Record(Push),
     /// Bindings and recoveries (see [`HistoryMsg`]).
     History(HistoryMsg),
     /// With a history, on one host: a broadcast to everyone as the sender kept it, at its
@@ -211,6 +215,7 @@ const POSITIONED: u8 = 15;
 const HISTORY: u8 = 16;
 const ALL_POSITIONED: u8 = 17;
 const POSITIONED_ANSWER: u8 = 18;
+const RECORD: u8 = 19;
 const UIDS_SNAPSHOT: u8 = 60;
 const UIDS_BACKED: u8 = 61;
 const UIDS_GONE: u8 = 62;
@@ -242,6 +247,10 @@ impl Wire for PeerMsg {
             }
             PeerMsg::Route(p) => {
                 put::u8(out, ROUTE);
+                encode_push(p, out);
+            }
+            PeerMsg::Record(p) => {
+                put::u8(out, RECORD);
                 encode_push(p, out);
             }
             PeerMsg::Positioned { push, positions } => {
@@ -379,6 +388,7 @@ impl Wire for PeerMsg {
             }),
             PUSH => PeerMsg::Push(decode_push(&mut r)?),
             ROUTE => PeerMsg::Route(decode_push(&mut r)?),
+            RECORD => PeerMsg::Record(decode_push(&mut r)?),
             POSITIONED => {
                 let (push, positions) = decode_positioned(&mut r, body.len())?;
                 PeerMsg::Positioned { push, positions }
@@ -720,6 +730,7 @@ mod tests {
             binary: false,
         };
         round(PeerMsg::Route(p.clone()));
+        round(PeerMsg::Record(p.clone()));
         round(PeerMsg::Positioned {
             push: p,
             positions: vec![(77, 1), (78, 2)],

@@ -268,6 +268,7 @@ impl Worker {
             | PeerMsg::History(_)
             | PeerMsg::AllPositioned { .. }
             | PeerMsg::PositionedAnswer { .. }
+            | PeerMsg::Record(_)
             | PeerMsg::UidsSnapshot(_)
             | PeerMsg::UidsBacked { .. }
             | PeerMsg::UidsGone(_) => {}

@@ -46,6 +46,11 @@ impl Worker {
         }
     }
 
+    /// Whether recipient `r` asked for positions (and is logged in).
+    pub(super) fn is_positioned(&self, r: Recipient) -> bool {
+        self.positioned_uid(r).is_some()
+    }
+
     /// Whether recipient `r` gets broadcasts positioned, from its uid's owner (which is
     /// known): then the plain delivery leaves it out.
     pub(super) fn gets_positioned_broadcast(&self, r: Recipient) -> bool {

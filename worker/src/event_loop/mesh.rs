@@ -270,6 +270,7 @@ impl Worker {
             | PeerMsg::Positioned { .. }
             | PeerMsg::History(_)
             | PeerMsg::PositionedAnswer { .. }
+            | PeerMsg::Record(_)
             | PeerMsg::AllPositioned { .. }) => self.history_link_msg(key, m),
             PeerMsg::Query { id, query } => {
                 let share = self.answer_query(&query);

@@ -156,8 +156,18 @@ impl Worker {
             // The seeds' unicast: one uid, nothing to exclude or deduplicate; kept and
             // delivered here when this worker owns it.
             To::Uid(u) if exclude.is_empty() => {
-                if !self.cluster_history() && self.history_owner_pid(u) == Some(self.pid) {
-                    return self.owner_push_uid(u, payload, binary, reply);
+                if !self.cluster_history() {
+                    match self.history_owner_pid(u) {
+                        Some(o) if o == self.pid => {
+                            return self.owner_push_uid(u, payload, binary, reply)
+                        }
+                        Some(o) => {
+                            if let Some(n) = self.deliver_here_and_record(u, o, payload, binary) {
+                                return self.settle_timed(reply, n, false, started);
+                            }
+                        }
+                        None => {}
+                    }
                 }
                 vec![u.to_string()]
             }
@@ -230,6 +240,44 @@ impl Worker {
             );
         }
         self.progress(id);
+    }
+
+    /// A push for `uid`, owned by sibling `owner`, whose connections are all here and want no
+    /// position (no other worker, the owner included, may hold one): delivered here at once,
+    /// and sent to the owner only to be kept (`Record`, one message, no answer) instead of the
+    /// owner's round trip; how many got it. `None` (nothing done) when that does not apply.
+    fn deliver_here_and_record(
+        &mut self,
+        uid: &str,
+        owner: u32,
+        payload: &[u8],
+        binary: bool,
+    ) -> Option<u32> {
+        let here = self.registry.get(uid);
+        if here.is_empty() || here.iter().any(|&r| self.is_positioned(r)) {
+            return None;
+        }
+        let holders = Holders::Uid(uid);
+        if self.unlinked_peers(holders) > 0
+            || self
+                .links
+                .iter()
+                .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, holders))
+        {
+            return None;
+        }
+        let msg = PeerMsg::Record(Push {
+            id: 0,
+            deadline: u64::MAX,
+            target: Target::Uids(vec![uid.to_string()]),
+            exclude: Vec::new(),
+            payload: payload.to_vec(),
+            binary,
+        });
+        if !self.send_to_sibling(owner, &msg) {
+            return None;
+        }
+        Some(self.deliver_local(&To::Uid(uid), &[], payload, binary))
     }
 
     /// The distinct uids a push for `target` names, without `exclude`.
@@ -482,6 +530,18 @@ impl Worker {
                     }
                 }
                 self.answer_link(key, PeerMsg::Delivered { id: push.id, count });
+            }
+            PeerMsg::Record(p) => {
+                if let Target::Uids(uids) = p.target {
+                    let kept = self.keep_and_deliver(
+                        uids.iter().map(String::as_str),
+                        &p.payload,
+                        p.binary,
+                    );
+                    if kept.is_none() {
+                        self.stats.late_dropped += 1;
+                    }
+                }
             }
             PeerMsg::PositionedAnswer {
                 count,
