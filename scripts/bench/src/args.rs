@@ -49,10 +49,11 @@ MODES:
              frame (pre-encoded) to each of its sockets once every --ping-interval seconds
              (a slice of them each second) and reads and drops the pongs; idle's figures,
              plus pings_written and pongs_read (--ping-interval 0: a silent server's floor)
-  (limit, limit-unicast, limit-connect, limit-storm, limit-idle: --floor-procs F runs the trivial server
-             as F processes sharing the port with SO_REUSEPORT, each writing a broadcast to
-             its own sockets, so that more than one process's 20,000 open files fit: give
-             F >= 6 for 100,000 clients; the text port is the first process's)
+  (limit, limit-unicast, limit-connect, limit-storm, limit-idle: --floor-procs F runs
+             the trivial server as F processes sharing the port with SO_REUSEPORT, each
+             writing a broadcast to its own sockets, so that more than one process's 20,000
+             open files fit: give F >= 6 for 100,000 clients; the text port is the first
+             process's)
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
