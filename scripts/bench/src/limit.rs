@@ -286,7 +286,20 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
     let mut frame: Vec<u8> = Vec::with_capacity(128);
     let mut events = Events::with_capacity(1024);
     loop {
-        match s.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        // Wake for a stalled accept's retry (100 ms), the next sweep, or at least once a
+        // second; an idle floor wakes no more than it must, as its CPU is the figure.
+        let now = util::mono_ns();
+        let wait_ns = if s.accept_stalled {
+            100_000_000
+        } else if a.ping_ms > 0 {
+            next_sweep.saturating_sub(now).min(1_000_000_000)
+        } else {
+            1_000_000_000
+        };
+        match s
+            .poll
+            .poll(&mut events, Some(Duration::from_nanos(wait_ns)))
+        {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(err("poll", &e)),
