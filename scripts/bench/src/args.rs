@@ -14,6 +14,7 @@ USAGE:
   herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench limit-connect --clients N [--floor-procs F]
   herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
+  herald-bench limit-idle    --clients N --seconds S [--floor-procs F] [--ping-interval T]
   herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
   herald-bench cluster-unicast --clients N --conns K [--rate R] --pushes M
   herald-bench upstream  --clients N [--rate R] --pushes M
@@ -44,10 +45,15 @@ MODES:
   limit-storm  storm against the handshake floor: the dropping clients on its shared port,
              the K steady clients on a port of the first floor process, the pushes through
              its text port (each written to one steady client); the storm's figures
-  (limit, limit-unicast, limit-connect, limit-storm: --floor-procs F runs the trivial server
-             as F processes sharing the port with SO_REUSEPORT, each writing a broadcast to
-             its own sockets, so that more than one process's 20,000 open files fit: give
-             F >= 6 for 100,000 clients; the text port is the first process's)
+  limit-idle  idle against the handshake floor: each floor process writes a 2-byte ping
+             frame (pre-encoded) to each of its sockets once every --ping-interval seconds
+             (a slice of them each second) and reads and drops the pongs; idle's figures,
+             plus pings_written and pongs_read (--ping-interval 0: a silent server's floor)
+  (limit, limit-unicast, limit-connect, limit-storm, limit-idle: --floor-procs F runs
+             the trivial server as F processes sharing the port with SO_REUSEPORT, each
+             writing a broadcast to its own sockets, so that more than one process's 20,000
+             open files fit: give F >= 6 for 100,000 clients; the text port is the first
+             process's)
   cluster-unicast  two Herald nodes (--workers each) on a redis-server started for the run:
              the clients on node B, the pushes into node A; the unicast figures, with server
              CPU summed over both nodes and Redis, and Redis's own CPU per push apart
@@ -82,7 +88,9 @@ OPTIONS:
   --conns K          unicast: text-port connections (default 4)
   --rate R           unicast: pushes per second (default: flat out);
                      churn: connects (and disconnects) per second (default 2000)
-  --seconds S        churn, idle: duration in seconds (default 60)
+  --seconds S        churn, idle, limit-idle: duration in seconds (default 60)
+  --ping-interval T  limit-idle: seconds between two pings to one client, 0 for none
+                     (default 25, Herald's ping_interval)
   --push-rate P      churn: pushes per second (default 1000)
   --pushes M         unicast: pushes (default 20000)
   --steady K         storm: clients that stay connected and get the pushes (default 1000)
@@ -173,6 +181,8 @@ pub struct Opts {
     pub sets: Vec<String>,
     /// `--tls`: clients over `wss://` to a WebSocket port speaking TLS.
     pub tls: bool,
+    /// `limit-idle`: seconds between two pings the floor writes to one client (0: none).
+    pub ping_interval: f64,
 }
 
 impl Default for Opts {
@@ -207,6 +217,7 @@ impl Default for Opts {
             steady: 1000,
             missed: 1,
             tls: false,
+            ping_interval: 25.0,
         }
     }
 }
@@ -270,6 +281,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--steady" => o.steady = v.parse().map_err(|e| bad(&e))?,
             "--missed" => o.missed = v.parse().map_err(|e| bad(&e))?,
             "--query" => o.query = Some(v.to_string()),
+            "--ping-interval" => o.ping_interval = v.parse().map_err(|e| bad(&e))?,
             "--query-every-ms" => o.query_every_ms = v.parse().map_err(|e| bad(&e))?,
             "--set" if v.contains('=') => o.sets.push(v.to_string()),
             "--set" => return Err(format!("--set {v}: expected KEY=VALUE")),
@@ -279,7 +291,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     match o.mode.as_str() {
         "connect" | "unicast" | "broadcast" | "limit" | "limit-unicast" | "churn"
         | "cluster-unicast" | "upstream" | "idle" | "storm" | "cluster-broadcast" | "recover"
-        | "limit-connect" | "limit-storm" => {}
+        | "limit-connect" | "limit-storm" | "limit-idle" => {}
         "" => return Err("no mode given (see --help)".into()),
         m => return Err(format!("unknown mode {m} (see --help)")),
     }
@@ -302,7 +314,11 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     {
         return Err("--seconds must be positive and --push-rate not negative".into());
     }
-    if (o.mode == "churn" || o.mode == "idle") && o.seconds + 30.0 > o.deadline_s {
+    if !(o.ping_interval.is_finite() && (0.0..=3600.0).contains(&o.ping_interval)) {
+        return Err("--ping-interval must be in [0, 3600] seconds".into());
+    }
+    if matches!(o.mode.as_str(), "churn" | "idle" | "limit-idle") && o.seconds + 30.0 > o.deadline_s
+    {
         return Err(format!(
             "{}: --deadline {} leaves too little time for --seconds {} (give at least 30 s more)",
             o.mode, o.deadline_s, o.seconds
@@ -376,5 +392,15 @@ mod tests {
             panic!("not parsed");
         };
         assert_eq!(o.floor_procs, 1);
+        let Ok(Parsed::Run(o)) = p("limit-idle --floor-procs 7 --ping-interval 0") else {
+            panic!("not parsed");
+        };
+        assert_eq!((o.floor_procs, o.ping_interval), (7, 0.0));
+        let Ok(Parsed::Run(o)) = p("limit-idle") else {
+            panic!("not parsed");
+        };
+        assert_eq!(o.ping_interval, 25.0);
+        assert!(p("limit-idle --ping-interval -1").is_err());
+        assert!(p("limit-idle --seconds 100").is_err());
     }
 }

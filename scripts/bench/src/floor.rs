@@ -28,6 +28,8 @@ pub struct FloorKind {
     /// The first process listens on a port of its own for steady clients, the only ones its
     /// text port's pushes go to.
     pub steady: bool,
+    /// Milliseconds between two pings to one client (0: none; `limit-idle`).
+    pub ping_ms: u64,
 }
 
 /// One server process, seen from the parent.
@@ -117,8 +119,13 @@ impl Floor {
     /// Starts the processes: the first on a free port, the others on the same one.
     pub fn spawn(kind: FloorKind) -> Result<Self, String> {
         let procs = kind.procs.max(1);
-        let (first, hello) =
-            Member::spawn(crate::limit::server_args(0, true, kind.ws, kind.steady))?;
+        let (first, hello) = Member::spawn(crate::limit::server_args(
+            0,
+            true,
+            kind.ws,
+            kind.steady,
+            kind.ping_ms,
+        ))?;
         let port = |k: &str| hello[k].as_u64().unwrap_or(0) as u16;
         let mut floor = Floor {
             members: vec![first],
@@ -130,8 +137,13 @@ impl Floor {
             return Err(format!("limit server: bad hello {hello}"));
         }
         for _ in 1..procs {
-            let (m, hello) =
-                Member::spawn(crate::limit::server_args(floor.port, false, kind.ws, false))?;
+            let (m, hello) = Member::spawn(crate::limit::server_args(
+                floor.port,
+                false,
+                kind.ws,
+                false,
+                kind.ping_ms,
+            ))?;
             if hello["port"].as_u64() != Some(u64::from(floor.port)) {
                 return Err(format!("limit server: bad hello {hello}"));
             }
@@ -165,16 +177,29 @@ impl Floor {
         procstat::sample(&self.pids())
     }
 
-    /// Clients each process holds (logged in, with the handshake floor).
-    pub fn counts(&mut self) -> Result<Vec<u64>, String> {
+    /// Each process's answer to `count`: `accepted` (logged in, with the handshake floor),
+    /// `pings` written, `ready_bytes` read from logged-in clients.
+    fn ask_counts(&mut self) -> Result<Vec<Value>, String> {
         for m in &mut self.members {
             m.send("count")?;
         }
-        let mut out = Vec::with_capacity(self.members.len());
-        for m in &mut self.members {
-            out.push(m.read()?["accepted"].as_u64().unwrap_or(0));
-        }
-        Ok(out)
+        self.members.iter_mut().map(Member::read).collect()
+    }
+
+    /// Clients each process holds (logged in, with the handshake floor).
+    pub fn counts(&mut self) -> Result<Vec<u64>, String> {
+        let all = self.ask_counts()?;
+        Ok(all
+            .iter()
+            .map(|v| v["accepted"].as_u64().unwrap_or(0))
+            .collect())
+    }
+
+    /// Pings written and bytes read from logged-in clients, summed over the processes.
+    pub fn ping_totals(&mut self) -> Result<(u64, u64), String> {
+        let all = self.ask_counts()?;
+        let sum = |k: &str| all.iter().map(|v| v[k].as_u64().unwrap_or(0)).sum::<u64>();
+        Ok((sum("pings"), sum("ready_bytes")))
     }
 
     /// Waits until `n` connections are accepted over all processes (or `deadline_ns`);
@@ -237,6 +262,7 @@ pub fn limit_connect(o: &Opts, d: Deadlines) -> Result<Value, String> {
         procs: o.floor_procs,
         ws: true,
         steady: false,
+        ping_ms: 0,
     })?;
     let pids = floor.pids();
     let addr = floor.addr();

@@ -25,8 +25,16 @@
 //! also listens on a port of its own, and the clients accepted there are the only ones its text
 //! port's pushes go to (the storm's steady clients, apart from the clients that drop).
 //!
-//! Arguments: `--port P` (0: any free port), `--text 0|1`, `--ws 0|1`, `--steady 0|1`.
-//! Pipe protocol on stdin: `count` → `{"accepted":N}` (logged-in clients with `--ws 1`);
+//! With `--ping-ms T` (the floor of `limit-idle`; 0, the default, sends none) the process
+//! writes a WebSocket ping frame (`0x89 0x00`, pre-encoded) to each logged-in client once every
+//! T ms, spread as Herald's sweep spreads them: a slice of the sockets at each sweep (once a
+//! second, or every T ms if shorter), each socket in one slice of T / sweep. It counts the pings
+//! written and the bytes its logged-in clients send (their masked pongs, read and dropped).
+//!
+//! Arguments: `--port P` (0: any free port), `--text 0|1`, `--ws 0|1`, `--steady 0|1`,
+//! `--ping-ms T`.
+//! Pipe protocol on stdin: `count` → `{"accepted":N,"pings":P,"ready_bytes":B}` (logged-in
+//! clients with `--ws 1`, pings written, bytes read from logged-in clients);
 //! `b DATA` → broadcast DATA (no answer); `quit` or end of input → exit. At start it prints
 //! `{"hello":true,"port":P,"text":T,"steady":S,"pid":PID,"nofile":F}` (0 for a port it lacks).
 
@@ -54,6 +62,8 @@ const TEXT_LISTENER: Token = Token(usize::MAX - 3);
 const STEADY_LISTENER: Token = Token(usize::MAX - 4);
 /// Tokens of text connections start here (client sockets count up from 0).
 const TEXT_BASE: usize = 1 << 40;
+/// An unmasked WebSocket ping frame without payload, as Herald sends it.
+const PING: [u8; 2] = [0x89, 0x00];
 
 /// One backend connection on the text port.
 struct Backend {
@@ -103,10 +113,12 @@ struct ServerArgs {
     ws: bool,
     /// Listen on a port of its own for the steady clients.
     steady: bool,
+    /// Milliseconds between two pings to one client (0: no pings).
+    ping_ms: u64,
 }
 
 impl ServerArgs {
-    /// Reads `--port P --text 0|1 --ws 0|1 --steady 0|1` (each optional).
+    /// Reads `--port P --text 0|1 --ws 0|1 --steady 0|1 --ping-ms T` (each optional).
     fn parse(args: &[String]) -> Result<Self, String> {
         let get = |k: &str| -> Result<u64, String> {
             match args.iter().position(|a| a == k) {
@@ -123,12 +135,13 @@ impl ServerArgs {
             text: get("--text")? != 0,
             ws: get("--ws")? != 0,
             steady: get("--steady")? != 0,
+            ping_ms: get("--ping-ms")?,
         })
     }
 }
 
 /// The arguments that `ServerArgs::parse` reads back.
-pub fn server_args(port: u16, text: bool, ws: bool, steady: bool) -> Vec<String> {
+pub fn server_args(port: u16, text: bool, ws: bool, steady: bool, ping_ms: u64) -> Vec<String> {
     let flag = |b: bool| u8::from(b).to_string();
     vec![
         "--port".into(),
@@ -139,6 +152,8 @@ pub fn server_args(port: u16, text: bool, ws: bool, steady: bool) -> Vec<String>
         flag(ws),
         "--steady".into(),
         flag(steady),
+        "--ping-ms".into(),
+        ping_ms.to_string(),
     ]
 }
 
@@ -193,6 +208,12 @@ struct Server {
     /// An accept failed for a reason other than `WouldBlock` (such as too many open files): try
     /// again at the next loop turn, as the edge-triggered listener may not report again.
     accept_stalled: bool,
+    /// Ping frames written (or queued) to logged-in clients.
+    pings: u64,
+    /// Bytes read from logged-in clients and dropped (with pings: their pongs).
+    ready_bytes: u64,
+    /// Sweeps so far: which slice of the sockets the next sweep pings.
+    sweeps: usize,
 }
 
 /// Runs the `limit` server until `quit` or end of input.
@@ -251,17 +272,41 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
         login,
         scratch: vec![0u8; 64 * 1024],
         accept_stalled: false,
+        pings: 0,
+        ready_bytes: 0,
+        sweeps: 0,
     };
+    // The sweep: every `sweep_ns`, one of `slices` slices of the sockets is pinged.
+    let sweep_ns = a.ping_ms.clamp(1, 1000) * 1_000_000;
+    let slices = (a.ping_ms * 1_000_000).div_ceil(sweep_ns).max(1) as usize;
+    let mut next_sweep = util::mono_ns() + sweep_ns;
     let mut backends: Vec<Option<Backend>> = Vec::new();
     let mut text_scratch = vec![0u8; 64 * 1024];
     let mut cmd_buf: Vec<u8> = Vec::new();
     let mut frame: Vec<u8> = Vec::with_capacity(128);
     let mut events = Events::with_capacity(1024);
     loop {
-        match s.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        // Wake for a stalled accept's retry (100 ms), the next sweep, or at least once a
+        // second; an idle floor wakes no more than it must, as its CPU is the figure.
+        let now = util::mono_ns();
+        let wait_ns = if s.accept_stalled {
+            100_000_000
+        } else if a.ping_ms > 0 {
+            next_sweep.saturating_sub(now).min(1_000_000_000)
+        } else {
+            1_000_000_000
+        };
+        match s
+            .poll
+            .poll(&mut events, Some(Duration::from_nanos(wait_ns)))
+        {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(err("poll", &e)),
+        }
+        if a.ping_ms > 0 && util::mono_ns() >= next_sweep {
+            s.ping_sweep(slices);
+            next_sweep = (next_sweep + sweep_ns).max(util::mono_ns());
         }
         if s.accept_stalled {
             s.accept_stalled = false;
@@ -301,7 +346,8 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
                         let line = &line[..line.len() - 1];
                         if line == b"count" {
                             s.accept_all(&listener, false);
-                            reply(&json!({"accepted": s.ready}))?;
+                            reply(&json!({"accepted": s.ready, "pings": s.pings,
+                                          "ready_bytes": s.ready_bytes}))?;
                         } else if let Some(data) = line.strip_prefix(b"b ") {
                             frame.clear();
                             ws::encode_server_text(data, &mut frame);
@@ -396,7 +442,7 @@ impl Server {
             return;
         };
         let r = if self.ws {
-            serve_ws(p, &mut self.scratch, &self.login)
+            serve_ws(p, &mut self.scratch, &self.login, &mut self.ready_bytes)
         } else {
             write_pending(&mut p.sock, &mut p.pending).map(|_| false)
         };
@@ -412,6 +458,19 @@ impl Server {
     fn broadcast(&mut self, frame: &[u8]) {
         for i in 0..self.peers.len() {
             self.unicast(i, frame);
+        }
+    }
+
+    /// Writes the ping frame to one slice of the logged-in clients (slot `i` is in slice
+    /// `i % slices`; the slices take turns, one per sweep).
+    fn ping_sweep(&mut self, slices: usize) {
+        let slice = self.sweeps % slices;
+        self.sweeps = self.sweeps.wrapping_add(1);
+        for i in (slice..self.peers.len()).step_by(slices) {
+            if matches!(&self.peers[i], Some(p) if p.stage == Stage::Ready) {
+                self.pings += 1;
+                self.unicast(i, &PING);
+            }
         }
     }
 
@@ -449,8 +508,14 @@ impl Server {
 
 /// With `--ws`: writes what is pending for `p`, then reads until `WouldBlock`, moving it through
 /// the upgrade and the login. `Ok(true)` when it just logged in; `Err` when it must be closed
-/// (closed by the client, a bad request, an error).
-fn serve_ws(p: &mut Peer, scratch: &mut [u8], login: &[u8]) -> io::Result<bool> {
+/// (closed by the client, a bad request, an error). What a logged-in client sends is counted
+/// in `ready_bytes` and dropped.
+fn serve_ws(
+    p: &mut Peer,
+    scratch: &mut [u8],
+    login: &[u8],
+    ready_bytes: &mut u64,
+) -> io::Result<bool> {
     write_pending(&mut p.sock, &mut p.pending)?;
     let mut logged_in = false;
     loop {
@@ -462,6 +527,7 @@ fn serve_ws(p: &mut Peer, scratch: &mut [u8], login: &[u8]) -> io::Result<bool> 
             Err(e) => return Err(e),
         };
         if p.stage == Stage::Ready {
+            *ready_bytes += n as u64;
             continue;
         }
         p.inbuf.extend_from_slice(&scratch[..n]);
@@ -613,10 +679,12 @@ mod tests {
 
     #[test]
     fn server_args_round_trip() {
-        let a = ServerArgs::parse(&server_args(4321, false, true, true)).expect("parsed");
+        let a = ServerArgs::parse(&server_args(4321, false, true, true, 25_000)).expect("parsed");
         assert_eq!((a.port, a.text, a.ws, a.steady), (4321, false, true, true));
+        assert_eq!(a.ping_ms, 25_000);
         let d = ServerArgs::parse(&[]).expect("defaults");
         assert_eq!((d.port, d.text, d.ws, d.steady), (0, false, false, false));
+        assert_eq!(d.ping_ms, 0);
         assert!(ServerArgs::parse(&["--port".into(), "70000".into()]).is_err());
     }
 }

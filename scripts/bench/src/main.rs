@@ -8,6 +8,7 @@
 //! herald-bench limit-unicast --clients N --conns K [--rate R] --pushes M
 //! herald-bench limit-connect --clients N [--floor-procs F]
 //! herald-bench limit-storm   --clients N --steady K --rate R --pushes M [--floor-procs F]
+//! herald-bench limit-idle    --clients N --seconds S [--floor-procs F] [--ping-interval T]
 //! herald-bench churn     --clients N --rate R --seconds S [--push-rate P]
 //! herald-bench upstream  --clients N [--rate R] --pushes M
 //! herald-bench idle      --clients N --seconds S [--set KEY=VALUE ...]
@@ -46,7 +47,9 @@
 //! * `limit-connect`, `limit-storm` — `connect` and `storm` against the handshake floor: the
 //!   same trivial server, which also answers the WebSocket upgrade (`101` with the computed
 //!   `Sec-WebSocket-Accept`) and reads the login frame before `login success`. See `floor.rs`.
-//! * `--floor-procs F` runs any of the four floor modes' server as F processes sharing the port
+//! * `limit-idle` — `idle` against the handshake floor, whose processes ping each socket every
+//!   `--ping-interval` seconds (default 25, 0 for none) and drop the pongs. See `idle.rs`.
+//! * `--floor-procs F` runs any of the five floor modes' server as F processes sharing the port
 //!   with `SO_REUSEPORT` (one process holds at most 20,000 sockets here).
 //! * `churn` — about N clients stay connected while each second R new ones connect and R random
 //!   ones leave, for S seconds, with P pushes per second to connected uids (through one text

@@ -48,6 +48,7 @@ pub fn run(o: &Opts, d: Deadlines) -> Result<Value, String> {
         "cluster-unicast" => cluster_unicast(o, d),
         "upstream" => crate::upstream::run(o, d),
         "idle" => crate::idle::run(o, d),
+        "limit-idle" => crate::idle::run_floor(o, d),
         "storm" => crate::storm::run(o, d),
         "cluster-broadcast" => crate::cluster_bc::run(o, d),
         "recover" => crate::recover::run(o, d),
@@ -536,6 +537,7 @@ fn limit_pool(o: &Opts, d: Deadlines) -> Result<(Floor, ClientPool, ConnectOutco
         procs: o.floor_procs,
         ws: false,
         steady: false,
+        ping_ms: 0,
     })?;
     let (pool, mut c) = connect_pool(o, d, floor.addr(), true, o.clients)?;
     c.connected = floor.wait_accepted(c.connected, d.connect)?;

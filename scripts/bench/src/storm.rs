@@ -89,6 +89,7 @@ pub fn run_floor(o: &Opts, d: Deadlines) -> Result<Value, String> {
         procs: o.floor_procs,
         ws: true,
         steady: true,
+        ping_ms: 0,
     })?;
     let pids = floor.pids();
     let sample = || procstat::sample(&pids);
