@@ -102,13 +102,9 @@ impl Worker {
             To::Target(t) => t,
             To::Uid(u) => Target::Uids(vec![u.to_owned()]),
         };
-        let timeout = self.cfg.ipc_timeout.max(0.0);
-        // A sibling may still deliver until a tenth of the timeout (at most 100 ms) before the
-        // entry gives up: its answer then has time to come back, and `fail` stays true.
-        let margin = (timeout / 10.0).min(0.1);
         let msg = PeerMsg::Push(Push {
             id,
-            deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
+            deadline: self.sibling_deadline(),
             target,
             exclude,
             payload: payload.to_vec(),
@@ -133,6 +129,33 @@ impl Worker {
             _ => Holders::All,
         };
         self.fan_out(&msg, job, uids);
+    }
+
+    /// Until when a sibling may deliver a push sent now: a tenth of `ipc_timeout` (at most
+    /// 100 ms) before the entry gives up, so that its answer has time to come back and a
+    /// `fail` stays true.
+    pub(super) fn sibling_deadline(&self) -> u64 {
+        let timeout = self.cfg.ipc_timeout.max(0.0);
+        let margin = (timeout / 10.0).min(0.1);
+        mono_ns() + ((timeout - margin) * 1e9) as u64
+    }
+
+    /// A push of `payload` for `uids` to a sibling, with id `id` and the siblings' deadline.
+    pub(super) fn uids_push(
+        &self,
+        id: u64,
+        uids: Vec<String>,
+        payload: &[u8],
+        binary: bool,
+    ) -> Push {
+        Push {
+            id,
+            deadline: self.sibling_deadline(),
+            target: Target::Uids(uids),
+            exclude: Vec::new(),
+            payload: payload.to_vec(),
+            binary,
+        }
     }
 
     /// Queues the push's frame to every local recipient `target` names; returns how many got

@@ -187,9 +187,6 @@ impl Worker {
                 None => missing += 1,
             }
         }
-        let timeout = self.cfg.ipc_timeout.max(0.0);
-        let margin = (timeout / 10.0).min(0.1);
-        let deadline = mono_ns() + ((timeout - margin) * 1e9) as u64;
         // Every uid is this worker's own: recorded and delivered here, answered directly.
         if missing == 0 && parts.len() == 1 {
             if let Some(list) = parts.remove(&self.pid) {
@@ -201,14 +198,7 @@ impl Worker {
         let mut peers = Peers::new();
         for (pid, list) in parts {
             let key = self.link_to(pid);
-            let msg = PeerMsg::Route(Push {
-                id,
-                deadline,
-                target: Target::Uids(list),
-                exclude: Vec::new(),
-                payload: payload.to_vec(),
-                binary,
-            });
+            let msg = PeerMsg::Route(self.uids_push(id, list, payload, binary));
             let sent = self.send_to_sibling(pid, &msg);
             match key {
                 Some(k) if sent => peers.push(k),
@@ -266,14 +256,7 @@ impl Worker {
         {
             return None;
         }
-        let msg = PeerMsg::Record(Push {
-            id: 0,
-            deadline: u64::MAX,
-            target: Target::Uids(vec![uid.to_string()]),
-            exclude: Vec::new(),
-            payload: payload.to_vec(),
-            binary,
-        });
+        let msg = PeerMsg::Record(self.uids_push(0, vec![uid.to_string()], payload, binary));
         if !self.send_to_sibling(owner, &msg) {
             return None;
         }
@@ -359,18 +342,9 @@ impl Worker {
         if others || self.unlinked_peers(holders) > 0 || self.link_to(asker).is_none() {
             return Err((uids, positions));
         }
-        let timeout = self.cfg.ipc_timeout.max(0.0);
-        let margin = (timeout / 10.0).min(0.1);
         let msg = PeerMsg::PositionedAnswer {
             count: local,
-            push: Push {
-                id,
-                deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
-                target: Target::Uids(uids),
-                exclude: Vec::new(),
-                payload: payload.to_vec(),
-                binary,
-            },
+            push: self.uids_push(id, uids, payload, binary),
             positions: positions.into_vec(),
         };
         if !self.send_to_sibling(asker, &msg) {
@@ -457,17 +431,8 @@ impl Worker {
         started: Instant,
         reply: ReplyTo,
     ) {
-        let timeout = self.cfg.ipc_timeout.max(0.0);
-        let margin = (timeout / 10.0).min(0.1);
         let msg = PeerMsg::Positioned {
-            push: Push {
-                id: self.gather.next_id(),
-                deadline: mono_ns() + ((timeout - margin) * 1e9) as u64,
-                target: Target::Uids(uids),
-                exclude: Vec::new(),
-                payload: payload.to_vec(),
-                binary,
-            },
+            push: self.uids_push(self.gather.next_id(), uids, payload, binary),
             positions: positions.into_vec(),
         };
         let job = Job::Push {
