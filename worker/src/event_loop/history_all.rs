@@ -17,7 +17,7 @@ use crate::conn::Proto;
 use crate::delivery::{frame, OP_BINARY, OP_TEXT};
 use crate::registry::{Recipient, Who};
 use bytes::Bytes;
-use herald_ipc::PeerMsg;
+use herald_ipc::{history_owner, PeerMsg};
 
 impl Worker {
     /// Broadcasts are kept and positioned here (a history on one host).
@@ -102,6 +102,16 @@ impl Worker {
         let Some(h) = self.hist.as_ref() else {
             return 0;
         };
+        // The share of the uids `owner` keeps (none when it was replaced since).
+        let share = if owner == self.pid {
+            Some(self.id)
+        } else {
+            self.peers.iter().find(|p| p.pid == owner).map(|p| p.worker)
+        };
+        let Some(share) = share.filter(|&w| self.owning_pid(w) == Some(owner)) else {
+            return 0;
+        };
+        let workers = self.cfg.worker_count();
         let candidates: Vec<Recipient> = h
             .conns
             .keys()
@@ -114,7 +124,7 @@ impl Worker {
             let Some(uid) = self.positioned_uid(r) else {
                 continue;
             };
-            if exclude.iter().any(|e| **e == *uid) || self.history_owner_pid(&uid) != Some(owner) {
+            if exclude.iter().any(|e| **e == *uid) || history_owner(&uid, workers) != share {
                 continue;
             }
             // A connection with no position yet takes the owner's epoch.

@@ -40,6 +40,23 @@ use std::time::Instant;
 use super::push::To;
 use super::resume::{ConnState, Pending, SioState};
 
+/// Where a push kept by its owner goes next (see `Worker::next_step`).
+enum Next {
+    /// Nowhere: its count is answered.
+    Settled,
+    /// Back to the sibling that routed it, in the answer.
+    Answer {
+        /// That sibling's pid.
+        asker: u32,
+        /// Its link (where the `Route` came).
+        key: usize,
+        /// The `Route`'s id.
+        id: u64,
+    },
+    /// To every sibling that may hold one of its uids.
+    Siblings,
+}
+
 /// The positions of a push's uids (one, inline, for the usual unicast).
 type Positions = smallvec::SmallVec<[(u64, u64); 1]>;
 
@@ -129,7 +146,11 @@ pub(super) fn kept(found: Found) -> (u64, Vec<Kept>) {
 impl Worker {
     /// The pid of the worker that owns `uid`'s history (this worker's own when alone).
     pub(super) fn history_owner_pid(&self, uid: &str) -> Option<u32> {
-        let w = history_owner(uid, self.cfg.worker_count());
+        self.owning_pid(history_owner(uid, self.cfg.worker_count()))
+    }
+
+    /// The pid that owns the history of worker number `w`'s share of the uids.
+    pub(super) fn owning_pid(&self, w: u32) -> Option<u32> {
         // This worker is a candidate too: while the master's list still names the worker it
         // replaced (same number, smaller pid), the larger pid, this one, owns the uid.
         let mine = (w == self.id).then_some(self.pid);
@@ -248,12 +269,7 @@ impl Worker {
             return None;
         }
         let holders = Holders::Uid(uid);
-        if self.unlinked_peers(holders) > 0
-            || self
-                .links
-                .iter()
-                .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, holders))
-        {
+        if self.holding_siblings(holders).0 > 0 || self.unlinked_peers(holders) > 0 {
             return None;
         }
         let msg = PeerMsg::Record(self.uids_push(0, vec![uid.to_string()], payload, binary));
@@ -303,56 +319,15 @@ impl Worker {
         else {
             return self.settle(reply, 0, true);
         };
-        if self.settle_if_alone(Holders::Uids(&uids), local, started, reply) {
-            return;
+        match self.next_step(Holders::Uids(&uids), local, started, reply) {
+            Next::Settled => {}
+            Next::Answer { asker, key, id } => {
+                self.answer_positioned(asker, key, id, uids, positions, local, payload, binary)
+            }
+            Next::Siblings => {
+                self.send_positioned(uids, positions, local, payload, binary, started, reply)
+            }
         }
-        let (uids, positions) =
-            match self.answer_positioned(uids, positions, local, payload, binary, reply) {
-                Ok(()) => return,
-                Err(back) => back,
-            };
-        self.send_positioned(uids, positions, local, payload, binary, started, reply);
-    }
-
-    /// A `Route` from sibling link `reply`'s worker whose uids no other sibling may hold: the
-    /// asker gets the push with its positions in the answer itself (`PositionedAnswer`), on
-    /// this worker's own link to it, behind the other positioned messages sent there. `Err`
-    /// gives the uids and positions back when that does not apply.
-    #[allow(clippy::type_complexity)]
-    fn answer_positioned(
-        &mut self,
-        uids: Vec<String>,
-        positions: Positions,
-        local: u32,
-        payload: &[u8],
-        binary: bool,
-        reply: ReplyTo,
-    ) -> Result<(), (Vec<String>, Positions)> {
-        let ReplyTo::Sibling { key, id } = reply else {
-            return Err((uids, positions));
-        };
-        let Some(asker) = self.links.get(key).map(|l| l.peer_pid) else {
-            return Err((uids, positions));
-        };
-        let holders = Holders::Uids(&uids);
-        let others = self
-            .links
-            .iter()
-            .any(|(_, l)| l.outbound && l.peer_pid != asker && self.may_hold(l.peer_pid, holders));
-        if others || self.unlinked_peers(holders) > 0 || self.link_to(asker).is_none() {
-            return Err((uids, positions));
-        }
-        let msg = PeerMsg::PositionedAnswer {
-            count: local,
-            push: self.uids_push(id, uids, payload, binary),
-            positions: positions.into_vec(),
-        };
-        if !self.send_to_sibling(asker, &msg) {
-            // Its part could not be sent: the asker hears the owner's count alone.
-            self.stats.ipc_undelivered += 1;
-            self.answer_link(key, PeerMsg::Delivered { id, count: local });
-        }
-        Ok(())
     }
 
     /// [`Worker::owner_push`] for one uid borrowed from the line that named it (the seeds'
@@ -363,11 +338,77 @@ impl Worker {
         else {
             return self.settle(reply, 0, true);
         };
-        if self.settle_if_alone(Holders::Uid(uid), local, started, reply) {
-            return;
+        // Entered here: never an answer to a sibling.
+        if let Next::Siblings = self.next_step(Holders::Uid(uid), local, started, reply) {
+            let uids = vec![uid.to_string()];
+            self.send_positioned(uids, positions, local, payload, binary, started, reply);
         }
-        let uids = vec![uid.to_string()];
-        self.send_positioned(uids, positions, local, payload, binary, started, reply);
+    }
+
+    /// The siblings linked to this worker that may hold one of `uids`: how many, and the pid
+    /// of one of them (those without a link are `unlinked_peers`).
+    fn holding_siblings(&self, uids: Holders<'_>) -> (usize, Option<u32>) {
+        let mut n = 0;
+        let mut one = None;
+        for (_, l) in self.links.iter() {
+            if l.outbound && self.may_hold(l.peer_pid, uids) {
+                n += 1;
+                one = Some(l.peer_pid);
+            }
+        }
+        (n, one)
+    }
+
+    /// Where a push kept and delivered here (`local` connections) goes next. No sibling may
+    /// hold one of `uids`: `reply` has the count now. Only the sibling that routed it here
+    /// may: it goes back in the answer. Else to every sibling that may hold one.
+    fn next_step(
+        &mut self,
+        uids: Holders<'_>,
+        local: u32,
+        started: Instant,
+        reply: ReplyTo,
+    ) -> Next {
+        let (holding, one) = self.holding_siblings(uids);
+        let missing = self.unlinked_peers(uids);
+        if holding == 0 {
+            self.stats.ipc_undelivered += missing as u64;
+            self.settle_timed(reply, local, missing > 0, started);
+            return Next::Settled;
+        }
+        if let (1, Some(asker), 0, ReplyTo::Sibling { key, id }) = (holding, one, missing, reply) {
+            if self.links.get(key).is_some_and(|l| l.peer_pid == asker) {
+                return Next::Answer { asker, key, id };
+            }
+        }
+        Next::Siblings
+    }
+
+    /// Answers sibling `asker`'s `Route` (`id`, on its link `key`) with the push and its
+    /// positions (`PositionedAnswer`), on this worker's own link to it, behind the other
+    /// positioned messages sent there.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_positioned(
+        &mut self,
+        asker: u32,
+        key: usize,
+        id: u64,
+        uids: Vec<String>,
+        positions: Positions,
+        local: u32,
+        payload: &[u8],
+        binary: bool,
+    ) {
+        let msg = PeerMsg::PositionedAnswer {
+            count: local,
+            push: self.uids_push(id, uids, payload, binary),
+            positions: positions.into_vec(),
+        };
+        if !self.send_to_sibling(asker, &msg) {
+            // Its part could not be sent: the asker hears the owner's count alone.
+            self.stats.ipc_undelivered += 1;
+            self.answer_link(key, PeerMsg::Delivered { id, count: local });
+        }
     }
 
     /// Keeps a push for `uids` (each gets its offset) and delivers it to their connections
@@ -395,27 +436,6 @@ impl Worker {
             local += self.deliver_positioned_framed(u, e, o, &shared, binary, &plain);
         }
         Some((positions, local))
-    }
-
-    /// No sibling may hold one of `uids`: the count is known now, and `reply` has it (true).
-    fn settle_if_alone(
-        &mut self,
-        uids: Holders<'_>,
-        local: u32,
-        started: Instant,
-        reply: ReplyTo,
-    ) -> bool {
-        if self
-            .links
-            .iter()
-            .any(|(_, l)| l.outbound && self.may_hold(l.peer_pid, uids))
-        {
-            return false;
-        }
-        let missing = self.unlinked_peers(uids);
-        self.stats.ipc_undelivered += missing as u64;
-        self.settle_timed(reply, local, missing > 0, started);
-        true
     }
 
     /// Sends a kept push with its positions to the siblings that may hold one of `uids`;
