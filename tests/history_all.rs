@@ -152,16 +152,14 @@ fn dropped_clients_recover_the_broadcasts_they_missed_on_any_worker() {
     }
     assert_eq!(recovered(&srv), before + 8);
     // The plain client got every broadcast once, and nothing else.
-    let mut got = Vec::new();
-    while let Some(t) = plain.try_recv_text(Duration::from_millis(300)) {
-        got.push(t);
-    }
     let want: Vec<String> = (start..start + 7)
         .filter(|b| b % 2 == 0)
         .chain(start + 7..n)
         .map(|b| format!("{{\"n\":{b}}}"))
         .collect();
+    let got: Vec<String> = want.iter().map(|_| plain.recv_text(REPLY)).collect();
     assert_eq!(got, want);
+    plain.expect_silence(Duration::from_millis(200));
 }
 
 /// `recovered`, summed over the workers.
@@ -245,8 +243,7 @@ fn a_socketio_v4_page_recovers_broadcasts_and_pushes_in_order() {
     let uid = "sb".to_string();
     let mut page = Page::spawn(srv.socketio, &uid);
     let mut msgs = Vec::new();
-    let first = page.wait_for("connect", &mut msgs);
-    assert!(first.contains("recovered=false"), "{first}");
+    page.first_connect(&mut msgs);
     srv.push_until_ok(&unicast(&uid, 0), REPLY);
     page.until_messages(&mut msgs, 1);
     let mut n = 1;

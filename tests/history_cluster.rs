@@ -35,13 +35,11 @@ fn socketio_page_dropped_on_one_node_recovers_on_another() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let switch = Switch::start(a.socketio);
     let mut page = Page::spawn(switch.port, "sc1");
     let mut msgs = Vec::new();
-    let first = page.wait_for("connect", &mut msgs);
-    assert!(first.contains("recovered=false"), "{first}");
+    let first = page.first_connect(&mut msgs);
     let id = first
         .split(' ')
         .find_map(|w| w.strip_prefix("id="))
@@ -94,8 +92,7 @@ fn websocket_since_recovers_on_another_node() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let (mut c, head) = login_env(&a, "/?envelope=1", "ws1");
     assert_eq!(head["type"], "position", "{head}");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
@@ -163,8 +160,7 @@ fn offline_delivery_history_command_and_api_across_nodes() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &["offline_delivery=true"]);
-    let b = node(&redis.url(), "node-b", &["offline_delivery=true"]);
+    let (a, b) = two_nodes(&redis, &["offline_delivery=true"]);
     // Nobody anywhere: the seed line still answers fail, `{"cmd":"push"}` says stored, the
     // JSON API says so too.
     assert_eq!(cmd(&a, r#"{"uid":"off1","m":1}"#), "fail\n");
@@ -214,8 +210,7 @@ fn redis_down_then_restarted_empty_gives_recovered_false_in_a_new_epoch() {
     }
     let port = free_port();
     let mut redis = Redis::start_on(port);
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let (mut c, head) = login_env(&a, "/?envelope=1", "rr1");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
     let n = push_until_ok(&b, "rr1", 0);
@@ -254,8 +249,7 @@ fn group_pushes_are_kept_once_per_member_and_recovered_on_another_node() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     // One uid on both nodes (two devices), in a group joined on A.
     let (mut on_a, _) = login_env(&a, "/?envelope=1", "gm1");
     let (mut on_b, _) = login_env(&b, "/?envelope=1", "gm1");
@@ -328,8 +322,7 @@ fn expired_history_is_not_recovered_in_a_cluster() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &["history_ttl=1"]);
-    let b = node(&redis.url(), "node-b", &["history_ttl=1"]);
+    let (a, b) = two_nodes(&redis, &["history_ttl=1"]);
     let (c, head) = login_env(&a, "/?envelope=1", "ex1");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
     let offset = head["offset"].as_u64().expect("offset");
@@ -356,8 +349,7 @@ fn a_group_member_dropped_everywhere_recovers_what_the_group_got_meanwhile() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     // The uid's one device is on B; it joins a group there, and A learns of the membership.
     let (mut dev, _) = login_env(&b, "/?envelope=1", "gd1");
     let n = push_until_ok(&a, "gd1", 0);

@@ -74,8 +74,7 @@ fn websocket_since_recovers_missed_broadcasts_on_another_node() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let (mut c, head) = login_env(&a, "/?envelope=1", "ab1");
     assert_eq!(head["type"], "position", "{head}");
     let epoch = head["epoch"].as_str().expect("epoch").to_string();
@@ -146,8 +145,7 @@ fn a_uid_on_both_nodes_gets_each_broadcast_once_per_connection_at_one_position()
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     // Three devices: two on A (perhaps on two workers), one on B.
     let mut devs: Vec<Ws> = [&a, &a, &b]
         .iter()
@@ -195,8 +193,7 @@ fn a_client_without_the_envelope_gets_the_plain_broadcast_bytes() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let mut c = a.login("pl1");
     b.push_until_ok(b"{\"uid\":\"pl1\",\"sync\":1}\n", Duration::from_secs(15));
     loop {
@@ -247,13 +244,11 @@ fn socketio_page_recovers_a_missed_broadcast_on_another_node() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &[]);
-    let b = node(&redis.url(), "node-b", &[]);
+    let (a, b) = two_nodes(&redis, &[]);
     let switch = Switch::start(a.socketio);
     let mut page = Page::spawn(switch.port, "sa1");
     let mut msgs = Vec::new();
-    let first = page.wait_for("connect", &mut msgs);
-    assert!(first.contains("recovered=false"), "{first}");
+    page.first_connect(&mut msgs);
     let n = push_until_ok(&b, "sa1", 0);
     page.until_messages(&mut msgs, 1);
     let skipped = n - 1;
@@ -292,8 +287,7 @@ fn a_broadcast_while_a_uid_is_offline_everywhere_reaches_its_next_login() {
         return;
     }
     let redis = Redis::start();
-    let a = node(&redis.url(), "node-a", &["offline_delivery=true"]);
-    let b = node(&redis.url(), "node-b", &["offline_delivery=true"]);
+    let (a, b) = two_nodes(&redis, &["offline_delivery=true"]);
     let c = a.login("of1");
     let line = r#"{"cmd":"online","uid":"of1"}"#;
     let there = wait_until(Duration::from_secs(10), || cmd(&b, line) == "1\n");

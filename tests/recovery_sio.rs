@@ -59,8 +59,7 @@ fn drop_cycles(
     mut done: impl FnMut() -> bool,
 ) -> (Vec<u64>, u32) {
     let mut msgs = Vec::new();
-    let first = page.wait_for("connect", &mut msgs);
-    assert!(first.contains("recovered=false"), "{first}");
+    let first = page.first_connect(&mut msgs);
     let id = first
         .split(' ')
         .find_map(|w| w.strip_prefix("id="))

@@ -2,7 +2,7 @@
 //! history tests share (`tests/history_cluster.rs`, `tests/history_cluster_all.rs`).
 #![allow(dead_code)]
 
-use crate::common::{wait_until, Server};
+use crate::common::{wait_until, Redis, Server};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,12 @@ pub fn node_of(url: &str, name: &str, workers: usize, extra: &[&str]) -> Server 
 /// A node of 2 workers.
 pub fn node(url: &str, name: &str, extra: &[&str]) -> Server {
     node_of(url, name, 2, extra)
+}
+
+/// Nodes `node-a` and `node-b` of 2 workers each, with `extra` settings, on `redis`.
+pub fn two_nodes(redis: &Redis, extra: &[&str]) -> (Server, Server) {
+    let url = redis.url();
+    (node(&url, "node-a", extra), node(&url, "node-b", extra))
 }
 
 /// One line on a fresh text connection; the reply.

@@ -72,6 +72,14 @@ impl Page {
         }
     }
 
+    /// Waits for the page's first `connect` line, which must say it is a new session (not
+    /// recovered); returns it (with its socket id), and the `new_msg` lines seen on the way.
+    pub fn first_connect(&self, msgs: &mut Vec<String>) -> String {
+        let first = self.wait_for("connect", msgs);
+        assert!(first.contains("recovered=false"), "{first}");
+        first
+    }
+
     /// Waits for a line starting with `word`, returning it, and every `new_msg` line seen
     /// on the way (appended to `msgs`).
     pub fn wait_for(&self, word: &str, msgs: &mut Vec<String>) -> String {
