@@ -595,9 +595,10 @@ impl History {
     ) -> usize {
         self.counter = self.counter.max(counter);
         // Broadcasts kept here before the handover are on this store's own offsets, not the
-        // handed streams': a handed position below the last of them cannot be continued
-        // (`recovered: false`), one above it merges only the broadcasts kept from now on.
-        let before = self.all.top;
+        // handed streams': they cannot be placed among a handed stream's messages, so when
+        // there are any, no handed position can be continued (`recovered: false`); the
+        // positions handed out from now on are good.
+        let lost = self.all.top > 0;
         let mut taken = 0;
         for m in streams {
             if self.streams.contains_key(m.uid.as_str()) {
@@ -628,7 +629,11 @@ impl History {
                     epoch: m.epoch,
                     entries,
                     top: m.top,
-                    floor: m.floor.max(before),
+                    floor: if lost {
+                        m.floor.max(m.top + 1)
+                    } else {
+                        m.floor
+                    },
                     last_at: now.saturating_sub(m.age_ms),
                     born: self.counter,
                 },
@@ -1006,20 +1011,28 @@ mod tests {
             ["all", "mine", "next"]
         );
         // A broadcast kept by the new worker before the handover is not the handed uid's: a
-        // handed position below it cannot be continued.
+        // handed position cannot be continued (its offsets are not the handed stream's).
         let mut early = History::new(10, 60_000, 1 << 20, 9);
         for _ in 0..5 {
             early.append_all(b("early"), false, Vec::new(), 0);
         }
         let mut old = History::new(10, 60_000, 1 << 20, 7);
         let (_, p) = old.position("w", 0);
-        old.append("w", b("w1"), false, true, 0);
+        for _ in 0..10 {
+            old.append("w", b("w1"), false, true, 0);
+        }
         let (counter, pieces, _) = old.export(1, 1 << 20);
         for piece in pieces {
             early.adopt(counter, piece, Vec::new(), 1);
         }
         assert_eq!(
             early.since("w", 7, p, 1, usize::MAX).unwrap_err(),
+            Refusal::Gone
+        );
+        // Nor its last one: the broadcasts kept early would be missed.
+        let (_, top) = early.position("w", 1);
+        assert_eq!(
+            early.since("w", 7, top, 1, usize::MAX).unwrap_err(),
             Refusal::Gone
         );
     }
