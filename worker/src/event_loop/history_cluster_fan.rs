@@ -236,11 +236,13 @@ impl Worker {
     /// A group push's uids to write here: the members held here (the entry: every member
     /// nobody may hold too), each once, none excluded.
     fn ch_group_uids(&self, groups: &[String], exclude: &[String], entry: bool) -> Vec<String> {
+        // A set: members × excluded uids would be quadratic in a long list.
+        let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
         let mut seen: HashSet<&str> = HashSet::new();
         let mut uids = Vec::new();
         for g in groups {
             for u in self.groups.members(g) {
-                if !exclude.iter().any(|e| e == u)
+                if !excluded.contains(u.as_str())
                     && (entry || !self.registry.get(u).is_empty())
                     && seen.insert(u)
                 {
