@@ -227,26 +227,21 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| err("register", &e))?;
-    let mut text_listener = None;
-    let mut text_port = 0;
-    if a.text {
-        let mut l = listen(0, false).map_err(|e| err("bind text", &e))?;
-        text_port = port_of(&l)?;
-        poll.registry()
-            .register(&mut l, TEXT_LISTENER, Interest::READABLE)
-            .map_err(|e| err("register text", &e))?;
-        text_listener = Some(l);
-    }
-    let mut steady_listener = None;
-    let mut steady_port = 0;
-    if a.steady {
-        let mut l = listen(0, false).map_err(|e| err("bind steady", &e))?;
-        steady_port = port_of(&l)?;
-        poll.registry()
-            .register(&mut l, STEADY_LISTENER, Interest::READABLE)
-            .map_err(|e| err("register steady", &e))?;
-        steady_listener = Some(l);
-    }
+    // A listener of its own on a free port, registered as `token` (when `wanted`).
+    let extra =
+        |wanted: bool, token: Token, what: &str| -> Result<(Option<TcpListener>, u16), String> {
+            if !wanted {
+                return Ok((None, 0));
+            }
+            let mut l = listen(0, false).map_err(|e| err(&format!("bind {what}"), &e))?;
+            let port = port_of(&l)?;
+            poll.registry()
+                .register(&mut l, token, Interest::READABLE)
+                .map_err(|e| err(&format!("register {what}"), &e))?;
+            Ok((Some(l), port))
+        };
+    let (text_listener, text_port) = extra(a.text, TEXT_LISTENER, "text")?;
+    let (steady_listener, steady_port) = extra(a.steady, STEADY_LISTENER, "steady")?;
     // SAFETY: fcntl on our own stdin; only the non-blocking flag of our read end changes.
     unsafe {
         let fl = libc::fcntl(0, libc::F_GETFL);
